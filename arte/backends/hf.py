@@ -1,0 +1,229 @@
+"""torch/transformers student, and the one place that loads a model into transformers.
+
+Contract: ``load_hf(ref)`` returns ``(model, tokenizer)`` for a GGUF file (dequantized by transformers,
+``gguf_file=``) or an HF directory, with the GGUF tokenizer's special tokens fixed (transformers 4.57 sets
+EOS to ``<|im_start|>`` and adds a BOS the GGUF says not to add; see RUNTIME-NOTES §4). A GGUF load takes
+~15 s, so with ``convert_dir`` the converted model is saved once and later loads take a fraction of a
+second. ``TorchStudent`` implements :class:`arte.student.Student`, reusing the KV cache of the longest
+common prefix with the previous prompt and scoring all continuations of a prompt in one batch.
+
+SFT, DPO and the ONNX export use ``load_hf`` too, so every part trains and runs the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from arte.errors import BackendError, ConfigError, ModelError
+from arte.models import ModelRef
+from arte.student import Continuation, Generation, longest_common_prefix
+
+__all__ = ["load_hf", "fix_gguf_tokenizer", "TorchStudent"]
+
+log = logging.getLogger(__name__)
+
+
+def fix_gguf_tokenizer(tok: Any, model: Any | None = None) -> None:
+    """Repair the special tokens of a tokenizer built from a GGUF by transformers 4.57."""
+    eos = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else tok.eos_token
+    tok.eos_token = eos
+    if tok.pad_token is None or tok.pad_token == tok.bos_token:
+        tok.pad_token = eos
+    if hasattr(tok, "add_bos_token"):
+        tok.add_bos_token = False
+    if model is not None:
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.config.eos_token_id = tok.eos_token_id
+        model.config.pad_token_id = tok.pad_token_id
+
+
+def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None = None,
+            device: str = "cpu") -> tuple[Any, Any]:
+    """Load ``ref`` into transformers: ``(model, tokenizer)``, model in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    if ref.kind == "hf":
+        src, kw = ref.path, {}
+    elif ref.kind == "gguf":
+        if convert_dir is not None:
+            cached = Path(convert_dir) / f"{ref.path.stem}-{(ref.sha256 or 'local')[:12]}"
+            if (cached / "config.json").is_file() and (cached / "arte-source.json").is_file():
+                src, kw = cached, {}
+            else:
+                model, tok = load_hf(ref, dtype=torch.float32, convert_dir=None, device="cpu")
+                tmp = cached.with_name(cached.name + ".tmp")
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                (tmp / "arte-source.json").write_text(json.dumps({"gguf": str(ref.path), "sha256": ref.sha256}))
+                tmp.rename(cached)
+                return (model.to(device=device, dtype=dtype), tok)
+        else:
+            src, kw = ref.path.parent, {"gguf_file": ref.path.name}
+    else:
+        raise ModelError(f"unknown model kind {ref.kind!r}")
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"transformers could not load {ref.path}: {e}") from e
+    if ref.kind == "gguf" or "gguf_file" in kw:
+        fix_gguf_tokenizer(tok, model)
+    elif tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device)
+    model.eval()
+    return model, tok
+
+
+class TorchStudent:
+    """A transformers causal LM as a student (CPU or CUDA)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str = "torch", reuse: bool = True,
+                 n_ctx: int | None = None) -> None:
+        import torch
+
+        self._torch = torch
+        self.model = model
+        self.tok = tokenizer
+        self.name = name
+        self.reuse = reuse
+        self._n_ctx = n_ctx or int(getattr(model.config, "max_position_embeddings", 2048))
+        self._eos = {t for t in [tokenizer.eos_token_id] if t is not None}
+        self._cache: Any = None
+        self._cached: list[int] = []
+        self._last_logits: Any = None
+        self.tokens_evaluated = 0
+
+    @classmethod
+    def from_ref(cls, ref: ModelRef, *, convert_dir: str | Path | None = None, device: str = "cpu",
+                 reuse: bool = True) -> "TorchStudent":
+        model, tok = load_hf(ref, convert_dir=convert_dir, device=device)
+        return cls(model, tok, name=ref.name, reuse=reuse)
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def close(self) -> None:
+        self._cache = None
+        self._cached = []
+
+    def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        if bos and getattr(self.tok, "add_bos_token", False) and self.tok.bos_token_id is not None:
+            ids = [self.tok.bos_token_id] + ids
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tok.decode(list(tokens), skip_special_tokens=True)
+
+    def _forward(self, ids: Sequence[int], cache: Any) -> Any:
+        torch = self._torch
+        x = torch.tensor([list(ids)], device=self.model.device)
+        with torch.no_grad():
+            out = self.model(input_ids=x, past_key_values=cache, use_cache=True)
+        self.tokens_evaluated += len(ids)
+        return out
+
+    def _prime(self, prompt: Sequence[int]) -> Any:
+        """Make the cache hold ``prompt``; returns the logits after its last token (1-D, float32)."""
+        from transformers import DynamicCache
+
+        if not prompt:
+            raise BackendError("empty prompt")
+        if len(prompt) > self._n_ctx:
+            raise BackendError(f"prompt of {len(prompt)} tokens exceeds the context of {self._n_ctx}")
+        keep = min(longest_common_prefix(self._cached, prompt), len(prompt) - 1) if self.reuse else 0
+        if keep == 0 or self._cache is None:
+            self._cache, keep = DynamicCache(), 0
+        else:
+            self._cache.crop(keep)
+        out = self._forward(prompt[keep:], self._cache)
+        self._cached = list(prompt)
+        return out.logits[0, -1].float()
+
+    def loglik(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[Continuation]:
+        torch = self._torch
+        if any(len(c) == 0 for c in continuations):
+            raise BackendError("empty continuation")
+        first = torch.log_softmax(self._prime(prompt), -1)
+        multi = [c for c in continuations if len(c) > 1]
+        rows: list[Any] = []
+        if multi:
+            width = max(len(c) - 1 for c in multi)
+            pad = self.tok.pad_token_id or 0
+            ids = torch.tensor([list(c[:-1]) + [pad] * (width - len(c) + 1) for c in multi],
+                               device=self.model.device)
+            cache = copy.deepcopy(self._cache)
+            cache.batch_repeat_interleave(len(multi))
+            with torch.no_grad():   # right padding is harmless: only positions before the pad are read
+                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            self.tokens_evaluated += int(ids.numel())
+            rows = list(torch.log_softmax(out.logits.float(), -1))
+        res, k = [], 0
+        for c in continuations:
+            lp = [first]
+            if len(c) > 1:
+                lp += [rows[k][i] for i in range(len(c) - 1)]
+                k += 1
+            tok_lp = [float(d[t]) for d, t in zip(lp, c)]
+            greedy = all(int(d.argmax()) == t for d, t in zip(lp, c))
+            res.append(Continuation(float(np.sum(tok_lp)), len(c), greedy))
+        if not self.reuse:
+            self.close()
+        return res
+
+    def loglik_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
+                     ) -> list[list[Continuation]]:
+        return [self.loglik(p, c) for p, c in requests]
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
+                 temperature: float = 0.0, seed: int = 0, top_p: float = 1.0) -> list[Generation]:
+        torch = self._torch
+        if max_new_tokens < 1:
+            raise ConfigError("max_new_tokens", f"must be >= 1, got {max_new_tokens}")
+        results = []
+        for i, prompt in enumerate(prompts):
+            gen = torch.Generator().manual_seed(hash((seed, i)) & 0x7FFFFFFF)
+            logits = self._prime(prompt)
+            toks: list[int] = []
+            result = None
+            while result is None:
+                if temperature > 0:
+                    probs = torch.softmax(logits / temperature, -1)
+                    if top_p < 1.0:
+                        sp, si = probs.sort(descending=True)
+                        cut = int((sp.cumsum(0) < top_p).sum()) + 1
+                        probs = torch.zeros_like(probs).scatter(0, si[:cut], sp[:cut])
+                    t = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+                else:
+                    t = int(logits.argmax())
+                if t in self._eos:
+                    result = Generation(self.detokenize(toks), "eos", len(toks))
+                    break
+                toks.append(t)
+                text = self.detokenize(toks)
+                hits = [(text.find(s), s) for s in stop if s in text]
+                if hits:
+                    pos, s = min(hits)
+                    result = Generation(text[:pos], s, len(toks))
+                elif len(toks) >= max_new_tokens:
+                    result = Generation(text, "length", len(toks))
+                else:
+                    logits = self._forward([t], self._cache).logits[0, -1].float()
+            # The cache now holds generated tokens too; forget them so the prefix stays reusable.
+            self._cache.crop(len(prompt))
+            self._cached = list(prompt)
+            results.append(result)
+        if not self.reuse:
+            self.close()
+        return results

