@@ -66,7 +66,7 @@ Count = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_COUNT, le=MAX_COUNT)
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class PrivacyIn(_In):
