@@ -115,7 +115,8 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
                   description="Devices enroll, pull drafts, push per-draft scores and metrics, pull datasets; "
                               "admins manage tasks, cohorts, tokens, rounds and jobs. Errors: "
                               '{"error": {"type", "message", "detail"}}.',
-                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None)
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = db.make_sessionmaker(engine)
