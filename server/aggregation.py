@@ -38,20 +38,24 @@ class ScoreRow:
 class DraftAggregate:
     draft_id: str
     n_devices: int
-    n_items: float            # estimated total items scored
-    n_correct: float          # estimated total correct
-    score: float | None       # clip(n_correct / n_items, 0, 1); None when n_items <= 0
+    n_items: float  # estimated total items scored
+    n_correct: float  # estimated total correct
+    score: float | None  # clip(n_correct / n_items, 0, 1); None when n_items <= 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_devices": self.n_devices, "n_items": self.n_items, "n_correct": self.n_correct,
-                "score": self.score}
+        return {
+            "n_devices": self.n_devices,
+            "n_items": self.n_items,
+            "n_correct": self.n_correct,
+            "score": self.score,
+        }
 
 
 @dataclass(frozen=True)
 class CohortAggregate:
-    n_devices: int                           # distinct devices with at least one row
+    n_devices: int  # distinct devices with at least one row
     min_devices: int
-    drafts: dict[str, DraftAggregate]        # in first-seen order
+    drafts: dict[str, DraftAggregate]  # in first-seen order
 
     @property
     def meets_k(self) -> bool:
@@ -87,6 +91,7 @@ def aggregate(rows: Iterable[ScoreRow], min_devices: int) -> CohortAggregate:
     for draft_id, (n_items, n_correct) in sums.items():
         est_items, est_correct = _estimate(n_items, n_correct, privacy[draft_id])
         score = None if est_items <= 0 else min(1.0, max(0.0, est_correct / est_items))
-        drafts[draft_id] = DraftAggregate(draft_id, len(devices_per_draft[draft_id]), est_items, est_correct,
-                                          score)
+        drafts[draft_id] = DraftAggregate(
+            draft_id, len(devices_per_draft[draft_id]), est_items, est_correct, score
+        )
     return CohortAggregate(n_devices=len(devices), min_devices=min_devices, drafts=drafts)

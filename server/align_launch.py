@@ -15,14 +15,19 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from arte.dpo import AlignConfig, align
-    from arte.models import resolve_model
     from arte.pairs import Pair
+
+    from arte.models import resolve_model
     from arte_cli.home import model_dir
 
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     pairs = [Pair(**p) for p in spec["pairs"]]
-    align(resolve_model(spec["teacher_model"], model_dir()), pairs, AlignConfig(**spec["config"]),
-          Path(spec["out_dir"]))
+    align(
+        resolve_model(spec["teacher_model"], model_dir()),
+        pairs,
+        AlignConfig(**spec["config"]),
+        Path(spec["out_dir"]),
+    )
     return 0
 
 

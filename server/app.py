@@ -37,9 +37,18 @@ __all__ = ["create_app", "field_path"]
 
 logger = logging.getLogger(__name__)
 
-_HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
-               415: "unsupported_media_type", 416: "range_not_satisfiable", 429: "rate_limited"}
+_HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    429: "rate_limited",
+}
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -57,8 +66,13 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or str(loc[0] if loc else "body")
 
 
-def _error(status: int, type_: str, message: str, detail: dict[str, Any] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    type_: str,
+    message: str,
+    detail: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(to_body(type_, message, detail), status_code=status, headers=headers)
 
 
@@ -80,22 +94,36 @@ def _install_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             e = next(e for e in errors if e.get("type") == "json_invalid")
             reason = (e.get("ctx") or {}).get("error", "invalid JSON")
-            return _error(400, "malformed_json", f"request body is not valid JSON: {reason}",
-                          {"field": "body", "position": e["loc"][-1] if len(e["loc"]) > 1 else None})
-        items = [{"field": field_path(e.get("loc", ())), "problem": str(e.get("msg", "")), "type": e.get("type")}
-                 for e in errors]
+            return _error(
+                400,
+                "malformed_json",
+                f"request body is not valid JSON: {reason}",
+                {"field": "body", "position": e["loc"][-1] if len(e["loc"]) > 1 else None},
+            )
+        items = [
+            {"field": field_path(e.get("loc", ())), "problem": str(e.get("msg", "")), "type": e.get("type")}
+            for e in errors
+        ]
         first = items[0] if items else {"field": "body", "problem": "invalid"}
         more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-        return _error(422, "validation_error", f"{first['field']}: {first['problem']}{more}",
-                      {"field": first["field"], "errors": items[:20]})
+        return _error(
+            422,
+            "validation_error",
+            f"{first['field']}: {first['problem']}{more}",
+            {"field": first["field"], "errors": items[:20]},
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, dict) else {}
         message = detail.pop("message", None) if detail else None
-        return _error(exc.status_code, _HTTP_TYPES.get(exc.status_code, "http_error"),
-                      message or (exc.detail if isinstance(exc.detail, str) else "HTTP error"), detail,
-                      dict(exc.headers) if exc.headers else None)
+        return _error(
+            exc.status_code,
+            _HTTP_TYPES.get(exc.status_code, "http_error"),
+            message or (exc.detail if isinstance(exc.detail, str) else "HTTP error"),
+            detail,
+            dict(exc.headers) if exc.headers else None,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -103,20 +131,30 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal", "internal server error (logged on the server)", {})
 
 
-def create_app(settings: ServerSettings | None = None, *, engine: Engine | None = None,
-               clock: Callable[[], datetime] = utcnow, rate_clock: Callable[[], float] | None = None) -> FastAPI:
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    rate_clock: Callable[[], float] | None = None,
+) -> FastAPI:
     """The fleet server. ``engine`` defaults to one made from the settings; ``clock`` (UTC now) and
     ``rate_clock`` (monotonic seconds) are injectable for tests."""
     settings = settings or ServerSettings()
     engine = engine or db.make_engine(settings.resolved_database_url(), schema=settings.db_schema)
     if settings.check_migrations:
         db.check_current(engine)
-    app = FastAPI(title="ARTE Edge fleet server", version=f"protocol-{PROTOCOL_VERSION}",
-                  description="Devices enroll, pull drafts, push per-draft scores and metrics, pull datasets; "
-                              "admins manage tasks, cohorts, tokens, rounds and jobs. Errors: "
-                              '{"error": {"type", "message", "detail"}}.',
-                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None,
-                  swagger_ui_oauth2_redirect_url=None)
+    app = FastAPI(
+        title="ARTE Edge fleet server",
+        version=f"protocol-{PROTOCOL_VERSION}",
+        description="Devices enroll, pull drafts, push per-draft scores and metrics, pull datasets; "
+        "admins manage tasks, cohorts, tokens, rounds and jobs. Errors: "
+        '{"error": {"type", "message", "detail"}}.',
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = db.make_sessionmaker(engine)
@@ -127,6 +165,7 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
     _install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
-                       max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
     return app

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from server.cli import _load_json_file, _run, _table, json_option, main
+from server.cli_common import _load_json_file, _run, _table, json_option
 
 PRIVACY_MECHANISMS = ("none", "randomized_response", "laplace", "gaussian")
 
@@ -23,7 +23,8 @@ def _id_arg(name: str) -> Any:
 
 # --- tasks --------------------------------------------------------------------------------------------
 
-@main.group()
+
+@click.group()
 def tasks() -> None:
     """Tasks: name, instruction, public seed examples."""
 
@@ -35,8 +36,12 @@ def tasks_list(obj: Any, as_json: bool) -> None:
     """List tasks."""
     from server import fleet
 
-    _run(obj, as_json, lambda s, now: [fleet.task_out(t) for t in fleet.list_tasks(s)],
-         lambda d: _table(d, ["task_id", "name", "created_at"]))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: [fleet.task_out(t) for t in fleet.list_tasks(s)],
+        lambda d: _table(d, ["task_id", "name", "created_at"]),
+    )
 
 
 @tasks.command("show")
@@ -53,8 +58,13 @@ def tasks_show(obj: Any, task_id: str, as_json: bool) -> None:
 @tasks.command("create")
 @click.option("--name", required=True, help="Unique task name.")
 @click.option("--instruction", required=True, help="What the task asks (the teacher's instruction).")
-@click.option("--seeds", "seeds_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="JSON list or JSONL of public seed examples {input, target|choices+answer}.")
+@click.option(
+    "--seeds",
+    "seeds_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON list or JSONL of public seed examples {input, target|choices+answer}.",
+)
 @json_option
 @click.pass_obj
 def tasks_create(obj: Any, name: str, instruction: str, seeds_path: Path | None, as_json: bool) -> None:
@@ -63,13 +73,19 @@ def tasks_create(obj: Any, name: str, instruction: str, seeds_path: Path | None,
     from server.schemas import TaskIn
 
     seeds = _load_json_file(seeds_path) if seeds_path else []
-    _run(obj, as_json, lambda s, now: fleet.task_out(fleet.create_task(
-        s, TaskIn(name=name, instruction=instruction, seeds=seeds), now)))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: fleet.task_out(
+            fleet.create_task(s, TaskIn(name=name, instruction=instruction, seeds=seeds), now)
+        ),
+    )
 
 
 # --- cohorts ------------------------------------------------------------------------------------------
 
-@main.group()
+
+@click.group()
 def cohorts() -> None:
     """Cohorts: student model, task, profile class, privacy policy, k."""
 
@@ -81,8 +97,12 @@ def cohorts_list(obj: Any, as_json: bool) -> None:
     """List cohorts."""
     from server import fleet
 
-    _run(obj, as_json, lambda s, now: [fleet.cohort_out(s, c) for c in fleet.list_cohorts(s)],
-         lambda d: _table(d, ["cohort_id", "name", "task_id", "min_devices", "n_devices"]))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: [fleet.cohort_out(s, c) for c in fleet.list_cohorts(s)],
+        lambda d: _table(d, ["cohort_id", "name", "task_id", "min_devices", "n_devices"]),
+    )
 
 
 @cohorts.command("show")
@@ -101,24 +121,49 @@ def cohorts_show(obj: Any, cohort_id: str, as_json: bool) -> None:
 @click.option("--task-id", required=True, help="The task the cohort's devices score.")
 @click.option("--student-model", required=True, help="The students' model reference.")
 @click.option("--profile-class", required=True, help="Firmware profile class of the devices.")
-@click.option("--mechanism", type=click.Choice(PRIVACY_MECHANISMS), default="none", show_default=True,
-              help="Local DP mechanism required of reports.")
+@click.option(
+    "--mechanism",
+    type=click.Choice(PRIVACY_MECHANISMS),
+    default="none",
+    show_default=True,
+    help="Local DP mechanism required of reports.",
+)
 @click.option("--epsilon", type=float, default=None, help="DP epsilon per round.")
 @click.option("--delta", type=float, default=None, help="DP delta (gaussian).")
-@click.option("--min-devices", type=int, default=3, show_default=True,
-              help="k: reporting devices needed before scores may drive alignment.")
+@click.option(
+    "--min-devices",
+    type=int,
+    default=3,
+    show_default=True,
+    help="k: reporting devices needed before scores may drive alignment.",
+)
 @json_option
 @click.pass_obj
-def cohorts_create(obj: Any, name: str, task_id: str, student_model: str, profile_class: str, mechanism: str,
-                   epsilon: float | None, delta: float | None, min_devices: int, as_json: bool) -> None:
+def cohorts_create(
+    obj: Any,
+    name: str,
+    task_id: str,
+    student_model: str,
+    profile_class: str,
+    mechanism: str,
+    epsilon: float | None,
+    delta: float | None,
+    min_devices: int,
+    as_json: bool,
+) -> None:
     """Create a cohort."""
     from server import fleet
     from server.schemas import CohortIn
 
     def fn(s: Any, now: Any) -> Any:
-        body = CohortIn(name=name, task_id=task_id, student_model=student_model, profile_class=profile_class,
-                        privacy={"mechanism": mechanism, "epsilon": epsilon, "delta": delta},
-                        min_devices=min_devices)
+        body = CohortIn(
+            name=name,
+            task_id=task_id,
+            student_model=student_model,
+            profile_class=profile_class,
+            privacy={"mechanism": mechanism, "epsilon": epsilon, "delta": delta},
+            min_devices=min_devices,
+        )
         return fleet.cohort_out(s, fleet.create_cohort(s, body, now))
 
     _run(obj, as_json, fn)
@@ -126,7 +171,8 @@ def cohorts_create(obj: Any, name: str, task_id: str, student_model: str, profil
 
 # --- tokens -------------------------------------------------------------------------------------------
 
-@main.group()
+
+@click.group()
 def tokens() -> None:
     """One-time enrollment tokens bound to a cohort."""
 
@@ -140,11 +186,23 @@ def tokens_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
     from server import fleet
     from server.schemas import TokenInfo
 
-    _run(obj, as_json, lambda s, now: [
-        TokenInfo(token_id=t.id, cohort_id=t.cohort_id, note=t.note, created_at=t.created_at,
-                  expires_at=t.expires_at, used_at=t.used_at, device_id=t.device_id)
-        for t in fleet.list_tokens(s, cohort_id)],
-        lambda d: _table(d, ["token_id", "cohort_id", "expires_at", "used_at", "device_id"]))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: [
+            TokenInfo(
+                token_id=t.id,
+                cohort_id=t.cohort_id,
+                note=t.note,
+                created_at=t.created_at,
+                expires_at=t.expires_at,
+                used_at=t.used_at,
+                device_id=t.device_id,
+            )
+            for t in fleet.list_tokens(s, cohort_id)
+        ],
+        lambda d: _table(d, ["token_id", "cohort_id", "expires_at", "used_at", "device_id"]),
+    )
 
 
 @tokens.command("show")
@@ -160,8 +218,15 @@ def tokens_show(obj: Any, token_id: str, as_json: bool) -> None:
     def fn(s: Any, now: Any) -> Any:
         for t in fleet.list_tokens(s):
             if t.id == token_id:
-                return TokenInfo(token_id=t.id, cohort_id=t.cohort_id, note=t.note, created_at=t.created_at,
-                                 expires_at=t.expires_at, used_at=t.used_at, device_id=t.device_id)
+                return TokenInfo(
+                    token_id=t.id,
+                    cohort_id=t.cohort_id,
+                    note=t.note,
+                    created_at=t.created_at,
+                    expires_at=t.expires_at,
+                    used_at=t.used_at,
+                    device_id=t.device_id,
+                )
         raise NotFound(f"no token {token_id}", field="token_id")
 
     _run(obj, as_json, fn)
@@ -179,8 +244,9 @@ def tokens_create(obj: Any, cohort_id: str, ttl_s: int | None, note: str, as_jso
     from server.schemas import TokenIn, TokenOut
 
     def fn(s: Any, now: Any) -> Any:
-        row, token = fleet.create_token(s, TokenIn(cohort_id=cohort_id, ttl_s=ttl_s, note=note), now,
-                                        obj.settings().enroll_token_ttl_s)
+        row, token = fleet.create_token(
+            s, TokenIn(cohort_id=cohort_id, ttl_s=ttl_s, note=note), now, obj.settings().enroll_token_ttl_s
+        )
         return TokenOut(token_id=row.id, token=token, cohort_id=row.cohort_id, expires_at=row.expires_at)
 
     _run(obj, as_json, fn, lambda d: f"token (shown once): {d['token']}\nexpires {d['expires_at']}")
@@ -188,22 +254,29 @@ def tokens_create(obj: Any, cohort_id: str, ttl_s: int | None, note: str, as_jso
 
 # --- rounds -------------------------------------------------------------------------------------------
 
-@main.group()
+
+@click.group()
 def rounds() -> None:
     """Rounds: a set of drafts a cohort scores."""
 
 
 @rounds.command("list")
 @click.option("--cohort-id", default=None, help="Only rounds of this cohort.")
-@click.option("--state", type=click.Choice(["open", "closed"]), default=None, help="Only rounds in this state.")
+@click.option(
+    "--state", type=click.Choice(["open", "closed"]), default=None, help="Only rounds in this state."
+)
 @json_option
 @click.pass_obj
 def rounds_list(obj: Any, cohort_id: str | None, state: str | None, as_json: bool) -> None:
     """List rounds."""
     from server import fleet
 
-    _run(obj, as_json, lambda s, now: [fleet.round_out(s, r) for r in fleet.list_rounds(s, cohort_id, state)],
-         lambda d: _table(d, ["round_id", "cohort_id", "state", "n_drafts", "n_reports", "created_at"]))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: [fleet.round_out(s, r) for r in fleet.list_rounds(s, cohort_id, state)],
+        lambda d: _table(d, ["round_id", "cohort_id", "state", "n_drafts", "n_reports", "created_at"]),
+    )
 
 
 @rounds.command("show")
@@ -219,24 +292,54 @@ def rounds_show(obj: Any, round_id: str, as_json: bool) -> None:
 
 @rounds.command("create")
 @click.option("--cohort-id", required=True, help="Cohort that scores the drafts.")
-@click.option("--drafts", "drafts_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Drafts JSONL ({id, question, rationale, answer, ...} per line).")
-@click.option("--mode", type=click.Choice(["loglik", "generate"]), default="loglik", show_default=True,
-              help="Scoring mode devices must use.")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Generation budget (generate).")
-@click.option("--min-items", type=int, default=10, show_default=True, help="Fewest items a device must score.")
+@click.option(
+    "--drafts",
+    "drafts_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Drafts JSONL ({id, question, rationale, answer, ...} per line).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["loglik", "generate"]),
+    default="loglik",
+    show_default=True,
+    help="Scoring mode devices must use.",
+)
+@click.option(
+    "--max-new-tokens", type=int, default=256, show_default=True, help="Generation budget (generate)."
+)
+@click.option(
+    "--min-items", type=int, default=10, show_default=True, help="Fewest items a device must score."
+)
 @json_option
 @click.pass_obj
-def rounds_create(obj: Any, cohort_id: str, drafts_path: Path, mode: str, max_new_tokens: int, min_items: int,
-                  as_json: bool) -> None:
+def rounds_create(
+    obj: Any, cohort_id: str, drafts_path: Path, mode: str, max_new_tokens: int, min_items: int, as_json: bool
+) -> None:
     """Open a round of drafts."""
     from server import fleet
     from server.schemas import RoundIn
 
     drafts = _load_json_file(drafts_path)
-    _run(obj, as_json, lambda s, now: fleet.round_out(s, fleet.create_round(
-        s, RoundIn(cohort_id=cohort_id, drafts=drafts, mode=mode, max_new_tokens=max_new_tokens,
-                   min_items=min_items), now)))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: fleet.round_out(
+            s,
+            fleet.create_round(
+                s,
+                RoundIn(
+                    cohort_id=cohort_id,
+                    drafts=drafts,
+                    mode=mode,
+                    max_new_tokens=max_new_tokens,
+                    min_items=min_items,
+                ),
+                now,
+            ),
+        ),
+    )
 
 
 @rounds.command("close")
@@ -252,7 +355,8 @@ def rounds_close(obj: Any, round_id: str, as_json: bool) -> None:
 
 # --- jobs ---------------------------------------------------------------------------------------------
 
-@main.group()
+
+@click.group()
 def jobs() -> None:
     """Jobs: aggregate, elicit, align, tailor."""
 
@@ -266,8 +370,12 @@ def jobs_list(obj: Any, state: str | None, kind: str | None, as_json: bool) -> N
     """List jobs."""
     from server import queue
 
-    _run(obj, as_json, lambda s, now: [queue.job_out(j) for j in queue.list_jobs(s, state=state, kind=kind)],
-         lambda d: _table(d, ["job_id", "kind", "state", "attempts", "cohort_id", "created_at"]))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: [queue.job_out(j) for j in queue.list_jobs(s, state=state, kind=kind)],
+        lambda d: _table(d, ["job_id", "kind", "state", "attempts", "cohort_id", "created_at"]),
+    )
 
 
 @jobs.command("show")
@@ -289,16 +397,29 @@ def jobs_show(obj: Any, job_id: str, logs: bool, as_json: bool) -> None:
 
 
 @jobs.command("create")
-@click.option("--kind", type=click.Choice(["aggregate", "elicit", "align", "tailor"]), required=True,
-              help="What the job does.")
+@click.option(
+    "--kind",
+    type=click.Choice(["aggregate", "elicit", "align", "tailor"]),
+    required=True,
+    help="What the job does.",
+)
 @click.option("--cohort-id", required=True, help="The cohort it works for.")
 @click.option("--round-id", default=None, help="The round (aggregate and align need one).")
-@click.option("--params", default="{}", help="Job parameters as a JSON object (e.g. {\"config\": {...}}).")
-@click.option("--max-attempts", type=int, default=None, help="Attempts before failing (default from settings).")
+@click.option("--params", default="{}", help='Job parameters as a JSON object (e.g. {"config": {...}}).')
+@click.option(
+    "--max-attempts", type=int, default=None, help="Attempts before failing (default from settings)."
+)
 @json_option
 @click.pass_obj
-def jobs_create(obj: Any, kind: str, cohort_id: str, round_id: str | None, params: str, max_attempts: int | None,
-                as_json: bool) -> None:
+def jobs_create(
+    obj: Any,
+    kind: str,
+    cohort_id: str,
+    round_id: str | None,
+    params: str,
+    max_attempts: int | None,
+    as_json: bool,
+) -> None:
     """Queue a job."""
     from server import queue
     from server.schemas import JobIn
@@ -307,9 +428,24 @@ def jobs_create(obj: Any, kind: str, cohort_id: str, round_id: str | None, param
         parsed = json.loads(params)
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"not JSON: {e.msg}", param_hint="--params") from None
-    _run(obj, as_json, lambda s, now: queue.job_out(queue.submit(
-        s, JobIn(kind=kind, cohort_id=cohort_id, round_id=round_id, params=parsed, max_attempts=max_attempts),
-        now, obj.settings().job_max_attempts)))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: queue.job_out(
+            queue.submit(
+                s,
+                JobIn(
+                    kind=kind,
+                    cohort_id=cohort_id,
+                    round_id=round_id,
+                    params=parsed,
+                    max_attempts=max_attempts,
+                ),
+                now,
+                obj.settings().job_max_attempts,
+            )
+        ),
+    )
 
 
 @jobs.command("cancel")
@@ -325,7 +461,8 @@ def jobs_cancel(obj: Any, job_id: str, as_json: bool) -> None:
 
 # --- devices ------------------------------------------------------------------------------------------
 
-@main.group()
+
+@click.group()
 def devices() -> None:
     """Enrolled devices."""
 
@@ -338,8 +475,12 @@ def devices_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
     """List devices."""
     from server import fleet
 
-    _run(obj, as_json, lambda s, now: [fleet.device_out(d) for d in fleet.list_devices(s, cohort_id)],
-         lambda d: _table(d, ["device_id", "device_name", "cohort_id", "last_seen_at", "revoked_at"]))
+    _run(
+        obj,
+        as_json,
+        lambda s, now: [fleet.device_out(d) for d in fleet.list_devices(s, cohort_id)],
+        lambda d: _table(d, ["device_id", "device_name", "cohort_id", "last_seen_at", "revoked_at"]),
+    )
 
 
 @devices.command("revoke")

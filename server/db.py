@@ -22,8 +22,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.errors import NotReady
 
-__all__ = ["make_engine", "make_sessionmaker", "upgrade", "check_current", "current_revision",
-           "head_revision", "transaction", "is_sqlite", "create_schema", "drop_schema"]
+__all__ = [
+    "make_engine",
+    "make_sessionmaker",
+    "upgrade",
+    "check_current",
+    "current_revision",
+    "head_revision",
+    "transaction",
+    "is_sqlite",
+    "create_schema",
+    "drop_schema",
+]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -40,8 +50,11 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False) -> E
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False,
-                                                                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = sa.create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
         _configure_sqlite(engine)
         return engine
     connect_args: dict[str, Any] = {}
@@ -49,8 +62,9 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False) -> E
         if not _SCHEMA_RE.match(schema):
             raise ValueError(f"db_schema: not a plain lower-case identifier: {schema!r}")
         connect_args["options"] = f"-csearch_path={schema}"
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args,
-                            pool_size=10, max_overflow=20)
+    return sa.create_engine(
+        url, echo=echo, pool_pre_ping=True, connect_args=connect_args, pool_size=10, max_overflow=20
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -138,8 +152,11 @@ def check_current(engine: Engine) -> None:
     """Raise :class:`NotReady` unless the database is migrated to the head revision."""
     current, head = current_revision(engine), head_revision()
     if current != head:
-        raise NotReady(f"database is at revision {current or 'none'}, expected {head}: "
-                       f"run `arte-server init`", current=current, head=head)
+        raise NotReady(
+            f"database is at revision {current or 'none'}, expected {head}: run `arte-server init`",
+            current=current,
+            head=head,
+        )
 
 
 def create_schema(url: str, schema: str) -> None:

@@ -23,10 +23,24 @@ from server.db import transaction
 from server.errors import Forbidden, RateLimited, Unauthorized
 from server.models import AdminKey, Device
 
-__all__ = ["get_session", "get_now", "Principal", "require_admin", "require_device", "require_any",
-           "SessionDep", "NowDep", "AdminDep", "DeviceDep", "AnyDep", "check_rate"]
+__all__ = [
+    "get_session",
+    "get_now",
+    "Principal",
+    "require_admin",
+    "require_device",
+    "require_any",
+    "SessionDep",
+    "NowDep",
+    "AdminDep",
+    "DeviceDep",
+    "AnyDep",
+    "check_rate",
+]
 
-_bearer = HTTPBearer(auto_error=False, description="An admin key (arte_ak_...) or a device key (arte_dk_...).")
+_bearer = HTTPBearer(
+    auto_error=False, description="An admin key (arte_ak_...) or a device key (arte_dk_...)."
+)
 LAST_SEEN_GRANULARITY = timedelta(seconds=60)
 
 
@@ -42,7 +56,7 @@ def get_now(request: Request) -> datetime:
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str                      # "admin" | "device"
+    kind: str  # "admin" | "device"
     id: str
     device: Device | None = None
 
@@ -53,8 +67,9 @@ def check_rate(request: Request, key: str) -> None:
         raise RateLimited("too many requests for this key", retry_after_s=round(retry, 3))
 
 
-def _authenticate(request: Request, creds: HTTPAuthorizationCredentials | None, s: Session,
-                  now: datetime) -> Principal:
+def _authenticate(
+    request: Request, creds: HTTPAuthorizationCredentials | None, s: Session, now: datetime
+) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         check_rate(request, f"ip:{request.client.host if request.client else '-'}")
         raise Unauthorized("missing Authorization: Bearer <key>", field="authorization")

@@ -23,8 +23,20 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "ServerError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "BelowK", "PayloadTooLarge",
-    "UnsupportedMedia", "RangeNotSatisfiable", "Unprocessable", "RateLimited", "NotReady", "JobError",
+    "ServerError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "Conflict",
+    "BelowK",
+    "PayloadTooLarge",
+    "UnsupportedMedia",
+    "RangeNotSatisfiable",
+    "Unprocessable",
+    "RateLimited",
+    "NotReady",
+    "JobError",
     "to_body",
 ]
 

@@ -93,13 +93,20 @@ def run_aggregate(ctx: JobContext) -> dict[str, Any]:
         rnd = _round(s, ctx)
         agg = results.compute_aggregate(s, rnd)
         row = results.store_aggregate(s, rnd, agg, ctx.clock(), job_id=ctx.claim.job_id)
-        out = {"aggregate_id": row.id, "round_id": rnd.id, "n_devices": agg.n_devices,
-               "min_devices": agg.min_devices, "meets_k": agg.meets_k, "n_drafts": len(agg.drafts)}
+        out = {
+            "aggregate_id": row.id,
+            "round_id": rnd.id,
+            "n_devices": agg.n_devices,
+            "min_devices": agg.min_devices,
+            "meets_k": agg.meets_k,
+            "n_drafts": len(agg.drafts),
+        }
     ctx.log(f"aggregated {out['n_drafts']} drafts from {agg.n_devices} devices (k={agg.min_devices})")
     return out
 
 
 # --- teacher-side jobs (arte.elicit / pairs / dpo / tailor, imported lazily) -----------------------------
+
 
 def _arte_task(s: Session, cohort_id: str) -> tuple[Any, list[Any]]:
     from arte.tasks import Example, Task
@@ -109,10 +116,14 @@ def _arte_task(s: Session, cohort_id: str) -> tuple[Any, list[Any]]:
     seeds = []
     for i, x in enumerate(row.seeds):
         if "choices" in x:
-            seeds.append(Example(id=f"seed-{i}", input=x["input"], targets=(x["answer"],), choices=tuple(x["choices"])))
+            seeds.append(
+                Example(id=f"seed-{i}", input=x["input"], targets=(x["answer"],), choices=tuple(x["choices"]))
+            )
         else:
             t = x["target"]
-            seeds.append(Example(id=f"seed-{i}", input=x["input"], targets=tuple(t) if isinstance(t, list) else (t,)))
+            seeds.append(
+                Example(id=f"seed-{i}", input=x["input"], targets=tuple(t) if isinstance(t, list) else (t,))
+            )
     return Task(name=row.name, description=row.instruction, examples=tuple(seeds)), seeds
 
 
@@ -143,8 +154,11 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
         drafts = elicit_drafts(teacher, task, seeds, config, progress=ctx.progress)
     finally:
         teacher.close()
-    body = RoundIn(cohort_id=ctx.claim.cohort_id or "", drafts=[d.to_dict() for d in drafts],
-                   **{k: v for k, v in ctx.claim.params.items() if k in ("mode", "max_new_tokens", "min_items")})
+    body = RoundIn(
+        cohort_id=ctx.claim.cohort_id or "",
+        drafts=[d.to_dict() for d in drafts],
+        **{k: v for k, v in ctx.claim.params.items() if k in ("mode", "max_new_tokens", "min_items")},
+    )
     with transaction(ctx.sessions) as s:
         rnd = fleet.create_round(s, body, ctx.clock())
         ctx.log(f"round {rnd.id} opened with {rnd.n_drafts} drafts")
@@ -157,13 +171,16 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         rnd = _round(s, ctx)
         agg = results.compute_aggregate(s, rnd)
         if not agg.meets_k:
-            raise JobError(f"only {agg.n_devices} devices reported for round {rnd.id}, fewer than the cohort's "
-                           f"k={agg.min_devices}: alignment refused")
+            raise JobError(
+                f"only {agg.n_devices} devices reported for round {rnd.id}, fewer than the cohort's "
+                f"k={agg.min_devices}: alignment refused"
+            )
         task, seeds = _arte_task(s, rnd.cohort_id)
         drafts_raw = fleet.round_drafts(s, rnd).drafts
         cohort = fleet.get_cohort(s, rnd.cohort_id)
-    from arte.drafts import draft_from_dict
     from arte.pairs import PairConfig, build_pairs
+
+    from arte.drafts import draft_from_dict
 
     drafts = [draft_from_dict(d) for d in drafts_raw]
     pairs = build_pairs(task, drafts, agg.scores(), seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
@@ -173,11 +190,17 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         _align_subprocess(ctx, pairs, config, out_dir)
     else:
         from arte.dpo import AlignConfig, align
+
         from arte.models import resolve_model
         from arte_cli.home import model_dir
 
-        align(resolve_model(ctx.settings.teacher_model, model_dir()), pairs, AlignConfig(**config), out_dir,
-              progress=ctx.progress)
+        align(
+            resolve_model(ctx.settings.teacher_model, model_dir()),
+            pairs,
+            AlignConfig(**config),
+            out_dir,
+            progress=ctx.progress,
+        )
     with transaction(ctx.sessions) as s:
         fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
     ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
@@ -190,11 +213,25 @@ def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any],
     import dataclasses
 
     spec = ctx.work_dir() / "align.json"
-    spec.write_text(json.dumps({"teacher_model": ctx.settings.teacher_model, "config": config,
-                                "out_dir": str(out_dir),
-                                "pairs": [dataclasses.asdict(p) for p in pairs]}))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *ctx.settings.accelerate_args,
-           "-m", "server.align_launch", str(spec)]
+    spec.write_text(
+        json.dumps(
+            {
+                "teacher_model": ctx.settings.teacher_model,
+                "config": config,
+                "out_dir": str(out_dir),
+                "pairs": [dataclasses.asdict(p) for p in pairs],
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *ctx.settings.accelerate_args,
+        "-m",
+        "server.align_launch",
+        str(spec),
+    ]
     ctx.log("running " + " ".join(cmd))
     with open(ctx.work_dir() / "align.log", "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
@@ -225,13 +262,26 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
     teacher = _open_teacher(ctx.settings, adapter)
     out_dir = ctx.work_dir() / "tailor"
     try:
-        path = Path(tailor_dataset(teacher, task, seeds, TailorConfig(**ctx.claim.params.get("config", {})),
-                                   out_dir, progress=ctx.progress))
+        path = Path(
+            tailor_dataset(
+                teacher,
+                task,
+                seeds,
+                TailorConfig(**ctx.claim.params.get("config", {})),
+                out_dir,
+                progress=ctx.progress,
+            )
+        )
         teacher_name = teacher.name
     finally:
         teacher.close()
-    body = DatasetIn(cohort_id=ctx.claim.cohort_id or "", round_id=ctx.claim.round_id,
-                     content=path.read_text(encoding="utf-8"), teacher=teacher_name, adapter=adapter)
+    body = DatasetIn(
+        cohort_id=ctx.claim.cohort_id or "",
+        round_id=ctx.claim.round_id,
+        content=path.read_text(encoding="utf-8"),
+        teacher=teacher_name,
+        adapter=adapter,
+    )
     key = ctx.settings.dataset_signing_key.get_secret_value() if ctx.settings.dataset_signing_key else None
     with transaction(ctx.sessions) as s:
         ds = results.create_dataset(s, body, ctx.clock(), key)
@@ -240,7 +290,10 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
 
 
 HANDLERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
-    "aggregate": run_aggregate, "elicit": run_elicit, "align": run_align, "tailor": run_tailor,
+    "aggregate": run_aggregate,
+    "elicit": run_elicit,
+    "align": run_align,
+    "tailor": run_tailor,
 }
 
 
@@ -253,4 +306,3 @@ def run_handler(ctx: JobContext) -> dict[str, Any]:
         return handler(ctx)
     except ServerError as e:
         raise JobError(f"{e.type}: {e.message}") from e
-

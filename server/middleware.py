@@ -24,8 +24,13 @@ UPLOAD_PATHS = (f"{API_PREFIX}/datasets",)
 
 async def _send_error(send: Any, status: int, type_: str, message: str, detail: dict[str, Any]) -> None:
     body = json.dumps(to_body(type_, message, detail)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -47,19 +52,29 @@ class BodyGuard:
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
-                await _send_error(send, 400, "bad_request", "Content-Length is not a number",
-                                  {"field": "content-length"})
+                await _send_error(
+                    send, 400, "bad_request", "Content-Length is not a number", {"field": "content-length"}
+                )
                 return
             if int(length) > limit:
-                await _send_error(send, 413, "payload_too_large", f"request body over {limit} bytes",
-                                  {"field": "body", "limit": limit, "size": int(length)})
+                await _send_error(
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"request body over {limit} bytes",
+                    {"field": "body", "limit": limit, "size": int(length)},
+                )
                 return
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         has_body = (length is not None and int(length) > 0) or "transfer-encoding" in headers
         if path.startswith(API_PREFIX) and has_body and ctype != "application/json":
-            await _send_error(send, 415, "unsupported_media_type",
-                              f"request body must be application/json, got {ctype or 'no content type'}",
-                              {"field": "content-type", "got": ctype})
+            await _send_error(
+                send,
+                415,
+                "unsupported_media_type",
+                f"request body must be application/json, got {ctype or 'no content type'}",
+                {"field": "content-type", "got": ctype},
+            )
             return
 
         received = 0
@@ -71,8 +86,14 @@ class BodyGuard:
                 received += len(message.get("body", b""))
                 if received > limit:
                     # an HTTPException passes through FastAPI's body parsing to the one error handler
-                    raise HTTPException(413, detail={"message": f"request body over {limit} bytes",
-                                                     "field": "body", "limit": limit})
+                    raise HTTPException(
+                        413,
+                        detail={
+                            "message": f"request body over {limit} bytes",
+                            "field": "body",
+                            "limit": limit,
+                        },
+                    )
             return message
 
         await self.app(scope, guarded_receive, send)

@@ -17,8 +17,24 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "Base", "UTCDateTime", "new_id", "utcnow", "AdminKey", "Task", "Cohort", "EnrollmentToken", "Device",
-    "Round", "RoundDraft", "Report", "ReportScore", "Dataset", "DeviceMetrics", "Job", "JobLog", "Aggregate",
+    "Base",
+    "UTCDateTime",
+    "new_id",
+    "utcnow",
+    "AdminKey",
+    "Task",
+    "Cohort",
+    "EnrollmentToken",
+    "Device",
+    "Round",
+    "RoundDraft",
+    "Report",
+    "ReportScore",
+    "Dataset",
+    "DeviceMetrics",
+    "Job",
+    "JobLog",
+    "Aggregate",
     "ID_PATTERN",
 ]
 
@@ -117,7 +133,7 @@ class Round(Base):
     __tablename__ = "rounds"
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
     cohort_id: Mapped[str] = mapped_column(sa.ForeignKey("cohorts.id"), index=True)
-    state: Mapped[str] = mapped_column(sa.String(16))            # open | closed
+    state: Mapped[str] = mapped_column(sa.String(16))  # open | closed
     mode: Mapped[str] = mapped_column(sa.String(16))
     max_new_tokens: Mapped[int] = mapped_column(sa.Integer)
     min_items: Mapped[int] = mapped_column(sa.Integer)
@@ -198,7 +214,7 @@ class Job(Base):
     cohort_id: Mapped[str | None] = mapped_column(sa.ForeignKey("cohorts.id"), nullable=True)
     round_id: Mapped[str | None] = mapped_column(sa.ForeignKey("rounds.id"), nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
-    state: Mapped[str] = mapped_column(sa.String(16))     # queued running succeeded failed cancelled
+    state: Mapped[str] = mapped_column(sa.String(16))  # queued running succeeded failed cancelled
     attempts: Mapped[int] = mapped_column(sa.Integer)
     max_attempts: Mapped[int] = mapped_column(sa.Integer)
     worker_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)

@@ -21,14 +21,29 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.db import transaction
 from server import fleet, results
+from server.db import transaction
 from server.errors import BadRequest, BelowK, Conflict, NotFound
 from server.models import Job, JobLog, new_id
 from server.schemas import JobIn, JobLogOut, JobOut
 
-__all__ = ["Claim", "submit", "create_job", "get_job", "list_jobs", "claim", "heartbeat", "succeed", "fail", "cancel",
-           "requeue_dead", "log", "job_logs", "job_out", "TERMINAL"]
+__all__ = [
+    "Claim",
+    "submit",
+    "create_job",
+    "get_job",
+    "list_jobs",
+    "claim",
+    "heartbeat",
+    "succeed",
+    "fail",
+    "cancel",
+    "requeue_dead",
+    "log",
+    "job_logs",
+    "job_out",
+    "TERMINAL",
+]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -46,11 +61,32 @@ class Claim:
     worker_id: str
 
 
-def create_job(s: Session, *, kind: str, cohort_id: str | None, round_id: str | None, params: dict[str, Any],
-               max_attempts: int, now: datetime) -> Job:
-    job = Job(id=new_id("job"), kind=kind, cohort_id=cohort_id, round_id=round_id, params=params, state="queued",
-              attempts=0, max_attempts=max_attempts, worker_id=None, progress=None, result=None, error=None,
-              cancel_requested=False, created_at=now)
+def create_job(
+    s: Session,
+    *,
+    kind: str,
+    cohort_id: str | None,
+    round_id: str | None,
+    params: dict[str, Any],
+    max_attempts: int,
+    now: datetime,
+) -> Job:
+    job = Job(
+        id=new_id("job"),
+        kind=kind,
+        cohort_id=cohort_id,
+        round_id=round_id,
+        params=params,
+        state="queued",
+        attempts=0,
+        max_attempts=max_attempts,
+        worker_id=None,
+        progress=None,
+        result=None,
+        error=None,
+        cancel_requested=False,
+        created_at=now,
+    )
     s.add(job)
     s.flush()
     return job
@@ -69,11 +105,22 @@ def submit(s: Session, body: JobIn, now: datetime, default_max_attempts: int) ->
     if body.kind == "align":
         agg = results.compute_aggregate(s, rnd)
         if not agg.meets_k:
-            raise BelowK(f"only {agg.n_devices} devices reported for round {rnd.id}; the cohort needs "
-                         f"k={agg.min_devices} before its scores may drive alignment", field="round_id",
-                         n_devices=agg.n_devices, min_devices=agg.min_devices)
-    return create_job(s, kind=body.kind, cohort_id=body.cohort_id, round_id=body.round_id, params=body.params,
-                      max_attempts=body.max_attempts or default_max_attempts, now=now)
+            raise BelowK(
+                f"only {agg.n_devices} devices reported for round {rnd.id}; the cohort needs "
+                f"k={agg.min_devices} before its scores may drive alignment",
+                field="round_id",
+                n_devices=agg.n_devices,
+                min_devices=agg.min_devices,
+            )
+    return create_job(
+        s,
+        kind=body.kind,
+        cohort_id=body.cohort_id,
+        round_id=body.round_id,
+        params=body.params,
+        max_attempts=body.max_attempts or default_max_attempts,
+        now=now,
+    )
 
 
 def get_job(s: Session, job_id: str) -> Job:
@@ -83,8 +130,9 @@ def get_job(s: Session, job_id: str) -> Job:
     return job
 
 
-def list_jobs(s: Session, *, state: str | None = None, kind: str | None = None,
-              cohort_id: str | None = None) -> list[Job]:
+def list_jobs(
+    s: Session, *, state: str | None = None, kind: str | None = None, cohort_id: str | None = None
+) -> list[Job]:
     q = sa.select(Job).order_by(Job.created_at, Job.id)
     if state:
         q = q.where(Job.state == state)
@@ -99,14 +147,17 @@ def _log(s: Session, job_id: str, attempt: int, level: str, message: str, now: d
     s.add(JobLog(job_id=job_id, attempt=attempt, at=now, level=level, message=message[:20_000]))
 
 
-def log(sessions: sessionmaker[Session], claim: Claim, message: str, now: datetime, level: str = "info") -> None:
+def log(
+    sessions: sessionmaker[Session], claim: Claim, message: str, now: datetime, level: str = "info"
+) -> None:
     """Append a log line to the claimed job's current attempt."""
     with transaction(sessions) as s:
         _log(s, claim.job_id, claim.attempt, level, message, now)
 
 
-def claim(sessions: sessionmaker[Session], worker_id: str, now: datetime,
-          kinds: tuple[str, ...] | None = None) -> Claim | None:
+def claim(
+    sessions: sessionmaker[Session], worker_id: str, now: datetime, kinds: tuple[str, ...] | None = None
+) -> Claim | None:
     """Atomically take the oldest queued job (of ``kinds``), or None when there is none."""
     with transaction(sessions) as s:
         q = sa.select(Job).where(Job.state == "queued").order_by(Job.created_at, Job.id).limit(1)
@@ -119,10 +170,23 @@ def claim(sessions: sessionmaker[Session], worker_id: str, now: datetime,
         job.attempts += 1
         job.started_at = job.heartbeat_at = now
         job.progress = None
-        _log(s, job.id, job.attempts, "info", f"attempt {job.attempts}/{job.max_attempts} claimed by {worker_id}",
-             now)
-        return Claim(job_id=job.id, kind=job.kind, cohort_id=job.cohort_id, round_id=job.round_id,
-                     params=dict(job.params), attempt=job.attempts, worker_id=worker_id)
+        _log(
+            s,
+            job.id,
+            job.attempts,
+            "info",
+            f"attempt {job.attempts}/{job.max_attempts} claimed by {worker_id}",
+            now,
+        )
+        return Claim(
+            job_id=job.id,
+            kind=job.kind,
+            cohort_id=job.cohort_id,
+            round_id=job.round_id,
+            params=dict(job.params),
+            attempt=job.attempts,
+            worker_id=worker_id,
+        )
 
 
 def _owned(s: Session, c: Claim) -> Job | None:
@@ -208,8 +272,11 @@ def requeue_dead(sessions: sessionmaker[Session], now: datetime, dead_after_s: f
     cutoff = now - timedelta(seconds=dead_after_s)
     handled = []
     with transaction(sessions) as s:
-        q = (sa.select(Job).where(Job.state == "running", Job.heartbeat_at < cutoff)
-             .with_for_update(skip_locked=True))
+        q = (
+            sa.select(Job)
+            .where(Job.state == "running", Job.heartbeat_at < cutoff)
+            .with_for_update(skip_locked=True)
+        )
         for job in s.scalars(q):
             msg = f"worker {job.worker_id} stopped heartbeating (last {job.heartbeat_at.isoformat()})"  # type: ignore[union-attr]
             if job.cancel_requested:
@@ -231,8 +298,22 @@ def job_logs(s: Session, job_id: str) -> list[JobLogOut]:
 
 
 def job_out(j: Job) -> JobOut:
-    return JobOut(job_id=j.id, kind=j.kind, cohort_id=j.cohort_id, round_id=j.round_id, params=j.params,
-                  state=j.state, attempts=j.attempts, max_attempts=j.max_attempts,  # type: ignore[arg-type]
-                  worker_id=j.worker_id, progress=j.progress, result=j.result, error=j.error,
-                  cancel_requested=j.cancel_requested, created_at=j.created_at, started_at=j.started_at,
-                  heartbeat_at=j.heartbeat_at, finished_at=j.finished_at)
+    return JobOut(
+        job_id=j.id,
+        kind=j.kind,
+        cohort_id=j.cohort_id,
+        round_id=j.round_id,
+        params=j.params,
+        state=j.state,
+        attempts=j.attempts,
+        max_attempts=j.max_attempts,  # type: ignore[arg-type]
+        worker_id=j.worker_id,
+        progress=j.progress,
+        result=j.result,
+        error=j.error,
+        cancel_requested=j.cancel_requested,
+        created_at=j.created_at,
+        started_at=j.started_at,
+        heartbeat_at=j.heartbeat_at,
+        finished_at=j.finished_at,
+    )

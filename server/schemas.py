@@ -17,13 +17,42 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from server.models import ID_PATTERN
 
 __all__ = [
-    "Id", "Name", "Text", "JsonObject", "PrivacyIn", "EnrollIn", "DraftScoreIn", "ReportIn", "AccuracyIn",
-    "MetricsIn", "SeedExample", "TaskIn", "TaskOut", "CohortIn", "CohortOut", "TokenIn", "TokenOut",
-    "TokenInfo", "RoundIn", "RoundOut", "ReportOut", "DatasetIn", "MetricsOut", "JobIn", "JobOut",
-    "JobLogOut", "AggregateOut", "DeviceOut", "MAX_COUNT", "JOB_KINDS", "JOB_STATES", "MODES", "MECHANISMS",
+    "Id",
+    "Name",
+    "Text",
+    "JsonObject",
+    "PrivacyIn",
+    "EnrollIn",
+    "DraftScoreIn",
+    "ReportIn",
+    "AccuracyIn",
+    "MetricsIn",
+    "SeedExample",
+    "TaskIn",
+    "TaskOut",
+    "CohortIn",
+    "CohortOut",
+    "TokenIn",
+    "TokenOut",
+    "TokenInfo",
+    "RoundIn",
+    "RoundOut",
+    "ReportOut",
+    "DatasetIn",
+    "MetricsOut",
+    "JobIn",
+    "JobOut",
+    "JobLogOut",
+    "AggregateOut",
+    "DeviceOut",
+    "MAX_COUNT",
+    "JOB_KINDS",
+    "JOB_STATES",
+    "MODES",
+    "MECHANISMS",
 ]
 
-MAX_COUNT = 1e9          # no device scores a billion items; noised counts stay far below this too
+MAX_COUNT = 1e9  # no device scores a billion items; noised counts stay far below this too
 MODES = ("loglik", "generate")
 MECHANISMS = ("none", "randomized_response", "laplace", "gaussian")
 JOB_KINDS = ("aggregate", "elicit", "align", "tailor")
@@ -57,8 +86,9 @@ def _storable_json(value: Any, depth: int = 0) -> Any:
 
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=False),
-                 AfterValidator(_storable)]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, strip_whitespace=False), AfterValidator(_storable)
+]
 ShortText = Annotated[str, StringConstraints(max_length=200), AfterValidator(_storable)]
 Text = Annotated[str, StringConstraints(max_length=100_000), AfterValidator(_storable)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
@@ -123,6 +153,7 @@ class MetricsIn(_In):
 
 
 # --- admin resources -------------------------------------------------------------------------------
+
 
 class SeedExample(_In):
     """A public example of the task (what the teacher imitates); never a device's private data."""
@@ -241,7 +272,8 @@ class DatasetIn(_In):
     cohort_id: Id
     round_id: Id | None = None
     content: Annotated[str, StringConstraints(min_length=1), AfterValidator(_storable)] = Field(
-        description="JSONL, one training example per line.")
+        description="JSONL, one training example per line."
+    )
     teacher: Name
     adapter: ShortText | None = None
     counts: dict[Name, Annotated[int, Field(ge=0, le=1_000_000_000)]] = Field(default_factory=dict)

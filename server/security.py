@@ -43,10 +43,15 @@ def parse_secret(value: str, kind: str) -> tuple[str, str] | None:
     prefix = f"arte_{kind}_"
     if not value.startswith(prefix):
         return None
-    rest = value[len(prefix):]
+    rest = value[len(prefix) :]
     hex_id, sep, secret = rest[:32], rest[32:33], rest[33:]
-    if sep != "_" or not secret or len(secret) > 128 or any(c not in "0123456789abcdef" for c in hex_id) \
-            or len(hex_id) != 32:
+    if (
+        sep != "_"
+        or not secret
+        or len(secret) > 128
+        or any(c not in "0123456789abcdef" for c in hex_id)
+        or len(hex_id) != 32
+    ):
         return None
     return f"{_ID_PREFIX[kind]}_{hex_id}", secret
 
@@ -76,8 +81,9 @@ class RateLimiter:
     ``clock`` is injectable so tests never sleep. Thread-safe (uvicorn runs sync routes in threads).
     """
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 100_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000
+    ) -> None:
         self.rate, self.burst, self.clock, self.max_keys = rate, burst, clock, max_keys
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()

@@ -34,8 +34,15 @@ logger = logging.getLogger(__name__)
 class Worker:
     """One worker process (or thread): claims and runs jobs one at a time."""
 
-    def __init__(self, settings: ServerSettings, sessions: sessionmaker[Session], *, worker_id: str | None = None,
-                 clock: Callable[[], datetime] = utcnow, heartbeat_thread: bool = True) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        sessions: sessionmaker[Session],
+        *,
+        worker_id: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        heartbeat_thread: bool = True,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
@@ -58,8 +65,9 @@ class Worker:
         stop = threading.Event()
         beat = None
         if self.heartbeat_thread:
-            beat = threading.Thread(target=self._beat, args=(ctx, stop), daemon=True,
-                                    name=f"heartbeat-{claim.job_id}")
+            beat = threading.Thread(
+                target=self._beat, args=(ctx, stop), daemon=True, name=f"heartbeat-{claim.job_id}"
+            )
             beat.start()
         logger.info("job %s (%s) attempt %d started", claim.job_id, claim.kind, claim.attempt)
         try:
@@ -74,7 +82,9 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - the one place that turns a crash into a failed attempt
             logger.exception("job %s crashed", claim.job_id)
             text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            return queue.fail(self.sessions, claim, f"{type(e).__name__}: {e}\n{text}", self.clock(), retry=True)
+            return queue.fail(
+                self.sessions, claim, f"{type(e).__name__}: {e}\n{text}", self.clock(), retry=True
+            )
         finally:
             stop.set()
             if beat is not None:

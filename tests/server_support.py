@@ -1,4 +1,5 @@
-"""Fixtures and helpers for the fleet server tests (imported by ``tests/*/test_server_*.py``).
+"""Fixtures and helpers for the fleet server tests (a pytest plugin loaded by ``tests/conftest.py``;
+imports the server lazily so other tests do not pay for it).
 
 ``backend`` is parametrized over SQLite (a file under tmp_path) and PostgreSQL (a fresh schema per test
 in the database at ``ARTE_TEST_POSTGRES_URL``, dropped afterwards, so parallel runs never collide; the
@@ -17,9 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
-from server import db, security
-from server.models import AdminKey, new_id
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -41,6 +39,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "sqlite":
         yield Backend("sqlite", f"sqlite:///{tmp_path / 'arte.db'}")
         return
+    from server import db
+
     url = request.getfixturevalue("postgres_url")
     schema = f"arte_test_{os.getpid()}_{secrets.token_hex(4)}"
     db.create_schema(url, schema)
@@ -69,6 +69,9 @@ class Clock:
 
 
 def make_admin_key(sessions: Any) -> str:
+    from server import db, security
+    from server.models import AdminKey, new_id
+
     row_id = new_id("adm")
     key, key_hash = security.new_secret("ak", row_id)
     with db.transaction(sessions) as s:
@@ -76,8 +79,11 @@ def make_admin_key(sessions: Any) -> str:
     return key
 
 
-DRAFT_TEMPLATE = {"question": "Is 'Messi kicked a goal' plausible?", "rationale": "Soccer. <ans>yes</ans>",
-                  "answer": "yes"}
+DRAFT_TEMPLATE = {
+    "question": "Is 'Messi kicked a goal' plausible?",
+    "rationale": "Soccer. <ans>yes</ans>",
+    "answer": "yes",
+}
 
 
 def drafts(n: int, prefix: str = "d") -> list[dict[str, Any]]:
@@ -111,14 +117,23 @@ class Fleet:
         return resp.json()
 
     def task(self) -> str:
-        body = {"name": f"task{self._n()}", "instruction": "Is the sentence plausible?",
-                "seeds": [{"input": "Joao Moutinho caught the screen pass.", "choices": ["yes", "no"],
-                           "answer": "no"}]}
+        body = {
+            "name": f"task{self._n()}",
+            "instruction": "Is the sentence plausible?",
+            "seeds": [
+                {"input": "Joao Moutinho caught the screen pass.", "choices": ["yes", "no"], "answer": "no"}
+            ],
+        }
         return self.ok(self.client.post("/api/v1/tasks", json=body, headers=self.admin), 201)["task_id"]
 
     def cohort(self, k: int = 2, privacy: dict[str, Any] | None = None) -> str:
-        body = {"name": f"cohort{self._n()}", "task_id": self.task(), "student_model": "default",
-                "profile_class": "laptop-cpu", "min_devices": k}
+        body = {
+            "name": f"cohort{self._n()}",
+            "task_id": self.task(),
+            "student_model": "default",
+            "profile_class": "laptop-cpu",
+            "min_devices": k,
+        }
         if privacy:
             body["privacy"] = privacy
         return self.ok(self.client.post("/api/v1/cohorts", json=body, headers=self.admin), 201)["cohort_id"]
@@ -130,8 +145,12 @@ class Fleet:
         return self.ok(self.client.post("/api/v1/tokens", json=body, headers=self.admin), 201)["token"]
 
     def device(self, cohort_id: str) -> tuple[str, dict[str, str]]:
-        body = {"token": self.token(cohort_id), "device_name": f"dev{self._n()}", "profile_id": "laptop-cpu",
-                "hardware": {"cores": 2}}
+        body = {
+            "token": self.token(cohort_id),
+            "device_name": f"dev{self._n()}",
+            "profile_id": "laptop-cpu",
+            "hardware": {"cores": 2},
+        }
         r = self.ok(self.client.post("/api/v1/enroll", json=body), 201)
         return r["device_id"], {"Authorization": f"Bearer {r['device_key']}"}
 
@@ -139,10 +158,20 @@ class Fleet:
         body = {"cohort_id": cohort_id, "drafts": drafts(n_drafts), **kw}
         return self.ok(self.client.post("/api/v1/rounds", json=body, headers=self.admin), 201)["round_id"]
 
-    def report(self, round_id: str, headers: dict[str, str], scores: list[tuple[str, float, float]],
-               key: str | None = None, **kw: Any) -> Any:
-        body = {"idempotency_key": key or f"k{self._n()}", "mode": "loglik",
-                "scores": [{"draft_id": d, "n_items": n, "n_correct": c} for d, n, c in scores], **kw}
+    def report(
+        self,
+        round_id: str,
+        headers: dict[str, str],
+        scores: list[tuple[str, float, float]],
+        key: str | None = None,
+        **kw: Any,
+    ) -> Any:
+        body = {
+            "idempotency_key": key or f"k{self._n()}",
+            "mode": "loglik",
+            "scores": [{"draft_id": d, "n_items": n, "n_correct": c} for d, n, c in scores],
+            **kw,
+        }
         return self.client.post(f"/api/v1/rounds/{round_id}/reports", json=body, headers=headers)
 
     def dataset(self, cohort_id: str, content: str = '{"input": "q", "target": "a"}\n') -> Any:
@@ -153,6 +182,7 @@ class Fleet:
 def build_fleet(backend: Backend, tmp_path: Path, **overrides: Any) -> Fleet:
     from fastapi.testclient import TestClient
 
+    from server import db
     from server.app import create_app
 
     settings = backend.settings(tmp_path / "data", **{"rate_limit_per_s": 0, **overrides})

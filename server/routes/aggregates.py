@@ -30,14 +30,23 @@ def stored(round_id: IdPath, _: AdminDep, s: SessionDep) -> AggregateOut:
     row = results.latest_aggregate(s, round_id)
     if row is None:
         raise NotFound(f"no stored aggregate for round {round_id}", field="round_id")
-    return AggregateOut(cohort_id=rnd.cohort_id, round_id=rnd.id, n_devices=row.n_devices,
-                        min_devices=row.min_devices, meets_k=row.n_devices >= row.min_devices, drafts=row.drafts,
-                        computed_at=row.computed_at, job_id=row.job_id)
+    return AggregateOut(
+        cohort_id=rnd.cohort_id,
+        round_id=rnd.id,
+        n_devices=row.n_devices,
+        min_devices=row.min_devices,
+        meets_k=row.n_devices >= row.min_devices,
+        drafts=row.drafts,
+        computed_at=row.computed_at,
+        job_id=row.job_id,
+    )
 
 
 @router.get("/aggregates/{round_id}/devices", response_model=dict[str, dict[str, Any]])
 def per_device(round_id: IdPath, _: AdminDep, s: SessionDep) -> dict[str, dict[str, Any]]:
     """Per device (personalization view): device id -> draft id -> {n_devices, n_items, n_correct, score}."""
     rnd = fleet.get_round(s, round_id)
-    return {d: {k: v.to_dict() for k, v in agg.drafts.items()}
-            for d, agg in results.per_device_aggregates(s, rnd).items()}
+    return {
+        d: {k: v.to_dict() for k, v in agg.drafts.items()}
+        for d, agg in results.per_device_aggregates(s, rnd).items()
+    }

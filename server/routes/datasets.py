@@ -40,8 +40,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         if last and int(last) < start:
             return None
         if start >= size:
-            raise RangeNotSatisfiable(f"range starts at {start}, content has {size} bytes", field="range",
-                                      size=size)
+            raise RangeNotSatisfiable(
+                f"range starts at {start}, content has {size} bytes", field="range", size=size
+            )
         return start, end
     suffix = int(last)
     if suffix == 0:
@@ -61,13 +62,24 @@ def show(dataset_id: IdPath, who: AnyDep, s: SessionDep) -> wire.DatasetManifest
     return results.manifest(results.get_dataset(s, dataset_id, cohort_id=cohort))
 
 
-@router.get("/datasets/{dataset_id}/content", response_class=Response,
-            responses={200: {"content": {"application/x-ndjson": {}}, "description": "The JSONL bytes."},
-                       206: {"content": {"application/x-ndjson": {}}, "description": "A byte range."},
-                       304: {"description": "Not modified (If-None-Match matched)."},
-                       416: {"description": "Range not satisfiable."}})
-def content(dataset_id: IdPath, who: AnyDep, s: SessionDep, range_: str | None = Header(None, alias="range"),
-            if_range: str | None = Header(None), if_none_match: str | None = Header(None)) -> Response:
+@router.get(
+    "/datasets/{dataset_id}/content",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/x-ndjson": {}}, "description": "The JSONL bytes."},
+        206: {"content": {"application/x-ndjson": {}}, "description": "A byte range."},
+        304: {"description": "Not modified (If-None-Match matched)."},
+        416: {"description": "Range not satisfiable."},
+    },
+)
+def content(
+    dataset_id: IdPath,
+    who: AnyDep,
+    s: SessionDep,
+    range_: str | None = Header(None, alias="range"),
+    if_range: str | None = Header(None),
+    if_none_match: str | None = Header(None),
+) -> Response:
     """The dataset's JSONL bytes, resumable with Range; the ETag is the sha256."""
     cohort = who.device.cohort_id if who.device else None
     ds = results.get_dataset(s, dataset_id, cohort_id=cohort)
@@ -85,11 +97,15 @@ def content(dataset_id: IdPath, who: AnyDep, s: SessionDep, range_: str | None =
         return Response(data, media_type="application/x-ndjson", headers=headers)
     start, end = rng
     headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-    return Response(data[start:end + 1], status_code=206, media_type="application/x-ndjson", headers=headers)
+    return Response(
+        data[start : end + 1], status_code=206, media_type="application/x-ndjson", headers=headers
+    )
 
 
 @router.post("/datasets", status_code=201, response_model=wire.DatasetManifest)
-def upload(body: DatasetIn, request: Request, _: AdminDep, s: SessionDep, now: NowDep) -> wire.DatasetManifest:
+def upload(
+    body: DatasetIn, request: Request, _: AdminDep, s: SessionDep, now: NowDep
+) -> wire.DatasetManifest:
     """Store a JSONL dataset for a cohort (signed when the server has a signing key)."""
     key = request.app.state.settings.dataset_signing_key
     return results.manifest(results.create_dataset(s, body, now, key.get_secret_value() if key else None))

@@ -16,9 +16,14 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"], responses=ERRORS)
 @router.get("/devices/me", response_model=wire.DeviceInfo)
 def me(device: DeviceDep) -> wire.DeviceInfo:
     """The calling device."""
-    return wire.DeviceInfo(device_id=device.id, device_name=device.name, cohort_id=device.cohort_id,
-                           profile_id=device.profile_id, enrolled_at=device.enrolled_at.isoformat(),
-                           last_seen_at=device.last_seen_at.isoformat() if device.last_seen_at else None)
+    return wire.DeviceInfo(
+        device_id=device.id,
+        device_name=device.name,
+        cohort_id=device.cohort_id,
+        profile_id=device.profile_id,
+        enrolled_at=device.enrolled_at.isoformat(),
+        last_seen_at=device.last_seen_at.isoformat() if device.last_seen_at else None,
+    )
 
 
 @router.get("/devices", response_model=list[DeviceOut])

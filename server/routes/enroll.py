@@ -17,7 +17,15 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"], responses=ERRORS)
 def enroll(body: EnrollIn, request: Request, s: SessionDep, now: NowDep) -> wire.EnrollResponse:
     """Enroll a device into the token's cohort. The device key is shown once; the server keeps a hash."""
     check_rate(request, f"ip:{request.client.host if request.client else '-'}")
-    device, key = fleet.enroll(s, body.token, device_name=body.device_name, profile_id=body.profile_id,
-                               hardware=body.hardware, agent_version=body.agent_version, now=now)
-    return wire.EnrollResponse(device_id=device.id, device_key=key, cohort_id=device.cohort_id,
-                               server_time=now.isoformat())
+    device, key = fleet.enroll(
+        s,
+        body.token,
+        device_name=body.device_name,
+        profile_id=body.profile_id,
+        hardware=body.hardware,
+        agent_version=body.agent_version,
+        now=now,
+    )
+    return wire.EnrollResponse(
+        device_id=device.id, device_key=key, cohort_id=device.cohort_id, server_time=now.isoformat()
+    )

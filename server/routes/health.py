@@ -14,4 +14,8 @@ router = APIRouter(prefix=API_PREFIX, tags=["health"])
 @router.get("/health")
 def health(request: Request) -> dict[str, Any]:
     """The server is up; its protocol version and database revision."""
-    return {"status": "ok", "protocol_version": PROTOCOL_VERSION, "db_revision": request.app.state.db_revision}
+    return {
+        "status": "ok",
+        "protocol_version": PROTOCOL_VERSION,
+        "db_revision": request.app.state.db_revision,
+    }

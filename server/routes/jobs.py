@@ -18,16 +18,25 @@ State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Kind = Literal["aggregate", "elicit", "align", "tailor"]
 
 
-@router.post("/jobs", status_code=201, response_model=JobOut,
-             responses={409: {"description": "align below k (type below_k)."}})
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobOut,
+    responses={409: {"description": "align below k (type below_k)."}},
+)
 def create(body: JobIn, request: Request, _: AdminDep, s: SessionDep, now: NowDep) -> JobOut:
     """Queue a job; a worker (``arte-server worker``) runs it."""
     return queue.job_out(queue.submit(s, body, now, request.app.state.settings.job_max_attempts))
 
 
 @router.get("/jobs", response_model=list[JobOut])
-def list_jobs(_: AdminDep, s: SessionDep, state: State | None = None, kind: Kind | None = None,
-              cohort_id: IdQuery = None) -> list[JobOut]:
+def list_jobs(
+    _: AdminDep,
+    s: SessionDep,
+    state: State | None = None,
+    kind: Kind | None = None,
+    cohort_id: IdQuery = None,
+) -> list[JobOut]:
     return [queue.job_out(j) for j in queue.list_jobs(s, state=state, kind=kind, cohort_id=cohort_id)]
 
 

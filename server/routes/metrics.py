@@ -20,7 +20,9 @@ def submit(body: MetricsIn, device: DeviceDep, s: SessionDep, now: NowDep) -> wi
 
 
 @router.get("/metrics", response_model=list[MetricsOut])
-def list_metrics(who: AnyDep, s: SessionDep, device_id: IdQuery = None, cohort_id: IdQuery = None) -> list[MetricsOut]:
+def list_metrics(
+    who: AnyDep, s: SessionDep, device_id: IdQuery = None, cohort_id: IdQuery = None
+) -> list[MetricsOut]:
     """Metrics: a device gets only its own; the admin may filter by device or cohort."""
     if who.device is not None:
         device_id, cohort_id = who.device.id, None
@@ -29,4 +31,6 @@ def list_metrics(who: AnyDep, s: SessionDep, device_id: IdQuery = None, cohort_i
 
 @router.get("/metrics/{metrics_id}", response_model=MetricsOut)
 def show(metrics_id: IdPath, who: AnyDep, s: SessionDep) -> MetricsOut:
-    return results.metrics_out(results.get_metrics(s, metrics_id, device_id=who.device.id if who.device else None))
+    return results.metrics_out(
+        results.get_metrics(s, metrics_id, device_id=who.device.id if who.device else None)
+    )

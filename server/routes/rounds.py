@@ -35,8 +35,9 @@ def create(body: RoundIn, _: AdminDep, s: SessionDep, now: NowDep) -> RoundOut:
 
 
 @router.get("/rounds", response_model=list[RoundOut])
-def list_rounds(_: AdminDep, s: SessionDep, cohort_id: IdQuery = None,
-                state: Literal["open", "closed"] | None = None) -> list[RoundOut]:
+def list_rounds(
+    _: AdminDep, s: SessionDep, cohort_id: IdQuery = None, state: Literal["open", "closed"] | None = None
+) -> list[RoundOut]:
     return [fleet.round_out(s, r) for r in fleet.list_rounds(s, cohort_id, state)]
 
 

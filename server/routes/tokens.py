@@ -21,6 +21,15 @@ def create(body: TokenIn, request: Request, _: AdminDep, s: SessionDep, now: Now
 
 @router.get("/tokens", response_model=list[TokenInfo])
 def list_tokens(_: AdminDep, s: SessionDep, cohort_id: IdQuery = None) -> list[TokenInfo]:
-    return [TokenInfo(token_id=t.id, cohort_id=t.cohort_id, note=t.note, created_at=t.created_at,
-                      expires_at=t.expires_at, used_at=t.used_at, device_id=t.device_id)
-            for t in fleet.list_tokens(s, cohort_id)]
+    return [
+        TokenInfo(
+            token_id=t.id,
+            cohort_id=t.cohort_id,
+            note=t.note,
+            created_at=t.created_at,
+            expires_at=t.expires_at,
+            used_at=t.used_at,
+            device_id=t.device_id,
+        )
+        for t in fleet.list_tokens(s, cohort_id)
+    ]

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from arte import wire
-from tests.server_support import Fleet, backend, build_fleet, fleet, sqlite_backend, sqlite_fleet  # noqa: F401
+from tests.server_support import Fleet, build_fleet
 
 API = "/api/v1"
 
@@ -46,7 +46,9 @@ def test_device_loop_reads_as_wire_messages(fleet: Fleet) -> None:
     drafts = wire.from_wire(wire.RoundDrafts, f.ok(f.client.get(f"{API}/rounds/{rnd}/drafts", headers=a)))
     assert [d["id"] for d in drafts.drafts] == ["d0", "d1", "d2"]
 
-    receipt = wire.from_wire(wire.ReportReceipt, f.ok(f.report(rnd, a, [("d0", 10, 7), ("d1", 10, 2)], key="ka")))
+    receipt = wire.from_wire(
+        wire.ReportReceipt, f.ok(f.report(rnd, a, [("d0", 10, 7), ("d1", 10, 2)], key="ka"))
+    )
     assert not receipt.duplicate and receipt.n_scores == 2 and receipt.device_id == dev_a
     again = wire.from_wire(wire.ReportReceipt, f.ok(f.report(rnd, a, [("d0", 10, 7)], key="ka")))
     assert again.duplicate and again.report_id == receipt.report_id
@@ -55,15 +57,15 @@ def test_device_loop_reads_as_wire_messages(fleet: Fleet) -> None:
 
     agg = f.ok(f.client.get(f"{API}/aggregates/{rnd}", headers=f.admin))
     assert agg["n_devices"] == 2 and agg["meets_k"] is True
-    assert agg["drafts"]["d0"]["score"] == pytest.approx(16 / 40)       # weighted by items, not by device
+    assert agg["drafts"]["d0"]["score"] == pytest.approx(16 / 40)  # weighted by items, not by device
     assert agg["drafts"]["d0"]["n_devices"] == 2
     assert agg["drafts"]["d1"]["score"] == pytest.approx(0.2)
     per_device = f.ok(f.client.get(f"{API}/aggregates/{rnd}/devices", headers=f.admin))
     assert per_device[dev_a]["d0"]["score"] == pytest.approx(0.7) and per_device[dev_b]["d2"]["score"] == 1.0
 
     f.ok(f.client.post(f"{API}/rounds/{rnd}/close", headers=f.admin))
-    error(f.report(rnd, a, [("d0", 1, 1)], key="late"), 409)   # a's stored report differs in key: still 409
-    dup = f.ok(f.report(rnd, a, [("d0", 10, 7)], key="ka"))     # a re-send after close is still a duplicate
+    error(f.report(rnd, a, [("d0", 1, 1)], key="late"), 409)  # a's stored report differs in key: still 409
+    dup = f.ok(f.report(rnd, a, [("d0", 10, 7)], key="ka"))  # a re-send after close is still a duplicate
     assert dup["duplicate"] is True
     _, c = f.device(cohort)
     error(f.report(rnd, c, [("d0", 1, 1)]), 409, "round_id")
@@ -75,9 +77,15 @@ def test_device_loop_reads_as_wire_messages(fleet: Fleet) -> None:
     assert latest.sha256 == hashlib.sha256(content.encode()).hexdigest() == man["sha256"]
     assert (latest.size, latest.n_examples, latest.signature) == (len(content.encode()), 2, None)
 
-    metrics = {"idempotency_key": "m1", "dataset_id": latest.dataset_id, "adapter_version": "v1",
-               "before": {"zero_shot": 0.5, "three_shot": 0.55, "n_items": 40},
-               "after": {"zero_shot": 0.6, "three_shot": 0.62, "n_items": 40}, "kept": True, "train_seconds": 12.5}
+    metrics = {
+        "idempotency_key": "m1",
+        "dataset_id": latest.dataset_id,
+        "adapter_version": "v1",
+        "before": {"zero_shot": 0.5, "three_shot": 0.55, "n_items": 40},
+        "after": {"zero_shot": 0.6, "three_shot": 0.62, "n_items": 40},
+        "kept": True,
+        "train_seconds": 12.5,
+    }
     m1 = wire.from_wire(wire.MetricsReceipt, f.ok(f.client.post(f"{API}/metrics", json=metrics, headers=a)))
     m2 = wire.from_wire(wire.MetricsReceipt, f.ok(f.client.post(f"{API}/metrics", json=metrics, headers=a)))
     assert not m1.duplicate and m2.duplicate and m1.metrics_id == m2.metrics_id
@@ -86,7 +94,7 @@ def test_device_loop_reads_as_wire_messages(fleet: Fleet) -> None:
     assert f.ok(f.client.get(f"{API}/metrics", headers=b)) == []
 
 
-def test_dataset_range_etag_and_signature(backend, tmp_path) -> None:  # noqa: F811
+def test_dataset_range_etag_and_signature(backend, tmp_path) -> None:
     key = "11" * 32
     f = build_fleet(backend, tmp_path, dataset_signing_key=key)
     cohort = f.cohort()
@@ -94,7 +102,9 @@ def test_dataset_range_etag_and_signature(backend, tmp_path) -> None:  # noqa: F
     content = "".join(json.dumps({"input": f"q{i}", "target": "a"}) + "\n" for i in range(50))
     data = content.encode()
     man = f.dataset(cohort, content)
-    expected = "hmac-sha256:" + hmac.new(bytes.fromhex(key), man["sha256"].encode(), hashlib.sha256).hexdigest()
+    expected = (
+        "hmac-sha256:" + hmac.new(bytes.fromhex(key), man["sha256"].encode(), hashlib.sha256).hexdigest()
+    )
     assert man["signature"] == expected
     url = f"{API}/datasets/{man['dataset_id']}/content"
     full = f.client.get(url, headers=a)
@@ -113,7 +123,9 @@ def test_dataset_range_etag_and_signature(backend, tmp_path) -> None:  # noqa: F
     stale = f.client.get(url, headers={**a, "Range": "bytes=0-9", "If-Range": '"deadbeef"'})
     assert stale.status_code == 200 and stale.content == data
     assert f.client.get(url, headers={**a, "If-None-Match": full.headers["etag"]}).status_code == 304
-    assert f.client.get(url, headers={**a, "Range": "bytes=0-1,5-9"}).status_code == 200   # multi-range: ignored
+    assert (
+        f.client.get(url, headers={**a, "Range": "bytes=0-1,5-9"}).status_code == 200
+    )  # multi-range: ignored
     f.client.close()
     f.engine.dispose()
 
@@ -124,8 +136,12 @@ def _bad_report_cases(rnd_drafts: list[str]) -> list[tuple[str, dict, int, str]]
     return [
         ("negative items", {**base, "scores": [{**ok, "n_items": -1}]}, 400, "scores[0].n_items"),
         ("negative correct", {**base, "scores": [{**ok, "n_correct": -1}]}, 400, "scores[0].n_correct"),
-        ("over-count", {**base, "scores": [ok, {**ok, "draft_id": "d1", "n_correct": 11}]}, 400,
-         "scores[1].n_correct"),
+        (
+            "over-count",
+            {**base, "scores": [ok, {**ok, "draft_id": "d1", "n_correct": 11}]},
+            400,
+            "scores[1].n_correct",
+        ),
         ("unknown draft", {**base, "scores": [{**ok, "draft_id": "nope"}]}, 400, "scores[0].draft_id"),
         ("duplicate draft", {**base, "scores": [ok, ok]}, 400, "scores[1].draft_id"),
         ("wrong mode", {**base, "mode": "generate", "scores": [ok]}, 400, "mode"),
@@ -140,7 +156,7 @@ def _bad_report_cases(rnd_drafts: list[str]) -> list[tuple[str, dict, int, str]]
 
 
 @pytest.mark.parametrize("case", range(13))
-def test_bad_reports_are_refused_naming_the_field(sqlite_fleet: Fleet, case: int) -> None:  # noqa: F811
+def test_bad_reports_are_refused_naming_the_field(sqlite_fleet: Fleet, case: int) -> None:
     f = sqlite_fleet
     cohort = f.cohort()
     _, a = f.device(cohort)
@@ -151,24 +167,31 @@ def test_bad_reports_are_refused_naming_the_field(sqlite_fleet: Fleet, case: int
 
 
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])
-def test_non_finite_counts_are_refused(sqlite_fleet: Fleet, raw: str) -> None:  # noqa: F811
+def test_non_finite_counts_are_refused(sqlite_fleet: Fleet, raw: str) -> None:
     f = sqlite_fleet
     cohort = f.cohort()
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=1)
-    body = '{"idempotency_key": "k", "mode": "loglik", "scores": [{"draft_id": "d0", "n_items": %s, ' \
-           '"n_correct": 1}]}' % raw
-    error(f.client.post(f"{API}/rounds/{rnd}/reports", content=body,
-                        headers={**a, "Content-Type": "application/json"}), 422, "scores[0].n_items")
+    body = (
+        '{"idempotency_key": "k", "mode": "loglik", "scores": [{"draft_id": "d0", "n_items": %s, '
+        '"n_correct": 1}]}' % raw
+    )
+    error(
+        f.client.post(
+            f"{API}/rounds/{rnd}/reports", content=body, headers={**a, "Content-Type": "application/json"}
+        ),
+        422,
+        "scores[0].n_items",
+    )
     assert count(f, "reports") == 0
 
 
-def test_noised_counts_are_accepted_under_declared_dp(sqlite_fleet: Fleet) -> None:  # noqa: F811
+def test_noised_counts_are_accepted_under_declared_dp(sqlite_fleet: Fleet) -> None:
     f = sqlite_fleet
     cohort = f.cohort(k=1, privacy={"mechanism": "laplace", "epsilon": 1.0})
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=2)
-    error(f.report(rnd, a, [("d0", 10, 5)]), 400, "privacy.mechanism")       # the round requires laplace
+    error(f.report(rnd, a, [("d0", 10, 5)]), 400, "privacy.mechanism")  # the round requires laplace
     dp = {"mechanism": "laplace", "epsilon": 1.0}
     f.ok(f.report(rnd, a, [("d0", 9.3, 10.4), ("d1", 10.2, -0.7)], privacy=dp))
     agg = f.ok(f.client.get(f"{API}/aggregates/{rnd}", headers=f.admin))
@@ -176,27 +199,41 @@ def test_noised_counts_are_accepted_under_declared_dp(sqlite_fleet: Fleet) -> No
     assert agg["drafts"]["d1"]["score"] == 0.0
 
 
-def test_malformed_json_oversized_and_wrong_content_type(tmp_path, sqlite_backend) -> None:  # noqa: F811
+def test_malformed_json_oversized_and_wrong_content_type(tmp_path, sqlite_backend) -> None:
     f = build_fleet(sqlite_backend, tmp_path, max_body_bytes=2000)
     cohort = f.cohort()
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=1)
     url = f"{API}/rounds/{rnd}/reports"
-    error(f.client.post(url, content=b'{"idempotency_key": ', headers={**a, "Content-Type": "application/json"}),
-          400, "body")
-    error(f.client.post(url, content=b"idempotency_key=k", headers={**a, "Content-Type": "text/plain"}),
-          415, "content-type")
-    big = {"idempotency_key": "k", "mode": "loglik", "scores": [{"draft_id": "d0", "n_items": 1, "n_correct": 1}],
-           "agent_version": "x" * 5000}
+    error(
+        f.client.post(
+            url, content=b'{"idempotency_key": ', headers={**a, "Content-Type": "application/json"}
+        ),
+        400,
+        "body",
+    )
+    error(
+        f.client.post(url, content=b"idempotency_key=k", headers={**a, "Content-Type": "text/plain"}),
+        415,
+        "content-type",
+    )
+    big = {
+        "idempotency_key": "k",
+        "mode": "loglik",
+        "scores": [{"draft_id": "d0", "n_items": 1, "n_correct": 1}],
+        "agent_version": "x" * 5000,
+    }
     error(f.client.post(url, json=big, headers=a), 413, "body")
 
-    def chunks():                       # no Content-Length: the limit is enforced while streaming
+    def chunks():  # no Content-Length: the limit is enforced while streaming
         yield b'{"idempotency_key": "k", "agent_version": "'
         for _ in range(10):
             yield b"y" * 500
         yield b'"}'
 
-    error(f.client.post(url, content=chunks(), headers={**a, "Content-Type": "application/json"}), 413, "body")
+    error(
+        f.client.post(url, content=chunks(), headers={**a, "Content-Type": "application/json"}), 413, "body"
+    )
     error(f.client.post(url, content=b"[]", headers={**a, "Content-Type": "application/json"}), 422)
     error(f.client.get(f"{API}/rounds/not-an-id/drafts", headers=a), 422, "round_id")
     error(f.client.get(f"{API}/no/such/route", headers=a), 404)
@@ -230,15 +267,18 @@ def test_revoked_device_key_is_refused(fleet: Fleet) -> None:
     error(f.client.get(f"{API}/devices/me", headers=a), 401, "authorization")
 
 
-def test_rate_limit_per_key(tmp_path, sqlite_backend) -> None:  # noqa: F811
+def test_rate_limit_per_key(tmp_path, sqlite_backend) -> None:
     from fastapi.testclient import TestClient
 
     from server.app import create_app
 
     f = build_fleet(sqlite_backend, tmp_path)
     now = [0.0]
-    app = create_app(f.settings.model_copy(update={"rate_limit_per_s": 1.0, "rate_limit_burst": 3}),
-                     engine=f.engine, rate_clock=lambda: now[0])
+    app = create_app(
+        f.settings.model_copy(update={"rate_limit_per_s": 1.0, "rate_limit_burst": 3}),
+        engine=f.engine,
+        rate_clock=lambda: now[0],
+    )
     c = TestClient(app, raise_server_exceptions=False)
     for _ in range(3):
         assert c.get(f"{API}/tasks", headers=f.admin).status_code == 200
@@ -257,13 +297,25 @@ def test_jobs_api_align_below_k_and_cancel(fleet: Fleet) -> None:
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=2)
     f.ok(f.report(rnd, a, [("d0", 10, 3)]))
-    e = error(f.client.post(f"{API}/jobs", json={"kind": "align", "cohort_id": cohort, "round_id": rnd},
-                            headers=f.admin), 409, "round_id")
+    e = error(
+        f.client.post(
+            f"{API}/jobs", json={"kind": "align", "cohort_id": cohort, "round_id": rnd}, headers=f.admin
+        ),
+        409,
+        "round_id",
+    )
     assert e["type"] == "below_k" and e["detail"]["n_devices"] == 1 and e["detail"]["min_devices"] == 2
-    error(f.client.post(f"{API}/jobs", json={"kind": "aggregate", "cohort_id": cohort}, headers=f.admin), 400,
-          "round_id")
-    job = f.ok(f.client.post(f"{API}/jobs", json={"kind": "aggregate", "cohort_id": cohort, "round_id": rnd},
-                             headers=f.admin), 201)
+    error(
+        f.client.post(f"{API}/jobs", json={"kind": "aggregate", "cohort_id": cohort}, headers=f.admin),
+        400,
+        "round_id",
+    )
+    job = f.ok(
+        f.client.post(
+            f"{API}/jobs", json={"kind": "aggregate", "cohort_id": cohort, "round_id": rnd}, headers=f.admin
+        ),
+        201,
+    )
     assert job["state"] == "queued" and job["attempts"] == 0
     cancelled = f.ok(f.client.post(f"{API}/jobs/{job['job_id']}/cancel", headers=f.admin))
     assert cancelled["state"] == "cancelled"
@@ -272,10 +324,15 @@ def test_jobs_api_align_below_k_and_cancel(fleet: Fleet) -> None:
     assert any("cancelled" in x["message"] for x in logs)
 
 
-def test_openapi_documents_every_route(sqlite_fleet: Fleet) -> None:  # noqa: F811
+def test_openapi_documents_every_route(sqlite_fleet: Fleet) -> None:
     spec = sqlite_fleet.ok(sqlite_fleet.client.get(f"{API}/openapi.json"))
     paths = spec["paths"]
-    for p in ("/api/v1/enroll", "/api/v1/rounds/{round_id}/reports", "/api/v1/datasets/{dataset_id}/content",
-              "/api/v1/jobs/{job_id}/cancel", "/api/v1/aggregates/{round_id}"):
+    for p in (
+        "/api/v1/enroll",
+        "/api/v1/rounds/{round_id}/reports",
+        "/api/v1/datasets/{dataset_id}/content",
+        "/api/v1/jobs/{job_id}/cancel",
+        "/api/v1/aggregates/{round_id}",
+    ):
         assert p in paths
     assert "HTTPBearer" in spec["components"]["securitySchemes"]

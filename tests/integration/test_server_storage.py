@@ -15,7 +15,7 @@ from server import db, queue, results
 from server.models import Aggregate, Base, Job, Report, utcnow
 from server.schemas import JobIn
 from server.worker import Worker
-from tests.server_support import START, Fleet, backend, build_fleet, fleet  # noqa: F401
+from tests.server_support import START, Fleet
 
 
 def test_migrations_reach_head_and_match_the_models(fleet: Fleet) -> None:
@@ -29,7 +29,7 @@ def test_migrations_reach_head_and_match_the_models(fleet: Fleet) -> None:
     assert diff == []
 
 
-def test_unmigrated_database_is_refused(backend, tmp_path) -> None:  # noqa: F811
+def test_unmigrated_database_is_refused(backend, tmp_path) -> None:
     from server.app import create_app
     from server.errors import NotReady
 
@@ -38,7 +38,7 @@ def test_unmigrated_database_is_refused(backend, tmp_path) -> None:  # noqa: F81
     with pytest.raises(NotReady, match="arte-server init"):
         create_app(settings, engine=engine)
     assert db.upgrade(engine) == db.head_revision()
-    assert db.upgrade(engine) == db.head_revision()          # idempotent
+    assert db.upgrade(engine) == db.head_revision()  # idempotent
     create_app(settings, engine=engine)
     engine.dispose()
 
@@ -60,12 +60,34 @@ def test_foreign_keys_and_unique_report_per_device_round(fleet: Fleet) -> None:
     f.ok(f.report(rnd, a, [("d0", 4, 2)]))
     with pytest.raises(IntegrityError):
         with db.transaction(f.sessions) as s:
-            s.add(Report(id="rep_" + "0" * 32, round_id=rnd, device_id=dev, idempotency_key="x", mode="loglik",
-                         privacy={}, agent_version="", n_scores=0, received_at=START))
+            s.add(
+                Report(
+                    id="rep_" + "0" * 32,
+                    round_id=rnd,
+                    device_id=dev,
+                    idempotency_key="x",
+                    mode="loglik",
+                    privacy={},
+                    agent_version="",
+                    n_scores=0,
+                    received_at=START,
+                )
+            )
     with pytest.raises(IntegrityError):
         with db.transaction(f.sessions) as s:
-            s.add(Report(id="rep_" + "1" * 32, round_id="rnd_" + "9" * 32, device_id=dev, idempotency_key="y",
-                         mode="loglik", privacy={}, agent_version="", n_scores=0, received_at=START))
+            s.add(
+                Report(
+                    id="rep_" + "1" * 32,
+                    round_id="rnd_" + "9" * 32,
+                    device_id=dev,
+                    idempotency_key="y",
+                    mode="loglik",
+                    privacy={},
+                    agent_version="",
+                    n_scores=0,
+                    received_at=START,
+                )
+            )
 
 
 def test_a_failed_request_stores_nothing(fleet: Fleet) -> None:
@@ -122,15 +144,15 @@ def test_worker_runs_aggregate_job(fleet: Fleet) -> None:
 def test_dead_worker_job_is_requeued_and_retried(fleet: Fleet) -> None:
     f = fleet
     job_id, _ = _aggregate_job(f)
-    dead = queue.claim(f.sessions, "dead-worker", f.clock())           # claims, then never heartbeats
+    dead = queue.claim(f.sessions, "dead-worker", f.clock())  # claims, then never heartbeats
     assert dead is not None and dead.job_id == job_id
     f.clock.advance(f.settings.job_dead_after_s - 1)
-    assert _worker(f, "w2").run_once() is None                         # not dead yet: nothing to do
+    assert _worker(f, "w2").run_once() is None  # not dead yet: nothing to do
     f.clock.advance(2)
     assert _worker(f, "w2").run_once() == job_id
     job = _job(f, job_id)
     assert job["state"] == "succeeded" and job["attempts"] == 2 and job["worker_id"] == "w2"
-    assert queue.succeed(f.sessions, dead, {"stale": True}, f.clock()) is False   # the dead one lost it
+    assert queue.succeed(f.sessions, dead, {"stale": True}, f.clock()) is False  # the dead one lost it
     assert queue.heartbeat(f.sessions, dead, f.clock()) == "lost"
     logs = f.ok(f.client.get(f"/api/v1/jobs/{job_id}/logs", headers=f.admin))
     assert any("stopped heartbeating" in x["message"] and x["level"] == "warning" for x in logs)
@@ -159,10 +181,11 @@ def test_failure_is_logged_and_not_retried(fleet: Fleet) -> None:
     f = fleet
     cohort = f.cohort(k=1)
     rnd = f.round(cohort, n_drafts=1)
-    with db.transaction(f.sessions) as s:   # a round of another cohort: the handler must refuse it
+    with db.transaction(f.sessions) as s:  # a round of another cohort: the handler must refuse it
         other = f.cohort(k=1)
-        job = queue.create_job(s, kind="aggregate", cohort_id=other, round_id=rnd, params={}, max_attempts=3,
-                               now=f.clock())
+        job = queue.create_job(
+            s, kind="aggregate", cohort_id=other, round_id=rnd, params={}, max_attempts=3, now=f.clock()
+        )
     assert _worker(f, "w1").run_once() == job.id
     got = _job(f, job.id)
     assert got["state"] == "failed" and got["attempts"] == 1 and "not a round of cohort" in got["error"]
@@ -176,9 +199,10 @@ def test_align_below_k_fails_in_the_worker_with_a_clear_error(fleet: Fleet) -> N
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=1)
     f.ok(f.report(rnd, a, [("d0", 3, 1)]))
-    with db.transaction(f.sessions) as s:   # bypasses the API's check, as a job queued before reports vanished
-        job = queue.create_job(s, kind="align", cohort_id=cohort, round_id=rnd, params={}, max_attempts=3,
-                               now=f.clock())
+    with db.transaction(f.sessions) as s:  # bypasses the API's check, as a job queued before reports vanished
+        job = queue.create_job(
+            s, kind="align", cohort_id=cohort, round_id=rnd, params={}, max_attempts=3, now=f.clock()
+        )
     _worker(f, "w1").run_once()
     got = _job(f, job.id)
     assert got["state"] == "failed" and "fewer than the cohort's k=3" in got["error"]
@@ -206,8 +230,9 @@ def test_concurrent_workers_claim_each_job_exactly_once(fleet: Fleet) -> None:
     n_jobs, n_workers = 24, 6
     with db.transaction(f.sessions) as s:
         for _ in range(n_jobs):
-            queue.create_job(s, kind="aggregate", cohort_id=cohort, round_id=rnd, params={}, max_attempts=1,
-                             now=f.clock())
+            queue.create_job(
+                s, kind="aggregate", cohort_id=cohort, round_id=rnd, params={}, max_attempts=1, now=f.clock()
+            )
     barrier = threading.Barrier(n_workers)
     claimed: dict[str, list[str]] = {}
     errors: list[BaseException] = []
@@ -249,9 +274,15 @@ def test_concurrent_duplicate_reports_store_one(fleet: Fleet) -> None:
 
         with TestClient(f.app) as c:
             barrier.wait()
-            r = c.post(f"/api/v1/rounds/{rnd}/reports", headers=a,
-                       json={"idempotency_key": "same", "mode": "loglik",
-                             "scores": [{"draft_id": "d0", "n_items": 5, "n_correct": 1}]})
+            r = c.post(
+                f"/api/v1/rounds/{rnd}/reports",
+                headers=a,
+                json={
+                    "idempotency_key": "same",
+                    "mode": "loglik",
+                    "scores": [{"draft_id": "d0", "n_items": 5, "n_correct": 1}],
+                },
+            )
             out.append((r.status_code, r.json().get("duplicate")))
 
     threads = [threading.Thread(target=send) for _ in range(n)]
