@@ -336,3 +336,18 @@ def test_openapi_documents_every_route(sqlite_fleet: Fleet) -> None:
     ):
         assert p in paths
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+def test_unexpected_errors_are_500_without_a_stack_trace(sqlite_fleet: Fleet) -> None:
+    from fastapi.testclient import TestClient
+
+    app = sqlite_fleet.app
+
+    @app.get("/api/v1/_boom")
+    def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/api/v1/_boom")
+    e = error(r, 500)
+    assert e["type"] == "internal" and "secret" not in r.text and "RuntimeError" not in r.text
