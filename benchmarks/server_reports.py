@@ -58,8 +58,12 @@ class Server:
         self.admin_key = json.loads(init.stdout)["admin_key"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([*exe, "serve", "--port", str(self.port)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*exe, "serve", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -85,51 +89,88 @@ def timed(n: int, concurrency: int, fn: Any) -> tuple[float, list[int]]:
 def measure(env: dict[str, str], devices: int, rounds: int, concurrency: int) -> dict[str, float]:
     srv = Server(env)
     try:
-        admin = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_key}"}, timeout=30)
+        admin = httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_key}"}, timeout=30
+        )
         task = admin.post(f"{API}/tasks", json={"name": "bench", "instruction": "Answer."}).json()["task_id"]
-        cohort = admin.post(f"{API}/cohorts", json={"name": "bench", "task_id": task, "student_model": "m",
-                                                    "profile_class": "p", "min_devices": 1}).json()["cohort_id"]
-        drafts = [{"id": f"d{i}", "question": "q", "rationale": "r <ans>a</ans>", "answer": "a"}
-                  for i in range(N_DRAFTS)]
-        round_ids = [admin.post(f"{API}/rounds", json={"cohort_id": cohort, "drafts": drafts}).json()["round_id"]
-                     for _ in range(rounds)]
+        cohort = admin.post(
+            f"{API}/cohorts",
+            json={
+                "name": "bench",
+                "task_id": task,
+                "student_model": "m",
+                "profile_class": "p",
+                "min_devices": 1,
+            },
+        ).json()["cohort_id"]
+        drafts = [
+            {"id": f"d{i}", "question": "q", "rationale": "r <ans>a</ans>", "answer": "a"}
+            for i in range(N_DRAFTS)
+        ]
+        round_ids = [
+            admin.post(f"{API}/rounds", json={"cohort_id": cohort, "drafts": drafts}).json()["round_id"]
+            for _ in range(rounds)
+        ]
         keys = []
         for i in range(devices):
             token = admin.post(f"{API}/tokens", json={"cohort_id": cohort}).json()["token"]
-            r = httpx.post(f"{srv.url}{API}/enroll", json={"token": token, "device_name": f"d{i}",
-                                                          "profile_id": "p"})
+            r = httpx.post(
+                f"{srv.url}{API}/enroll", json={"token": token, "device_name": f"d{i}", "profile_id": "p"}
+            )
             keys.append(r.json()["device_key"])
-        clients = [httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {k}"}, timeout=30)
-                   for k in keys]
+        clients = [
+            httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {k}"}, timeout=30) for k in keys
+        ]
         jobs = [(c, rid) for rid in round_ids for c in range(devices)]
 
         def report(i: int) -> int:
             c, rid = jobs[i]
-            body = {"idempotency_key": f"{rid}-{c}", "mode": "loglik",
-                    "scores": [{"draft_id": f"d{j}", "n_items": 40, "n_correct": (j * 7 + c) % 41}
-                               for j in range(N_DRAFTS)]}
+            body = {
+                "idempotency_key": f"{rid}-{c}",
+                "mode": "loglik",
+                "scores": [
+                    {"draft_id": f"d{j}", "n_items": 40, "n_correct": (j * 7 + c) % 41}
+                    for j in range(N_DRAFTS)
+                ],
+            }
             return clients[c].post(f"{API}/rounds/{rid}/reports", json=body).status_code
 
-        health_rate, hc = timed(len(jobs), concurrency, lambda i: clients[i % devices].get(f"{API}/health").status_code)
-        me_rate, mc = timed(len(jobs), concurrency, lambda i: clients[i % devices].get(f"{API}/devices/me").status_code)
+        health_rate, hc = timed(
+            len(jobs), concurrency, lambda i: clients[i % devices].get(f"{API}/health").status_code
+        )
+        me_rate, mc = timed(
+            len(jobs), concurrency, lambda i: clients[i % devices].get(f"{API}/devices/me").status_code
+        )
         report_rate, rc = timed(len(jobs), concurrency, report)
         dup_rate, dc = timed(len(jobs), concurrency, report)
-        assert set(hc) == {200} and set(mc) == {200} and set(rc) == {200} and set(dc) == {200}, \
-            (set(hc), set(mc), set(rc), set(dc))
+        assert set(hc) == {200} and set(mc) == {200} and set(rc) == {200} and set(dc) == {200}, (
+            set(hc),
+            set(mc),
+            set(rc),
+            set(dc),
+        )
         agg = admin.get(f"{API}/aggregates/{round_ids[0]}").json()
         assert agg["n_devices"] == devices
         for c in clients:
             c.close()
-        return {"n_reports": len(jobs), "reports_per_s": report_rate, "duplicate_reports_per_s": dup_rate,
-                "health_per_s": health_rate, "devices_me_per_s": me_rate}
+        return {
+            "n_reports": len(jobs),
+            "reports_per_s": report_rate,
+            "duplicate_reports_per_s": dup_rate,
+            "health_per_s": health_rate,
+            "devices_me_per_s": me_rate,
+        }
     finally:
         srv.stop()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--postgres", default=os.environ.get("ARTE_TEST_POSTGRES_URL"),
-                    help="PostgreSQL SQLAlchemy URL (default: $ARTE_TEST_POSTGRES_URL; none: SQLite only)")
+    ap.add_argument(
+        "--postgres",
+        default=os.environ.get("ARTE_TEST_POSTGRES_URL"),
+        help="PostgreSQL SQLAlchemy URL (default: $ARTE_TEST_POSTGRES_URL; none: SQLite only)",
+    )
     ap.add_argument("--devices", type=int, default=60, help="enrolled devices")
     ap.add_argument("--rounds", type=int, default=4, help="rounds (each device reports once per round)")
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent client threads")
@@ -139,8 +180,9 @@ def main() -> None:
     base["ARTE_SERVER_RATE_LIMIT_PER_S"] = "0"
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results["sqlite"] = measure({**base, "ARTE_SERVER_DATA_DIR": tmp}, args.devices, args.rounds,
-                                    args.concurrency)
+        results["sqlite"] = measure(
+            {**base, "ARTE_SERVER_DATA_DIR": tmp}, args.devices, args.rounds, args.concurrency
+        )
     if args.postgres:
         from server import db
 
@@ -148,27 +190,45 @@ def main() -> None:
         db.create_schema(args.postgres, schema)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                results["postgresql"] = measure({**base, "ARTE_SERVER_DATA_DIR": tmp,
-                                                 "ARTE_SERVER_DATABASE_URL": args.postgres,
-                                                 "ARTE_SERVER_DB_SCHEMA": schema},
-                                                args.devices, args.rounds, args.concurrency)
+                results["postgresql"] = measure(
+                    {
+                        **base,
+                        "ARTE_SERVER_DATA_DIR": tmp,
+                        "ARTE_SERVER_DATABASE_URL": args.postgres,
+                        "ARTE_SERVER_DB_SCHEMA": schema,
+                    },
+                    args.devices,
+                    args.rounds,
+                    args.concurrency,
+                )
         finally:
             db.drop_schema(args.postgres, schema)
 
-    print(f"{'backend':<11} {'reports/s':>10} {'dup re-sends/s':>15} {'GET /devices/me/s':>18} "
-          f"{'GET /health/s (baseline)':>25}")
+    print(
+        f"{'backend':<11} {'reports/s':>10} {'dup re-sends/s':>15} {'GET /devices/me/s':>18} "
+        f"{'GET /health/s (baseline)':>25}"
+    )
     for name, r in results.items():
-        print(f"{name:<11} {r['reports_per_s']:>10.1f} {r['duplicate_reports_per_s']:>15.1f} "
-              f"{r['devices_me_per_s']:>18.1f} {r['health_per_s']:>25.1f}")
-    print(f"({args.devices} devices x {args.rounds} rounds = {args.devices * args.rounds} reports of "
-          f"{N_DRAFTS} scores each, {args.concurrency} concurrent clients, one uvicorn process, loopback)")
+        print(
+            f"{name:<11} {r['reports_per_s']:>10.1f} {r['duplicate_reports_per_s']:>15.1f} "
+            f"{r['devices_me_per_s']:>18.1f} {r['health_per_s']:>25.1f}"
+        )
+    print(
+        f"({args.devices} devices x {args.rounds} rounds = {args.devices * args.rounds} reports of "
+        f"{N_DRAFTS} scores each, {args.concurrency} concurrent clients, one uvicorn process, loopback)"
+    )
 
     import fastapi
     import sqlalchemy
     import uvicorn
 
-    versions = {"python": platform.python_version(), "fastapi": fastapi.__version__,
-                "sqlalchemy": sqlalchemy.__version__, "uvicorn": uvicorn.__version__, "httpx": httpx.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "fastapi": fastapi.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+        "uvicorn": uvicorn.__version__,
+        "httpx": httpx.__version__,
+    }
     try:
         import psycopg
 
@@ -186,9 +246,20 @@ def main() -> None:
 
     versions["sqlite"] = sqlite3.sqlite_version
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
-    print(json.dumps({"benchmark": "server_reports", "devices": args.devices, "rounds": args.rounds,
-                      "concurrency": args.concurrency, "drafts_per_report": N_DRAFTS, "results": results,
-                      "versions": versions, "machine": machine}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "server_reports",
+                "devices": args.devices,
+                "rounds": args.rounds,
+                "concurrency": args.concurrency,
+                "drafts_per_report": N_DRAFTS,
+                "results": results,
+                "versions": versions,
+                "machine": machine,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -106,9 +106,8 @@ def _redact(url: str) -> str:
 @main.command()
 @click.option("--host", default=None, help="Bind address (default from settings: 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default from settings: 8700).")
-@click.option("--workers", type=int, default=1, show_default=True, help="uvicorn worker processes.")
 @click.pass_obj
-def serve(obj: _Ctx, host: str | None, port: int | None, workers: int) -> None:
+def serve(obj: _Ctx, host: str | None, port: int | None) -> None:
     """Serve the HTTP API with uvicorn (refuses an unmigrated database: exit 3)."""
     import uvicorn
 
@@ -120,10 +119,6 @@ def serve(obj: _Ctx, host: str | None, port: int | None, workers: int) -> None:
         app = create_app(settings, engine=obj.engine())
     except NotReady as e:
         _fail(False, EXIT_NOT_READY, e.type, e.message)
-    if workers > 1:
-        click.echo(
-            "note: --workers > 1 needs an import string; running one process per call instead", err=True
-        )
     uvicorn.run(
         app,
         host=host or settings.host,

@@ -45,8 +45,13 @@ def fuzz_operation(operation, mode: GenerationMode, keys: tuple[dict[str, str], 
     label = f"{mode.value} {operation.label}"
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def run(case) -> None:
         if case.headers:
             case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
