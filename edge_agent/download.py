@@ -29,7 +29,6 @@ from edge_agent.errors import IntegrityError
 __all__ = ["download_dataset", "verify_file", "verify_signature"]
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 16
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -89,7 +88,7 @@ def _fetch_into(client: ServerClient, path: str, part: Path, size: int) -> None:
         log.info("downloading %s from byte %d of %d", path, offset, size)
         with part.open(mode) as f:
             written = offset
-            for block in resp.iter_bytes(CHUNK):
+            for block in resp.iter_bytes():  # as received: a chunk size would buffer bytes a drop loses
                 f.write(block)
                 written += len(block)
                 if written > size:

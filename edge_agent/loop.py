@@ -104,7 +104,7 @@ def _fetch_drafts(agent: Agent, rnd: RoundInfo, key: str) -> None:
     drafts = [draft_from_dict(d, path=f"round {rnd.round_id} drafts", line=i + 1) for i, d in enumerate(msg.drafts)]
     path = agent.state.dir / "rounds" / f"{rnd.round_id}.drafts.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_drafts(drafts, path)
+    write_drafts(path, drafts)
     agent.state.set_journal(key, "drafts", {"path": str(path), "n_drafts": len(drafts)})
 
 
