@@ -25,8 +25,9 @@ from typing import Any, Iterator
 
 import httpx
 
-from arte.wire import (API_PREFIX, DatasetManifest, EnrollRequest, EnrollResponse, Metrics, MetricsReceipt,
-                       PrivacyInfo, Report, ReportReceipt, RoundDrafts, RoundInfo, from_wire, to_wire)
+from arte.wire import (API_PREFIX, DatasetManifest, DeviceInfo, EnrollRequest, EnrollResponse, Metrics,
+                       MetricsReceipt, PrivacyInfo, Report, ReportReceipt, RoundDrafts, RoundInfo, from_wire,
+                       to_wire)
 
 NOW = "2026-01-01T00:00:00+00:00"
 
@@ -146,6 +147,8 @@ class FakeFleet:
         return httpx.Response(201, json=to_wire(EnrollResponse(dev, key, self.cohort_id, NOW)))
 
     def _route(self, req: httpx.Request, path: str, dev: str) -> httpx.Response:
+        if path == "/devices/me":
+            return httpx.Response(200, json=to_wire(DeviceInfo(dev, "d", self.cohort_id, "laptop-cpu", NOW, NOW)))
         if path == "/rounds/current":
             return httpx.Response(200, json=to_wire(self.round)) if self.round else \
                 self._err(404, "not_found", "no open round")
