@@ -8,8 +8,8 @@ and, when the manifest carries a signature, a valid HMAC-SHA256 under the fleet'
 deleted and fetched once more from scratch, and if that fails too :class:`IntegrityError` is raised. Only
 a verified file is renamed to its final name, and a final file is re-verified before it is returned.
 
-Signatures: ``manifest.signature`` is the hex HMAC-SHA256 of the ASCII hex sha256 under the server's
-``dataset_signing_key`` (hex), which the operator configures on the device (setting ``dataset_key``).
+Signatures: ``manifest.signature`` is ``hmac-sha256:<hex>``, the HMAC-SHA256 of the ASCII hex sha256 under
+the server's ``dataset_signing_key`` (hex), which the operator configures on the device (``dataset_key``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def verify_signature(sha256_hex: str, signature: str, key_hex: str | None) -> None:
-    """Check ``signature`` (hex HMAC-SHA256 of the ASCII hex ``sha256_hex`` under the fleet's dataset
-    signing key, given as hex) — the server's ``dataset_signing_key`` scheme."""
+    """Check ``signature`` (``hmac-sha256:<hex>``: HMAC-SHA256 of the ASCII hex ``sha256_hex`` under the
+    fleet's dataset signing key, given as hex), the server's ``dataset_signing_key`` scheme."""
+    scheme, _, mac = signature.partition(":")
+    if scheme != "hmac-sha256" or not mac:
+        raise IntegrityError(f"unknown signature scheme {scheme!r} (expected 'hmac-sha256:<hex>')")
     if not key_hex:
         raise IntegrityError("the dataset manifest is signed but no dataset signing key is configured on this "
                              "device: `edge-agent config set dataset_key HEX` (the server's dataset_signing_key)")
@@ -43,7 +46,7 @@ def verify_signature(sha256_hex: str, signature: str, key_hex: str | None) -> No
     except ValueError:
         raise IntegrityError("the configured dataset_key is not hex") from None
     expected = hmac.new(key, sha256_hex.encode("ascii"), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    if not hmac.compare_digest(expected, mac.strip().lower()):
         raise IntegrityError(f"bad signature for sha256 {sha256_hex[:12]}…: not signed with the configured "
                              "dataset key")
 

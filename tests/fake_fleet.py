@@ -93,8 +93,8 @@ class FakeFleet:
 
     def publish(self, content: bytes, dataset_id: str = "ds1", *, sign: bool = False) -> DatasetManifest:
         sha = hashlib.sha256(content).hexdigest()
-        sig = hmac.new(self.signing_key, sha.encode(), hashlib.sha256).hexdigest() if sign and self.signing_key \
-            else None
+        sig = ("hmac-sha256:" + hmac.new(self.signing_key, sha.encode(), hashlib.sha256).hexdigest()
+               if sign and self.signing_key else None)
         m = DatasetManifest(dataset_id=dataset_id, cohort_id=self.cohort_id, round_id=None, sha256=sha,
                             size=len(content), n_examples=content.count(b"\n"), created_at=NOW, teacher="fake",
                             adapter=None, signature=sig)

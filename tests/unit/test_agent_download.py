@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import random
@@ -100,10 +101,14 @@ def test_signed_manifests(tmp_path: Path) -> None:
     key = bytes(range(32))
     fleet = FakeFleet(signing_key=key)
     m = fleet.publish(CONTENT, sign=True)
-    assert m.signature == hmac.new(key, hashlib.sha256(CONTENT).hexdigest().encode(), hashlib.sha256).hexdigest()
+    mac = hmac.new(key, hashlib.sha256(CONTENT).hexdigest().encode(), hashlib.sha256).hexdigest()
+    assert m.signature == f"hmac-sha256:{mac}"
     assert download_dataset(setup(fleet), m, tmp_path / "ok", key_hex=key.hex()).read_bytes() == CONTENT
     with pytest.raises(IntegrityError, match="bad signature"):
         download_dataset(setup(fleet), m, tmp_path / "bad", key_hex=(b"x" * 32).hex())
     assert list((tmp_path / "bad").iterdir()) == []
     with pytest.raises(IntegrityError, match="no dataset signing key"):
         download_dataset(setup(fleet), m, tmp_path / "none")
+    forged = dataclasses.replace(m, signature="ed25519:abcd")
+    with pytest.raises(IntegrityError, match="unknown signature scheme"):
+        download_dataset(setup(fleet), forged, tmp_path / "scheme", key_hex=key.hex())
