@@ -119,6 +119,8 @@ def _settings(ctx: click.Context) -> Any:
         settings = settings.model_copy(update={"state_dir": ctx.obj["state_dir"]})
     level = logging.DEBUG if ctx.obj.get("verbose") else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not ctx.obj.get("verbose"):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is debug detail
     return settings
 
 

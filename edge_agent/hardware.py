@@ -188,8 +188,9 @@ def match_profile(hw: Hardware, profiles: Mapping[str, Profile]) -> tuple[Profil
     if not candidates:
         return None, lines
     best = profiles[min(candidates)[1]]
+    n = best.match.n_conditions
     lines.insert(0, f"picked {best.id}: the matching profile with the most specific rules "
-                    f"({best.match.n_conditions} conditions)")
+                    f"({n} condition{'s' * (n != 1)})")
     return best, lines
 
 

@@ -78,6 +78,8 @@ def render_unit(spec: ServiceSpec) -> str:
         f"ExecStart={_quote(spec.exec_path)} run",
         "Restart=on-failure",
         f"RestartSec={spec.restart_sec}",
+        # auth refused (7) and not enrolled (12) need an operator: restarting would not help
+        "RestartPreventExitStatus=7 12",
         f"Nice={spec.nice}",
         "",
         "[Install]",

@@ -169,6 +169,7 @@ def test_service_install_writes_a_unit_without_root(env, tmp_path: Path) -> None
     cp.read_string(unit.read_text())
     svc = cp["Service"]
     assert svc["Restart"] == "on-failure" and svc["User"] == "arte"
+    assert svc["RestartPreventExitStatus"] == f"{ExitCode.AUTH.value} {ExitCode.NOT_ENROLLED.value}"
     assert svc["EnvironmentFile"] == "/etc/arte/agent.env" and svc["ExecStart"] == "/opt/arte/bin/edge-agent run"
     assert f"EDGE_AGENT_STATE_DIR={tmp_path / 'state'}" in svc["Environment"]
     assert any("systemctl enable --now edge-agent.service" in c for c in out["commands"])
