@@ -310,6 +310,9 @@ def run(ctx: click.Context, once: bool, iterations: int | None, ignore_condition
         fail(e)
     if as_json:
         emit(done[0] if once else done, True, "")
+    if once and (done[0].get("round") or {}).get("budget"):
+        click.echo(f"error: {done[0]['round']['reason']}", err=True)
+        sys.exit(int(ExitCode.BUDGET))
 
 
 def _student_opener(model: str) -> Any:

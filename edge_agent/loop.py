@@ -28,15 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from arte.drafts import draft_from_dict, write_drafts, read_drafts
 from arte.errors import ArteError
 from arte.scoring import ScoringConfig, score_drafts
 from arte.tasks import load_task, split_task
-from arte.wire import Accuracy, DraftScoreMsg, Metrics, PrivacyInfo, Report, RoundInfo, to_wire
+from arte.wire import Accuracy, Metrics, Report, RoundInfo, to_wire
 from edge_agent.client import ServerClient
 from edge_agent.download import download_dataset, verify_file
-from edge_agent.errors import AgentError, AuthError, NetworkError, StateError, TrainingError
+from edge_agent.errors import AgentError, AuthError, BudgetError, NetworkError, StateError, TrainingError
 from edge_agent.hardware import Hardware, work_blockers
+from edge_agent.privacy import private_scores
 from edge_agent.state import State
 from edge_agent.sync import deliver, queue_metrics, queue_report
 from edge_agent.training import TrainRequest, TrainResult
@@ -53,7 +55,7 @@ TrainStep = Callable[[TrainRequest], TrainResult]
 class Agent:
     """Everything one iteration needs. ``open_student(profile, adapter_path)`` returns a
     :class:`arte.student.Student`; ``detect()`` the current :class:`Hardware`; ``clock()`` seconds (for the
-    time budgets); ``rng`` seeds draft sampling and privacy noise."""
+    time budgets)."""
 
     state: State
     client: ServerClient
@@ -65,7 +67,7 @@ class Agent:
     ignore_conditions: bool = False
     model: str = "default"
     agent_version: str = ""
-    rng: random.Random = field(default_factory=random.Random)
+    noise_seed: int | None = None      # privacy noise; None draws the seed from the OS (tests fix it)
 
 
 @dataclass
@@ -108,17 +110,6 @@ def _fetch_drafts(agent: Agent, rnd: RoundInfo, key: str) -> None:
     agent.state.set_journal(key, "drafts", {"path": str(path), "n_drafts": len(drafts)})
 
 
-def _privatize(agent: Agent, rnd: RoundInfo, result: Any, draft_ids: list[str]) -> tuple[list[DraftScoreMsg],
-                                                                                           PrivacyInfo, dict | None]:
-    """Scores to send and the privacy charge to record. Exact counts when the round asks for no noise."""
-    if rnd.privacy.mechanism == "none":
-        return ([DraftScoreMsg(s.draft_id, float(s.n_items), float(s.n_correct)) for s in result.scores],
-                PrivacyInfo(), None)
-    raise AgentError(f"round {rnd.round_id} requires local differential privacy "
-                     f"({rnd.privacy.mechanism}, epsilon {rnd.privacy.epsilon}) and this agent build has "
-                     "no DP mechanism: the round is skipped, nothing is reported")
-
-
 def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> dict[str, Any]:
     """Score, then queue the report with its journal step in one transaction."""
     p = agent.profile
@@ -147,7 +138,8 @@ def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> di
         reason = f"the time budget ({p.budget.score_seconds} s) ran out before one draft was scored"
         agent.state.set_journal(key, "skipped", {"reason": reason})
         return {"round_id": rnd.round_id, "step": "skipped", "reason": reason}
-    scores, privacy, charge = _privatize(agent, rnd, result, [d.id for d in drafts])
+    scores, privacy, charge = private_scores(agent.state, rnd, result, [d.id for d in drafts],
+                                             np.random.default_rng(agent.noise_seed))
     report = Report(idempotency_key=uuid.uuid4().hex, scores=scores, mode=rnd.mode, privacy=privacy,
                     agent_version=agent.agent_version)
     summary = {"round_id": rnd.round_id, "step": "queued", "idempotency_key": report.idempotency_key,
@@ -183,8 +175,9 @@ def _do_round(agent: Agent, it: Iteration) -> None:
         except AgentError as e:
             if isinstance(e, StateError):
                 raise
-            agent.state.set_journal(key, "skipped", {"reason": str(e)})
-            it.round = {"round_id": rnd.round_id, "step": "skipped", "reason": str(e)}
+            data = {"reason": str(e), "budget": isinstance(e, BudgetError)}
+            agent.state.set_journal(key, "skipped", data)
+            it.round = {"round_id": rnd.round_id, "step": "skipped", **data}
         it.progressed = True
     else:
         it.round = {"round_id": rnd.round_id, **data, "step": step}

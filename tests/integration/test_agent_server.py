@@ -10,7 +10,6 @@ SQLite state.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,7 +76,7 @@ def agent_for(state_dir: Path, trainer: Any = None, transport: httpx.BaseTranspo
                           wait=lambda s: None, retry=RetryPolicy(attempts=2), timeout=10)
     return Agent(state=st, client=client, profile=load_profiles()["laptop-cpu"],
                  open_student=lambda p, a: CopyingStudent(), train=trainer or Trainer(), detect=lambda: IDLE,
-                 rng=random.Random(0), **kw)
+                 noise_seed=0, **kw)
 
 
 def test_enroll_score_report_download_train(server: LiveServer, tmp_path: Path, private_data: Path) -> None:

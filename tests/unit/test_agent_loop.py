@@ -4,8 +4,8 @@ kill at any step and never reports twice; respects the profile's conditions and 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -70,7 +70,7 @@ def make_agent(tmp_path: Path, fleet: FakeFleet, data: Path, *, train=None, hw: 
                           retry=RetryPolicy(attempts=2))
     agent = Agent(state=st, client=client, profile=load_profiles()[profile_id],
                   open_student=lambda p, adapter: student(), train=train or FakeTrainer(), detect=lambda: hw,
-                  rng=random.Random(0))
+                  noise_seed=0)
     if clock is not None:
         agent.clock = clock
     return agent
@@ -241,6 +241,8 @@ def test_a_worse_adapter_is_not_kept(tmp_path: Path, private_data: Path) -> None
     assert list(fleet.metrics.values())[0]["duplicate"] is False
 
 
+@pytest.mark.skipif(importlib.util.find_spec("arte.privacy") is not None,
+                    reason="this checkout has arte.privacy (see test_agent_privacy.py)")
 def test_dp_round_without_a_mechanism_is_skipped_not_reported(tmp_path: Path, private_data: Path) -> None:
     fleet = FakeFleet()
     fleet.open_round(DRAFTS, privacy=PrivacyInfo("laplace", 1.0))
