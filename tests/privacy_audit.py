@@ -38,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable, Sequence
 from urllib.parse import unquote_plus, urlsplit
 
+import httpx
+
 from arte.tasks import Example
 
 __all__ = ["SentRequest", "Needle", "Leak", "needles_for", "find_leaks", "assert_no_leaks", "RecordingTransport",
@@ -200,14 +202,14 @@ def assert_no_leaks(sent: Iterable[SentRequest | bytes | str], examples: Sequenc
                              f"{len(sent)} sent request(s):\n  {shown}")
 
 
-class RecordingTransport:
+class RecordingTransport(httpx.BaseTransport):
     """An httpx transport that records every request (as sent) and hands it to ``inner``."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: httpx.BaseTransport) -> None:
         self.inner = inner
         self.requests: list[SentRequest] = []
 
-    def handle_request(self, request: Any) -> Any:
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
         self.requests.append(SentRequest(request.method, str(request.url),
                                          tuple((k, v) for k, v in request.headers.items()), body))

@@ -39,6 +39,7 @@ accountant: the D coordinates of RR and Laplace are each (ε/D)-DP, hence (ε/D)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -150,6 +151,7 @@ def classic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> 
     return sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
 
 
+@functools.lru_cache(maxsize=256)   # pure, and the server calls it for every report it reads
 def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
     """The smallest σ (to 1e-12 relative) for which N(0, σ²) noise is (ε, δ)-DP at L2 ``sensitivity``.
 
