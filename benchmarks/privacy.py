@@ -58,7 +58,7 @@ def _sha(path: Path) -> str:
 
 def outcome_matrix(task_name: str, bigbench: Path, n_items: int, cache_dir: Path, threads: int) -> dict:
     """The real draft × item outcome matrix of one task (cached); keys: outcomes, draft_ids, question_ids,
-    item_ids, seconds (scoring time; 0 when cached), cached."""
+    item_ids, seconds (the scoring time, also when read back from the cache), cached."""
     from arte.drafts import read_drafts
     from arte.models import resolve_model
     from arte.tasks import load_task, split_task
@@ -72,7 +72,7 @@ def outcome_matrix(task_name: str, bigbench: Path, n_items: int, cache_dir: Path
     if cache.is_file():
         z = np.load(cache)
         return {"outcomes": z["outcomes"], "draft_ids": list(z["draft_ids"]), "question_ids": list(z["question_ids"]),
-                "item_ids": list(z["item_ids"]), "seconds": 0.0, "cached": True}
+                "item_ids": list(z["item_ids"]), "seconds": float(z["seconds"]), "cached": True}
     from arte.backends import open_student
     from arte.scoring import ScoringConfig, score_drafts
 
@@ -90,7 +90,8 @@ def outcome_matrix(task_name: str, bigbench: Path, n_items: int, cache_dir: Path
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
     np.savez(tmp, outcomes=result.outcomes, draft_ids=np.array([d.id for d in drafts]),
-             question_ids=np.array([d.question_id for d in drafts]), item_ids=np.array(result.item_ids))
+             question_ids=np.array([d.question_id for d in drafts]), item_ids=np.array(result.item_ids),
+             seconds=np.array(seconds))
     tmp.replace(cache)
     return {"outcomes": result.outcomes, "draft_ids": [d.id for d in drafts],
             "question_ids": [d.question_id for d in drafts], "item_ids": result.item_ids,
@@ -135,7 +136,7 @@ def simulate(matrices: list[dict], *, trials: int, items_per_device: int, delta:
             fleet.append(np.take_along_axis(y[None, None, :, :], idx[:, :, None, :], axis=3))  # (T, m, D, k)
         refs = [f.sum(axis=(1, 3)) / (m * items_per_device) for f in fleet]                  # (T, D)
         groups = [_groups(mat["question_ids"]) for mat in matrices]
-        configs = [("random", float("nan"))] + [(mech, eps) for mech in MECHANISMS for eps in EPSILONS]
+        configs: list[tuple[str, float | None]] = [("random", None)] + [(mech, eps) for mech in MECHANISMS for eps in EPSILONS]
         for mech, eps in configs:
             tot = np.zeros((2, trials))
             valid = np.zeros(trials)
@@ -205,15 +206,16 @@ def plot(results: dict, path: Path, items_per_device: int, delta: float) -> None
         for m, color in zip(DEVICES, ("tab:red", "tab:orange", "tab:green")):
             ys = [results[(mech, e, m)]["agreement"] for e in EPSILONS]
             es = [results[(mech, e, m)]["agreement_ci"] for e in EPSILONS]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=f"{m} device(s)")
-            ax.axhline(results[("random", float("nan"), m)]["agreement"], color=color, ls=":", lw=1)
+            ax.errorbar(xs[:-1], ys[:-1], yerr=es[:-1], marker="o", capsize=3, color=color, label=f"{m} device(s)")
+            ax.plot(xs[-1:], ys[-1:], marker="o", color=color)   # no noise: 1 by construction
+            ax.axhline(results[("random", None, m)]["agreement"], color=color, ls=":", lw=1)
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, ["0.5", "1", "2", "4", "∞"])
         ax.set_title(names[mech])
         ax.set_xlabel("ε per round (16 drafts per report)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("pair agreement with noise-free pairs")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(f"Utility of local DP: {items_per_device} items per device; dotted = random pairs", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +266,7 @@ def main() -> None:
         spread = np.mean([acc[i].max() - acc[i].min() for i in g])
         print(f"  {t:22} mean accuracy {acc.mean():.3f}, draft accuracy {acc.min():.3f}-{acc.max():.3f}, "
               f"mean best-worst gap per question {spread:.3f}, "
-              + ("cached" if mat["cached"] else f"scored in {mat['seconds']:.0f} s"))
+              + ("cached, " if mat["cached"] else "") + f"scored in {mat['seconds']:.0f} s")
     print(f"\nSimulated fleets: {args.items_per_device} items per device, {args.trials} trials per cell, "
           f"Gaussian delta {args.delta:g}; pairs = best vs worst draft per question (8 questions)")
     print("\nNoise alone: std of ONE device's accuracy estimate per draft (16 drafts per report)")
@@ -279,12 +281,13 @@ def main() -> None:
             for eps in EPSILONS:
                 cells = [results[(mech, eps, m)] for m in DEVICES]
                 print(f"{mech:22}{eps:>6g}" + "".join(f"{c[metric]:>10.3f} ±{c[metric + '_ci']:.3f}" for c in cells))
-        cells = [results[("random", float("nan"), m)] for m in DEVICES]
+        cells = [results[("random", None, m)] for m in DEVICES]
         print(f"{'random pairs':22}{'-':>6}" + "".join(f"{c[metric]:>10.3f} ±{c[metric + '_ci']:.3f}" for c in cells))
     print(f"\nplot: {args.plot}   simulation {sim_seconds:.1f} s")
 
-    rows = [{"mechanism": k[0], "epsilon": None if k[1] != k[1] or k[1] == float("inf") else k[1],
-             "epsilon_label": "random" if k[0] == "random" else format(k[1], "g"), "devices": k[2], **v}
+    rows = [{"mechanism": k[0], "epsilon": None if k[1] is None or k[1] == float("inf") else k[1],
+             "epsilon_label": "random" if k[1] is None else format(k[1], "g"), "devices": k[2],
+             **{name: round(x, 4) if isinstance(x, float) else x for name, x in v.items()}}
             for k, v in results.items()]
     out = {"benchmark": "privacy", "tasks": list(TASKS), "drafts_per_task": 16, "items_scored": args.items,
            "items_per_device": args.items_per_device, "trials": args.trials, "delta": args.delta, "seed": args.seed,
