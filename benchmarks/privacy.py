@@ -21,6 +21,8 @@ worst) and *direction* (the chosen's exact accuracy beats the rejected's). Basel
 ε = ∞ (no noise: 1 by construction) and random pairs (chosen/rejected drawn at random).
 
 Run: ``.venv/bin/python benchmarks/privacy.py`` (a few minutes the first time on 2 cores, seconds after).
+On a shared, busy machine ``--threads 1`` scored 4.5x faster than 2 threads (llama.cpp's threads wait on
+each other when they are not scheduled together); the published numbers were scored with 1 thread.
 Prints a human table and, as its last line, one JSON document with the numbers, versions and machine;
 writes the utility plot to ``--plot``.
 """
@@ -66,13 +68,15 @@ def outcome_matrix(task_name: str, bigbench: Path, n_items: int, cache_dir: Path
 
     drafts_path = ROOT / "tests" / "data" / f"drafts_{task_name}.jsonl"
     ref = resolve_model("default", model_dir())
-    key = hashlib.sha256(f"{_sha(ref.path)}|{_sha(drafts_path)}|{task_name}|{n_items}|loglik".encode()).hexdigest()
+    key = f"{_sha(ref.path)}|{_sha(drafts_path)}|{task_name}|{n_items}|loglik"
+    key = hashlib.sha256(key.encode()).hexdigest()
     cache = cache_dir / f"privacy-outcomes-{task_name}-{n_items}-{key[:16]}.npz"
     drafts = read_drafts(drafts_path)
     if cache.is_file():
         z = np.load(cache)
-        return {"outcomes": z["outcomes"], "draft_ids": list(z["draft_ids"]), "question_ids": list(z["question_ids"]),
-                "item_ids": list(z["item_ids"]), "seconds": float(z["seconds"]), "cached": True}
+        return {"outcomes": z["outcomes"], "draft_ids": list(z["draft_ids"]),
+                "question_ids": list(z["question_ids"]), "item_ids": list(z["item_ids"]),
+                "seconds": float(z["seconds"]), "cached": True}
     from arte.backends import open_student
     from arte.scoring import ScoringConfig, score_drafts
 
@@ -136,7 +140,8 @@ def simulate(matrices: list[dict], *, trials: int, items_per_device: int, delta:
             fleet.append(np.take_along_axis(y[None, None, :, :], idx[:, :, None, :], axis=3))  # (T, m, D, k)
         refs = [f.sum(axis=(1, 3)) / (m * items_per_device) for f in fleet]                  # (T, D)
         groups = [_groups(mat["question_ids"]) for mat in matrices]
-        configs: list[tuple[str, float | None]] = [("random", None)] + [(mech, eps) for mech in MECHANISMS for eps in EPSILONS]
+        configs: list[tuple[str, float | None]] = [("random", None)]
+        configs += [(mech, eps) for mech in MECHANISMS for eps in EPSILONS]
         for mech, eps in configs:
             tot = np.zeros((2, trials))
             valid = np.zeros(trials)
@@ -148,17 +153,19 @@ def simulate(matrices: list[dict], *, trials: int, items_per_device: int, delta:
                                     delta if mech == "gaussian" else 0.0, f.shape[2])
                     noisy = privatize(f, cal, rng)                                          # (T, m, D)
                     est, var = debias_counts(noisy, items_per_device, cal)
-                    acc, _, _ = pool_accuracy(np.moveaxis(est, 1, 0), items_per_device, np.moveaxis(var, 1, 0))
+                    acc, _, _ = pool_accuracy(np.moveaxis(est, 1, 0), items_per_device,
+                                              np.moveaxis(var, 1, 0))
                 s, v = pair_scores(acc, ref, g)
                 tot += s
                 valid += v
             keep = valid > 0
             frac = tot[:, keep] / valid[keep]
             mean = frac.mean(axis=1)
-            half = 1.96 * frac.std(axis=1, ddof=1) / np.sqrt(keep.sum()) if keep.sum() > 1 else np.full(2, np.nan)
+            n_ok = int(keep.sum())
+            half = 1.96 * frac.std(axis=1, ddof=1) / np.sqrt(n_ok) if n_ok > 1 else np.full(2, np.nan)
             results[(mech, eps, m)] = {"agreement": float(mean[0]), "agreement_ci": float(half[0]),
                                        "direction": float(mean[1]), "direction_ci": float(half[1]),
-                                       "trials": int(keep.sum()), "pairs_per_trial": float(valid[keep].mean())}
+                                       "trials": n_ok, "pairs_per_trial": float(valid[keep].mean())}
     return results
 
 
@@ -171,6 +178,10 @@ def noise_table(items_per_device: int, delta: float, n_drafts: int) -> dict:
             _, var = debias_counts(np.zeros(1), items_per_device, cal)
             out[(mech, eps)] = float(np.sqrt(var[0])) / items_per_device
     return out
+
+
+def _cells(cells: list[dict], metric: str) -> str:
+    return "".join(f"{c[metric]:>10.3f} ±{c[metric + '_ci']:.3f}" for c in cells)
 
 
 def machine() -> dict:
@@ -201,12 +212,14 @@ def plot(results: dict, path: Path, items_per_device: int, delta: float) -> None
 
     xs = [0.5, 1, 2, 4, 8]          # ∞ drawn at 8
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
-    names = {"randomized_response": "randomized response", "laplace": "Laplace", "gaussian": f"Gaussian (δ={delta:g})"}
+    names = {"randomized_response": "randomized response", "laplace": "Laplace",
+             "gaussian": f"Gaussian (δ={delta:g})"}
     for ax, mech in zip(axes, MECHANISMS):
         for m, color in zip(DEVICES, ("tab:red", "tab:orange", "tab:green")):
             ys = [results[(mech, e, m)]["agreement"] for e in EPSILONS]
             es = [results[(mech, e, m)]["agreement_ci"] for e in EPSILONS]
-            ax.errorbar(xs[:-1], ys[:-1], yerr=es[:-1], marker="o", capsize=3, color=color, label=f"{m} device(s)")
+            ax.errorbar(xs[:-1], ys[:-1], yerr=es[:-1], marker="o", capsize=3, color=color,
+                        label=f"{m} device(s)")
             ax.plot(xs[-1:], ys[-1:], marker="o", color=color)   # no noise: 1 by construction
             ax.axhline(results[("random", None, m)]["agreement"], color=color, ls=":", lw=1)
         ax.set_xscale("log", base=2)
@@ -216,7 +229,8 @@ def plot(results: dict, path: Path, items_per_device: int, delta: float) -> None
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("pair agreement with noise-free pairs")
     axes[0].legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"Utility of local DP: {items_per_device} items per device; dotted = random pairs", fontsize=10)
+    fig.suptitle(f"Utility of local DP: {items_per_device} items per device; dotted = random pairs",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -258,7 +272,8 @@ def main() -> None:
     noise = noise_table(args.items_per_device, args.delta, 16)
     plot(results, args.plot, args.items_per_device, args.delta)
 
-    print(f"Real outcomes: SmolLM2-135M Q4_1 (llama.cpp), loglik, {len(TASKS)} tasks x 16 drafts x {args.items} items")
+    print(f"Real outcomes: SmolLM2-135M Q4_1 (llama.cpp), loglik, {len(TASKS)} tasks x 16 drafts x "
+          f"{args.items} items")
     for t, mat in zip(TASKS, matrices):
         y = mat["outcomes"]
         acc = y.mean(axis=1)
@@ -273,16 +288,17 @@ def main() -> None:
     print(f"{'mechanism':22}" + "".join(f"{'eps=' + format(e, 'g'):>10}" for e in EPSILONS[:-1]))
     for mech in MECHANISMS:
         print(f"{mech:22}" + "".join(f"{noise[(mech, e)]:10.3f}" for e in EPSILONS[:-1]))
-    for metric, title in (("agreement", "Pair agreement with the noise-free pairs (chosen AND rejected match)"),
+    for metric, title in (("agreement", "Pair agreement with the noise-free pairs (chosen AND rejected "
+                                        "match)"),
                           ("direction", "Right direction (chosen's exact accuracy > rejected's)")):
         print(f"\n{title}, mean ± 95% CI")
         print(f"{'mechanism':22}{'eps':>6}" + "".join(f"{str(m) + ' dev':>17}" for m in DEVICES))
         for mech in MECHANISMS:
             for eps in EPSILONS:
                 cells = [results[(mech, eps, m)] for m in DEVICES]
-                print(f"{mech:22}{eps:>6g}" + "".join(f"{c[metric]:>10.3f} ±{c[metric + '_ci']:.3f}" for c in cells))
+                print(f"{mech:22}{eps:>6g}" + _cells(cells, metric))
         cells = [results[("random", None, m)] for m in DEVICES]
-        print(f"{'random pairs':22}{'-':>6}" + "".join(f"{c[metric]:>10.3f} ±{c[metric + '_ci']:.3f}" for c in cells))
+        print(f"{'random pairs':22}{'-':>6}" + _cells(cells, metric))
     print(f"\nplot: {args.plot}   simulation {sim_seconds:.1f} s")
 
     rows = [{"mechanism": k[0], "epsilon": None if k[1] is None or k[1] == float("inf") else k[1],
@@ -290,11 +306,13 @@ def main() -> None:
              **{name: round(x, 4) if isinstance(x, float) else x for name, x in v.items()}}
             for k, v in results.items()]
     out = {"benchmark": "privacy", "tasks": list(TASKS), "drafts_per_task": 16, "items_scored": args.items,
-           "items_per_device": args.items_per_device, "trials": args.trials, "delta": args.delta, "seed": args.seed,
+           "items_per_device": args.items_per_device, "trials": args.trials, "delta": args.delta,
+           "seed": args.seed,
            "model": "SmolLM2-135M-Instruct-Q4_1", "mode": "loglik",
            "scoring_seconds": {t: round(m["seconds"], 1) for t, m in zip(TASKS, matrices)},
            "cached": all(m["cached"] for m in matrices), "simulation_seconds": round(sim_seconds, 2),
-           "draft_accuracy": {t: [round(float(a), 4) for a in m["outcomes"].mean(axis=1)] for t, m in zip(TASKS, matrices)},
+           "draft_accuracy": {t: [round(float(a), 4) for a in m["outcomes"].mean(axis=1)]
+                              for t, m in zip(TASKS, matrices)},
            "noise_std_accuracy_one_device": {f"{k[0]}@{k[1]:g}": round(v, 4) for k, v in noise.items()},
            "results": rows, "plot": str(args.plot), "machine": machine()}
     print(json.dumps(out))

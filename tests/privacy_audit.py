@@ -42,8 +42,8 @@ import httpx
 
 from arte.tasks import Example
 
-__all__ = ["SentRequest", "Needle", "Leak", "needles_for", "find_leaks", "assert_no_leaks", "RecordingTransport",
-           "RecordingProxy"]
+__all__ = ["SentRequest", "Needle", "Leak", "needles_for", "find_leaks", "assert_no_leaks",
+           "RecordingTransport", "RecordingProxy"]
 
 _WORD = re.compile(r"\w+")
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -60,8 +60,8 @@ class SentRequest:
     body: bytes = b""
 
     def parts(self) -> list[tuple[str, bytes]]:
-        return ([("url", self.url.encode())] + [(f"header:{k}", f"{k}: {v}".encode()) for k, v in self.headers]
-                + [("body", self.body)])
+        headers = [(f"header:{k}", f"{k}: {v}".encode()) for k, v in self.headers]
+        return [("url", self.url.encode())] + headers + [("body", self.body)]
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,8 @@ def needles_for(examples: Sequence[Example], *, window_words: int = 5, min_answe
             add("window", e.id, " " + " ".join(words[i:i + window_words]) + " ")
         for t in e.targets:
             nt = _norm(t)
-            if nt.strip() and vocab.get(nt, 0) < 2 and (len(nt.split()) >= 2 or len(nt.strip()) >= min_answer_chars):
+            long_enough = len(nt.split()) >= 2 or len(nt.strip()) >= min_answer_chars
+            if nt.strip() and vocab.get(nt, 0) < 2 and long_enough:
                 add("answer", e.id, nt)
         if _distinctive_id(e.id):
             add("id", e.id, e.id)
@@ -169,7 +170,8 @@ def _views(data: bytes, depth: int = 0) -> list[tuple[str, str]]:
 def find_leaks(sent: Iterable[SentRequest | bytes | str], examples: Sequence[Example], *,
                public: Iterable[str] = (), window_words: int = 5, min_answer_chars: int = 8) -> list[Leak]:
     """Every occurrence of a private needle of ``examples`` in ``sent`` (requests or raw bodies)."""
-    needles = needles_for(examples, window_words=window_words, min_answer_chars=min_answer_chars, public=public)
+    needles = needles_for(examples, window_words=window_words, min_answer_chars=min_answer_chars,
+                          public=public)
     worded = [n for n in needles if n.kind in ("text", "window", "answer")]
     literal = [(n, re.compile(r"(?<![\w])" + re.escape(n.text) + r"(?![\w])", re.IGNORECASE))
                for n in needles if n.kind in ("id", "hash")]
@@ -192,7 +194,8 @@ def find_leaks(sent: Iterable[SentRequest | bytes | str], examples: Sequence[Exa
     return leaks
 
 
-def assert_no_leaks(sent: Iterable[SentRequest | bytes | str], examples: Sequence[Example], **kwargs: Any) -> None:
+def assert_no_leaks(sent: Iterable[SentRequest | bytes | str], examples: Sequence[Example],
+                    **kwargs: Any) -> None:
     """Fail with a readable list when any private needle of ``examples`` is in ``sent``."""
     sent = list(sent)
     leaks = find_leaks(sent, examples, **kwargs)
@@ -250,13 +253,13 @@ class RecordingProxy:
                 headers = tuple((k, v) for k, v in self.headers.items())
                 with proxy._lock:
                     proxy.requests.append(SentRequest(self.command, self.path, headers, body))
-                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=proxy.timeout)
+                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
+                                                  timeout=proxy.timeout)
                 try:
                     fwd = {k: v for k, v in headers if k.lower() not in _HOP_BY_HOP}
                     fwd["Host"] = f"{proxy.upstream_host}:{proxy.upstream_port}"
-                    conn.request(self.command, self.path, body=body if body or self.command in ("POST", "PUT",
-                                                                                               "PATCH") else None,
-                                 headers=fwd)
+                    send_body = body if body or self.command in ("POST", "PUT", "PATCH") else None
+                    conn.request(self.command, self.path, body=send_body, headers=fwd)
                     resp = conn.getresponse()
                     data = resp.read()
                     self.send_response(resp.status, resp.reason)
@@ -277,7 +280,8 @@ class RecordingProxy:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="recording-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="recording-proxy",
+                                        daemon=True)
         self._thread.start()
         return self
 

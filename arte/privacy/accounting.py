@@ -120,7 +120,8 @@ class PrivacyAccountant:
         if calibration.mechanism == "none":
             raise ConfigError("mechanism", "a report without noise ('none') has no finite privacy cost; "
                                            "it cannot be charged to a budget")
-        charge = Charge(round_id, calibration.mechanism, calibration.epsilon, calibration.delta, calibration.rho)
+        cal = calibration
+        charge = Charge(round_id, cal.mechanism, cal.epsilon, cal.delta, cal.rho)
         after = self.spent(total_delta, charge)
         if not after.epsilon <= total_epsilon * (1 + _RTOL):
             now = self.spent(total_delta)

@@ -100,8 +100,8 @@ def estimate_report(scores: Sequence[DraftScoreMsg], privacy: PrivacyInfo) -> li
         if not math.isfinite(s.n_correct):
             raise ReportContentError(f"scores[{i}].n_correct", f"expected a finite number, got {s.n_correct}")
         if exact and not (float(s.n_correct).is_integer() and 0 <= s.n_correct <= s.n_items):
-            raise ReportContentError(f"scores[{i}].n_correct", f"{privacy.mechanism} reports a whole count in "
-                                                               f"[0, {s.n_items:g}], got {s.n_correct}")
+            raise ReportContentError(f"scores[{i}].n_correct", f"{privacy.mechanism} reports a whole count "
+                                                               f"in [0, {s.n_items:g}], got {s.n_correct}")
     n = np.array([s.n_items for s in scores])
     est, var = debias_counts(np.array([s.n_correct for s in scores]), n, cal)
     return [DraftEstimate(s.draft_id, s.n_items, float(e), float(v)) for s, e, v in zip(scores, est, var)]
@@ -132,7 +132,8 @@ def pool_estimates(reports: Iterable[Sequence[DraftEstimate]], z: float = 1.96) 
             by_draft.setdefault(e.draft_id, []).append(e)
     out: dict[str, PooledDraft] = {}
     for draft_id, ests in by_draft.items():
-        acc, var, noise = pool_accuracy(np.array([e.correct for e in ests]), np.array([e.n_items for e in ests]),
+        acc, var, noise = pool_accuracy(np.array([e.correct for e in ests]),
+                                        np.array([e.n_items for e in ests]),
                                         np.array([e.variance for e in ests]))
         half = z * math.sqrt(float(var))
         out[draft_id] = PooledDraft(draft_id, len(ests), float(sum(e.n_items for e in ests)), float(acc),

@@ -76,9 +76,11 @@ class PrivacyPolicy:
             raise ConfigError("mechanism", f"must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}")
         if self.mechanism == "none":
             if self.epsilon is not None:
-                raise ConfigError("epsilon", "must be unset when mechanism is 'none' (no noise, no guarantee)")
+                raise ConfigError("epsilon", "must be unset when mechanism is 'none' (no noise, no "
+                                             "guarantee)")
         elif self.epsilon is None or not (0.0 < self.epsilon < math.inf):
-            raise ConfigError("epsilon", f"must be a finite number > 0 for {self.mechanism}, got {self.epsilon}")
+            raise ConfigError("epsilon", f"must be a finite number > 0 for {self.mechanism}, "
+                                         f"got {self.epsilon}")
         if not 0.0 <= self.delta < 1.0:
             raise ConfigError("delta", f"must be in [0, 1), got {self.delta}")
         if self.mechanism == "gaussian" and self.delta <= 0.0:
@@ -208,7 +210,8 @@ def privatize(outcomes: np.ndarray, calibration: Calibration, rng: np.random.Gen
     if y.ndim < 2 or y.shape[-2] != calibration.n_drafts:
         raise ConfigError("outcomes", f"expected shape (..., {calibration.n_drafts}, n_items), got {y.shape}")
     if calibration.mechanism == "randomized_response":
-        return randomized_response(y, calibration.flip_prob, rng).sum(axis=-1, dtype=np.int64).astype(np.float64)
+        noisy = randomized_response(y, calibration.flip_prob, rng)
+        return noisy.sum(axis=-1, dtype=np.int64).astype(np.float64)
     counts = y.sum(axis=-1, dtype=np.int64).astype(np.float64)
     if calibration.mechanism == "laplace":
         return counts + rng.laplace(0.0, calibration.scale, size=counts.shape)

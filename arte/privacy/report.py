@@ -79,9 +79,9 @@ def _check_result(result: ScoreResult) -> np.ndarray:
     sums = y.sum(axis=1)
     for i, s in enumerate(result.scores):
         if s.n_items != len(result.item_ids) or s.n_correct != sums[i]:
-            raise ReportContentError(f"scores[{i}]", f"draft {s.draft_id!r}: counts {s.n_correct}/{s.n_items} "
-                                                     f"disagree with the outcome matrix "
-                                                     f"({int(sums[i])}/{len(result.item_ids)})")
+            problem = (f"draft {s.draft_id!r}: counts {s.n_correct}/{s.n_items} disagree with the outcome "
+                       f"matrix ({int(sums[i])}/{len(result.item_ids)})")
+            raise ReportContentError(f"scores[{i}]", problem)
     return y
 
 

@@ -29,7 +29,8 @@ def test_real_report_is_scores_only_and_readable(default_model, bigbench_dir, da
         student.close()
     public = [json.dumps(d.to_dict()) for d in drafts] + [task.description]
     accountant = PrivacyAccountant()
-    for policy in (PrivacyPolicy(), PrivacyPolicy("gaussian", 2.0, 1e-6, total_epsilon=8.0, total_delta=1e-5)):
+    dp = PrivacyPolicy("gaussian", 2.0, 1e-6, total_epsilon=8.0, total_delta=1e-5)
+    for policy in (PrivacyPolicy(), dp):
         rs = report_scores(result, policy, accountant=accountant, round_id="round-1",
                            rng=np.random.default_rng(0), draft_ids=[d.id for d in drafts])
         body = json.dumps(to_wire(Report("idem-1", rs.scores, result.mode, rs.privacy))).encode()

@@ -94,7 +94,8 @@ def test_basic_delta_composition_exceeding_total_delta_falls_back_to_zcdp():
 
 def test_a_report_without_noise_cannot_be_charged():
     with pytest.raises(ConfigError, match="mechanism"):
-        PrivacyAccountant().charge("r0", calibrate("none", None, 0.0, 4), total_epsilon=math.inf, total_delta=0)
+        PrivacyAccountant().charge("r0", calibrate("none", None, 0.0, 4), total_epsilon=math.inf,
+                                   total_delta=0)
 
 
 def test_state_round_trips_through_json():

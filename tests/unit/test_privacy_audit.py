@@ -48,7 +48,8 @@ def test_full_item_text_in_a_json_body_is_caught():
 
 def test_a_five_word_window_hidden_by_json_escapes_is_caught():
     # ensure_ascii escapes the É; the window also spans a line break inside the JSON string.
-    body = json.dumps({"note": "seen: Dr. Élodie Brandt\nprescribed amoxicillin ..."}, ensure_ascii=True).encode()
+    note = "seen: Dr. Élodie Brandt\nprescribed amoxicillin ..."
+    body = json.dumps({"note": note}, ensure_ascii=True).encode()
     assert b"\\u00c9" in body and b"\\n" in body
     leaks = find_leaks([body], ITEMS)
     assert ("window", "clinic:17") in _kinds(leaks)
@@ -111,7 +112,8 @@ def test_recording_transport_records_what_httpx_sends():
 
     rec = RecordingTransport(httpx.MockTransport(handler))
     with httpx.Client(transport=rec, base_url="http://server") as client:
-        client.post("/api/v1/rounds/r1/reports", json=json.loads(CLEAN_REPORT), headers={"Authorization": "Bearer k"})
+        client.post("/api/v1/rounds/r1/reports", json=json.loads(CLEAN_REPORT),
+                    headers={"Authorization": "Bearer k"})
         client.post("/api/v1/rounds/r1/reports", json={"oops": ITEMS[2].input})
     assert [r.method for r in rec.requests] == ["POST", "POST"]
     assert rec.requests[0].url == "http://server/api/v1/rounds/r1/reports"

@@ -11,8 +11,8 @@ import pytest
 
 from arte.drafts import Draft
 from arte.errors import ConfigError, PrivacyBudgetExceeded, ReportContentError
-from arte.privacy import (PrivacyAccountant, PrivacyPolicy, check_scores_only, estimate_report, policy_for_round,
-                          report_scores)
+from arte.privacy import (PrivacyAccountant, PrivacyPolicy, check_scores_only, estimate_report,
+                          policy_for_round, report_scores)
 from arte.scoring import DraftScore, ScoreResult, score_drafts
 from arte.tasks import Example, Task
 from arte.wire import DraftScoreMsg, PrivacyInfo, Report, to_wire
@@ -29,12 +29,14 @@ class DemoCopyingStudent(CopyingStudent):
         return text.split("Include your final answer with the tag <ans> and </ans>.", 1)[-1]
 
 ITEMS = tuple(
-    Example(f"private:{i}", f"Statement: Priya Raman scored a hat trick in match number {i} of the winter league",
+    Example(f"private:{i}",
+            f"Statement: Priya Raman scored a hat trick in match number {i} of the winter league",
             ("plausible" if i % 3 else "implausible",), ("plausible", "implausible"))
     for i in range(12))
 TASK = Task("sports", "Judge whether the sentence is plausible.", ITEMS)
 DRAFTS = [Draft(f"d{k}", "Statement: Kylian Mbappe hit a home run\nOptions: plausible, implausible",
-                f"Think. <ans>{a}</ans>", a, question_id="q0") for k, a in enumerate(("plausible", "implausible"))]
+                f"Think. <ans>{a}</ans>", a, question_id="q0")
+          for k, a in enumerate(("plausible", "implausible"))]
 DRAFT_IDS = [d.id for d in DRAFTS]
 
 
@@ -75,8 +77,8 @@ def test_noised_report_states_its_privacy_and_is_charged(result, policy):
 
 def test_same_seed_same_report(result):
     policy = PrivacyPolicy("laplace", 1.0)
-    a = report_scores(result, policy, accountant=PrivacyAccountant(), round_id="r", rng=np.random.default_rng(5))
-    b = report_scores(result, policy, accountant=PrivacyAccountant(), round_id="r", rng=np.random.default_rng(5))
+    a, b = (report_scores(result, policy, accountant=PrivacyAccountant(), round_id="r",
+                          rng=np.random.default_rng(5)) for _ in range(2))
     assert a.scores == b.scores
 
 
@@ -104,7 +106,8 @@ def test_report_wire_bytes_hold_no_private_item(result):
 def test_inconsistent_result_is_refused(result):
     bad = dataclasses.replace(result, scores=[DraftScore("d0", 12, 9), result.scores[1]])
     with pytest.raises(ReportContentError, match=r"scores\[0\]"):
-        report_scores(bad, PrivacyPolicy(), accountant=PrivacyAccountant(), round_id="r", rng=np.random.default_rng(0))
+        report_scores(bad, PrivacyPolicy(), accountant=PrivacyAccountant(), round_id="r",
+                      rng=np.random.default_rng(0))
     empty = dataclasses.replace(result, scores=[], outcomes=result.outcomes[:0])
     with pytest.raises(ReportContentError, match="nothing to report"):
         report_scores(empty, PrivacyPolicy(), accountant=PrivacyAccountant(), round_id="r",
