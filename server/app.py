@@ -21,19 +21,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 
 from arte.wire import API_PREFIX, PROTOCOL_VERSION
 from server import db
-from server.errors import RateLimited, ServerError, to_body
-from server.middleware import BodyGuard
+from server.errors import DatabaseUnavailable, RateLimited, ServerError, to_body
+from server.middleware import BodyGuard, ConcurrencyLimit
 from server.models import utcnow
 from server.routes import ROUTERS
 from server.security import RateLimiter
 from server.settings import ServerSettings
 
-__all__ = ["create_app", "field_path"]
+__all__ = ["create_app", "app_from_env", "field_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,19 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers = {"Content-Range": f"bytes */{exc.detail['size']}"}
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
+        if isinstance(exc, DatabaseUnavailable):
+            headers = {"Retry-After": "1"}
         return _error(exc.status, exc.type, exc.message, exc.detail, headers)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    async def _database_down(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+        # the transaction was rolled back (server.db.transaction), so a retry cannot store anything twice
+        logger.warning(
+            "database unavailable on %s %s: %s", request.method, request.url.path, str(exc.orig)[:300]
+        )
+        e = DatabaseUnavailable("the database is unavailable; nothing was stored, retry in a moment")
+        return await _server_error(request, e)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -141,7 +154,12 @@ def create_app(
     """The fleet server. ``engine`` defaults to one made from the settings; ``clock`` (UTC now) and
     ``rate_clock`` (monotonic seconds) are injectable for tests."""
     settings = settings or ServerSettings()
-    engine = engine or db.make_engine(settings.resolved_database_url(), schema=settings.db_schema)
+    engine = engine or db.make_engine(
+        settings.resolved_database_url(),
+        schema=settings.db_schema,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     if settings.check_migrations:
         db.check_current(engine)
     app = FastAPI(
@@ -168,4 +186,11 @@ def create_app(
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)  # outermost
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app with settings from the ``ARTE_SERVER_*`` environment: the factory each uvicorn worker
+    process calls (``arte-server serve --workers N``)."""
+    return create_app(ServerSettings())

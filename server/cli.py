@@ -106,25 +106,52 @@ def _redact(url: str) -> str:
 @main.command()
 @click.option("--host", default=None, help="Bind address (default from settings: 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default from settings: 8700).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="API worker processes (uvicorn); each builds its own app and database pool from the settings.",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="Log every request (uvicorn's access log; a reverse proxy usually logs them already).",
+)
 @click.pass_obj
-def serve(obj: _Ctx, host: str | None, port: int | None) -> None:
-    """Serve the HTTP API with uvicorn (refuses an unmigrated database: exit 3)."""
+def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_log: bool) -> None:
+    """Serve the HTTP API with uvicorn (refuses an unmigrated database: exit 3).
+
+    With ``--workers N`` uvicorn supervises N processes sharing the port; the settings reach them as
+    ``ARTE_SERVER_*`` environment variables (the options given here override the environment)."""
+    import os
+
     import uvicorn
 
-    from server.app import create_app
+    from server import db
     from server.errors import NotReady
 
     settings = obj.settings()
+    engine = obj.engine()
     try:
-        app = create_app(settings, engine=obj.engine())
+        db.check_current(engine)
     except NotReady as e:
         _fail(False, EXIT_NOT_READY, e.type, e.message)
+    finally:
+        engine.dispose()
+    # the worker processes read their settings from the environment: hand the options on that way
+    for name, value in obj.overrides.items():
+        os.environ[f"ARTE_SERVER_{name.upper()}"] = str(value)
     uvicorn.run(
-        app,
+        "server.app:app_from_env",
+        factory=True,
+        workers=workers,
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_level="info",
         proxy_headers=False,
+        access_log=access_log,
     )
 
 

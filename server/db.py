@@ -11,6 +11,7 @@ Every request runs in one transaction (:func:`transaction`): all or nothing.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,8 +45,19 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, *, schema: str | None = None, echo: bool = False) -> Engine:
-    """An engine for ``url``; creates the SQLite file's directory; ``schema`` is PostgreSQL-only."""
+def make_engine(
+    url: str,
+    *,
+    schema: str | None = None,
+    echo: bool = False,
+    pool_size: int = 10,
+    max_overflow: int = 22,
+) -> Engine:
+    """An engine for ``url``; creates the SQLite file's directory; ``schema`` is PostgreSQL-only.
+
+    ``pool_size + max_overflow`` connections at most (default 32, the API's in-flight request limit, so
+    no admitted request waits for a connection); PostgreSQL connections are checked with a ping before
+    use, so a restarted database is reconnected to without restarting the server."""
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
@@ -54,6 +66,8 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False) -> E
             url,
             echo=echo,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         _configure_sqlite(engine)
         return engine
@@ -63,13 +77,32 @@ def make_engine(url: str, *, schema: str | None = None, echo: bool = False) -> E
             raise ValueError(f"db_schema: not a plain lower-case identifier: {schema!r}")
         connect_args["options"] = f"-csearch_path={schema}"
     return sa.create_engine(
-        url, echo=echo, pool_pre_ping=True, connect_args=connect_args, pool_size=10, max_overflow=20
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
     )
 
 
 def _configure_sqlite(engine: Engine) -> None:
     # pysqlite's own transaction handling would emit BEGIN lazily (DEFERRED); we emit BEGIN ourselves so
     # writers can ask for BEGIN IMMEDIATE and never deadlock upgrading a read lock.
+    #
+    # Writers of one process queue on a Python lock before BEGIN IMMEDIATE: SQLite's own busy handler
+    # polls with sleeps of up to 100 ms, so under load (dozens of request threads) a waiting writer can
+    # miss the free lock for the whole busy timeout while others win it ("database is locked" after 30
+    # s, measured with 64 concurrent enrollments). The lock is taken when the transaction begins (in the
+    # thread that runs the route, never while waiting for one) and released when the connection goes
+    # back to the pool, i.e. after COMMIT or ROLLBACK; writers of other processes still meet at SQLite's
+    # lock and its busy timeout.
+    write_lock = threading.Lock()
+
+    def _release(record: Any) -> None:
+        if record is not None and record.info.pop("arte_write_lock", False):
+            write_lock.release()
+
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
@@ -82,7 +115,24 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        if mode == "IMMEDIATE" and not conn.info.get("arte_write_lock"):
+            if not write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+                raise sa.exc.OperationalError("BEGIN IMMEDIATE", {}, TimeoutError("database is locked"))
+            conn.info["arte_write_lock"] = True
+        try:
+            conn.exec_driver_sql(f"BEGIN {mode}")
+        except BaseException:
+            _release(conn.connection._connection_record)  # type: ignore[attr-defined]
+            raise
+
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        _release(record)
+
+    @sa.event.listens_for(engine, "invalidate")
+    def _on_invalidate(_dbapi_conn: Any, record: Any, _exc: Any) -> None:
+        _release(record)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -1,7 +1,9 @@
 """Request dependencies: the per-request transaction, the clock, and who is calling.
 
 Every route gets one session (:func:`get_session`), committed when the route returns and rolled back
-on any error, so nothing is stored half-way. Authentication reads ``Authorization: Bearer <key>``:
+on any error, so nothing is stored half-way. The session is a ``scope="function"`` dependency: it
+commits *before* the response is sent, so a client never receives a receipt for a transaction that then
+failed to commit (FastAPI's default for dependencies with ``yield`` would send the response first). Authentication reads ``Authorization: Bearer <key>``:
 :func:`require_admin` accepts only the admin key (a device key gets 403), :func:`require_device` only a
 device key (an admin key gets 403), :func:`require_any` either. Unknown, malformed or revoked keys get
 401. The rate limit is taken per key id before the database is touched.
@@ -96,7 +98,7 @@ def _authenticate(
 
 
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 NowDep = Annotated[datetime, Depends(get_now)]
 
 

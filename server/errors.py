@@ -12,7 +12,8 @@
     ├── RangeNotSatisfiable 416 a Range header outside the content
     ├── Unprocessable     422   a well-formed request the server cannot act on (e.g. aggregate below k)
     ├── RateLimited       429   the key is over its rate limit (``retry_after_s`` in detail)
-    └── NotReady          503   the database is not migrated to the head revision
+    ├── NotReady          503   the database is not migrated to the head revision
+    └── DatabaseUnavailable 503 the database cannot be reached or stayed busy (retry after a moment)
 
 ``to_body`` gives the wire shape ``{"error": {"type", "message", "detail"}}``; :mod:`server.app`
 converts every error in one place. ``JobError`` is raised inside job handlers (a failed attempt).
@@ -36,6 +37,7 @@ __all__ = [
     "Unprocessable",
     "RateLimited",
     "NotReady",
+    "DatabaseUnavailable",
     "JobError",
     "to_body",
 ]
@@ -105,6 +107,13 @@ class RateLimited(ServerError):
 
 class NotReady(ServerError):
     status, type = 503, "not_ready"
+
+
+class DatabaseUnavailable(ServerError):
+    """The database dropped the connection, is restarting, or stayed locked past the busy timeout:
+    nothing was stored by this request, and the same request may be sent again."""
+
+    status, type = 503, "database_unavailable"
 
 
 class JobError(Exception):

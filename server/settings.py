@@ -51,6 +51,19 @@ class ServerSettings(BaseSettings):
         default=50.0, ge=0, description="Sustained requests per second per key (0 disables)."
     )
     rate_limit_burst: int = Field(default=100, gt=0, description="Requests a key may make at once.")
+    max_concurrent_requests: int = Field(
+        default=32,
+        ge=0,
+        le=39,
+        description="Requests one API process works on at once; more wait in arrival order. Must stay "
+        "below the 40 threads that run the routes (0: no limit, for tests only).",
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=1000, description="PostgreSQL connections each API process keeps open."
+    )
+    db_max_overflow: int = Field(
+        default=22, ge=0, le=1000, description="Extra PostgreSQL connections a process may open under load."
+    )
     enroll_token_ttl_s: int = Field(
         default=7 * 24 * 3600, gt=0, description="Default lifetime of an enrollment token."
     )
