@@ -19,7 +19,9 @@ import hashlib
 import hmac
 import json
 import math
+import threading
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -79,20 +81,59 @@ def _receipt(r: Report, duplicate: bool) -> wire.ReportReceipt:
     )
 
 
+# A round's draft ids never change after the round is created and round ids are random, so each
+# process keeps them once instead of reading 64+ rows per report (bounded: oldest entries go first).
+_ROUND_DRAFTS: dict[str, frozenset[str]] = {}
+_ROUND_DRAFTS_MAX = 4096
+_round_drafts_lock = threading.Lock()
+
+
+def _draft_ids(s: Session, round_id: str) -> frozenset[str]:
+    known = _ROUND_DRAFTS.get(round_id)
+    if known is None:
+        known = frozenset(s.scalars(sa.select(RoundDraft.draft_id).where(RoundDraft.round_id == round_id)))
+        with _round_drafts_lock:
+            if len(_ROUND_DRAFTS) >= _ROUND_DRAFTS_MAX:
+                del _ROUND_DRAFTS[next(iter(_ROUND_DRAFTS))]
+            _ROUND_DRAFTS[round_id] = known
+    return known
+
+
+def _existing(s: Session, device: Device, round_id: str, body: ReportIn) -> wire.ReportReceipt | None:
+    """The stored report of this device for this round as a re-send's receipt; 409 on another key."""
+    existing = s.scalar(sa.select(Report).where(Report.device_id == device.id, Report.round_id == round_id))
+    if existing is None:
+        return None
+    if hmac.compare_digest(existing.idempotency_key.encode(), body.idempotency_key.encode()):
+        return _receipt(existing, duplicate=True)
+    raise Conflict(
+        "this device already reported for this round under another idempotency key",
+        field="idempotency_key",
+        report_id=existing.id,
+    )
+
+
+def _insert_ignoring_duplicate(s: Session) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for reports, in the session's dialect."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(Report).on_conflict_do_nothing(index_elements=["device_id", "round_id"])
+
+
 def submit_report(
     s: Session, device: Device, round_id: str, body: ReportIn, now: datetime
 ) -> wire.ReportReceipt:
-    """Store a device's report for a round of its cohort (see the module docstring for the rules)."""
+    """Store a device's report for a round of its cohort (see the module docstring for the rules).
+
+    Four statements on the first send (the round, the duplicate check, the report row, all its scores
+    in one executemany); a re-send reads two rows. Two copies racing (PostgreSQL, READ COMMITTED): the
+    loser's ``ON CONFLICT DO NOTHING`` inserts nothing and it answers as a re-send would."""
     rnd = fleet.get_round(s, round_id, cohort_id=device.cohort_id)
-    existing = s.scalar(sa.select(Report).where(Report.device_id == device.id, Report.round_id == rnd.id))
-    if existing is not None:
-        if hmac.compare_digest(existing.idempotency_key.encode(), body.idempotency_key.encode()):
-            return _receipt(existing, duplicate=True)
-        raise Conflict(
-            "this device already reported for this round under another idempotency key",
-            field="idempotency_key",
-            report_id=existing.id,
-        )
+    receipt = _existing(s, device, rnd.id, body)
+    if receipt is not None:
+        return receipt
     if not fleet.is_open(rnd, now):
         raise Conflict(f"round {rnd.id} is closed", field="round_id", round_id=rnd.id)
     if body.mode != rnd.mode:
@@ -103,7 +144,7 @@ def submit_report(
     if required != "none" and body.privacy.mechanism != required:
         raise BadRequest(f"the round requires local DP mechanism {required!r}", field="privacy.mechanism")
     noised = body.privacy.mechanism != "none"
-    known = set(s.scalars(sa.select(RoundDraft.draft_id).where(RoundDraft.round_id == rnd.id)))
+    known = _draft_ids(s, rnd.id)
     seen: set[str] = set()
     for i, sc in enumerate(body.scores):
         where = f"scores[{i}]"
@@ -126,27 +167,41 @@ def submit_report(
                     f"n_correct ({sc.n_correct:g}) exceeds n_items ({sc.n_items:g})",
                     field=f"{where}.n_correct",
                 )
-    report = Report(
-        id=new_id("rep"),
+    report_id = new_id("rep")
+    inserted = s.execute(
+        _insert_ignoring_duplicate(s)
+        .values(
+            id=report_id,
+            round_id=rnd.id,
+            device_id=device.id,
+            idempotency_key=body.idempotency_key,
+            mode=body.mode,
+            privacy=body.privacy.model_dump(),
+            agent_version=body.agent_version,
+            n_scores=len(body.scores),
+            received_at=now,
+        )
+        .returning(Report.id)
+    ).scalar()
+    if inserted is None:  # another copy of this report committed first
+        receipt = _existing(s, device, rnd.id, body)
+        assert receipt is not None, "ON CONFLICT fired but no report is visible"
+        return receipt
+    s.execute(
+        sa.insert(ReportScore),
+        [
+            {"report_id": report_id, "draft_id": sc.draft_id, "n_items": sc.n_items, "n_correct": sc.n_correct}
+            for sc in body.scores
+        ],
+    )
+    return wire.ReportReceipt(
+        report_id=report_id,
         round_id=rnd.id,
         device_id=device.id,
-        idempotency_key=body.idempotency_key,
-        mode=body.mode,
-        privacy=body.privacy.model_dump(),
-        agent_version=body.agent_version,
         n_scores=len(body.scores),
-        received_at=now,
+        received_at=now.isoformat(),
+        duplicate=False,
     )
-    s.add(report)
-    s.flush()  # the unique (device, round) constraint fires here under a race; the caller retries
-    s.add_all(
-        [
-            ReportScore(report_id=report.id, draft_id=sc.draft_id, n_items=sc.n_items, n_correct=sc.n_correct)
-            for sc in body.scores
-        ]
-    )
-    s.flush()
-    return _receipt(report, duplicate=False)
 
 
 def get_report(s: Session, report_id: str, *, device_id: str | None = None) -> Report:

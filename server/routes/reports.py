@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy.exc import IntegrityError
-
 from arte import wire
 from server import fleet, results
 from server.deps import AnyDep, DeviceDep, NowDep, SessionDep
@@ -23,14 +21,8 @@ def submit(
     round_id: IdPath, body: ReportIn, device: DeviceDep, s: SessionDep, now: NowDep
 ) -> wire.ReportReceipt:
     """Store a report (all or nothing). Re-sending with the same idempotency key returns the stored
-    receipt with ``duplicate=true``."""
-    try:
-        with s.begin_nested():
-            return results.submit_report(s, device, round_id, body, now)
-    except IntegrityError:
-        # Two copies of one report raced (PostgreSQL); the other one committed first, and READ COMMITTED
-        # lets this transaction see it now: answer as a re-send would (duplicate, or 409 on another key).
-        return results.submit_report(s, device, round_id, body, now)
+    receipt with ``duplicate=true`` (also when two copies race: see :func:`results.submit_report`)."""
+    return results.submit_report(s, device, round_id, body, now)
 
 
 @router.get("/rounds/{round_id}/reports", response_model=list[ReportOut])
