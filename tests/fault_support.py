@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +55,7 @@ class Serve:
                     "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         self.env.setdefault("ARTE_SERVER_RATE_LIMIT_PER_S", "0")
         self.dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.workers = workers
         self.exe = [sys.executable, "-m", "server.cli", "--log-level", "WARNING"]
         out = subprocess.run([*self.exe, "init", "--json"], env=self.env, capture_output=True, text=True)
@@ -164,18 +166,24 @@ class PgCluster:
 
 
 @contextmanager
-def pg_cluster(tmp: Path) -> Iterator[PgCluster]:
+def pg_cluster() -> Iterator[PgCluster]:
+    """A started throwaway cluster in its own temp dir (not under pytest's tmp_path, whose 0700 parents
+    the ``postgres`` user cannot enter), stopped and removed afterwards."""
     bindir = pg_bin()
     if bindir is None or (os.geteuid() == 0 and shutil.which("runuser") is None):
         import pytest
 
         pytest.skip("PostgreSQL server binaries (/usr/lib/postgresql/*/bin) not installed")
-    cluster = PgCluster(tmp, bindir)
-    cluster.start()
+    root = Path(tempfile.mkdtemp(prefix="arte-pg-"))
     try:
-        yield cluster
+        cluster = PgCluster(root, bindir)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- agents: the real edge-agent state, outbox and client ---------------------------------------------

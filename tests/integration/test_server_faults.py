@@ -48,8 +48,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
     if request.param == "sqlite":
         yield {"url": f"sqlite:///{tmp_path / 'data' / 'arte.db'}", "env": {}, "cluster": None, "workers": 1}
         return
-    (tmp_path / "pg").mkdir()
-    with pg_cluster(tmp_path / "pg") as cluster:
+    with pg_cluster() as cluster:
         yield {"url": cluster.url, "env": {"ARTE_SERVER_DATABASE_URL": cluster.url}, "cluster": cluster,
                "workers": 2}
 
@@ -109,8 +108,7 @@ def test_server_killed_during_a_burst_loses_no_report(database: dict[str, Any], 
 def test_postgres_restarted_under_load_the_server_recovers_by_itself(tmp_path: Path) -> None:
     """PostgreSQL stops (fast: sessions aborted) and starts again while agents deliver; the same server
     process serves again afterwards (pool pre-ping), in-flight requests got 503 and were re-sent."""
-    (tmp_path / "pg").mkdir()
-    with pg_cluster(tmp_path / "pg") as cluster:
+    with pg_cluster() as cluster:
         srv = Serve({"ARTE_SERVER_DATABASE_URL": cluster.url}, tmp_path / "data", workers=2).start()
         try:
             assert srv.proc is not None
@@ -144,8 +142,7 @@ def test_worker_killed_mid_job_the_job_is_retried_and_finishes(tmp_path: Path) -
     from server.worker import Worker
     from tests.server_support import Backend, build_fleet
 
-    (tmp_path / "pg").mkdir()
-    with pg_cluster(tmp_path / "pg") as cluster:
+    with pg_cluster() as cluster:
         f = build_fleet(Backend("postgres", cluster.url), tmp_path)
         try:
             cohort = f.cohort(k=1)
