@@ -9,10 +9,12 @@ found" for anything outside it, so nobody learns what other cohorts hold.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from arte import wire
@@ -339,6 +341,31 @@ def close_round(s: Session, round_id: str, now: datetime) -> Round:
 def round_drafts(s: Session, rnd: Round) -> wire.RoundDrafts:
     rows = s.scalars(sa.select(RoundDraft).where(RoundDraft.round_id == rnd.id).order_by(RoundDraft.position))
     return wire.RoundDrafts(round_id=rnd.id, drafts=[r.data for r in rows])
+
+
+# A round's drafts and cohort never change after it is created (there is no route that edits or deletes
+# them) and round ids are random, so each process keeps the serialized answer of the rounds devices
+# pull, a bounded number of them, and checks only the cohort per request.
+_DRAFTS_JSON: dict[str, tuple[str, bytes]] = {}
+_DRAFTS_JSON_MAX = 256
+_drafts_json_lock = threading.Lock()
+_ROUND_DRAFTS_ADAPTER = TypeAdapter(wire.RoundDrafts)
+
+
+def round_drafts_json(s: Session, round_id: str, *, cohort_id: str | None = None) -> bytes:
+    """The JSON body of :func:`round_drafts` for ``round_id`` (404 as :func:`get_round` for a round of
+    another cohort, when ``cohort_id`` is given)."""
+    hit = _DRAFTS_JSON.get(round_id)
+    if hit is None:
+        rnd = get_round(s, round_id)
+        hit = (rnd.cohort_id, _ROUND_DRAFTS_ADAPTER.dump_json(round_drafts(s, rnd)))
+        with _drafts_json_lock:
+            if len(_DRAFTS_JSON) >= _DRAFTS_JSON_MAX:
+                del _DRAFTS_JSON[next(iter(_DRAFTS_JSON))]
+            _DRAFTS_JSON[round_id] = hit
+    if cohort_id is not None and hit[0] != cohort_id:
+        raise NotFound(f"no round {round_id}", field="round_id", round_id=round_id)
+    return hit[1]
 
 
 def round_info(s: Session, rnd: Round) -> wire.RoundInfo:

@@ -86,6 +86,7 @@ def _receipt(r: Report, duplicate: bool) -> wire.ReportReceipt:
 _ROUND_DRAFTS: dict[str, frozenset[str]] = {}
 _ROUND_DRAFTS_MAX = 4096
 _round_drafts_lock = threading.Lock()
+_SCORES_PER_INSERT = 500  # 2,000 bound parameters per statement, far below SQLite's 32,766
 
 
 def _draft_ids(s: Session, round_id: str) -> frozenset[str]:
@@ -128,7 +129,7 @@ def submit_report(
     """Store a device's report for a round of its cohort (see the module docstring for the rules).
 
     Four statements on the first send (the round, the duplicate check, the report row, all its scores
-    in one executemany); a re-send reads two rows. Two copies racing (PostgreSQL, READ COMMITTED): the
+    in one multi-row INSERT per 500); a re-send reads two rows. Two copies racing (PostgreSQL, READ COMMITTED): the
     loser's ``ON CONFLICT DO NOTHING`` inserts nothing and it answers as a re-send would."""
     rnd = fleet.get_round(s, round_id, cohort_id=device.cohort_id)
     receipt = _existing(s, device, rnd.id, body)
@@ -187,13 +188,12 @@ def submit_report(
         receipt = _existing(s, device, rnd.id, body)
         assert receipt is not None, "ON CONFLICT fired but no report is visible"
         return receipt
-    s.execute(
-        sa.insert(ReportScore),
-        [
-            {"report_id": report_id, "draft_id": sc.draft_id, "n_items": sc.n_items, "n_correct": sc.n_correct}
-            for sc in body.scores
-        ],
-    )
+    rows = [
+        {"report_id": report_id, "draft_id": sc.draft_id, "n_items": sc.n_items, "n_correct": sc.n_correct}
+        for sc in body.scores
+    ]
+    for i in range(0, len(rows), _SCORES_PER_INSERT):  # one multi-row INSERT per chunk: one round trip
+        s.execute(sa.insert(ReportScore.__table__).values(rows[i : i + _SCORES_PER_INSERT]))
     return wire.ReportReceipt(
         report_id=report_id,
         round_id=rnd.id,
@@ -397,8 +397,25 @@ def manifest(ds: Dataset) -> wire.DatasetManifest:
     )
 
 
+# Dataset content never changes (its id and sha256 name it), so each process keeps the most recently
+# served contents up to a byte budget instead of reading the blob from the database per download.
+_CONTENT: dict[str, bytes] = {}
+_CONTENT_MAX_BYTES = 64 << 20
+_content_lock = threading.Lock()
+
+
 def dataset_content(s: Session, ds: Dataset) -> bytes:
-    return s.scalar(sa.select(Dataset.content).where(Dataset.id == ds.id)) or b""
+    """The dataset's JSONL bytes (from the process cache when they were served before)."""
+    data = _CONTENT.get(ds.id)
+    if data is not None:
+        return data
+    data = s.scalar(sa.select(Dataset.content).where(Dataset.id == ds.id)) or b""
+    if len(data) <= _CONTENT_MAX_BYTES // 4:
+        with _content_lock:
+            while _CONTENT and sum(map(len, _CONTENT.values())) + len(data) > _CONTENT_MAX_BYTES:
+                del _CONTENT[next(iter(_CONTENT))]
+            _CONTENT[ds.id] = data
+    return data
 
 
 # --- aggregates ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from arte import wire
 from server import fleet
@@ -22,10 +23,11 @@ def current(device: DeviceDep, s: SessionDep, now: NowDep) -> wire.RoundInfo:
 
 
 @router.get("/rounds/{round_id}/drafts", response_model=wire.RoundDrafts)
-def drafts(round_id: IdPath, who: AnyDep, s: SessionDep) -> wire.RoundDrafts:
+def drafts(round_id: IdPath, who: AnyDep, s: SessionDep) -> Response:
     """A round's drafts; a device sees only rounds of its own cohort."""
     cohort = who.device.cohort_id if who.device else None
-    return fleet.round_drafts(s, fleet.get_round(s, round_id, cohort_id=cohort))
+    # every device of the cohort pulls the same immutable body: served from the process cache
+    return Response(fleet.round_drafts_json(s, round_id, cohort_id=cohort), media_type="application/json")
 
 
 @router.post("/rounds", status_code=201, response_model=RoundOut)
