@@ -31,6 +31,7 @@ from server.errors import DatabaseUnavailable, RateLimited, ServerError, to_body
 from server.middleware import BodyGuard, ConcurrencyLimit
 from server.models import utcnow
 from server.routes import ROUTERS
+from server.schemas import ReportIn
 from server.security import RateLimiter
 from server.settings import ServerSettings
 
@@ -187,7 +188,28 @@ def create_app(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)  # outermost
+    _document_bodies(app, (ReportIn,))
     return app
+
+
+def _document_bodies(app: FastAPI, models: tuple[type[Any], ...]) -> None:
+    """Put the request bodies that routes parse themselves (``server.deps.one_hop``; referenced by
+    ``routes.common.json_body``) into the OpenAPI components, as FastAPI does for declared bodies."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in js.pop("$defs", {}).items():
+                    components.setdefault(name, sub)
+                components.setdefault(model.__name__, js)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

@@ -11,19 +11,23 @@ device key (an admin key gets 403), :func:`require_any` either. Unknown, malform
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Callable
+from typing import Annotated, Any, Callable, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from server import security
 from server.db import transaction
 from server.errors import Forbidden, RateLimited, Unauthorized
-from server.models import AdminKey, Device
+from server.models import ID_PATTERN, AdminKey, Device
 
 __all__ = [
     "get_session",
@@ -38,7 +42,11 @@ __all__ = [
     "DeviceDep",
     "AnyDep",
     "check_rate",
+    "Creds",
+    "one_hop",
 ]
+
+T = TypeVar("T")
 
 _bearer = HTTPBearer(
     auto_error=False, description="An admin key (arte_ak_...) or a device key (arte_dk_...)."
@@ -123,3 +131,75 @@ def require_device(request: Request, creds: Creds, s: SessionDep, now: NowDep) -
 AdminDep = Annotated[Principal, Depends(require_admin)]
 DeviceDep = Annotated[Device, Depends(require_device)]
 AnyDep = Annotated[Principal, Depends(require_any)]
+
+
+# --- the device hot path in one thread hand-off -------------------------------------------------------
+
+_ID = TypeAdapter(Annotated[str, StringConstraints(pattern=ID_PATTERN)])
+
+
+def _problems(loc: str, exc: ValidationError) -> list[dict[str, Any]]:
+    return [{**e, "loc": (loc, *e["loc"])} for e in exc.errors()]
+
+
+def _parse_body(raw: bytes, model: type[BaseModel]) -> tuple[Any, list[dict[str, Any]]]:
+    """``model`` from a JSON body with FastAPI's own error entries (``json_invalid``, ``missing``)."""
+    if not raw:
+        return None, [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        pos = e.pos if isinstance(e, json.JSONDecodeError) else e.start
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        return None, [
+            {"type": "json_invalid", "loc": ("body", pos), "msg": "JSON decode error", "input": {},
+             "ctx": {"error": reason}}
+        ]
+    try:
+        return model.model_validate(data), []
+    except ValidationError as e:
+        return None, _problems("body", e)
+
+
+async def one_hop(
+    request: Request,
+    creds: HTTPAuthorizationCredentials | None,
+    fn: Callable[[Session, Principal, datetime, Any], T],
+    *,
+    device_only: bool,
+    ids: dict[str, str] | None = None,
+    body: type[BaseModel] | None = None,
+) -> T:
+    """A device route's whole unit of work in ONE worker-thread hand-off: open the transaction,
+    authenticate, check the path ids and the body, run ``fn(session, principal, now, parsed_body)``,
+    commit. A sync route with ``SessionDep`` + ``DeviceDep`` takes five hand-offs (session, key check,
+    route, response validation, commit), each waiting for a thread while it holds a database
+    connection (and on SQLite the write lock): measured ~1.5 ms of CPU per request on 2 busy cores.
+
+    The answers are those of the dependency version, in the same order: 401/403/429 for the key
+    first, then one 422 (or 400 for malformed JSON) listing the path ids' and the body's problems as
+    FastAPI would. Route signatures document the ids' pattern and the body (``openapi_extra``) without
+    letting FastAPI check them before the key."""
+    raw = await request.body() if body is not None else b""
+
+    def unit() -> T:
+        with transaction(request.app.state.sessions) as s:
+            now = get_now(request)
+            who = _authenticate(request, creds, s, now)
+            if device_only and who.device is None:
+                raise Forbidden("this endpoint needs a device key", field="authorization")
+            problems: list[dict[str, Any]] = []
+            for name, value in (ids or {}).items():
+                try:
+                    _ID.validate_python(value)
+                except ValidationError as e:
+                    problems += [{**x, "loc": ("path", name)} for x in e.errors()]
+            parsed = None
+            if body is not None:
+                parsed, more = _parse_body(raw, body)
+                problems += more
+            if problems:
+                raise RequestValidationError(problems)
+            return fn(s, who, now, parsed)
+
+    return await run_in_threadpool(unit)

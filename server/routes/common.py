@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Query
+from pydantic import BaseModel
 
 from server.models import ID_PATTERN
 
-__all__ = ["IdPath", "IdQuery", "ERRORS"]
+__all__ = ["IdPath", "IdPathLate", "IdQuery", "ERRORS", "json_body"]
 
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="An id such as rnd_<32 hex>.")]
+# The same in the OpenAPI schema, checked by the route after the key (server.deps.one_hop)
+IdPathLate = Annotated[
+    str, Path(description="An id such as rnd_<32 hex>.", json_schema_extra={"pattern": ID_PATTERN})
+]
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a required JSON body of ``model`` that the route parses itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
 IdQuery = Annotated[str | None, Query(pattern=ID_PATTERN)]
 
 # Documented error statuses (every one has the body {"error": {"type", "message", "detail"}}).

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from arte import wire
 from server import fleet, results
-from server.deps import AnyDep, DeviceDep, NowDep, SessionDep
-from server.routes.common import ERRORS, IdPath, IdQuery
+from server.deps import AnyDep, Creds, SessionDep, one_hop
+from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery, json_body
 from server.schemas import ReportIn, ReportOut
 
 router = APIRouter(prefix=wire.API_PREFIX, tags=["reports"], responses=ERRORS)
@@ -16,13 +16,20 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["reports"], responses=ERRORS)
     "/rounds/{round_id}/reports",
     response_model=wire.ReportReceipt,
     responses={409: {"description": "Closed round, or another idempotency key for this round."}},
+    openapi_extra=json_body(ReportIn),
 )
-def submit(
-    round_id: IdPath, body: ReportIn, device: DeviceDep, s: SessionDep, now: NowDep
-) -> wire.ReportReceipt:
+async def submit(round_id: IdPathLate, request: Request, creds: Creds) -> wire.ReportReceipt:
     """Store a report (all or nothing). Re-sending with the same idempotency key returns the stored
     receipt with ``duplicate=true`` (also when two copies race: see :func:`results.submit_report`)."""
-    return results.submit_report(s, device, round_id, body, now)
+    # the busiest route: key, checks and insert in one thread hand-off (server.deps.one_hop)
+    return await one_hop(
+        request,
+        creds,
+        lambda s, who, now, body: results.submit_report(s, who.device, round_id, body, now),
+        device_only=True,
+        ids={"round_id": round_id},
+        body=ReportIn,
+    )
 
 
 @router.get("/rounds/{round_id}/reports", response_model=list[ReportOut])

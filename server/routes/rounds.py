@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from arte import wire
 from server import fleet
-from server.deps import AdminDep, AnyDep, DeviceDep, NowDep, SessionDep
-from server.routes.common import ERRORS, IdPath, IdQuery
+from server.deps import AdminDep, Creds, DeviceDep, NowDep, SessionDep, one_hop
+from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery
 from server.schemas import RoundIn, RoundOut
 
 router = APIRouter(prefix=wire.API_PREFIX, tags=["rounds"], responses=ERRORS)
@@ -23,11 +23,16 @@ def current(device: DeviceDep, s: SessionDep, now: NowDep) -> wire.RoundInfo:
 
 
 @router.get("/rounds/{round_id}/drafts", response_model=wire.RoundDrafts)
-def drafts(round_id: IdPath, who: AnyDep, s: SessionDep) -> Response:
+async def drafts(round_id: IdPathLate, request: Request, creds: Creds) -> Response:
     """A round's drafts; a device sees only rounds of its own cohort."""
-    cohort = who.device.cohort_id if who.device else None
-    # every device of the cohort pulls the same immutable body: served from the process cache
-    return Response(fleet.round_drafts_json(s, round_id, cohort_id=cohort), media_type="application/json")
+
+    def unit(s: Any, who: Any, now: Any, body: Any) -> bytes:
+        cohort = who.device.cohort_id if who.device else None
+        # every device of the cohort pulls the same immutable body: served from the process cache
+        return fleet.round_drafts_json(s, round_id, cohort_id=cohort)
+
+    data = await one_hop(request, creds, unit, device_only=False, ids={"round_id": round_id})
+    return Response(data, media_type="application/json")
 
 
 @router.post("/rounds", status_code=201, response_model=RoundOut)
