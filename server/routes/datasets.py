@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from arte import wire
 from server import results
-from server.deps import AdminDep, AnyDep, DeviceDep, NowDep, SessionDep
+from server.deps import AdminDep, AnyDep, Creds, NowDep, SessionDep, one_hop
 from server.errors import RangeNotSatisfiable
 from server.routes.common import ERRORS, IdPath, IdQuery
 from server.schemas import DatasetIn
@@ -51,9 +51,15 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 @router.get("/datasets/latest", response_model=wire.DatasetManifest)
-def latest(device: DeviceDep, s: SessionDep) -> wire.DatasetManifest:
+async def latest(request: Request, creds: Creds) -> wire.DatasetManifest:
     """The newest dataset of the device's cohort (404 when none)."""
-    return results.manifest(results.latest_dataset(s, device.cohort_id))
+    # what every device polls: one thread hand-off (server.deps.one_hop)
+    return await one_hop(
+        request,
+        creds,
+        lambda s, who, now, _: results.manifest(results.latest_dataset(s, who.device.cohort_id)),
+        device_only=True,
+    )
 
 
 @router.get("/datasets/{dataset_id}", response_model=wire.DatasetManifest)

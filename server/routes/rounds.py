@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from arte import wire
 from server import fleet
-from server.deps import AdminDep, Creds, DeviceDep, NowDep, SessionDep, one_hop
+from server.deps import AdminDep, Creds, NowDep, SessionDep, one_hop
 from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery
 from server.schemas import RoundIn, RoundOut
 
@@ -17,9 +17,15 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["rounds"], responses=ERRORS)
 
 
 @router.get("/rounds/current", response_model=wire.RoundInfo)
-def current(device: DeviceDep, s: SessionDep, now: NowDep) -> wire.RoundInfo:
+async def current(request: Request, creds: Creds) -> wire.RoundInfo:
     """The newest open round of the device's cohort (404 when there is none)."""
-    return fleet.round_info(s, fleet.current_round(s, device.cohort_id, now))
+    # what every device polls: one thread hand-off (server.deps.one_hop)
+    return await one_hop(
+        request,
+        creds,
+        lambda s, who, now, _: fleet.round_info(s, fleet.current_round(s, who.device.cohort_id, now)),
+        device_only=True,
+    )
 
 
 @router.get("/rounds/{round_id}/drafts", response_model=wire.RoundDrafts)
