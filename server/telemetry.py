@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, Iterable
 
@@ -39,7 +40,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.routing import Match
 
 from arte.wire import API_PREFIX
 from server.models import Cohort, Dataset, Device, Job, Report, Round
@@ -166,18 +166,39 @@ def _duplicate(receipt: bytes | None) -> bool | None:
     return value.get("duplicate") is True if isinstance(value, dict) else None
 
 
-def _route_template(scope: dict[str, Any]) -> str:
-    """The matched route's path template; for requests answered before routing (413, 415), the
-    template of the route the path would have matched."""
+def _route_template(scope: dict[str, Any], templates: "_OpenApiTemplates") -> str:
+    """The matched route's path template; for a request answered before routing (413, 415), the
+    documented template its method and path would have matched."""
     route = scope.get("route")
     if route is not None and hasattr(route, "path_format"):
         return route.path_format
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match is Match.FULL and hasattr(candidate, "path_format"):
-            return candidate.path_format
-    return UNMATCHED
+    return templates(scope.get("app"), scope["method"], scope["path"])
+
+
+class _OpenApiTemplates:
+    """Maps a method and raw path to its OpenAPI path template (literal segments win over parameters:
+    ``/datasets/latest`` before ``/datasets/{dataset_id}``); built once, on first use, from the app's
+    own schema, so it needs no knowledge of the router's internals."""
+
+    def __init__(self) -> None:
+        self._table: list[tuple[re.Pattern[str], str, frozenset[str]]] | None = None
+
+    def __call__(self, app: Any, method: str, path: str) -> str:
+        if self._table is None:
+            paths = app.openapi().get("paths", {}) if app is not None else {}
+            table = [
+                (
+                    re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(p)) + "$"),
+                    p,
+                    frozenset(m.upper() for m in ops),
+                )
+                for p, ops in paths.items()
+            ]
+            self._table = sorted(table, key=lambda row: row[1].count("{"))
+        for regex, template, methods in self._table:
+            if method in methods and regex.match(path):
+                return template
+        return UNMATCHED
 
 
 class RequestMetrics:
@@ -186,6 +207,7 @@ class RequestMetrics:
     def __init__(self, app: Any, telemetry: Telemetry) -> None:
         self.app = app
         self.telemetry = telemetry
+        self.templates = _OpenApiTemplates()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -218,10 +240,9 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = _route_template(scope)
             self.telemetry.observe(
                 method,
-                route,
+                _route_template(scope, self.templates),
                 status,
                 time.perf_counter() - start,
                 body_bytes,

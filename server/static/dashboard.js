@@ -65,6 +65,12 @@
   function showLogin(message) {
     stopTimer();
     data = null;
+    // forget what was shown: after a logout or a refused key the page holds no fleet data
+    for (const node of document.querySelectorAll("#totals, #dash .plot, #dash .legend, #dash .panel > div")) {
+      node.replaceChildren();
+    }
+    $("generated-at").textContent = "";
+    delete document.body.dataset.loaded;
     $("dash").hidden = true;
     $("session").hidden = true;
     $("login").hidden = false;
@@ -163,7 +169,7 @@
     const rounds = data.rounds;
     if (!rounds.length) return empty(plot, "No rounds yet.");
     const name = names();
-    const W = 560, H = 240, L = 40, R = 10, T = 12, B = 56;
+    const W = 560, H = 260, L = 40, R = 10, T = 12, B = 78;
     const max = Math.max(1, ...rounds.map((r) => r.n_reports));
     const top = Math.max(4, Math.ceil(max / 4) * 4);
     const y = (v) => T + (H - T - B) * (1 - v / top);
@@ -173,14 +179,15 @@
     const perCohort = {};
     rounds.forEach((r, i) => {
       const n = (perCohort[r.cohort_id] = (perCohort[r.cohort_id] || 0) + 1);
-      const label = name.cohort(r.cohort_id) + " #" + n;
+      const full = name.cohort(r.cohort_id) + " #" + n;
+      const label = full.length > 18 ? full.slice(0, 10) + "…" + full.slice(-7) : full;
       const x = L + i * band + band * 0.15;
       const w = Math.max(2, band * 0.7);
       const bar = svg("rect", {
         x, y: y(r.n_reports), width: w, height: y(0) - y(r.n_reports),
         class: "bar" + (r.open_now ? " open" : ""), "data-round": r.round_id, "data-value": r.n_reports,
       });
-      bar.append(svg("title", {}, `${label}: ${r.n_reports} reports (${r.open_now ? "open" : "closed"})`));
+      bar.append(svg("title", {}, `${full}: ${r.n_reports} reports (${r.open_now ? "open" : "closed"})`));
       chart.append(bar);
       chart.append(svg("text", { x: x + w / 2, y: y(r.n_reports) - 4, class: "val", "text-anchor": "middle" },
         r.n_reports));
@@ -242,6 +249,8 @@
     const times = points.map((p) => Date.parse(p.received_at));
     let t0 = Math.min(...times), t1 = Math.max(...times);
     if (t1 - t0 < 60000) { t0 -= 1800000; t1 += 1800000; }
+    const pad = (t1 - t0) * 0.03;
+    t0 -= pad; t1 += pad;
     const W = 1140, H = 280, L = 48, R = 16, T = 12, B = 36;
     const x = (t) => L + (W - L - R) * ((t - t0) / (t1 - t0));
     const y = (v) => T + (H - T - B) * (1 - v);
@@ -249,7 +258,8 @@
     yTicks(chart, 1, L, W - R, y, (v) => Math.round(v * 100) + "%");
     for (let i = 0; i <= 4; i++) {
       const t = t0 + ((t1 - t0) * i) / 4;
-      chart.append(svg("text", { x: x(t), y: H - B + 18, class: "tick", "text-anchor": "middle" },
+      const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+      chart.append(svg("text", { x: x(t), y: H - B + 18, class: "tick", "text-anchor": anchor },
         new Date(t).toISOString().slice(5, 16).replace("T", " ")));
     }
     const keys = [];
