@@ -117,6 +117,8 @@ class Telemetry:
             "arte_dataset_served_bytes", "Dataset content bytes sent (200 and 206 bodies).", registry=r
         )
         self.registry.register(self.fleet)
+        # (method, route, status) -> its labelled series; bounded by routes x methods x statuses
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The text exposition (Prometheus text format, or OpenMetrics when asked for) and its content
@@ -140,10 +142,18 @@ class Telemetry:
     ) -> None:
         """Record one finished request (called by :class:`RequestMetrics`)."""
         code = str(status)
-        self.requests.labels(method, route, code).inc()
-        self.latency.labels(method, route).observe(seconds)
-        if status >= 400:
-            self.errors.labels(method, route, code).inc()
+        children = self._children.get((method, route, status))
+        if children is None:  # first request of this kind: resolve the labelled series once
+            children = (
+                self.requests.labels(method, route, code),
+                self.latency.labels(method, route),
+                self.errors.labels(method, route, code) if status >= 400 else None,
+            )
+            self._children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if children[2] is not None:
+            children[2].inc()
         key = (method, route)
         if key == REPORTS_ROUTE or key == METRICS_ROUTE:
             counter = self.reports if key == REPORTS_ROUTE else self.device_metrics

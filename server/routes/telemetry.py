@@ -4,7 +4,9 @@ Who may read it: the admin key, or the scrape token ``ARTE_SERVER_METRICS_TOKEN`
 both as ``Authorization: Bearer <key>``. The token exists so a Prometheus scraper does not need the
 admin key (which can do everything); it opens ``/metrics`` and nothing else. Anything else gets 401
 (403 for a device key) with the one error body. The path is ``/metrics``, outside ``/api/v1``, where
-Prometheus looks by default; ``/api/v1/metrics`` is the devices' before/after accuracy resource.
+Prometheus looks by default; ``/api/v1/metrics`` is the devices' before/after accuracy resource. It is
+not in the OpenAPI schema, which documents the JSON API under ``/api/v1`` only; the answer is the
+Prometheus text format (OpenMetrics when the ``Accept`` header asks for it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server import deps
 from server.db import transaction
-from server.routes.common import ERRORS
 
 __all__ = ["router", "PATH"]
 
@@ -40,17 +41,7 @@ def _authorize(request: Request, creds: HTTPAuthorizationCredentials | None) -> 
         deps.require_admin(request, creds, s, request.app.state.clock())
 
 
-@router.get(
-    PATH,
-    response_class=Response,
-    responses={
-        200: {
-            "content": {"text/plain": {}, "application/openmetrics-text": {}},
-            "description": "Prometheus text format (OpenMetrics when the Accept header asks for it).",
-        },
-        **{k: v for k, v in ERRORS.items() if k in (401, 403, 429)},
-    },
-)
+@router.get(PATH, response_class=Response, include_in_schema=False)
 def metrics(request: Request, creds: Creds) -> Response:
     """Counters and latency histograms of the server process(es) and fleet state gauges."""
     _authorize(request, creds)

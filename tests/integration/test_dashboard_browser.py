@@ -181,7 +181,7 @@ def test_dashboard_shows_the_fleet(live_fleet: LiveFleet, browser: Any, tmp_path
         assert f"{state} {n}" in legend
 
     # accuracy per device over time: a before and an after point per metrics record
-    def points(shots: str) -> dict[tuple[str, str], list[float]]:
+    def points() -> dict[tuple[str, str], list[float]]:
         out: dict[tuple[str, str], list[float]] = {}
         for c in page.query_selector_all("#chart-accuracy circle"):
             out.setdefault((c.get_attribute("data-device"), c.get_attribute("data-series")), []).append(
@@ -195,9 +195,11 @@ def test_dashboard_shows_the_fleet(live_fleet: LiveFleet, browser: Any, tmp_path
                 out.setdefault((m["device_id"], series), []).append(m[series][shots])
         return out
 
-    assert points("zero_shot") == expected("zero_shot")
+    assert points() == expected("zero_shot")
     page.click("#chart-accuracy .toggle button[data-shots=three_shot]")
-    assert points("three_shot") == expected("three_shot")
+    assert points() == expected("three_shot")
+    page.click("#chart-accuracy .toggle button[data-shots=zero_shot]")
+    assert points() == expected("zero_shot")
     assert len(page.query_selector_all("#chart-accuracy .legend [data-device]")) == 5
 
     # tables: one row per resource; devices show last contact and the revoked key
