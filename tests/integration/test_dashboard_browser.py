@@ -27,7 +27,7 @@ from tests.integration.test_server_uvicorn import free_port, wait_ready
 from tests.server_support import Backend, Clock, make_admin_key
 
 API = "/api/v1"
-VIEWPORT = {"width": 1280, "height": 900}
+VIEWPORT = {"width": 1280, "height": 960}
 expect: Any = None  # playwright.sync_api.expect, imported by the browser fixture (playwright is optional)
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
