@@ -70,7 +70,7 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
     from arte.backends import open_student
     from arte.drafts import read_drafts
     from arte.models import resolve_model
-    from arte.scoring import ScoringConfig, score_drafts
+    from arte.scoring import ScoringConfig, check_items, score_drafts
     from arte.tasks import load_task, split_task
     from arte_cli.home import convert_dir, model_dir
 
@@ -80,6 +80,7 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
         items = list(split_task(task, seed=split_seed, n_seeds=0, validation=validation).validation)
         items = items[:n_items] if n_items else items
         drafts = read_drafts(drafts_path)
+        check_items(items, mode)
         ref = resolve_model(model, model_dir())
         student = open_student(ref, backend, n_threads=threads, convert_dir=convert_dir())
         try:

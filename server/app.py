@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 
 from arte.wire import API_PREFIX, PROTOCOL_VERSION
-from server import db
+from server import db, telemetry
 from server.errors import DatabaseUnavailable, RateLimited, ServerError, to_body
 from server.middleware import BodyGuard, ConcurrencyLimit
 from server.models import utcnow
@@ -187,8 +187,9 @@ def create_app(
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
-    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)  # outermost
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     _document_bodies(app, (ReportIn,))
+    telemetry.install(app)  # last: its request metrics middleware is the outermost layer
     return app
 
 
