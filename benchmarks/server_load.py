@@ -23,7 +23,7 @@ even on a machine shared with other work. The baseline in the same run is ``GET 
 generator, no database, no auth) at the same concurrency. Load averages are recorded before and after.
 
     python benchmarks/server_load.py [--agents 500] [--workers 1,2] [--backends sqlite,postgresql]
-        [--postgres URL] [--duration 15] [--max-reports 30000] [--drafts 64]
+        [--postgres throwaway|URL] [--duration 20] [--max-reports 20000] [--drafts 64]
 
 Loopback only; every phase is bounded in time and count. Prints a table, then one line of JSON (last
 line) with the numbers, versions and machine.
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -377,12 +378,28 @@ def pct(values: list[float], q: float) -> float:
 # --- PostgreSQL backends' CPU ----------------------------------------------------------------------------
 
 
-class PgCpu:
-    """CPU seconds of the PostgreSQL backends serving this benchmark (by application_name)."""
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants, plus its children that already exited."""
+    total = 0.0
+    for p in descendants(pid):
+        total += proc_cpu_s(p)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
+    except OSError:
+        pass
+    return total
 
-    def __init__(self, url: str | None, app_name: str) -> None:
-        self.url, self.app_name = url, app_name
+
+class PgCpu:
+    """CPU seconds PostgreSQL spent for this benchmark: the whole cluster (postmaster, backends, exited
+    backends, background writers) when it is the benchmark's own throwaway cluster; otherwise the live
+    backends connected with application_name ``arte-load`` (backends that exit mid-phase are missed)."""
+
+    def __init__(self, url: str | None, app_name: str, postmaster: int | None = None) -> None:
+        self.url, self.app_name, self.postmaster = url, app_name, postmaster
         self.start: dict[int, float] = {}
+        self.start_tree = 0.0
 
     def _pids(self) -> list[int]:
         if not self.url:
@@ -397,11 +414,16 @@ class PgCpu:
         return pids
 
     def begin(self) -> None:
-        self.start = {p: proc_cpu_s(p) for p in self._pids()}
+        if self.postmaster:
+            self.start_tree = tree_cpu_s(self.postmaster)
+        else:
+            self.start = {p: proc_cpu_s(p) for p in self._pids()}
 
     def seconds(self) -> float | None:
         if not self.url:
             return None
+        if self.postmaster:
+            return tree_cpu_s(self.postmaster) - self.start_tree
         return sum(proc_cpu_s(p) - self.start.get(p, 0.0) for p in self._pids())
 
 
@@ -494,13 +516,13 @@ def count_stored(env: dict[str, str], pg_url: str | None, n_drafts: int) -> dict
 
 
 async def run_config(backend: str, workers: int, env: dict[str, str], args: argparse.Namespace,
-                     pg_url: str | None) -> dict[str, Any]:
+                     pg_url: str | None, postmaster: int | None) -> dict[str, Any]:
     srv = Server(env, workers)
     try:
         await srv.wait_ready()
         per_agent = math.ceil(args.max_reports / args.agents) + 1
         fleet = await build_fleet(srv, args.agents, 2 * per_agent + 2, args.drafts)
-        pg = PgCpu(pg_url, "arte-load")
+        pg = PgCpu(pg_url, "arte-load", postmaster)
         base = await baseline(srv, args)
         closed = await phase("closed", srv, fleet, args, pg, 0, None)
         rate = max(1.0, closed["reports_per_s"] * args.paced_fraction)
@@ -528,16 +550,36 @@ async def run_config(backend: str, workers: int, env: dict[str, str], args: argp
         srv.stop()
 
 
+@contextlib.contextmanager
+def postgres(choice: str) -> Any:
+    """(SQLAlchemy URL, postmaster pid or None) of the PostgreSQL to measure on (see ``--postgres``)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fault_support import pg_bin, pg_cluster
+
+    if choice != "throwaway":
+        yield choice, None
+        return
+    if pg_bin() is None:
+        yield os.environ.get("ARTE_TEST_POSTGRES_URL"), None
+        return
+    with pg_cluster(shared_buffers="128MB") as cluster:  # PostgreSQL's own default
+        pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        yield cluster.url, pid
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=500, help="simulated agents (one connection each)")
     ap.add_argument("--workers", default="1,2", help="uvicorn worker counts to measure, comma-separated")
     ap.add_argument("--backends", default="sqlite,postgresql", help="sqlite and/or postgresql")
-    ap.add_argument("--postgres", default=os.environ.get("ARTE_TEST_POSTGRES_URL"),
-                    help="PostgreSQL SQLAlchemy URL (default $ARTE_TEST_POSTGRES_URL; none: SQLite only)")
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds per phase (upper bound)")
+    ap.add_argument("--postgres", default="throwaway",
+                    help="'throwaway' (default): a PostgreSQL cluster of our own in a temp dir (initdb + pg_ctl, "
+                         "fsync on), so its CPU is measured whole and no shared database is disturbed; or a "
+                         "SQLAlchemy URL (a fresh schema in it; default when no server binaries: "
+                         "$ARTE_TEST_POSTGRES_URL)")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase (upper bound)")
     ap.add_argument("--baseline-duration", type=float, default=4.0, help="seconds of the /health baseline")
-    ap.add_argument("--max-reports", type=int, default=30_000, help="reports per phase (upper bound)")
+    ap.add_argument("--max-reports", type=int, default=20_000, help="reports per phase (upper bound)")
     ap.add_argument("--drafts", type=int, default=64, help="drafts per round (scores per report)")
     ap.add_argument("--download-every", type=int, default=8, help="dataset download every N rounds (0: never)")
     ap.add_argument("--resend", type=float, default=0.02, help="share of reports sent twice (lost receipt)")
@@ -560,32 +602,45 @@ def main() -> None:
     base["ARTE_SERVER_RATE_LIMIT_BURST"] = "2000"
     results: list[dict[str, Any]] = []
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    for backend in backends:
-        for workers in [int(w) for w in args.workers.split(",")]:
-            with tempfile.TemporaryDirectory() as tmp:
-                env = {**base, "ARTE_SERVER_DATA_DIR": args.keep_dir or tmp}
-                pg_url = None
-                schema = None
-                if backend == "postgresql":
-                    if not args.postgres:
-                        print("postgresql: no URL (--postgres or ARTE_TEST_POSTGRES_URL); skipped", file=sys.stderr)
-                        continue
-                    from server import db
-
-                    schema = f"arte_load_{secrets.token_hex(4)}"
-                    db.create_schema(args.postgres, schema)
-                    sep = "&" if "?" in args.postgres else "?"
-                    env["ARTE_SERVER_DATABASE_URL"] = f"{args.postgres}{sep}application_name=arte-load"
-                    env["ARTE_SERVER_DB_SCHEMA"] = schema
-                    pg_url = args.postgres
-                try:
-                    print(f"{backend} workers={workers} ...", file=sys.stderr, flush=True)
-                    results.append(asyncio.run(run_config(backend, workers, env, args, pg_url)))
-                finally:
-                    if schema:
+    with contextlib.ExitStack() as stack:
+        pg_url, postmaster = None, None
+        if "postgresql" in backends:
+            pg_url, postmaster = stack.enter_context(postgres(args.postgres))
+        for backend in backends:
+            if backend == "postgresql" and not pg_url:
+                print("postgresql: no server binaries and no URL (--postgres, ARTE_TEST_POSTGRES_URL); skipped",
+                      file=sys.stderr)
+                continue
+            for workers in [int(w) for w in args.workers.split(",")]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    env = {**base, "ARTE_SERVER_DATA_DIR": args.keep_dir or tmp}
+                    schema = None
+                    if backend == "postgresql":
                         from server import db
 
-                        db.drop_schema(args.postgres, schema)
+                        schema = f"arte_load_{secrets.token_hex(4)}"
+                        db.create_schema(pg_url, schema)
+                        sep = "&" if "?" in pg_url else "?"
+                        env["ARTE_SERVER_DATABASE_URL"] = f"{pg_url}{sep}application_name=arte-load"
+                        env["ARTE_SERVER_DB_SCHEMA"] = schema
+                    try:
+                        print(f"{backend} workers={workers} ...", file=sys.stderr, flush=True)
+                        results.append(asyncio.run(run_config(
+                            backend, workers, env, args, pg_url if backend == "postgresql" else None,
+                            postmaster if backend == "postgresql" else None)))
+                    finally:
+                        if schema:
+                            from server import db
+
+                            db.drop_schema(pg_url, schema)
+        pg_version = None
+        if pg_url:
+            import sqlalchemy as sa
+
+            eng = sa.create_engine(pg_url)
+            with eng.connect() as c:
+                pg_version = c.execute(sa.text("SHOW server_version")).scalar_one()
+            eng.dispose()
 
     hdr = (f"{'backend':<10} {'W':>2} {'phase':<6} {'reports/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'all p99':>7} "
            f"{'errors':>6} {'srv cpu/rep':>11} {'pg cpu/rep':>10} {'gen cpu/req':>11} {'load1m':>11}")
@@ -611,13 +666,8 @@ def main() -> None:
     import sqlite3
 
     vers["sqlite"] = sqlite3.sqlite_version
-    if args.postgres and "postgresql" in backends:
-        import sqlalchemy as sa
-
-        eng = sa.create_engine(args.postgres)
-        with eng.connect() as c:
-            vers["postgresql"] = c.execute(sa.text("SHOW server_version")).scalar_one()
-        eng.dispose()
+    if pg_version:
+        vers["postgresql"] = pg_version
     print(json.dumps({
         "benchmark": "server_load",
         "agents": args.agents,

@@ -50,8 +50,8 @@ def make_engine(
     *,
     schema: str | None = None,
     echo: bool = False,
-    pool_size: int = 10,
-    max_overflow: int = 22,
+    pool_size: int = 24,
+    max_overflow: int = 8,
 ) -> Engine:
     """An engine for ``url``; creates the SQLite file's directory; ``schema`` is PostgreSQL-only.
 

@@ -59,10 +59,14 @@ class ServerSettings(BaseSettings):
         "below the 40 threads that run the routes (0: no limit, for tests only).",
     )
     db_pool_size: int = Field(
-        default=10, ge=1, le=1000, description="PostgreSQL connections each API process keeps open."
+        default=24,
+        ge=1,
+        le=1000,
+        description="Database connections each API process keeps open (connections above it are closed "
+        "when returned: under sustained load they would be opened and closed per request).",
     )
     db_max_overflow: int = Field(
-        default=22, ge=0, le=1000, description="Extra PostgreSQL connections a process may open under load."
+        default=8, ge=0, le=1000, description="Extra connections a process may open under a burst."
     )
     enroll_token_ttl_s: int = Field(
         default=7 * 24 * 3600, gt=0, description="Default lifetime of an enrollment token."

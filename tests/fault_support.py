@@ -127,8 +127,9 @@ class PgCluster:
     """initdb + pg_ctl in ``root`` on a free loopback port, trust auth; run as the ``postgres`` user
     when we are root (PostgreSQL refuses to run as root)."""
 
-    def __init__(self, root: Path, bindir: Path) -> None:
+    def __init__(self, root: Path, bindir: Path, shared_buffers: str = "32MB") -> None:
         self.root, self.bindir = root, bindir
+        self.shared_buffers = shared_buffers
         self.data = root / "data"
         self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
@@ -149,7 +150,7 @@ class PgCluster:
 
     def _options(self) -> str:
         return (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on "
-                "-c max_connections=200 -c shared_buffers=32MB")
+                f"-c max_connections=200 -c shared_buffers={self.shared_buffers}")
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", self._options(),
@@ -166,7 +167,7 @@ class PgCluster:
 
 
 @contextmanager
-def pg_cluster() -> Iterator[PgCluster]:
+def pg_cluster(shared_buffers: str = "32MB") -> Iterator[PgCluster]:
     """A started throwaway cluster in its own temp dir (not under pytest's tmp_path, whose 0700 parents
     the ``postgres`` user cannot enter), stopped and removed afterwards."""
     bindir = pg_bin()
@@ -176,7 +177,7 @@ def pg_cluster() -> Iterator[PgCluster]:
         pytest.skip("PostgreSQL server binaries (/usr/lib/postgresql/*/bin) not installed")
     root = Path(tempfile.mkdtemp(prefix="arte-pg-"))
     try:
-        cluster = PgCluster(root, bindir)
+        cluster = PgCluster(root, bindir, shared_buffers)
         cluster.start()
         try:
             yield cluster
