@@ -98,7 +98,7 @@ def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
         "--json",
         code=EXIT_REFUSED,
     )
-    assert bad["error"]["type"] == "validation_error" and bad["error"]["detail"]["field"] == "privacy"
+    assert bad["error"]["type"] == "validation_error" and bad["error"]["detail"]["field"] == "privacy.epsilon"
     token = run(backend, tmp_path, "tokens", "create", "--cohort-id", cohort["cohort_id"], "--json")
     assert token["token"].startswith("arte_et_")
     listed = run(backend, tmp_path, "tokens", "list", "--json")
