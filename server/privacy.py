@@ -80,7 +80,9 @@ def read_report(scores: Sequence[wire.DraftScoreMsg], declared: wire.PrivacyInfo
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # checked below
             estimates = estimate_report(scores, declared)
     except ReportContentError as e:
-        raise Unprocessable(f"{e.problem} (declared mechanism {declared.mechanism!r})", field=e.field) from None
+        raise Unprocessable(
+            f"{e.problem} (declared mechanism {declared.mechanism!r})", field=e.field
+        ) from None
     for i, e in enumerate(estimates):
         if not (math.isfinite(e.correct) and math.isfinite(e.variance)):
             raise Unprocessable(

@@ -362,8 +362,10 @@ class DraftEstimateOut(BaseModel):
 
     n_devices: int
     n_items: float
-    n_correct: float = Field(description="Sum of the devices' unbiased count estimates (noised: may be "
-                             "fractional, negative or exceed n_items).")
+    n_correct: float = Field(
+        description="Sum of the devices' unbiased count estimates (noised: may be "
+        "fractional, negative or exceed n_items)."
+    )
     score: float | None = Field(description="The pooled accuracy clipped to [0, 1]; what pairs use.")
     accuracy: float | None = Field(default=None, description="Pooled unbiased accuracy, unclipped.")
     variance: float | None = Field(default=None, description="Variance of accuracy (noise + items).")

@@ -237,8 +237,13 @@ def test_no_device_reads_another_devices_scores_or_any_aggregate(fleet: Fleet) -
 
     Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once()
     assert f.ok(f.client.get(f"{API}/jobs/{job['job_id']}", headers=f.admin))["state"] == "succeeded"
-    ids = {"round_id": rnd, "report_id": rep_b["report_id"], "dataset_id": ds, "device_id": dev_b,
-           "metrics_id": "met_" + "0" * 32}
+    ids = {
+        "round_id": rnd,
+        "report_id": rep_b["report_id"],
+        "dataset_id": ds,
+        "device_id": dev_b,
+        "metrics_id": "met_" + "0" * 32,
+    }
     device_gets = sorted(p for m, p in (DEVICE_ONLY | SHARED) if m == "GET")
     assert len(device_gets) >= 9
     for path in device_gets:
@@ -255,6 +260,6 @@ def test_no_device_reads_another_devices_scores_or_any_aggregate(fleet: Fleet) -
             assert r.status_code == 403 and r.json()["error"]["detail"]["field"] == "authorization", path
             assert "3.14" not in r.text and "n_correct" not in r.text
         shown = f.ok(f.client.get(path.format(round_id=rnd), headers=f.admin))
-        assert "noise_variance" in json.dumps(shown), path   # the admin does see the estimates
+        assert "noise_variance" in json.dumps(shown), path  # the admin does see the estimates
     per_device = f.ok(f.client.get(f"{API}/aggregates/{rnd}/devices", headers=f.admin))
     assert per_device[dev_a]["d0"]["n_correct"] == secret[0]

@@ -41,14 +41,21 @@ def test_cohort_policy_is_validated_and_inherited_by_rounds(fleet: Fleet) -> Non
     f = fleet
     task = f.task()
     base = {"task_id": task, "student_model": "default", "profile_class": "laptop-cpu"}
-    for n, (privacy, field) in enumerate([
-        ({"mechanism": "laplace", "epsilon": 1.0, "delta": 1e-6}, "privacy.delta"),   # pure-epsilon mechanism
-        ({"mechanism": "gaussian", "epsilon": 1.0}, "privacy.delta"),                 # needs delta > 0
-        ({"mechanism": "none", "epsilon": 1.0}, "privacy.epsilon"),                   # no noise, no epsilon
-        ({"mechanism": "randomized_response"}, "privacy.epsilon"),
-        ({"mechanism": "laplace", "epsilon": 0.0}, "privacy.epsilon"),
-    ]):
-        r = f.client.post(f"{API}/cohorts", json={**base, "name": f"bad{n}", "privacy": privacy}, headers=f.admin)
+    for n, (privacy, field) in enumerate(
+        [
+            (
+                {"mechanism": "laplace", "epsilon": 1.0, "delta": 1e-6},
+                "privacy.delta",
+            ),  # pure-epsilon mechanism
+            ({"mechanism": "gaussian", "epsilon": 1.0}, "privacy.delta"),  # needs delta > 0
+            ({"mechanism": "none", "epsilon": 1.0}, "privacy.epsilon"),  # no noise, no epsilon
+            ({"mechanism": "randomized_response"}, "privacy.epsilon"),
+            ({"mechanism": "laplace", "epsilon": 0.0}, "privacy.epsilon"),
+        ]
+    ):
+        r = f.client.post(
+            f"{API}/cohorts", json={**base, "name": f"bad{n}", "privacy": privacy}, headers=f.admin
+        )
         error(r, 422, field)
     cohort = f.cohort(k=2, privacy=GAUSS)
     shown = f.ok(f.client.get(f"{API}/cohorts/{cohort}", headers=f.admin))
@@ -61,9 +68,12 @@ def test_cohort_policy_is_validated_and_inherited_by_rounds(fleet: Fleet) -> Non
     stricter = f.round(cohort, privacy={**GAUSS, "epsilon": 1.0, "delta": 1e-7})
     assert f.ok(f.client.get(f"{API}/rounds/{stricter}", headers=f.admin))["privacy"]["epsilon"] == 1.0
     body = {"cohort_id": cohort, "drafts": [{"id": "x", "question": "q", "rationale": "r", "answer": "a"}]}
-    for privacy, field in [({**GAUSS, "epsilon": 4.0}, "privacy.epsilon"), ({**GAUSS, "delta": 1e-3}, "privacy.delta"),
-                           ({"mechanism": "laplace", "epsilon": 1.0}, "privacy.mechanism"),
-                           ({"mechanism": "none"}, "privacy.mechanism")]:
+    for privacy, field in [
+        ({**GAUSS, "epsilon": 4.0}, "privacy.epsilon"),
+        ({**GAUSS, "delta": 1e-3}, "privacy.delta"),
+        ({"mechanism": "laplace", "epsilon": 1.0}, "privacy.mechanism"),
+        ({"mechanism": "none"}, "privacy.mechanism"),
+    ]:
         error(f.client.post(f"{API}/rounds", json={**body, "privacy": privacy}, headers=f.admin), 422, field)
 
 
@@ -74,9 +84,9 @@ def test_reports_must_declare_at_least_the_rounds_privacy(fleet: Fleet) -> None:
     rnd = f.round(cohort, n_drafts=2)
     scores = [("d0", 10, 6.3), ("d1", 10, -1.2)]
     for privacy, field in [
-        (None, "privacy.mechanism"),                                         # no DP on a DP round
+        (None, "privacy.mechanism"),  # no DP on a DP round
         ({"mechanism": "laplace", "epsilon": 2.0}, "privacy.mechanism"),
-        ({**GAUSS, "epsilon": 2.5}, "privacy.epsilon"),                      # looser than the round
+        ({**GAUSS, "epsilon": 2.5}, "privacy.epsilon"),  # looser than the round
         ({**GAUSS, "delta": 1e-5}, "privacy.delta"),
     ]:
         kw = {"privacy": privacy} if privacy else {}
@@ -84,7 +94,7 @@ def test_reports_must_declare_at_least_the_rounds_privacy(fleet: Fleet) -> None:
         assert e["detail"]["required"] == GAUSS
     error(f.report(rnd, a, [("d0", 10, 6.3), ("d1", 10.5, 3)], privacy=GAUSS), 422, "scores[1].n_items")
     assert n_reports(f) == 0
-    f.ok(f.report(rnd, a, scores, privacy={**GAUSS, "epsilon": 1.5}))   # stricter is fine
+    f.ok(f.report(rnd, a, scores, privacy={**GAUSS, "epsilon": 1.5}))  # stricter is fine
     assert n_reports(f) == 1
 
     rr_cohort = f.cohort(k=1, privacy=RR)
@@ -93,7 +103,7 @@ def test_reports_must_declare_at_least_the_rounds_privacy(fleet: Fleet) -> None:
     error(f.report(rr_round, b, [("d0", 10, 6), ("d1", 10, 2.5)], privacy=RR), 422, "scores[1].n_correct")
     error(f.report(rr_round, b, [("d0", 10, 11), ("d1", 10, 2)], privacy=RR), 422, "scores[0].n_correct")
     error(f.report(rr_round, b, [("d0", 10, -1), ("d1", 10, 2)], privacy=RR), 422, "scores[0].n_correct")
-    tiny = {"mechanism": "randomized_response", "epsilon": 1e-300}   # noise that cannot be inverted
+    tiny = {"mechanism": "randomized_response", "epsilon": 1e-300}  # noise that cannot be inverted
     free = f.cohort(k=1)
     _, c = f.device(free)
     free_round = f.round(free, n_drafts=1)
@@ -113,7 +123,7 @@ def test_aggregate_endpoints_expose_unbiased_estimates_with_intervals(fleet: Fle
     for i in range(12):
         dev, h = f.device(cohort)
         devices.append(dev)
-        n_drafts = 3 if i < 2 else 2   # d2 is scored by two devices only: below k
+        n_drafts = 3 if i < 2 else 2  # d2 is scored by two devices only: below k
         outcomes = (rng.random((n_drafts, 30)) < truth[:n_drafts, None]).astype(np.int8)
         counts = privatize(outcomes, calibrate("randomized_response", 4.0, 0.0, n_drafts), rng)
         f.ok(f.report(rnd, h, [(f"d{j}", 30, float(c)) for j, c in enumerate(counts)], privacy=RR))
@@ -127,20 +137,32 @@ def test_aggregate_endpoints_expose_unbiased_estimates_with_intervals(fleet: Fle
     assert [agg["drafts"][d]["eligible"] for d in ("d0", "d1", "d2")] == [True, True, False]
     assert agg["drafts"]["d2"]["n_devices"] == 2
     naive = f.ok(f.client.get(f"{API}/aggregates/{rnd}/devices", headers=f.admin))
-    raw = [s["n_correct"] for r in f.ok(f.client.get(f"{API}/rounds/{rnd}/reports", headers=f.admin))
-           for s in r["scores"] if s["draft_id"] == "d0"]
-    counted = sum(raw) / (30 * len(raw))        # counting the noisy bits is biased towards 1/2
+    raw = [
+        s["n_correct"]
+        for r in f.ok(f.client.get(f"{API}/rounds/{rnd}/reports", headers=f.admin))
+        for s in r["scores"]
+        if s["draft_id"] == "d0"
+    ]
+    counted = sum(raw) / (30 * len(raw))  # counting the noisy bits is biased towards 1/2
     assert abs(agg["drafts"]["d0"]["accuracy"] - truth[0]) < truth[0] - counted
 
     per_device = naive
     assert set(per_device) == set(devices) and per_device[devices[0]]["d0"]["noise_variance"] > 0
 
-    job = f.ok(f.client.post(f"{API}/jobs", json={"kind": "aggregate", "cohort_id": cohort, "round_id": rnd},
-                             headers=f.admin), 201)
+    job = f.ok(
+        f.client.post(
+            f"{API}/jobs", json={"kind": "aggregate", "cohort_id": cohort, "round_id": rnd}, headers=f.admin
+        ),
+        201,
+    )
     Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once()
     assert f.ok(f.client.get(f"{API}/jobs/{job['job_id']}", headers=f.admin))["result"]["may_align"] is True
     stored = f.ok(f.client.get(f"{API}/aggregates/{rnd}/stored", headers=f.admin))
-    assert stored["drafts"] == agg["drafts"] and stored["may_align"] is True and stored["reason"] == agg["reason"]
+    assert (
+        stored["drafts"] == agg["drafts"]
+        and stored["may_align"] is True
+        and stored["reason"] == agg["reason"]
+    )
     assert stored["excluded"] is None
 
 
@@ -158,7 +180,7 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
     agg = f.ok(f.client.get(f"{API}/aggregates/{rnd}", headers=f.admin))
     assert agg["meets_k"] is True and agg["may_align"] is False
 
-    f.ok(f.client.post(f"{API}/rounds/{rnd}/close", headers=f.admin))   # (closing does not matter here)
+    f.ok(f.client.post(f"{API}/rounds/{rnd}/close", headers=f.admin))  # (closing does not matter here)
     rnd = f.round(cohort, n_drafts=3)
     f.ok(f.report(rnd, a, [("d0", 10, 9), ("d1", 10, 2)]))
     f.ok(f.report(rnd, b, [("d0", 10, 7), ("d2", 10, 5)]))
@@ -173,6 +195,8 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
     monkeypatch.setitem(sys.modules, "arte.pairs", fake)
     made = f.ok(f.client.post(f"{API}/jobs", json={**job, "round_id": rnd}, headers=f.admin), 201)
     Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once()
-    assert "stop after the pairs' inputs" in f.ok(f.client.get(f"{API}/jobs/{made['job_id']}",
-                                                               headers=f.admin))["error"]
+    assert (
+        "stop after the pairs' inputs"
+        in f.ok(f.client.get(f"{API}/jobs/{made['job_id']}", headers=f.admin))["error"]
+    )
     assert seen == {"drafts": ["d0"], "scores": {"d0": pytest.approx(0.8)}}

@@ -16,9 +16,13 @@ LAPLACE = {"mechanism": "laplace", "epsilon": 1.0, "delta": None}
 
 def noised_rows(device: str, outcomes: np.ndarray, privacy: dict, rng: np.random.Generator) -> list[ScoreRow]:
     """What a device stores after arte.privacy noised its draft x item outcome matrix."""
-    cal = calibrate(privacy["mechanism"], privacy.get("epsilon"), privacy.get("delta") or 0.0, outcomes.shape[0])
+    cal = calibrate(
+        privacy["mechanism"], privacy.get("epsilon"), privacy.get("delta") or 0.0, outcomes.shape[0]
+    )
     counts = privatize(outcomes, cal, rng)
-    return [ScoreRow(device, f"d{j}", float(outcomes.shape[1]), float(c), privacy) for j, c in enumerate(counts)]
+    return [
+        ScoreRow(device, f"d{j}", float(outcomes.shape[1]), float(c), privacy) for j, c in enumerate(counts)
+    ]
 
 
 def test_exact_counts_are_weighted_by_items_not_by_device() -> None:
@@ -58,15 +62,19 @@ def test_empty_round() -> None:
 
 
 def test_laplace_counts_are_kept_as_is_and_the_score_clipped_after_pooling() -> None:
-    rows = [ScoreRow("a", "d0", 10, 10.7, LAPLACE), ScoreRow("a", "d1", 10, -0.4, LAPLACE),
-            ScoreRow("b", "d0", 10, 9.9, LAPLACE), ScoreRow("b", "d1", 10, 1.2, LAPLACE)]
+    rows = [
+        ScoreRow("a", "d0", 10, 10.7, LAPLACE),
+        ScoreRow("a", "d1", 10, -0.4, LAPLACE),
+        ScoreRow("b", "d0", 10, 9.9, LAPLACE),
+        ScoreRow("b", "d1", 10, 1.2, LAPLACE),
+    ]
     agg = aggregate(rows, min_devices=1)
     d0, d1 = agg.drafts["d0"], agg.drafts["d1"]
     assert d0.n_correct == pytest.approx(20.6) and d0.accuracy == pytest.approx(1.03) and d0.score == 1.0
     assert d1.accuracy == pytest.approx(0.04) and d1.score == pytest.approx(0.04)
     # Laplace scale D/eps = 2 per count: variance 8 per device; two equal devices -> 8 * 2 / 20^2
-    assert d0.noise_variance == pytest.approx(2 * 8 / 20 ** 2)
-    assert d0.ci_high - d0.ci_low == pytest.approx(2 * 1.96 * d0.variance ** 0.5)
+    assert d0.noise_variance == pytest.approx(2 * 8 / 20**2)
+    assert d0.ci_high - d0.ci_low == pytest.approx(2 * 1.96 * d0.variance**0.5)
 
 
 def test_randomized_response_is_inverted_where_the_naive_mean_is_biased() -> None:
@@ -82,16 +90,19 @@ def test_randomized_response_is_inverted_where_the_naive_mean_is_biased() -> Non
     for j, t in enumerate(truth):
         a = agg.drafts[f"d{j}"]
         naive = sum(r.n_correct for r in rows if r.draft_id == f"d{j}") / (300 * 20)
-        assert naive == pytest.approx(p + (1 - 2 * p) * t, abs=0.02)   # biased towards 1/2
-        assert abs(a.accuracy - t) < 3 * a.variance ** 0.5 < 0.1        # the estimate is not
+        assert naive == pytest.approx(p + (1 - 2 * p) * t, abs=0.02)  # biased towards 1/2
+        assert abs(a.accuracy - t) < 3 * a.variance**0.5 < 0.1  # the estimate is not
         assert a.noise_variance > 0 and a.variance > a.noise_variance
 
 
-@pytest.mark.parametrize("privacy", [
-    {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-6},
-    {"mechanism": "randomized_response", "epsilon": 4.0, "delta": None},
-    {"mechanism": "none", "epsilon": None, "delta": None},
-])
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-6},
+        {"mechanism": "randomized_response", "epsilon": 4.0, "delta": None},
+        {"mechanism": "none", "epsilon": None, "delta": None},
+    ],
+)
 def test_the_95_percent_interval_covers_the_truth_about_95_percent_of_the_time(privacy: dict) -> None:
     rng = np.random.default_rng(11)
     truth = 0.65
@@ -115,7 +126,9 @@ def test_devices_with_different_noise_are_pooled_with_public_weights() -> None:
     w_exact, w_noisy = 1 / (0.25 / 20), 1 / (0.25 / 20 + sigma2 / 400)
     expected = (w_exact * 15 / 20 + w_noisy * 3 / 20) / (w_exact + w_noisy)
     assert agg.drafts["d0"].accuracy == pytest.approx(expected)
-    assert agg.drafts["d0"].noise_variance == pytest.approx(w_noisy ** 2 * sigma2 / 400 / (w_exact + w_noisy) ** 2)
+    assert agg.drafts["d0"].noise_variance == pytest.approx(
+        w_noisy**2 * sigma2 / 400 / (w_exact + w_noisy) ** 2
+    )
 
 
 def test_a_report_its_mechanism_cannot_have_produced_is_left_out_and_named() -> None:
