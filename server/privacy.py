@@ -67,7 +67,8 @@ def check_stricter(declared: wire.PrivacyInfo, required: wire.PrivacyInfo, what:
         )
     if (declared.delta or 0.0) > (required.delta or 0.0) * (1 + _RTOL):
         raise Unprocessable(
-            f"the {what} declares delta={declared.delta:g}; the policy allows at most {required.delta or 0.0:g}",
+            f"the {what} declares delta={declared.delta:g}; the policy allows at most "
+            f"{required.delta or 0.0:g}",
             field="privacy.delta",
             required=_dict(required),
         )
