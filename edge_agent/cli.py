@@ -384,8 +384,8 @@ def _privacy_line(p: dict[str, Any]) -> str:
         return f"privacy: nothing spent (epsilon budget {budget})"
     spent = p.get("spent", {"epsilon": p["epsilon_spent"], "method": "basic"})
     eps = "unbounded" if spent["epsilon"] is None else f"{spent['epsilon']:.4g}"
-    return (f"privacy: epsilon spent {eps} of {budget} ({spent['method']} composition, {p['n_reports']} noised "
-            f"report(s); sum of epsilons {p['basic']['epsilon']:g})")
+    return (f"privacy: epsilon spent {eps} of {budget} ({spent['method']} composition, "
+            f"{p['n_reports']} noised report(s); sum of epsilons {p['basic']['epsilon']:g})")
 
 
 # -- config ---------------------------------------------------------------------------------------------------

@@ -94,10 +94,11 @@ def budget_status(state: State) -> dict[str, Any]:
     except ImportError:
         return out
     at_delta = max([total_delta, *(c["delta"] for c in charges)]) if total_delta == 0 else total_delta
-    accountant = PrivacyAccountant(Charge.from_dict({k: c[k] for k in ("round_id", "mechanism", "epsilon", "delta",
-                                                                        "rho")}, f"ledger[{i}]")
+    keys = ("round_id", "mechanism", "epsilon", "delta", "rho")
+    accountant = PrivacyAccountant(Charge.from_dict({k: c[k] for k in keys}, f"ledger[{i}]")
                                    for i, c in enumerate(charges))
     spent = accountant.spent(at_delta)
     out["spent"] = {"epsilon": _limit(spent.epsilon), "delta": spent.delta, "method": spent.method}
-    out["remaining_epsilon"] = _limit(max(0.0, total_eps - spent.epsilon)) if math.isfinite(spent.epsilon) else 0.0
+    left = max(0.0, total_eps - spent.epsilon) if math.isfinite(spent.epsilon) else 0.0
+    out["remaining_epsilon"] = _limit(left)
     return out

@@ -38,25 +38,57 @@ def agent(env: dict[str, str], *args: str, code: int = 0) -> Any:
     return json.loads(r.stdout) if "--json" in args else r.stdout
 
 
-def test_the_accountant_stops_reports_at_the_end_of_the_budget(server: LiveServer, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_accountant_stops_reports_at_the_end_of_the_budget(
+    server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(cli, "_student_opener", lambda model: lambda profile, adapter: CopyingStudent())
     task = server.admin("POST", "/tasks", {"name": "budget", "instruction": "Is the number even?"})["task_id"]
-    cohort = server.admin("POST", "/cohorts", {"name": "budget", "task_id": task, "student_model": "default",
-                                               "profile_class": "laptop-cpu", "min_devices": 1,
-                                               "privacy": LAPLACE})["cohort_id"]
+    cohort = server.admin(
+        "POST",
+        "/cohorts",
+        {
+            "name": "budget",
+            "task_id": task,
+            "student_model": "default",
+            "profile_class": "laptop-cpu",
+            "min_devices": 1,
+            "privacy": LAPLACE,
+        },
+    )["cohort_id"]
     token = server.admin("POST", "/tokens", {"cohort_id": cohort})["token"]
     data = tmp_path / "private.jsonl"
-    data.write_text("".join(json.dumps({"input": f"Is {i} even? private-{i}", "choices": ["yes", "no"],
-                                        "answer": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(12)))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "input": f"Is {i} even? private-{i}",
+                    "choices": ["yes", "no"],
+                    "answer": "yes" if i % 2 == 0 else "no",
+                }
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
     env = {"EDGE_AGENT_STATE_DIR": str(tmp_path / "agent")}
     with RecordingProxy(server.url) as proxy:
-        agent(env, "enroll", "--server", proxy.url, "--token", token, "--profile", "laptop-cpu", "--data",
-              str(data), "--json")
+        agent(
+            env,
+            "enroll",
+            "--server",
+            proxy.url,
+            "--token",
+            token,
+            "--profile",
+            "laptop-cpu",
+            "--data",
+            str(data),
+            "--json",
+        )
         agent(env, "config", "set", "privacy_total_epsilon", "2.5")
         assert agent(env, "status", "--json")["privacy"]["budget"] == {"epsilon": 2.5, "delta": 0.0}
 
-        for n in (1, 2):   # epsilon 1 per round: two rounds fit a budget of 2.5
+        for n in (1, 2):  # epsilon 1 per round: two rounds fit a budget of 2.5
             rnd = server.open_round(cohort)
             it = agent(env, "run", "--once", "--ignore-conditions", "--json")
             assert it["round"]["step"] == "queued" and it["delivery"]["pending"] == 0, it
@@ -87,8 +119,11 @@ def test_the_accountant_stops_reports_at_the_end_of_the_budget(server: LiveServe
         assert all(r.method == "GET" for r in proxy.requests[before:]) and server.reports(refused) == []
 
         # a stricter round (epsilon 0.5 <= the cohort's 1.0) still fits the rest of the budget
-        stricter = server.admin("POST", "/rounds", {"cohort_id": cohort, "drafts": DRAFTS, "min_items": 2,
-                                                    "privacy": {**LAPLACE, "epsilon": 0.5}})["round_id"]
+        stricter = server.admin(
+            "POST",
+            "/rounds",
+            {"cohort_id": cohort, "drafts": DRAFTS, "min_items": 2, "privacy": {**LAPLACE, "epsilon": 0.5}},
+        )["round_id"]
         it = agent(env, "run", "--once", "--ignore-conditions", "--json")
         assert it["round"]["step"] == "queued", it
         (report,) = server.reports(stricter)
