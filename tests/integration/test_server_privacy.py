@@ -200,3 +200,33 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
         in f.ok(f.client.get(f"{API}/jobs/{made['job_id']}", headers=f.admin))["error"]
     )
     assert seen == {"drafts": ["d0"], "scores": {"d0": pytest.approx(0.8)}}
+
+
+def test_aggregates_stored_before_estimates_existed_still_read(fleet: Fleet) -> None:
+    from server import db
+    from server.models import Aggregate, new_id
+
+    f = fleet
+    cohort = f.cohort(k=2)
+    rnd = f.round(cohort, n_drafts=2)
+    legacy = {  # the shape stored before local DP estimates were wired in
+        "d0": {"n_devices": 2, "n_items": 20.0, "n_correct": 5.0, "score": 0.25},
+        "d1": {"n_devices": 1, "n_items": 10.0, "n_correct": 9.0, "score": 0.9},
+    }
+    with db.transaction(f.sessions) as s:
+        s.add(
+            Aggregate(
+                id=new_id("agg"),
+                cohort_id=cohort,
+                round_id=rnd,
+                n_devices=2,
+                min_devices=2,
+                drafts=legacy,
+                job_id=None,
+                computed_at=f.clock(),
+            )
+        )
+    stored = f.ok(f.client.get(f"{API}/aggregates/{rnd}/stored", headers=f.admin))
+    assert stored["may_align"] is True and stored["meets_k"] is True
+    assert stored["drafts"]["d0"]["score"] == 0.25 and stored["drafts"]["d0"]["accuracy"] is None
+    assert [stored["drafts"][d]["eligible"] for d in ("d0", "d1")] == [True, False]
