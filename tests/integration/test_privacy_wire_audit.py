@@ -4,7 +4,7 @@ The real agent (`edge-agent enroll`, then `edge-agent run --once`) talks to the 
 on loopback THROUGH the recording proxy (:class:`tests.privacy_audit.RecordingProxy`), which keeps every
 request byte (URL, headers, body). The device's private data are real BIG-bench items (date
 understanding: distinctive texts and answers such as ``05/01/2021``; sports understanding: short
-sentences). For both scoring modes (``loglik``, ``generate``) and with local DP off and on (the round
+sentences), vendored unchanged in ``tests/data/bigbench_sample`` so the audit runs in CI on a clean clone. For both scoring modes (``loglik``, ``generate``) and with local DP off and on (the round
 requires the analytic Gaussian), :func:`tests.privacy_audit.assert_no_leaks` finds none of the private
 items' text (nor any 5-word window of it), answers, ids or sha256 digests in what was sent, and the
 report the proxy saw is the one the server stored and aggregated.
@@ -59,9 +59,11 @@ class Case:
     public: list[str]  # what the server already has (drafts, task description)
 
 
-def private_case(bigbench_dir: Path, data_dir: Path, task: str, tmp: Path, n_drafts: int) -> Case:
-    raw = json.loads((bigbench_dir / f"{task}.json").read_text())
-    examples = raw["examples"]
+def private_case(data_dir: Path, task: str, tmp: Path, n_drafts: int) -> Case:
+    """Real BIG-bench items of ``task`` (``tests/data/bigbench_sample``: unchanged examples of the
+    task.json, ids = their indices there) as the private data, and drafts written from public ones."""
+    raw = json.loads((data_dir / "bigbench_sample" / f"{task}.json").read_text())
+    examples = {int(ex["id"].rsplit(":", 1)[1]): ex for ex in raw["examples"]}
     if task == "sports_understanding":  # the development drafts (written from examples 838, 882, ...)
         drafts = [json.loads(line) for line in (data_dir / "drafts_sports_understanding.jsonl").open()][
             :n_drafts
@@ -80,10 +82,9 @@ def private_case(bigbench_dir: Path, data_dir: Path, task: str, tmp: Path, n_dra
                 }
             )
     data = tmp / f"private_{task}.jsonl"
-    data.write_text(
-        "".join(json.dumps({"id": f"{task}:{i}", **examples[i]}) + "\n" for i in PRIVATE_EXAMPLES)
-    )
+    data.write_text("".join(json.dumps(examples[i]) + "\n" for i in PRIVATE_EXAMPLES))
     items = list(load_task(data).examples)
+    assert [x.id for x in items] == [f"{task}:{i}" for i in PRIVATE_EXAMPLES]
     public = [json.dumps(d) for d in drafts] + [raw.get("description", "")]
     return Case(data, items, drafts, public)
 
@@ -201,7 +202,6 @@ def check_no_leaks(sent: list[SentRequest], case: Case) -> None:
 def test_agent_sends_nothing_private(
     server: LiveServer,
     tmp_path: Path,
-    bigbench_dir: Path,
     data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     task: str,
@@ -209,17 +209,17 @@ def test_agent_sends_nothing_private(
     dp: str,
 ) -> None:
     monkeypatch.setattr(cli, "_student_opener", lambda model: lambda profile, adapter: CopyingStudent())
-    case = private_case(bigbench_dir, data_dir, task, tmp_path, n_drafts=3)
+    case = private_case(data_dir, task, tmp_path, n_drafts=3)
     sent, _, _ = audited_run(server, case, mode, dp, tmp_path / "agent", in_process)
     assert len(sent) >= 5  # enroll, current round, drafts, report, dataset check (at least)
     check_no_leaks(sent, case)
 
 
 def test_the_audit_catches_leaks_through_the_same_proxy(
-    server: LiveServer, tmp_path: Path, bigbench_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    server: LiveServer, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cli, "_student_opener", lambda model: lambda profile, adapter: CopyingStudent())
-    case = private_case(bigbench_dir, data_dir, "date_understanding", tmp_path, n_drafts=2)
+    case = private_case(data_dir, "date_understanding", tmp_path, n_drafts=2)
     rnd, token = open_round(server, case, "loglik", GAUSSIAN)
     agent = in_process({"EDGE_AGENT_STATE_DIR": str(tmp_path / "agent")})
     kinds: dict[str, dict[str, str]] = {}
@@ -296,7 +296,6 @@ def test_the_audit_catches_leaks_through_the_same_proxy(
 def test_real_model_sends_nothing_private(
     server: LiveServer,
     tmp_path: Path,
-    bigbench_dir: Path,
     data_dir: Path,
     default_model: Any,
     mode: str,
@@ -304,7 +303,7 @@ def test_real_model_sends_nothing_private(
 ) -> None:
     """Both modes and both DP settings with the real student, in two runs (~10-20 s each on an idle
     2-core machine; the DP step does not touch scoring, and the fast test covers every combination)."""
-    case = private_case(bigbench_dir, data_dir, "sports_understanding", tmp_path, n_drafts=2)
+    case = private_case(data_dir, "sports_understanding", tmp_path, n_drafts=2)
     sent, report, _ = audited_run(server, case, mode, dp, tmp_path / "agent", as_subprocess)
     check_no_leaks(sent, case)
     assert report["mode"] == mode
