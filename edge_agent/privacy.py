@@ -31,21 +31,10 @@ from edge_agent.state import State
 __all__ = ["private_scores", "budget_status"]
 
 
-def _exact(result: ScoreResult) -> list[DraftScoreMsg]:
-    return [DraftScoreMsg(s.draft_id, float(s.n_items), float(s.n_correct)) for s in result.scores]
-
-
 def private_scores(state: State, rnd: RoundInfo, result: ScoreResult, draft_ids: Collection[str],
                    rng: np.random.Generator) -> tuple[list[DraftScoreMsg], PrivacyInfo, dict[str, Any] | None]:
     """Scores to send for ``rnd``, the privacy declared, and the ledger charge (see the module docstring)."""
-    try:
-        from arte import privacy
-    except ImportError:
-        if rnd.privacy.mechanism == "none":
-            return _exact(result), PrivacyInfo(), None
-        raise AgentError(f"round {rnd.round_id} requires local differential privacy ({rnd.privacy.mechanism}, "
-                         f"epsilon {rnd.privacy.epsilon}) and this build of arte has no arte.privacy: the round "
-                         "is skipped, nothing is reported") from None
+    from arte import privacy
     from arte.errors import PrivacyBudgetExceeded
 
     try:
@@ -89,10 +78,8 @@ def budget_status(state: State) -> dict[str, Any]:
                   "delta": math.fsum(c["delta"] for c in charges)},
         "n_reports": len(charges),
     }
-    try:
-        from arte.privacy import Charge, PrivacyAccountant
-    except ImportError:
-        return out
+    from arte.privacy import Charge, PrivacyAccountant
+
     at_delta = max([total_delta, *(c["delta"] for c in charges)]) if total_delta == 0 else total_delta
     keys = ("round_id", "mechanism", "epsilon", "delta", "rho")
     accountant = PrivacyAccountant(Charge.from_dict({k: c[k] for k in keys}, f"ledger[{i}]")
