@@ -32,6 +32,7 @@ import numpy as np
 from arte.drafts import draft_from_dict, write_drafts, read_drafts
 from arte.errors import ArteError
 from arte.scoring import ScoringConfig, score_drafts
+from edge_agent.items import items_for_round, learn_from_round
 from arte.tasks import load_task, split_task
 from arte.wire import Accuracy, Metrics, Report, RoundInfo, to_wire
 from edge_agent.client import ServerClient
@@ -114,7 +115,7 @@ def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> di
     """Score, then queue the report with its journal step in one transaction."""
     p = agent.profile
     task, validation, _ = _private_split(agent)
-    items = list(validation[:p.scoring.max_items])
+    items = items_for_round(agent.state.dir, validation, p.scoring.max_items)
     if len(items) < rnd.min_items:
         reason = (f"only {len(items)} private validation items (profile max {p.scoring.max_items}); the round "
                   f"needs {rnd.min_items}")
@@ -134,6 +135,8 @@ def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> di
                               should_stop=lambda: agent.clock() - t0 > p.budget.score_seconds)
     finally:
         student.close()
+    learn_from_round(agent.state.dir, result, [d.question_id for d in drafts], p.scoring.irt_keep_items,
+                     p.scoring.irt_min_drafts)
     if not result.scores:
         reason = f"the time budget ({p.budget.score_seconds} s) ran out before one draft was scored"
         agent.state.set_journal(key, "skipped", {"reason": reason})

@@ -156,16 +156,24 @@ class Training:
 
 @dataclass(frozen=True)
 class Scoring:
-    """Scoring limits: validation items and drafts per round, the mode, the generation budget."""
+    """Scoring limits: validation items and drafts per round, the mode, the generation budget, and item
+    selection by IRT (``irt_keep_items``)."""
 
     max_items: int
     max_drafts: int
     mode: str = "loglik"
     max_new_tokens: int = 96
+    # After a round scored on all items, keep only this many items (the most discriminative by a 2PL IRT fit
+    # on the device's own outcomes) for later rounds; 0 keeps every item.
+    irt_keep_items: int = 0
+    irt_min_drafts: int = 8
 
     def __post_init__(self) -> None:
         _positive_int(self.max_items, "max_items")
         _positive_int(self.max_drafts, "max_drafts")
+        _check(isinstance(self.irt_keep_items, int) and 0 <= self.irt_keep_items <= self.max_items,
+               "irt_keep_items", f"must be an integer in [0, max_items={self.max_items}]")
+        _positive_int(self.irt_min_drafts, "irt_min_drafts")
         _check(self.mode in SCORING_MODES, "mode", f"must be one of {', '.join(SCORING_MODES)}, got {self.mode!r}")
         _positive_int(self.max_new_tokens, "max_new_tokens", 4096)
 

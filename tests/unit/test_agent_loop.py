@@ -4,13 +4,12 @@ kill at any step and never reports twice; respects the profile's conditions and 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from arte.wire import Accuracy, EnrollRequest, PrivacyInfo
+from arte.wire import Accuracy, EnrollRequest
 from edge_agent.client import RetryPolicy, ServerClient
 from edge_agent.errors import NetworkError, TrainingError
 from edge_agent.hardware import Hardware, PowerState
@@ -239,16 +238,6 @@ def test_a_worse_adapter_is_not_kept(tmp_path: Path, private_data: Path) -> None
     agent = make_agent(tmp_path, fleet, private_data)
     assert agent.state.active_adapter() is None and len(agent.state.adapters()) == 1
     assert list(fleet.metrics.values())[0]["duplicate"] is False
-
-
-@pytest.mark.skipif(importlib.util.find_spec("arte.privacy") is not None,
-                    reason="this checkout has arte.privacy (see test_agent_privacy.py)")
-def test_dp_round_without_a_mechanism_is_skipped_not_reported(tmp_path: Path, private_data: Path) -> None:
-    fleet = FakeFleet()
-    fleet.open_round(DRAFTS, privacy=PrivacyInfo("laplace", 1.0))
-    it = run_once(make_agent(tmp_path, fleet, private_data))
-    assert it.round["step"] == "skipped" and "differential privacy" in it.round["reason"]
-    assert fleet.report_bodies == []
 
 
 def test_too_few_private_items_skips_the_round(tmp_path: Path, private_data: Path) -> None:
