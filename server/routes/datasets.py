@@ -10,6 +10,7 @@ content), as RFC 9110 allows; ``If-Range`` with another ETag also gets the whole
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
@@ -18,7 +19,7 @@ from arte import wire
 from server import results
 from server.deps import AdminDep, AnyDep, Creds, NowDep, SessionDep, one_hop
 from server.errors import RangeNotSatisfiable
-from server.routes.common import ERRORS, IdPath, IdQuery
+from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery
 from server.schemas import DatasetIn
 
 router = APIRouter(prefix=wire.API_PREFIX, tags=["datasets"], responses=ERRORS)
@@ -78,34 +79,36 @@ def show(dataset_id: IdPath, who: AnyDep, s: SessionDep) -> wire.DatasetManifest
         416: {"description": "Range not satisfiable."},
     },
 )
-def content(
-    dataset_id: IdPath,
-    who: AnyDep,
-    s: SessionDep,
+async def content(
+    dataset_id: IdPathLate,
+    request: Request,
+    creds: Creds,
     range_: str | None = Header(None, alias="range"),
     if_range: str | None = Header(None),
     if_none_match: str | None = Header(None),
 ) -> Response:
     """The dataset's JSONL bytes, resumable with Range; the ETag is the sha256."""
-    cohort = who.device.cohort_id if who.device else None
-    ds = results.get_dataset(s, dataset_id, cohort_id=cohort)
-    etag = f'"{ds.sha256}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0"}
-    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    data = results.dataset_content(s, ds)
-    use_range = if_range is None or if_range.strip() == etag
-    try:
+
+    def unit(s: Any, who: Any, now: Any, body: Any) -> Response:
+        cohort = who.device.cohort_id if who.device else None
+        ds = results.get_dataset(s, dataset_id, cohort_id=cohort)
+        etag = f'"{ds.sha256}"'
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0"}
+        if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+            return Response(status_code=304, headers=headers)
+        data = results.dataset_content(s, ds)
+        use_range = if_range is None or if_range.strip() == etag
         rng = parse_range(range_, len(data)) if use_range else None
-    except RangeNotSatisfiable:
-        raise
-    if rng is None:
-        return Response(data, media_type="application/x-ndjson", headers=headers)
-    start, end = rng
-    headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-    return Response(
-        data[start : end + 1], status_code=206, media_type="application/x-ndjson", headers=headers
-    )
+        if rng is None:
+            return Response(data, media_type="application/x-ndjson", headers=headers)
+        start, end = rng
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        return Response(
+            data[start : end + 1], status_code=206, media_type="application/x-ndjson", headers=headers
+        )
+
+    # devices download here: one thread hand-off (server.deps.one_hop)
+    return await one_hop(request, creds, unit, device_only=False, ids={"dataset_id": dataset_id})
 
 
 @router.post("/datasets", status_code=201, response_model=wire.DatasetManifest)

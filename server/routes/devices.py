@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request
 
 from arte import wire
 from server import fleet, results
-from server.deps import AdminDep, DeviceDep, NowDep, SessionDep
+from server.deps import AdminDep, Creds, NowDep, SessionDep, one_hop
 from server.routes.common import ERRORS, IdPath, IdQuery
 from server.schemas import DeviceOut, MetricsOut, ReportOut
 
@@ -14,16 +16,21 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"], responses=ERRORS)
 
 
 @router.get("/devices/me", response_model=wire.DeviceInfo)
-def me(device: DeviceDep) -> wire.DeviceInfo:
+async def me(request: Request, creds: Creds) -> wire.DeviceInfo:
     """The calling device."""
-    return wire.DeviceInfo(
-        device_id=device.id,
-        device_name=device.name,
-        cohort_id=device.cohort_id,
-        profile_id=device.profile_id,
-        enrolled_at=device.enrolled_at.isoformat(),
-        last_seen_at=device.last_seen_at.isoformat() if device.last_seen_at else None,
-    )
+
+    def info(s: Any, who: Any, now: Any, body: Any) -> wire.DeviceInfo:
+        device = who.device
+        return wire.DeviceInfo(
+            device_id=device.id,
+            device_name=device.name,
+            cohort_id=device.cohort_id,
+            profile_id=device.profile_id,
+            enrolled_at=device.enrolled_at.isoformat(),
+            last_seen_at=device.last_seen_at.isoformat() if device.last_seen_at else None,
+        )
+
+    return await one_hop(request, creds, info, device_only=True)  # one thread hand-off
 
 
 @router.get("/devices", response_model=list[DeviceOut])
