@@ -125,6 +125,8 @@ def test_postgres_restarted_under_load_the_server_recovers_by_itself(tmp_path: P
             assert all(not isinstance(d, Exception) and d.pending == 0 and not d.rejected for d in second), second
             assert_exactly_once(agents, cluster.url, total)
             assert srv.proc.poll() is None and srv.proc.pid == pid
+            # requests caught by the restart were answered 503 database_unavailable (and re-sent)
+            assert "database unavailable" in (tmp_path / "data" / "serve.log").read_text()
         finally:
             srv.stop()
 
