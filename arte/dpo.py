@@ -86,6 +86,8 @@ class AlignConfig:
     logging_steps: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):   # configs built from JSON
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
         positive = {"beta": self.beta, "learning_rate": self.learning_rate, "epochs": self.epochs}
         for name, v in positive.items():
             if not (v > 0) or not math.isfinite(v):

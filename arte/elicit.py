@@ -66,6 +66,8 @@ class ElicitConfig(QuestionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.styles, list):   # configs built from JSON
+            object.__setattr__(self, "styles", tuple(self.styles))
         if isinstance(self.styles, str) or not self.styles:
             raise ConfigError("styles", "must be a non-empty tuple of style names")
         unknown = [s for s in self.styles if s not in RATIONALE_STYLES]

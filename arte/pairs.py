@@ -67,6 +67,8 @@ class PairConfig:
     n_seeds: int = 3
 
     def __post_init__(self) -> None:
+        if isinstance(self.kinds, list):   # configs built from JSON
+            object.__setattr__(self, "kinds", tuple(self.kinds))
         if isinstance(self.kinds, str) or not self.kinds or any(k not in KINDS for k in self.kinds):
             raise ConfigError("kinds", f"must be a non-empty tuple of {', '.join(KINDS)}, got {self.kinds!r}")
         if not (self.min_items > 0) or not math.isfinite(self.min_items):

@@ -94,6 +94,10 @@ def _task_options(f: Callable) -> Callable:
 
 
 def _teacher_options(f: Callable) -> Callable:
+    f = click.option("--endpoint-timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1),
+                     help="Seconds per request to --endpoint.")(f)
+    f = click.option("--endpoint-retries", default=4, show_default=True, type=click.IntRange(min=0),
+                     help="Retries (exponential backoff) of failed requests to --endpoint.")(f)
     f = click.option("--endpoint-model", default=None,
                      help=f"Served model name at --endpoint (API key from ${API_KEY_ENV}).")(f)
     f = click.option("--endpoint", default=None,
@@ -121,7 +125,8 @@ def _split(task_path: Path, split_seed: int, n_seeds: int, n_validation: int) ->
 
 
 def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_model: str | None,
-                    threads: int | None) -> tuple[Callable[[Path | None], Any], str]:
+                    threads: int | None, *, endpoint_retries: int = 4,
+                    endpoint_timeout: float = 120.0) -> tuple[Callable[[Path | None], Any], str]:
     """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string."""
     from arte.models import resolve_model
     from arte_cli.home import convert_dir, model_dir
@@ -136,7 +141,8 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
             if adapter is not None:
                 raise click.UsageError("a local adapter cannot be applied to a remote --endpoint teacher; serve "
                                        "it there (e.g. vLLM --lora-modules) and pass its name as --endpoint-model")
-            return OpenAITeacher(endpoint, endpoint_model, api_key=os.environ.get(API_KEY_ENV))
+            return OpenAITeacher(endpoint, endpoint_model, api_key=os.environ.get(API_KEY_ENV),
+                                 max_retries=endpoint_retries, timeout=endpoint_timeout)
 
         return open_remote, f"openai:{endpoint}:{endpoint_model}"
     ref = resolve_model(teacher, model_dir())
@@ -188,7 +194,8 @@ def _styles(value: str) -> tuple[str, ...]:
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @_common
 def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
-          endpoint: str | None, endpoint_model: str | None, out_path: Path, n_questions: int, styles: str,
+          endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
+          out_path: Path, n_questions: int, styles: str,
           question_tokens: int, rationale_tokens: int, rationale_temperature: float, seed: int,
           threads: int | None, verbose: bool, as_json: bool) -> None:
     """Elicit draft questions and rationales from the teacher (writes drafts JSONL)."""
@@ -201,7 +208,8 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
                                question_max_new_tokens=question_tokens, rationale_max_new_tokens=rationale_tokens,
                                rationale_temperature=rationale_temperature, n_seeds=n_seeds)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
-            opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads)
+            opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
+                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout)
             t = opener(None)
             try:
                 res = elicit_drafts(t, task, split.seeds, cfg, bars)
@@ -380,7 +388,8 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @_common
 def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
-           endpoint: str | None, endpoint_model: str | None, adapter: Path | None, out_dir: Path, n_questions: int,
+           endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
+           adapter: Path | None, out_dir: Path, n_questions: int,
            check_samples: int, question_tokens: int, rationale_tokens: int, seed: int, threads: int | None,
            verbose: bool, as_json: bool) -> None:
     """Write tailored training data with the (aligned) teacher: dataset.jsonl + manifest.json."""
@@ -391,7 +400,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
             cfg = TailorConfig(n_questions=n_questions, check_samples=check_samples, seed=seed, n_seeds=n_seeds,
                                question_max_new_tokens=question_tokens, rationale_max_new_tokens=rationale_tokens)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
-            opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads)
+            opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
+                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout)
             t = opener(adapter)
             try:
                 res = tailor_dataset(t, task, split.seeds, cfg, out_dir, bars)
@@ -435,7 +445,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @_align_options
 @_common
 def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str,
-             teacher_backend: str, endpoint: str | None, endpoint_model: str | None, work_dir: Path, student: str,
+             teacher_backend: str, endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
+             endpoint_timeout: float, work_dir: Path, student: str,
              student_backend: str, mode: str, n_questions: int, styles: str, question_tokens: int,
              rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, stages: str, force: str,
              threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
