@@ -43,6 +43,8 @@ __all__ = [
     "QUESTIONS_PER_PROMPT",
     "OPTIONS_LABEL",
     "question_block",
+    "ANSWER_EXTRACTION",
+    "answer_extraction_prompt",
 ]
 
 Message = dict[str, str]
@@ -136,3 +138,16 @@ def rationale_prompt(task: Task, question: str, style: str) -> list[Message]:
     user = (f"{about}Question: {question.strip()}\n\nGive your reasoning, then your final answer as "
             f"{ANS_OPEN}answer{ANS_CLOSE}.{options}")
     return [{"role": "system", "content": RATIONALE_STYLES[style]}, {"role": "user", "content": user}]
+
+
+# Answer extraction, the second stage of zero-shot chain of thought (Kojima et al., 2022): the teacher's
+# own reasoning, continued with this phrase, so that it states an answer it did not tag. (No tag after it:
+# small models asked to continue "… <ans>" close the tag at once or copy a placeholder.)
+ANSWER_EXTRACTION = "Therefore, the answer is"
+
+
+def answer_extraction_prompt(conversation: Sequence[Message], reply: str) -> list[Message]:
+    """``conversation`` plus the teacher's ``reply`` as an assistant message that ends in
+    ``Therefore, the answer is``, for the teacher to continue with the answer."""
+    head = f"{reply.rstrip()}\n" if reply.strip() else ""
+    return [*conversation, {"role": "assistant", "content": f"{head}{ANSWER_EXTRACTION}"}]

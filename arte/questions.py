@@ -3,7 +3,8 @@
 Contract: :func:`generate_questions` asks the teacher (``question_prompt``: ``n_seeds`` seed examples,
 "write ``questions_per_prompt`` more", temperature ``question_temperature``) again and again until it has
 ``n_questions`` accepted questions or has sent ``max_question_prompts`` prompts, and returns the accepted
-questions with provenance plus a count of every rejection by reason. Elicitation (:mod:`arte.elicit`) and
+questions with provenance plus a count of every rejection by reason. Each teacher call carries up to
+``batch_size`` prompts: as many as the missing questions need at the acceptance rate seen so far. Elicitation (:mod:`arte.elicit`) and
 tailoring (:mod:`arte.tailor`) both use it.
 
 Parsing (:func:`split_questions`) survives malformed output: a reply is split at lines that start with a
@@ -12,7 +13,8 @@ lines ``3.``/``3)``); text before the first marker is preamble. Each block is cl
 (:class:`QuestionFilter`), and rejected with one reason:
 
 * ``no_question_marker`` (per reply): the reply has no marker at all; ``empty_reply`` (per reply).
-* ``empty``, ``too_short``, ``too_long``: the block's length in characters after cleaning.
+* ``empty``, ``too_short``, ``too_long``: the block's length in characters after cleaning (for
+  ``too_short``, without its options line).
 * ``no_options`` / ``bad_options`` / ``options_differ_from_task`` (multiple-choice tasks): see below.
 * ``duplicate_of_seed``: equal to a seed question; ``duplicate``: equal to an accepted question
   (equality of :func:`normalize_question`: NFKC, case-folded, punctuation and spacing ignored).
@@ -205,7 +207,8 @@ class QuestionFilter:
             q = self._options(q)
             if q is None:
                 return None
-        if len(q) < self.config.min_question_chars:
+        stem = q[:_OPTIONS.search(q).start()] if self.multiple_choice else q   # the options do not count
+        if len(stem.strip()) < self.config.min_question_chars:
             self.reject("too_short")
             return None
         if len(q) > self.config.max_question_chars:
@@ -263,7 +266,10 @@ def generate_questions(teacher: Teacher, task: Task, seeds: Sequence[Example], c
     report(progress, stage, 0, config.n_questions)
     while len(questions) < config.n_questions and sent < limit:
         missing = config.n_questions - len(questions)
-        n_prompts = min(config.batch_size, limit - sent, math.ceil(missing / config.questions_per_prompt))
+        # Prompts for what is missing at the yield seen so far (at first: every question accepted), so a
+        # weak teacher's rejections are made up in one parallel call rather than many small ones.
+        per_prompt = len(questions) / sent if sent else config.questions_per_prompt
+        n_prompts = min(config.batch_size, limit - sent, math.ceil(missing / max(per_prompt, 0.5)))
         draws = [_seed_draw(seeds, config.n_seeds, config.seed, sent + i) for i in range(n_prompts)]
         convs = [question_prompt(task, d, config.questions_per_prompt) for d in draws]
         call_seed = config.seed + sent

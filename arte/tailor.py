@@ -16,7 +16,9 @@ An example is kept when:
 
 1. its answer parses and is well-formed (:func:`arte.elicit.check_rationale`: a complete
    ``<ans>…</ans>``, bounded lengths; for multiple-choice questions the answer is one of the question's
-   options), and its rationale has at least ``min_rationale_chars`` characters;
+   options), and its rationale has at least ``min_rationale_chars`` characters. With
+   ``extract_answers`` an untagged reply gets its answer by extraction first, as in elicitation
+   (:func:`arte.elicit.extract_answers`), for the kept rationale and the check samples alike;
 2. it is *consistent*: each of ``check_samples`` further rationales, sampled on the same prompt at
    ``check_temperature``, ends in the same answer (equal after :func:`arte.answers.normalize_answer`; a
    sample without a parsable answer disagrees). With ``check_samples=0`` step 1 alone decides;
@@ -25,7 +27,8 @@ An example is kept when:
 
 ``counts`` keys: ``questions`` (accepted), ``kept``, ``question_prompts``, ``rejected/question/<reason>``,
 ``rejected/example/<reason>`` (``empty``, ``no_answer``, ``answer_too_long``, ``rationale_too_long``,
-``rationale_too_short``, ``answer_not_an_option``, ``inconsistent``) and ``repaired/<kind>``.
+``rationale_too_short``, ``answer_not_an_option``, ``inconsistent``) and ``repaired/<kind>`` (the question
+repairs, and ``answer_extracted``: kept-rationale replies whose answer was extracted).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class TailorConfig(QuestionConfig):
         max_answer_chars, min_rationale_chars, max_rationale_chars: length bounds of a kept example.
         check_samples: further sampled rationales that must agree with the answer (0: no check).
         check_temperature: their sampling temperature.
+        extract_answers, answer_max_new_tokens: answer extraction for untagged replies (see
+            :class:`arte.elicit.ElicitConfig`).
     """
 
     rationale_temperature: float = 0.0
@@ -74,10 +79,12 @@ class TailorConfig(QuestionConfig):
     max_rationale_chars: int = 4000
     check_samples: int = 1
     check_temperature: float = 0.7
+    extract_answers: bool = True
+    answer_max_new_tokens: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("rationale_max_new_tokens", "max_answer_chars", "max_rationale_chars"):
+        for name in ("rationale_max_new_tokens", "max_answer_chars", "max_rationale_chars", "answer_max_new_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(name, f"must be an integer >= 1, got {v!r}")
@@ -122,9 +129,12 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     questions = qres.questions
     multiple_choice = bool(seeds) and all(e.is_multiple_choice for e in seeds)
     seed = config.seed + 1_000_000
-    main = write_rationales(teacher, task, questions, [PLAIN_STYLE], temperature=config.rationale_temperature,
-                            max_new_tokens=config.rationale_max_new_tokens, seed=seed,
-                            batch_size=config.batch_size, top_p=config.top_p, progress=progress)
+    extraction = {"extract": config.extract_answers, "answer_max_new_tokens": config.answer_max_new_tokens}
+    main, extracted = write_rationales(teacher, task, questions, [PLAIN_STYLE],
+                                       temperature=config.rationale_temperature,
+                                       max_new_tokens=config.rationale_max_new_tokens, seed=seed,
+                                       batch_size=config.batch_size, top_p=config.top_p, progress=progress,
+                                       **extraction)
     rejected: dict[str, int] = {}
     candidates: list[tuple[int, str, str]] = []
     for qi, (q, texts) in enumerate(zip(questions, main)):
@@ -140,10 +150,10 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     agreed = {qi: 0 for qi, _, _ in candidates}
     for k in range(config.check_samples):
         checked = [questions[qi] for qi, _, _ in candidates]
-        extra = write_rationales(teacher, task, checked, [PLAIN_STYLE], temperature=config.check_temperature,
-                                 max_new_tokens=config.rationale_max_new_tokens, seed=seed + (k + 1) * 100_000,
-                                 batch_size=config.batch_size, top_p=config.top_p, progress=progress,
-                                 stage="checks")
+        extra, _ = write_rationales(teacher, task, checked, [PLAIN_STYLE], temperature=config.check_temperature,
+                                    max_new_tokens=config.rationale_max_new_tokens,
+                                    seed=seed + (k + 1) * 100_000, batch_size=config.batch_size,
+                                    top_p=config.top_p, progress=progress, stage="checks", **extraction)
         for (qi, _, answer), texts in zip(candidates, extra):
             other = parse_answer(trim_rationale(texts[0]))
             if other is not None and normalize_answer(other) == normalize_answer(answer):
@@ -160,7 +170,8 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
                                        "max_new_tokens": config.rationale_max_new_tokens, "seed": seed + start,
                                        "index": qi - start},
                 "consistency": {"samples": config.check_samples, "agreed": agreed[qi],
-                                "temperature": config.check_temperature}}
+                                "temperature": config.check_temperature},
+                "answer_extracted": (qi, 0) in extracted}
         examples.append(Draft(id=q.id, question=q.text, rationale=rationale, answer=answer, question_id=q.id,
                               style=PLAIN_STYLE, task=task.name, provenance=prov))
     data = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
@@ -169,7 +180,8 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     counts: dict[str, int] = {"questions": len(questions), "kept": len(examples), "question_prompts": qres.prompts}
     counts.update({f"rejected/question/{k}": v for k, v in sorted(qres.rejections.items())})
     counts.update({f"rejected/example/{k}": v for k, v in sorted(rejected.items())})
-    counts.update({f"repaired/{k}": v for k, v in sorted(qres.repairs.items())})
+    repairs = {**qres.repairs, **({"answer_extracted": len(extracted)} if extracted else {})}
+    counts.update({f"repaired/{k}": v for k, v in sorted(repairs.items())})
     manifest = {"format": FORMAT, "file": DATASET_FILE, "sha256": hashlib.sha256(data).hexdigest(),
                 "size": len(data), "n_examples": len(examples), "task": task.name, **teacher_id(teacher),
                 "counts": counts, "config": asdict(config), "seconds": round(time.perf_counter() - t0, 3)}

@@ -5,7 +5,9 @@ messages, roles ``system``/``user``/``assistant``) with one text each, in order.
 ``temperature`` 0, otherwise softmax(logits / T) restricted to the ``top_p`` mass; ``seed`` makes a call
 reproducible for a given backend, batch and batch order (conversation ``i`` of a call samples with a
 stream derived from ``(seed, i)``). A reply ends at the end-of-turn token, before the first ``stop``
-string (the stop string is not included: OpenAI semantics), or after ``max_new_tokens``. ``name``
+string (the stop string is not included: OpenAI semantics), or after ``max_new_tokens``. A conversation
+that ends with an assistant message is *continued*: the reply is the continuation of that message (its
+prefix is not repeated), the way answer extraction prefills ``… <ans>``. ``name``
 identifies the base model and ``adapter`` the adapter in use (None: the base model); both go into draft
 and dataset provenance.
 
@@ -81,8 +83,12 @@ def check_conversations(conversations: Sequence[Sequence[Message]]) -> list[list
             if not isinstance(content, str):
                 raise ConfigError(f"{where}.content", f"expected a string, got {type(content).__name__}")
             msgs.append({"role": role, "content": content})
-        if msgs[-1]["role"] == "assistant":
-            raise ConfigError(f"conversations[{i}]", "ends with an assistant message; nothing to reply to")
+        if all(m["role"] != "user" for m in msgs):
+            raise ConfigError(f"conversations[{i}]", "has no user message")
+        if msgs[-1]["role"] == "assistant" and (not msgs[-1]["content"] or msgs[-1]["content"][-1].isspace()):
+            raise ConfigError(f"conversations[{i}][{len(msgs) - 1}].content",
+                              "a final assistant message (continued by the reply) must not be empty or end in "
+                              "whitespace")
         out.append(msgs)
     return out
 
@@ -106,6 +112,10 @@ def render_chat(template: str, messages: Sequence[Message], *, bos_token: str = 
     """Render ``messages`` with a Hugging Face style jinja2 chat template (as stored in a GGUF's
     ``tokenizer.chat_template`` or a ``tokenizer_config.json``).
 
+    When the last message is the assistant's, the text ends right after its content (the template's
+    end-of-turn marker is cut, no generation prompt is added), so a model continues that message: the
+    rule of transformers' ``continue_final_message``.
+
     The template runs in jinja2's immutable sandbox with the variables and helpers HF templates expect
     (``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``raise_exception``,
     ``strftime_now``, the ``tojson`` filter, loop controls). A template that fails raises
@@ -118,9 +128,18 @@ def render_chat(template: str, messages: Sequence[Message], *, bos_token: str = 
                                         extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    continue_final = bool(messages) and messages[-1]["role"] == "assistant"
     try:
         compiled = env.from_string(template)
-        return compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token)
+        text = compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt and not
+                               continue_final, bos_token=bos_token, eos_token=eos_token)
     except jinja2.TemplateError as e:
         raise ConfigError("chat_template", f"the chat template failed: {e}") from e
+    if continue_final:
+        final = messages[-1]["content"].strip()
+        at = text.rfind(final)
+        if not final or at < 0:
+            raise ConfigError("chat_template", "the final assistant message does not appear in the rendered "
+                                               "chat, so it cannot be continued")
+        text = text[:at + len(final)]
+    return text

@@ -51,9 +51,13 @@ class _Bars:
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True)
+        if bar.disable:
+            return
         bar.total = total
         bar.n = done
         bar.refresh()
+        if total and done >= total:   # finished: freeze its elapsed time
+            bar.close()
 
     def close(self) -> None:
         for bar in self.bars.values():

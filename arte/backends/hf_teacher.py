@@ -103,7 +103,11 @@ class TorchTeacher:
     # ---- text ---------------------------------------------------------------------------------------
 
     def render(self, messages: Sequence[Message]) -> str:
-        """The prompt text of one conversation, ending where the assistant's reply starts."""
+        """The prompt text of one conversation, ending where the assistant's reply starts (or, when the
+        last message is the assistant's, right after its content)."""
+        if messages and messages[-1]["role"] == "assistant":
+            return self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=False,
+                                                continue_final_message=True)
         return self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:

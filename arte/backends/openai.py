@@ -3,7 +3,9 @@
 Contract: implements :class:`arte.teacher.Teacher`. Each conversation is one ``POST
 {base_url}/v1/chat/completions`` with ``model`` (the adapter's name when one is set: vLLM serves LoRA
 adapters as models), ``messages``, ``temperature``, ``top_p``, ``max_tokens``, ``seed`` (``seed + i`` for
-conversation ``i``) and ``stop``; the reply is ``choices[0].message.content``. Up to ``concurrency``
+conversation ``i``) and ``stop``; the reply is ``choices[0].message.content``. A conversation ending in an
+assistant message is sent with vLLM's ``continue_final_message: true, add_generation_prompt: false``
+(llama-server continues a final assistant message on its own). Up to ``concurrency``
 requests are in flight at once (threads; the endpoint batches them); results keep the input order.
 
 Failures: connection errors, timeouts, HTTP 408/409/429 and 5xx are retried up to ``max_retries`` times
@@ -106,6 +108,8 @@ class OpenAITeacher:
                                     "max_tokens": max_new_tokens, "seed": seed + i, "n": 1}
             if stop:
                 body["stop"] = list(stop)
+            if msgs[-1]["role"] == "assistant":   # continue it (vLLM's parameters; llama-server does it by default)
+                body.update(continue_final_message=True, add_generation_prompt=False)
             bodies.append(body)
         if self.concurrency == 1 or len(bodies) == 1:
             return [self._post(b) for b in bodies]

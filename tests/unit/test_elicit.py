@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from arte.drafts import read_drafts, write_drafts
-from arte.elicit import ElicitConfig, check_rationale, elicit_drafts, trim_rationale
+from arte.elicit import ElicitConfig, check_rationale, elicit_drafts, extracted_answer, trim_rationale
 from arte.errors import ConfigError
 from arte.prompts import question_block
 from arte.questions import (QuestionConfig, QuestionFilter, normalize_question, parse_options, shared_options,
@@ -59,13 +59,14 @@ def test_filter_reasons_and_repairs_multiple_choice() -> None:
     assert f.check("Statement: Ronaldo scored a try\nOptions: plausible, implausible\n\nHope it helps!") \
         == "Statement: Ronaldo scored a try\nOptions: plausible, implausible"
     assert f.check("   ") is None
+    assert f.check("[\nOptions: plausible, implausible") is None    # the options do not make it long enough
     assert f.check("Statement: x\nOptions: yes, no") is None        # options differ from the task's
     assert f.check("Statement: x\nOptions: plausible") is None      # fewer than two options
     assert f.check(seed_q(1).upper()) is None                       # a seed, in other case
     assert f.check("statement: messi hit a HOME run!\nOptions: plausible, implausible") is None
     assert f.check("Statement: " + "very " * 30 + "long\nOptions: plausible, implausible") is None
     assert f.rejections == {"empty": 1, "options_differ_from_task": 1, "bad_options": 1, "duplicate_of_seed": 1,
-                            "duplicate": 1, "too_long": 1}
+                            "duplicate": 1, "too_long": 1, "too_short": 1}
     assert f.repairs == {"answer_removed": 1, "options_added": 1, "trailing_text_removed": 1}
 
 
@@ -116,6 +117,8 @@ def sports_teacher(rationales: dict[str, str]) -> ScriptedTeacher:
     ]
 
     def reply(messages, kw, i):
+        if messages[-1]["role"] == "assistant":   # answer extraction: this teacher has nothing to add
+            return ""
         if is_question_prompt(messages):
             prompt_index = kw["seed"] + i      # config.seed (0) + prompt index
             return replies[prompt_index % len(replies)]
@@ -157,6 +160,46 @@ def test_elicit_counts_every_rejection_and_builds_drafts() -> None:
     assert ("questions", 4, 4) in progress and ("rationales", 16, 16) in progress
     q_calls = [c for c in teacher.calls if is_question_prompt(c["conversations"][0])]
     assert [c["temperature"] for c in q_calls] == [1.0] * 4 and [c["seed"] for c in q_calls] == [0, 1, 2, 3]
+
+
+def test_answer_extraction_recovers_untagged_replies() -> None:
+    extraction_calls = []
+
+    def reply(messages, kw, i):
+        if is_question_prompt(messages):
+            return question_block([f"Statement: athlete {k} made a play\nOptions: plausible, implausible"
+                                   for k in range(4)])
+        if messages[-1]["role"] == "assistant":
+            extraction_calls.append((messages[-1]["content"], kw))
+            q = messages[1]["content"]
+            return {"0": " Plausible", "1": "", "2": "maybe", "3": "<ans>x"}[q.split("athlete ")[1][0]]
+        return "It fits the sport, so it is plausible."
+
+    t = ScriptedTeacher(reply)
+    res = elicit_drafts(t, SPORTS, SEEDS, ElicitConfig(n_questions=4, styles=("plain",), answer_max_new_tokens=9))
+    assert [d.question_id for d in res.drafts] == ["q0000"]
+    d = res.drafts[0]
+    assert d.rationale == "It fits the sport, so it is plausible.\nTherefore, the answer is <ans>plausible</ans>"
+    assert d.answer == "plausible" and d.provenance["answer_extracted"] is True
+    assert res.repairs == {"answer_extracted": 1}             # q1 said nothing, q2 no option, q3 junk
+    assert res.draft_rejections == {"no_answer": 3}
+    assert len(extraction_calls) == 4
+    content, kw = extraction_calls[0]
+    assert content == "It fits the sport, so it is plausible.\nTherefore, the answer is"
+    assert kw["temperature"] == 0.0 and kw["stop"] == ("\n",) and kw["max_new_tokens"] == 9
+    off = elicit_drafts(ScriptedTeacher(reply), SPORTS, SEEDS,
+                        ElicitConfig(n_questions=4, styles=("plain",), extract_answers=False))
+    assert off.drafts == [] and off.draft_rejections == {"no_answer": 4} and "answer_extracted" not in off.repairs
+
+
+@pytest.mark.parametrize("text, options, expected", [
+    (" plausible.", OPTS, "plausible"), (" Implausible, not plausible", OPTS, "implausible"),
+    (": it is PLAUSIBLE", OPTS, "plausible"), (" 1.", OPTS, None), (" implausibly", OPTS, None),
+    (" <ans>plausible</ans>", OPTS, "plausible"), (": 42. Because four legs", None, "42"),
+    (" three", None, "three"), ("  ", None, None), (" .", None, None),
+])
+def test_extracted_answer(text, options, expected) -> None:
+    assert extracted_answer(text, options) == expected
 
 
 def test_elicit_stops_at_the_prompt_limit_and_reports_the_shortfall() -> None:

@@ -26,6 +26,13 @@ def test_chatml_rendering_adds_default_system_and_generation_prompt() -> None:
     assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
 
 
+def test_a_final_assistant_message_is_continued() -> None:
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "Because. <ans>"}]
+    assert check_conversations([msgs]) == [msgs]
+    text = render_chat(CHATML, msgs)
+    assert text.endswith("<|im_start|>assistant\nBecause. <ans>")      # no end-of-turn, no generation prompt
+
+
 def test_template_helpers_bos_and_raise_exception() -> None:
     tpl = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}" \
           "{% endif %}[{{ m['content'] | tojson }}]{% endfor %}"
@@ -51,8 +58,9 @@ def test_sandbox_blocks_attribute_escapes() -> None:
     (["hello"], "conversations[0]"),
     ([[{"role": "robot", "content": "x"}]], "conversations[0][0].role"),
     ([[{"role": "user", "content": 3}]], "conversations[0][0].content"),
-    ([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]],
-     "conversations[1]"),
+    ([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}, {"role": "assistant", "content": "c "}]],
+     "conversations[1][1].content"),
+    ([[{"role": "system", "content": "a"}]], "conversations[0]"),
     ([[["user", "x"]]], "conversations[0][0]"),
 ])
 def test_bad_conversations_name_the_field(convs, field) -> None:
