@@ -91,7 +91,8 @@ class ElicitConfig(QuestionConfig):
             raise ConfigError("styles", "a style is listed twice")
         if not 0.0 <= self.rationale_temperature <= 10.0:
             raise ConfigError("rationale_temperature", f"must be in [0, 10], got {self.rationale_temperature}")
-        for name in ("rationale_max_new_tokens", "max_answer_chars", "max_rationale_chars", "answer_max_new_tokens"):
+        for name in ("rationale_max_new_tokens", "max_answer_chars", "max_rationale_chars",
+                     "answer_max_new_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(name, f"must be an integer >= 1, got {v!r}")

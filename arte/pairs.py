@@ -284,7 +284,8 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
                 raise PairFormatError(str(p), f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
             pair = _pair_from_dict(obj, str(p), lineno)
             if pair.id in seen:
-                raise PairFormatError(str(p), f"duplicate id {pair.id!r} (first on line {seen[pair.id]})", lineno, "id")
+                raise PairFormatError(str(p), f"duplicate id {pair.id!r} (first on line {seen[pair.id]})", lineno,
+                                      "id")
             seen[pair.id] = lineno
             pairs.append(pair)
     return pairs

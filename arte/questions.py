@@ -4,8 +4,8 @@ Contract: :func:`generate_questions` asks the teacher (``question_prompt``: ``n_
 "write ``questions_per_prompt`` more", temperature ``question_temperature``) again and again until it has
 ``n_questions`` accepted questions or has sent ``max_question_prompts`` prompts, and returns the accepted
 questions with provenance plus a count of every rejection by reason. Each teacher call carries up to
-``batch_size`` prompts: as many as the missing questions need at the acceptance rate seen so far. Elicitation (:mod:`arte.elicit`) and
-tailoring (:mod:`arte.tailor`) both use it.
+``batch_size`` prompts: as many as the missing questions need at the acceptance rate seen so far.
+Elicitation (:mod:`arte.elicit`) and tailoring (:mod:`arte.tailor`) both use it.
 
 Parsing (:func:`split_questions`) survives malformed output: a reply is split at lines that start with a
 question marker (``Question 3:``, ``**Question 3.**``, ``Q3)``, ``Q:``; if there is none, at numbered

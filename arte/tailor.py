@@ -84,7 +84,8 @@ class TailorConfig(QuestionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("rationale_max_new_tokens", "max_answer_chars", "max_rationale_chars", "answer_max_new_tokens"):
+        for name in ("rationale_max_new_tokens", "max_answer_chars", "max_rationale_chars",
+                     "answer_max_new_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(name, f"must be an integer >= 1, got {v!r}")

@@ -189,6 +189,8 @@ def _styles(value: str) -> tuple[str, ...]:
               help="Questions to elicit (the paper: 250 per task).")
 @click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
               help="Rationale styles, comma-separated (K rationales per question).")
+@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
+              help="Give up after this many question prompts (default: 4 x the prompts needed).")
 @click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
               help="Reply budget per question prompt.")
 @click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
@@ -200,8 +202,8 @@ def _styles(value: str) -> tuple[str, ...]:
 def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
           endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
           out_path: Path, n_questions: int, styles: str,
-          question_tokens: int, rationale_tokens: int, rationale_temperature: float, seed: int,
-          threads: int | None, verbose: bool, as_json: bool) -> None:
+          max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
+          rationale_temperature: float, seed: int, threads: int | None, verbose: bool, as_json: bool) -> None:
     """Elicit draft questions and rationales from the teacher (writes drafts JSONL)."""
     from arte.drafts import write_drafts
     from arte.elicit import ElicitConfig, elicit_drafts
@@ -209,7 +211,8 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
     with _session(verbose) as bars:
         try:
             cfg = ElicitConfig(n_questions=n_questions, styles=_styles(styles), seed=seed,
-                               question_max_new_tokens=question_tokens, rationale_max_new_tokens=rationale_tokens,
+                               max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
+                               rationale_max_new_tokens=rationale_tokens,
                                rationale_temperature=rationale_temperature, n_seeds=n_seeds)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
@@ -314,7 +317,8 @@ def _align_options(f: Callable) -> Callable:
                      help="Training pairs the before/after reward margin is measured on."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="Training device."),
-        click.option("--lora-alpha", default=16, show_default=True, type=click.IntRange(min=1), help="LoRA alpha."),
+        click.option("--lora-alpha", default=16, show_default=True, type=click.IntRange(min=1),
+                     help="LoRA alpha."),
         click.option("--lora-r", default=8, show_default=True, type=click.IntRange(min=1), help="LoRA rank."),
         click.option("--max-length", default=1024, show_default=True, type=click.IntRange(min=8),
                      help="Prompt + completion tokens kept per sequence."),
@@ -322,7 +326,8 @@ def _align_options(f: Callable) -> Callable:
                      help="Gradient accumulation steps."),
         click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
                      help="Pairs per device per step."),
-        click.option("--steps", default=-1, show_default=True, type=int, help="Optimizer steps (-1: use --epochs)."),
+        click.option("--steps", default=-1, show_default=True, type=int,
+                     help="Optimizer steps (-1: use --epochs)."),
         click.option("--epochs", default=1.0, show_default=True, type=float, help="Passes over the pairs."),
         click.option("--beta", default=0.1, show_default=True, type=float, help="DPO beta."),
         click.option("--lr", default=5e-5, show_default=True, type=float, help="Peak learning rate."),
@@ -385,6 +390,8 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
               help="Questions to write.")
 @click.option("--check-samples", default=1, show_default=True, type=click.IntRange(0, 16),
               help="Extra sampled rationales that must agree with the answer.")
+@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
+              help="Give up after this many question prompts (default: 4 x the prompts needed).")
 @click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
               help="Reply budget per question prompt.")
 @click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
@@ -394,15 +401,16 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
 def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
            endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
            adapter: Path | None, out_dir: Path, n_questions: int,
-           check_samples: int, question_tokens: int, rationale_tokens: int, seed: int, threads: int | None,
-           verbose: bool, as_json: bool) -> None:
+           check_samples: int, max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
+           seed: int, threads: int | None, verbose: bool, as_json: bool) -> None:
     """Write tailored training data with the (aligned) teacher: dataset.jsonl + manifest.json."""
     from arte.tailor import TailorConfig, tailor_dataset
 
     with _session(verbose) as bars:
         try:
             cfg = TailorConfig(n_questions=n_questions, check_samples=check_samples, seed=seed, n_seeds=n_seeds,
-                               question_max_new_tokens=question_tokens, rationale_max_new_tokens=rationale_tokens)
+                               max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
+                               rationale_max_new_tokens=rationale_tokens)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
                                         endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout)
@@ -434,6 +442,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
               help="Draft questions to elicit.")
 @click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
               help="Rationale styles, comma-separated.")
+@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
+              help="Give up after this many question prompts (default: 4 x the prompts needed).")
 @click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
               help="Reply budget per question prompt.")
 @click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
@@ -451,7 +461,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str,
              teacher_backend: str, endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
              endpoint_timeout: float, work_dir: Path, student: str,
-             student_backend: str, mode: str, n_questions: int, styles: str, question_tokens: int,
+             student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
+             question_tokens: int,
              rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, stages: str, force: str,
              threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
     """Run draft -> score -> pairs -> align -> tailor in a work directory, resuming finished stages."""
@@ -466,7 +477,8 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
 
     with _session(verbose) as bars:
         try:
-            q = {"seed": seed, "n_seeds": n_seeds, "question_max_new_tokens": question_tokens}
+            q = {"seed": seed, "n_seeds": n_seeds, "question_max_new_tokens": question_tokens,
+                 "max_question_prompts": max_question_prompts}
             cfg = PipelineConfig(
                 elicit=ElicitConfig(n_questions=n_questions, styles=_styles(styles),
                                     rationale_max_new_tokens=rationale_tokens, **q),

@@ -108,7 +108,7 @@ class OpenAITeacher:
                                     "max_tokens": max_new_tokens, "seed": seed + i, "n": 1}
             if stop:
                 body["stop"] = list(stop)
-            if msgs[-1]["role"] == "assistant":   # continue it (vLLM's parameters; llama-server does it by default)
+            if msgs[-1]["role"] == "assistant":   # continue it (vLLM's parameters; llama-server does it anyway)
                 body.update(continue_final_message=True, add_generation_prompt=False)
             bodies.append(body)
         if self.concurrency == 1 or len(bodies) == 1:
