@@ -11,7 +11,9 @@ field, the model path. Shells (CLIs, the server) convert them once, at their bou
     ├── ModelError         a model is missing, corrupt or cannot be loaded (says what to run)
     ├── BackendError       a student/teacher backend failed at run time (context window, runtime)
     │   └── TeacherHTTPError   an OpenAI-compatible endpoint failed (names the URL and HTTP status)
-    └── ScoringError       scoring cannot run on this input (e.g. loglik on exact-match items)
+    ├── ScoringError       scoring cannot run on this input (e.g. loglik on exact-match items)
+    ├── PrivacyBudgetExceeded  a report would spend more of a device's privacy budget than it has
+    └── ReportContentError     a report would carry something other than per-draft scores
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ __all__ = [
     "DraftFormatError",
     "ModelError",
     "PairFormatError",
+    "PrivacyBudgetExceeded",
+    "ReportContentError",
     "ScoringError",
     "TaskFormatError",
     "TeacherHTTPError",
@@ -86,6 +90,33 @@ class BackendError(ArteError, RuntimeError):
 
 class ScoringError(ArteError, ValueError):
     """Scoring was asked for something the items or the student cannot give."""
+
+
+class PrivacyBudgetExceeded(ArteError):
+    """Reporting ``round_id`` under the requested (epsilon, delta) would exceed the device's total budget.
+
+    Carries what was asked, what is spent and the budget, so the agent can log and skip the round.
+    """
+
+    def __init__(self, round_id: str, requested: tuple[float, float], spent: tuple[float, float],
+                 budget: tuple[float, float]) -> None:
+        self.round_id = round_id
+        self.requested = requested
+        self.spent = spent
+        self.budget = budget
+        super().__init__(
+            f"round {round_id!r}: reporting with epsilon={requested[0]:g}, delta={requested[1]:g} would exceed "
+            f"the privacy budget (epsilon={budget[0]:g}, delta={budget[1]:g}; spent epsilon={spent[0]:g}, "
+            f"delta={spent[1]:g}); the device must not report this round")
+
+
+class ReportContentError(ArteError, ValueError):
+    """A report about to leave the device holds something other than scores; ``field`` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
 
 
 class TeacherHTTPError(BackendError):

@@ -35,7 +35,7 @@ from arte.prompts import option_continuation, scoring_item, scoring_prefix
 from arte.student import Student
 from arte.tasks import Example, Task
 
-__all__ = ["ScoringConfig", "DraftScore", "ScoreResult", "score_drafts", "GENERATE_STOP"]
+__all__ = ["ScoringConfig", "DraftScore", "ScoreResult", "score_drafts", "check_items", "GENERATE_STOP"]
 
 MODES = ("loglik", "generate")
 LENGTH_NORMS = ("bytes", "tokens", "none")
@@ -91,7 +91,8 @@ class ScoreResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _check_items(items: Sequence[Example], mode: str) -> None:
+def check_items(items: Sequence[Example], mode: str) -> None:
+    """Raise :class:`ScoringError` if ``items`` cannot be scored in ``mode`` (call before loading a model)."""
     if not items:
         raise ScoringError("no validation items to score on")
     if mode == "loglik":
@@ -108,7 +109,7 @@ def score_drafts(student: Student, task: Task, drafts: Sequence[Draft], items: S
     """Score every draft on every item. ``progress(n)`` is called with the number of items just scored;
     ``should_stop()`` is checked between drafts (a device's time budget): drafts not reached are left out
     of ``scores`` and ``complete`` is False."""
-    _check_items(items, config.mode)
+    check_items(items, config.mode)
     t0 = time.perf_counter()
     item_toks = [student.tokenize(scoring_item(task, e, config.mode)) for e in items]
     opt_toks: list[list[list[int]]] = []

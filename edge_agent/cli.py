@@ -1,7 +1,10 @@
 """``edge-agent``: the device agent's command line (one click group).
 
-Every data command takes ``--json`` and then prints exactly one JSON document on stdout; progress bars
-and logs go to stderr. Exit codes: see :class:`edge_agent.errors.ExitCode`.
+Commands: ``enroll``, ``doctor``, ``score``, ``run``, ``status``, ``config show|set|unset``,
+``service install``. Every data command takes ``--json`` and then prints exactly one JSON document on
+stdout; progress bars and logs go to stderr. Errors are converted to exit codes once, here
+(:func:`edge_agent.errors.exit_code_for`; the table is in ``--help``). Heavy modules (httpx, llama.cpp,
+torch) are imported inside the commands, so ``edge-agent --help`` stays light.
 """
 
 from __future__ import annotations
@@ -13,20 +16,14 @@ from typing import Any, NoReturn
 
 import click
 
-from arte.errors import ArteError, BackendError, ConfigError, DraftFormatError, ModelError, TaskFormatError
-from edge_agent.errors import ExitCode
+from arte.errors import ArteError
+from edge_agent.errors import AgentError, ExitCode, exit_code_for
 
 
-def fail(err: ArteError) -> NoReturn:
-    code = ExitCode.RUNTIME
-    if isinstance(err, (TaskFormatError, DraftFormatError, ConfigError)):
-        code = ExitCode.INPUT
-    elif isinstance(err, ModelError):
-        code = ExitCode.MODEL
-    elif isinstance(err, BackendError):
-        code = ExitCode.RUNTIME
+def fail(err: Exception) -> NoReturn:
+    """Print the error to stderr and exit with its code."""
     click.echo(f"error: {err}", err=True)
-    sys.exit(int(code))
+    sys.exit(int(exit_code_for(err)))
 
 
 def emit(data: Any, as_json: bool, human: str) -> None:
@@ -34,9 +31,14 @@ def emit(data: Any, as_json: bool, human: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Exit codes:\n\n" + ExitCode.help_text())
-def main() -> None:
+             epilog="\b\nExit codes:\n" + ExitCode.help_text())
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="State dir (default: $EDGE_AGENT_STATE_DIR or ~/.cache/arte-edge/agent).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages to stderr.")
+@click.pass_context
+def main(ctx: click.Context, state_dir: Path | None, verbose: bool) -> None:
     """ARTE edge agent: scores teacher drafts on this device's private data and fine-tunes the student."""
+    ctx.obj = {"state_dir": state_dir, "verbose": verbose}
 
 
 @main.command()
@@ -68,7 +70,7 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
     from arte.backends import open_student
     from arte.drafts import read_drafts
     from arte.models import resolve_model
-    from arte.scoring import ScoringConfig, score_drafts
+    from arte.scoring import ScoringConfig, check_items, score_drafts
     from arte.tasks import load_task, split_task
     from arte_cli.home import convert_dir, model_dir
 
@@ -78,6 +80,7 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
         items = list(split_task(task, seed=split_seed, n_seeds=0, validation=validation).validation)
         items = items[:n_items] if n_items else items
         drafts = read_drafts(drafts_path)
+        check_items(items, mode)
         ref = resolve_model(model, model_dir())
         student = open_student(ref, backend, n_threads=threads, convert_dir=convert_dir())
         try:
@@ -97,6 +100,398 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
              f"{data['seconds']} s", f"{'draft':30} correct/items  accuracy"]
     lines += [f"{s.draft_id[:30]:30} {s.n_correct:>7}/{s.n_items:<5} {s.accuracy:8.3f}" for s in result.scores]
     emit(data, as_json, "\n".join(lines))
+
+
+# -- shared plumbing of the agent commands ------------------------------------------------------------------
+
+
+def _settings(ctx: click.Context) -> Any:
+    """Process settings (env ``EDGE_AGENT_*``), with ``--state-dir`` on top; configures stderr logging."""
+    import logging
+
+    from edge_agent.settings import AgentSettings
+
+    try:
+        settings = AgentSettings()
+    except ValueError as e:  # pydantic's ValidationError names the variable
+        click.echo(f"error: invalid EDGE_AGENT_* setting: {e}", err=True)
+        sys.exit(int(ExitCode.INPUT))
+    if ctx.obj.get("state_dir") is not None:
+        settings = settings.model_copy(update={"state_dir": ctx.obj["state_dir"]})
+    level = logging.DEBUG if ctx.obj.get("verbose") else getattr(logging, settings.log_level.upper(), logging.INFO)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not ctx.obj.get("verbose"):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is debug detail
+    return settings
+
+
+def _client(settings: Any, state: Any, device_key: str | None, server_url: str | None = None) -> Any:
+    from edge_agent.client import RetryPolicy, ServerClient
+
+    def contact() -> None:
+        from edge_agent.state import utc_now
+
+        if not state.read_only:
+            state.set(last_contact_at=utc_now())
+
+    url = server_url or state.require("server_url")
+    return ServerClient(url, device_key, timeout=settings.timeout_s,
+                        retry=RetryPolicy(settings.retries, settings.retry_base_s, settings.retry_max_s),
+                        on_contact=contact)
+
+
+def _profile(state: Any, settings: Any) -> Any:
+    from firmware_profiles import PROFILE_DIR, ProfileError, load_profile
+
+    pid = state.require("profile")
+    path = PROFILE_DIR / f"{pid}.toml"
+    if not path.is_file():
+        raise ProfileError(path, "id", f"profile {pid!r} is configured but not installed; "
+                                       "`edge-agent config set profile ID`")
+    return load_profile(path)
+
+
+# -- enroll ---------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--server", "server_url", required=True, help="The fleet server's base URL, e.g. http://host:8700.")
+@click.option("--token", required=True, help="One-time enrollment token from the fleet operator.")
+@click.option("--profile", "profile_id", default=None,
+              help="Firmware profile id (default: auto-detected; see `edge-agent doctor`).")
+@click.option("--name", "device_name", default=None, help="Device name shown to the operator (default: hostname).")
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="The private labelled data (BIG-bench task.json or JSONL). Stays on this device.")
+@click.option("--dataset-key", default=None, help="Hex key that verifies signed datasets (the server's "
+              "dataset_signing_key), if the fleet signs them.")
+@click.option("--force", is_flag=True, help="Replace an existing enrollment in this state dir.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def enroll(ctx: click.Context, server_url: str, token: str, profile_id: str | None, device_name: str | None,
+           data_path: Path | None, dataset_key: str | None, force: bool, as_json: bool) -> None:
+    """Enroll this device with a fleet server (one-time token) and store its identity locally."""
+    import json as _json
+    import socket
+
+    import arte
+    from arte.wire import EnrollRequest
+    from edge_agent.client import encode
+    from edge_agent.config import validate_setting
+    from edge_agent.hardware import detect, match_profile
+    from edge_agent.state import State
+    from firmware_profiles import load_profiles
+
+    settings = _settings(ctx)
+    try:
+        with State(settings.state_dir) as st:
+            if st.get("device_id") and not force:
+                raise AgentError(f"already enrolled as device {st.get('device_id')} in {st.path}; "
+                                 "use --force to replace the enrollment")
+            hw = detect(settings.root)
+            profiles = load_profiles()
+            if profile_id is None:
+                picked, why = match_profile(hw, profiles)
+                if picked is None:
+                    raise AgentError("no firmware profile matches this device (" + "; ".join(why) + "); pass "
+                                     "--profile ID, one of " + ", ".join(sorted(profiles)))
+                profile_id = picked.id
+            updates = {"profile": validate_setting("profile", profile_id)}
+            if data_path is not None:
+                updates["data_path"] = validate_setting("data_path", str(data_path))
+            if dataset_key is not None:
+                updates["dataset_key"] = validate_setting("dataset_key", dataset_key)
+            req = EnrollRequest(token=token, device_name=device_name or socket.gethostname(),
+                                profile_id=profile_id, hardware=hw.summary(), agent_version=arte.__version__)
+            with _client(settings, st, None, server_url) as client:
+                resp, sent = client.enroll(req)
+            redacted = encode(EnrollRequest(**{**req.__dict__, "token": "<redacted>"}))
+            with st.transaction():
+                st.write_device_key(resp.device_key)
+                st.set(server_url=server_url.rstrip("/"), device_id=resp.device_id, cohort_id=resp.cohort_id,
+                       device_name=req.device_name, enrolled_at=resp.server_time, **updates)
+                st.log_sent("enroll", "POST", sent.path, redacted, sent.status,
+                            _json.dumps({**_json.loads(sent.response), "device_key": "<redacted>"}))
+    except (AgentError, ArteError) as e:
+        fail(e)
+    data = {"device_id": resp.device_id, "cohort_id": resp.cohort_id, "profile": profile_id,
+            "server": server_url, "state_dir": str(settings.state_dir), "key_file": str(st.key_path)}
+    emit(data, as_json, f"enrolled as device {resp.device_id} (cohort {resp.cohort_id}, profile {profile_id}); "
+                        f"key in {st.key_path} (mode 0600)")
+
+
+# -- doctor ---------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--offline", is_flag=True, help="Do not contact the server.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
+    """Check this device: hardware and profile, runtimes, model, disk, memory, state, data, server."""
+    from edge_agent.doctor import Check, run_checks
+    from edge_agent.hardware import detect
+
+    settings = _settings(ctx)
+
+    def probe(st: Any) -> Check:
+        from edge_agent.client import RetryPolicy
+
+        try:
+            with _client(settings.model_copy(update={"retries": 1}), st, st.read_device_key()) as client:
+                client.retry = RetryPolicy(attempts=1)
+                info = client.device_info()
+        except AgentError as e:
+            return Check("server", "fail", str(e), "check the network and the server URL, or re-enroll")
+        return Check("server", "ok", f"reached; the server knows device {info.device_id} "
+                                     f"(cohort {info.cohort_id}, profile {info.profile_id})")
+
+    hw = detect(settings.root)
+    checks = run_checks(hw=hw, state_dir=settings.state_dir, probe_server=None if offline else probe)
+    failed = [c for c in checks if c.status == "fail"]
+    data = {"ok": not failed, "hardware": hw.to_dict(), "checks": [c.to_dict() for c in checks]}
+    mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    lines = []
+    for c in checks:
+        lines.append(f"[{mark[c.status]}] {c.name}: {c.detail}")
+        if c.fix:
+            lines.append(f"       fix: {c.fix}")
+    lines.append("ready" if not failed else f"{len(failed)} problem(s) to fix")
+    emit(data, as_json, "\n".join(lines))
+    if failed:
+        sys.exit(int(ExitCode.CHECKS))
+
+
+# -- run ------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Do one iteration and exit.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Stop after this many iterations (default: run until stopped).")
+@click.option("--ignore-conditions", is_flag=True,
+              help="Work even when the profile says wait (busy, on battery, hot).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (with --once or --iterations).")
+@click.pass_context
+def run(ctx: click.Context, once: bool, iterations: int | None, ignore_conditions: bool, as_json: bool) -> None:
+    """Run the loop: score the round's drafts, report scores, fetch data, fine-tune, report metrics."""
+    import arte
+    from edge_agent.hardware import detect
+    from edge_agent.loop import Agent, Iteration, run_forever, run_once
+    from edge_agent.state import State
+    from edge_agent.training import train_step
+
+    if once:
+        iterations = 1
+    if as_json and iterations is None:
+        raise click.UsageError("--json needs --once or --iterations (a forever loop prints no single document)")
+    settings = _settings(ctx)
+    done: list[dict[str, Any]] = []
+
+    def report(it: Any) -> None:
+        entry = it.to_dict() if isinstance(it, Iteration) else {"error": str(it)}
+        done.append(entry)
+        click.echo(f"iteration: {json.dumps(entry, default=str)}", err=True)
+
+    try:
+        with State(settings.state_dir) as st:
+            profile = _profile(st, settings)
+            model = st.get("model", "default")
+            with _client(settings, st, st.read_device_key()) as client:
+                agent = Agent(state=st, client=client, profile=profile, open_student=_student_opener(model),
+                              train=train_step, detect=lambda: detect(settings.root),
+                              ignore_conditions=ignore_conditions, model=model,
+                              agent_version=arte.__version__)
+                if iterations == 1:
+                    report(run_once(agent))
+                else:
+                    run_forever(agent, poll_seconds=settings.poll_s, max_poll_seconds=settings.max_poll_s,
+                                iterations=iterations, on_iteration=report)
+    except (AgentError, ArteError) as e:
+        fail(e)
+    if as_json:
+        emit(done[0] if once else done, True, "")
+    if once and (done[0].get("round") or {}).get("budget"):
+        click.echo(f"error: {done[0]['round']['reason']}", err=True)
+        sys.exit(int(ExitCode.BUDGET))
+
+
+def _student_opener(model: str) -> Any:
+    def open_student(profile: Any, adapter: str | None) -> Any:
+        from arte.backends import open_student as _open
+        from arte.models import resolve_model
+        from arte_cli.home import convert_dir, model_dir
+
+        ref = resolve_model(model, model_dir())
+        lora = adapter if profile.runtime.backend == "llama" else None
+        return _open(ref, profile.runtime.backend, n_threads=profile.runtime.threads, convert_dir=convert_dir(),
+                     **({"lora_path": lora} if lora else {}))
+
+    return open_student
+
+
+# -- status ---------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many sent messages to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def status(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Show the agent's state, its last contact and exactly what it last sent."""
+    from edge_agent.state import State
+
+    settings = _settings(ctx)
+    try:
+        with State(settings.state_dir) as st:
+            conf = st.settings()
+            sent = st.sent(limit)
+            for m in sent:
+                m["body"] = json.loads(m["body"])
+            data = {
+                "state_dir": str(st.dir), "enrolled": "device_id" in conf,
+                "device_id": conf.get("device_id"), "cohort_id": conf.get("cohort_id"),
+                "profile": conf.get("profile"), "server_url": conf.get("server_url"),
+                "data_path": conf.get("data_path"), "last_contact_at": conf.get("last_contact_at"),
+                "outbox": st.outbox_counts(),
+                "pending": [{"kind": i.kind, "path": i.path, "idempotency_key": i.idempotency_key,
+                             "attempts": i.attempts, "last_error": i.last_error} for i in st.pending()],
+                "last_sent": sent, "active_adapter": st.active_adapter(),
+                "privacy": {"epsilon_spent": st.privacy_spent(), "charges": st.privacy_charges()},
+                "journal": st.journals(),
+            }
+    except (AgentError, ArteError) as e:
+        fail(e)
+    lines = [f"state: {data['state_dir']}",
+             f"device: {data['device_id'] or 'not enrolled'} (cohort {data['cohort_id']}, profile {data['profile']})",
+             f"server: {data['server_url']}, last contact {data['last_contact_at'] or 'never'}",
+             f"private data (local only, never sent): {data['data_path'] or 'not configured'}",
+             f"outbox: {data['outbox'] or 'empty'}",
+             f"active adapter: {data['active_adapter']['version'] if data['active_adapter'] else 'none'}",
+             f"privacy: epsilon spent {data['privacy']['epsilon_spent']}",
+             "last sent (exact bodies, newest first; secrets redacted):"]
+    for m in sent:
+        lines.append(f"  {m['at']} {m['method']} {m['path']} -> {m['status']}")
+        lines.append("    " + json.dumps(m["body"], sort_keys=True))
+    emit(data, as_json, "\n".join(lines))
+
+
+# -- config ---------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Show or change local settings (data path, profile, model, split, dataset key)."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the local settings (the dataset key is masked)."""
+    from edge_agent.state import State
+
+    settings = _settings(ctx)
+    try:
+        with State(settings.state_dir) as st:
+            conf = st.settings()
+    except AgentError as e:
+        fail(e)
+    if "dataset_key" in conf:
+        conf["dataset_key"] = "<set>"
+    emit(conf, as_json, "\n".join(f"{k} = {v}" for k, v in conf.items()) or "(no settings)")
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def config_set(ctx: click.Context, key: str, value: str) -> None:
+    """Set KEY to VALUE (keys: see `edge_agent.config.SETTABLE`); the value is checked first."""
+    from edge_agent.config import validate_setting
+    from edge_agent.state import State
+
+    settings = _settings(ctx)
+    try:
+        checked = validate_setting(key, value)
+        with State(settings.state_dir) as st:
+            st.set(**{key: checked})
+    except (AgentError, ArteError) as e:
+        fail(e)
+    click.echo(f"{key} = {checked if key != 'dataset_key' else '<set>'}")
+
+
+@config.command("unset")
+@click.argument("key")
+@click.pass_context
+def config_unset(ctx: click.Context, key: str) -> None:
+    """Remove KEY from the local settings."""
+    from edge_agent.config import SETTABLE
+    from edge_agent.state import State
+
+    if key not in SETTABLE:
+        raise click.BadParameter(f"one of {', '.join(SETTABLE)}", param_hint="KEY")
+    settings = _settings(ctx)
+    try:
+        with State(settings.state_dir) as st:
+            st.set(**{key: None})
+    except AgentError as e:
+        fail(e)
+    click.echo(f"{key} unset")
+
+
+# -- service --------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def service() -> None:
+    """Run the agent as a systemd service."""
+
+
+@service.command("install")
+@click.option("--output", "unit_path", type=click.Path(path_type=Path), default=Path("edge-agent.service"),
+              show_default=True, help="Where to write the unit file (any path you can write; no root needed).")
+@click.option("--user", "user", default=None, help="Account the service runs as (default: the current user).")
+@click.option("--env-file", type=click.Path(path_type=Path), default=None,
+              help="EnvironmentFile= with EDGE_AGENT_* settings (absolute path).")
+@click.option("--exec", "exec_path", type=click.Path(path_type=Path), default=None,
+              help="The edge-agent executable (default: this one).")
+@click.option("--working-dir", type=click.Path(path_type=Path), default=None, help="WorkingDirectory= (absolute).")
+@click.option("--name", default="edge-agent", show_default=True, help="Unit name.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_file: Path | None,
+                    exec_path: Path | None, working_dir: Path | None, name: str, as_json: bool) -> None:
+    """Write a systemd unit (Restart=on-failure) and print the commands that enable it."""
+    import getpass
+    import shutil
+
+    from arte.errors import ConfigError
+    from edge_agent.service import ServiceSpec, enable_commands, render_unit
+
+    settings = _settings(ctx)
+    if exec_path is None:
+        found = shutil.which("edge-agent")
+        exec_path = Path(found).resolve() if found else Path(sys.argv[0]).resolve()
+    try:
+        spec = ServiceSpec(exec_path=exec_path, state_dir=Path(settings.state_dir).expanduser().resolve(),
+                           user=user or getpass.getuser(), name=name, env_file=env_file, working_dir=working_dir)
+        text = render_unit(spec)
+        unit_path.parent.mkdir(parents=True, exist_ok=True)
+        unit_path.write_text(text)
+    except ConfigError as e:
+        fail(e)
+    except OSError as e:
+        click.echo(f"error: cannot write {unit_path}: {e.strerror}", err=True)
+        sys.exit(int(ExitCode.INPUT))
+    commands = enable_commands(unit_path.resolve(), name)
+    warnings = [f"env file {env_file} does not exist yet: create it before starting the service"] \
+        if env_file is not None and not env_file.exists() else []
+    data = {"unit_path": str(unit_path.resolve()), "unit": text, "commands": commands, "warnings": warnings}
+    human = [f"wrote {unit_path.resolve()}", *[f"warning: {w}" for w in warnings], "to enable it, run:",
+             *[f"  {c}" for c in commands]]
+    emit(data, as_json, "\n".join(human))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
+
+pytest_plugins = ["tests.server_support"]   # fleet server fixtures (backend, fleet); imports lazily
 BIGBENCH = ROOT.parent / "shared" / "data" / "bigbench"
 
 

@@ -29,9 +29,13 @@ class CopyingStudent:
     def _text(self, tokens: Sequence[int]) -> str:
         return bytes(t for t in tokens if t < 256).decode("utf-8")
 
+    def _demo_answer(self, tokens: Sequence[int]) -> str | None:
+        # The header itself mentions "<ans> and </ans>": the demonstration starts at the first "Answer:".
+        return parse_answer(self._text(tokens).split("\nAnswer:", 1)[-1])
+
     def loglik(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[Continuation]:
         self.loglik_calls += 1
-        demo = parse_answer(self._text(prompt)) or ""
+        demo = self._demo_answer(prompt) or ""
         out = []
         for c in continuations:
             text = self._text(c)
@@ -47,7 +51,7 @@ class CopyingStudent:
         self.generate_calls += 1
         out = []
         for p in prompts:
-            demo = parse_answer(self._text(p)) or "?"
+            demo = self._demo_answer(p) or "?"
             text = f" I copy the example. <ans>{demo}</ans> and more"
             cut = min((text.find(s), s) for s in stop if s in text) if any(s in text for s in stop) else None
             out.append(Generation(text[:cut[0]], cut[1], 10) if cut else Generation(text, "length", 10))

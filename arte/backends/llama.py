@@ -1,18 +1,31 @@
 """llama.cpp student (GGUF), on llama-cpp-python's raw bindings.
 
 Contract: implements :class:`arte.student.Student`. It owns one native model, one context and one batch
-(``close()`` frees them) and reuses evaluated tokens:
+(``close()`` frees them) and never evaluates a token twice when it can reuse it:
 
 * Sequence 0 holds the last evaluated prompt. A new prompt evaluates only the tokens after its longest
   common prefix with it, so a draft's demonstration prefix is evaluated once for all its items.
-* ``loglik`` evaluates the prompt once, then decodes all continuations together as parallel sequences
-  that share the prompt's KV cells (``llama_memory_seq_cp`` on a unified KV cache tags cells, it does
-  not copy them), asking for logits only where a continuation token is predicted.
+* ``loglik_batch`` (``parallel=True``, the default) evaluates the requests' common prefix once, then all
+  the rest — every item and every option of a draft — as one token trie: shared tokens are decoded once
+  and tagged with every sequence that passes through them (a unified KV cache; ``llama_memory_seq_cp``
+  tags cells, it copies nothing), with logits only where a continuation token is predicted.
 * ``generate`` evaluates the prompts' common prefix once and decodes up to ``n_parallel`` sequences in
   one batch per step.
 
-With ``reuse=False`` every (prompt + continuation) and every prompt is evaluated from an empty cache,
-one sequence at a time: the naive baseline that tests and benchmarks compare against.
+Three evaluation strategies, one code path each:
+
+* ``reuse=False``: every (prompt + continuation) and every prompt from an empty cache, one at a time —
+  the naive baseline that tests and benchmarks compare against;
+* ``parallel=False``: prefix reuse, one sequence at a time. Every token sits in the same KV cell as in
+  naive evaluation, so results are **bit-identical** to naive;
+* ``parallel=True`` (default): the trie / parallel decoding above. Other sequences' cells now sit between
+  a sequence's own cells; attention sums then round differently in the last bits, and the 8-bit
+  activation quantization of Q4 weights amplifies that to a few hundredths of a nat (the same noise
+  floor as any other change of input, RUNTIME-NOTES §7b). Decisions agree with naive on nearly every
+  item (measured by ``tests/slow`` and ``benchmarks/scoring.py``).
+
+Flash attention is off by default: on the CPU it makes logits depend on how tokens are split into
+batches (up to 0.2 nats on the default model), which even naive evaluation cannot control.
 
 Why raw bindings rather than ``llama_cpp.Llama``: ``Llama`` keeps one sequence and either one logits row
 or all of them (``logits_all`` costs n_ctx × vocab floats and ~13 % of prompt speed); selective logits
@@ -62,9 +75,12 @@ class LlamaCppStudent:
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_parallel: int = 8, n_gpu_layers: int = 0,
                  lora_path: str | Path | None = None, lora_scale: float = 1.0, reuse: bool = True,
-                 flash_attn: bool = False, verbose: bool = False, name: str | None = None) -> None:
-        if not 1 <= n_parallel <= _SLOTS:
-            raise ConfigError("n_parallel", f"must be in [1, {_SLOTS}], got {n_parallel}")
+                 parallel: bool = True, flash_attn: bool = False, verbose: bool = False, name: str | None = None) -> None:
+        # llama.cpp reserves one output row per sequence, within the n_batch output rows.
+        self._slots = min(_SLOTS, n_batch - 1)
+        if not 1 <= n_parallel <= self._slots:
+            raise ConfigError("n_parallel", f"must be in [1, {self._slots}] (and n_batch > n_parallel), "
+                                            f"got {n_parallel}")
         if n_batch < 1 or n_ctx < n_batch:
             raise ConfigError("n_batch", f"must be in [1, n_ctx={n_ctx}], got {n_batch}")
         import llama_cpp
@@ -74,7 +90,8 @@ class LlamaCppStudent:
         self._ll = llama_cpp
         self.name = name or Path(model_path).stem
         self.reuse = reuse
-        self.n_parallel = n_parallel if reuse else 1
+        self.parallel = parallel and reuse
+        self.n_parallel = n_parallel if self.parallel else 1
         self.model_path = Path(model_path)
         self.lora_path = Path(lora_path) if lora_path else None
         self._model = self._ctx = self._batch = self._adapter = None
@@ -92,10 +109,9 @@ class LlamaCppStudent:
         cp.n_ctx = n_ctx
         cp.n_batch = n_batch
         cp.n_ubatch = n_batch
-        cp.n_seq_max = _SLOTS + 1
+        cp.n_seq_max = self._slots + 1
         cp.kv_unified = True
-        # Flash attention on the CPU makes logits depend on how tokens are split into batches (up to
-        # 0.2 nats on the default model), so cache reuse would change scores; off, reuse is bit-exact.
+        # Flash attention on the CPU makes logits depend on how tokens are split into batches.
         cp.flash_attn_type = 1 if flash_attn else 0
         threads = n_threads or 0
         if threads > 0:
@@ -108,7 +124,7 @@ class LlamaCppStudent:
         self._n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self._n_batch = n_batch
         self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, _SLOTS + 1)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, self._slots + 1)
         if self.lora_path is not None:
             self._adapter = llama_cpp.llama_adapter_lora_init(self._model, str(self.lora_path).encode())
             if not self._adapter:
@@ -277,6 +293,8 @@ class LlamaCppStudent:
                 raise BackendError(f"prompt + continuation ({longest} tokens) exceed the context of {self._n_ctx}")
         if not self.reuse:
             return [[self._loglik_naive(p, c) for c in conts] for p, conts in requests]
+        if not self.parallel:
+            return [self._loglik_sequential(p, c) for p, c in requests]
         out: list[list[Continuation]] = []
         for group in self._groups(requests):
             out += self._loglik_group(group)
@@ -290,7 +308,7 @@ class LlamaCppStudent:
             trial = group + [req]
             common = _common_prefix([p for p, _ in trial])
             cells = common + sum(len(p) - common + sum(len(c) for c in cs) for p, cs in trial)
-            if group and (sum(len(cs) for _, cs in trial) > _SLOTS or cells > self._n_ctx):
+            if group and (sum(len(cs) for _, cs in trial) > self._slots or cells > self._n_ctx):
                 groups.append(group)
                 trial = [req]
             group = trial
@@ -340,6 +358,16 @@ class LlamaCppStudent:
         for r, k, idx in paths:
             results[r][k] = _score([rows[i] for i in idx], group[r][1][k])
         return results
+
+    def _loglik_sequential(self, prompt: Sequence[int], conts: Sequence[Sequence[int]]) -> list[Continuation]:
+        first = self._prime(prompt)
+        n_p = len(prompt)
+        out = []
+        for c in conts:
+            rows = self._decode([_Entry(t, n_p + i, 0, True) for i, t in enumerate(c[:-1])]) if len(c) > 1 else {}
+            self._ll.llama_memory_seq_rm(self._mem, 0, n_p, -1)
+            out.append(_score([first] + [rows[i] for i in range(len(c) - 1)], c))
+        return out
 
     def _loglik_naive(self, prompt: Sequence[int], cont: Sequence[int]) -> Continuation:
         self._clear()

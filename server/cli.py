@@ -1,0 +1,163 @@
+"""``arte-server``: set up, serve, work, and administer the fleet from the shell.
+
+Commands: ``init`` (create the database, run migrations, create the admin key and print it once),
+``serve`` (uvicorn), ``worker`` (run jobs), and ``tasks``/``cohorts``/``tokens``/``rounds``/``jobs``/
+``devices`` admin groups (list/show/create and a few actions) that work on the database directly. Every
+command takes ``--json`` and then prints exactly one JSON document on stdout; logs go to stderr.
+
+Exit codes:
+    0  success
+    1  the request was refused (not found, conflict, bad value); the message names the field
+    2  usage error (click)
+    3  the database is not migrated to the current revision (run ``arte-server init``)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from server.cli_admin import cohorts, devices, jobs, rounds, tasks, tokens
+from server.cli_common import (
+    EXIT_NOT_READY,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    _Ctx,
+    _emit,
+    _fail,
+    json_option,
+)
+
+__all__ = ["main", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "EXIT_NOT_READY"]
+
+
+@click.group()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory (env ARTE_SERVER_DATA_DIR; default ~/.cache/arte-edge/server).",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="SQLAlchemy URL (env ARTE_SERVER_DATABASE_URL; default SQLite under the data dir).",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path | None, database_url: str | None, log_level: str) -> None:
+    """ARTE Edge fleet server."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    ctx.obj = _Ctx({"data_dir": data_dir, "database_url": database_url})
+
+
+@main.command()
+@click.option("--rotate-admin-key", is_flag=True, help="Revoke existing admin keys and print a new one.")
+@json_option
+@click.pass_obj
+def init(obj: _Ctx, rotate_admin_key: bool, as_json: bool) -> None:
+    """Create the database, run migrations, and create the admin key (printed once, stored hashed)."""
+    import sqlalchemy as sa
+
+    from server import db, security
+    from server.models import AdminKey, new_id, utcnow
+
+    settings = obj.settings()
+    revision = db.upgrade(obj.engine())
+    key = None
+    with db.transaction(obj.sessions()) as s:
+        active = list(s.scalars(sa.select(AdminKey).where(AdminKey.revoked_at.is_(None))))
+        if rotate_admin_key:
+            for k in active:
+                k.revoked_at = utcnow()
+        if rotate_admin_key or not active:
+            row_id = new_id("adm")
+            key, key_hash = security.new_secret("ak", row_id)
+            s.add(AdminKey(id=row_id, key_hash=key_hash, created_at=utcnow()))
+    data = {"database": _redact(settings.resolved_database_url()), "revision": revision, "admin_key": key}
+    _emit(
+        as_json,
+        data,
+        lambda d: (
+            f"database {d['database']} at revision {d['revision']}\n"
+            + (
+                f"admin key (shown once, store it now): {d['admin_key']}"
+                if d["admin_key"]
+                else "admin key: unchanged (use --rotate-admin-key for a new one)"
+            )
+        ),
+    )
+
+
+def _redact(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default from settings: 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default from settings: 8700).")
+@click.pass_obj
+def serve(obj: _Ctx, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API with uvicorn (refuses an unmigrated database: exit 3)."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.errors import NotReady
+
+    settings = obj.settings()
+    try:
+        app = create_app(settings, engine=obj.engine())
+    except NotReady as e:
+        _fail(False, EXIT_NOT_READY, e.type, e.message)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_level="info",
+        proxy_headers=False,
+    )
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run at most one job, then exit.")
+@json_option
+@click.pass_obj
+def worker(obj: _Ctx, once: bool, as_json: bool) -> None:
+    """Run queued jobs (aggregate, elicit, align, tailor) until interrupted."""
+    from server.errors import NotReady
+    from server.worker import Worker
+
+    try:
+        w = Worker(obj.settings(), obj.sessions())
+    except NotReady as e:
+        _fail(as_json, EXIT_NOT_READY, e.type, e.message)
+    if once:
+        job_id = w.run_once()
+        _emit(
+            as_json,
+            {"job_id": job_id},
+            lambda d: f"ran job {d['job_id']}" if d["job_id"] else "no queued job",
+        )
+        return
+    stop = threading.Event()
+    try:
+        w.run_forever(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+for _group in (tasks, cohorts, tokens, rounds, jobs, devices):
+    main.add_command(_group)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Helpers shared by the ``arte-server`` commands: settings from options, one transaction per command,
+output (one JSON document with ``--json``), and errors converted to exit codes once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_READY = 0, 1, 2, 3
+
+
+class _Ctx:
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._engine: Any = None
+
+    def settings(self) -> Any:
+        from server.settings import ServerSettings
+
+        return ServerSettings(**self.overrides)
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            from server import db
+
+            s = self.settings()
+            self._engine = db.make_engine(s.resolved_database_url(), schema=s.db_schema)
+        return self._engine
+
+    def sessions(self, check: bool = True) -> Any:
+        from server import db
+
+        if check:
+            db.check_current(self.engine())
+        return db.make_sessionmaker(self.engine())
+
+
+def _emit(as_json: bool, data: Any, human: Callable[[Any], str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, default=str, indent=None))
+    else:
+        click.echo(human(data) if human else json.dumps(data, default=str, indent=2))
+
+
+def _fail(as_json: bool, code: int, type_: str, message: str, detail: dict[str, Any] | None = None) -> None:
+    from server.errors import to_body
+
+    if as_json:
+        click.echo(json.dumps(to_body(type_, message, detail or {}), default=str))
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _run(
+    obj: _Ctx, as_json: bool, fn: Callable[[Any, Any], Any], human: Callable[[Any], str] | None = None
+) -> None:
+    """Run ``fn(session, now)`` in one transaction; convert server errors to exit codes once."""
+    from pydantic import ValidationError
+
+    from server.app import field_path
+    from server.db import transaction
+    from server.errors import NotReady, ServerError
+    from server.models import utcnow
+
+    try:
+        with transaction(obj.sessions()) as s:
+            data = fn(s, utcnow())
+            data = _jsonable(data)
+    except NotReady as e:
+        _fail(as_json, EXIT_NOT_READY, e.type, e.message, e.detail)
+    except ServerError as e:
+        _fail(as_json, EXIT_REFUSED, e.type, e.message, e.detail)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = field_path(err["loc"])
+        _fail(as_json, EXIT_REFUSED, "validation_error", f"{field}: {err['msg']}", {"field": field})
+    _emit(as_json, data, human)
+
+
+def _jsonable(data: Any) -> Any:
+    from pydantic import BaseModel
+
+    from arte.wire import to_wire
+
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if isinstance(data, list):
+        return [_jsonable(x) for x in data]
+    return to_wire(data)
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=False))]
+    lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=False)) for r in rows]
+    return "\n".join(lines)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+def _load_json_file(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)

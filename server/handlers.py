@@ -1,0 +1,308 @@
+"""Job handlers: what each job kind does, one function per kind, all in this module.
+
+A handler gets a :class:`JobContext` and returns the job's result (a JSON object). It reports progress
+with ``ctx.progress(fraction)``, which also heartbeats and raises :class:`JobCancelled` when the job was
+cancelled or taken away; it raises :class:`~server.errors.JobError` for a failure worth a clear log line
+(``retry=False`` when retrying cannot help). Kinds:
+
+* ``aggregate`` — compute and store a round's cohort aggregate (database only).
+* ``elicit`` — the teacher writes drafts for the cohort's task (``arte.elicit.elicit_drafts``); they
+  become a new open round.
+* ``align`` — refuses unless at least k devices reported; builds chosen/rejected pairs from the
+  aggregate (``arte.pairs.build_pairs``) and aligns the teacher with DPO (``arte.dpo.align``) into a
+  LoRA adapter for the cohort, in the worker or under ``accelerate launch`` (``align_launcher``).
+* ``tailor`` — the (aligned) teacher writes a tailored dataset (``arte.tailor.tailor_dataset``), stored
+  as the cohort's newest dataset.
+
+The teacher-side functions live in ``arte`` and are imported inside the handlers (heavy, and written
+in parallel): the config dataclasses are built from the job's ``params`` (``params["config"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from server import fleet, queue, results
+from server.db import transaction
+from server.errors import JobError, ServerError
+from server.models import Round
+from server.schemas import DatasetIn, RoundIn
+from server.settings import ServerSettings
+
+__all__ = ["JobContext", "JobCancelled", "HANDLERS", "run_handler"]
+
+
+class JobCancelled(Exception):
+    """The attempt must stop: its job was cancelled (``reason="cancel"``) or re-queued (``"lost"``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class JobContext:
+    """What a handler may use: the claim, settings, sessions, the clock, logging and progress."""
+
+    claim: queue.Claim
+    settings: ServerSettings
+    sessions: sessionmaker[Session]
+    clock: Callable[[], datetime]
+    stop_reason: str | None = None
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def log(self, message: str, level: str = "info") -> None:
+        queue.log(self.sessions, self.claim, message, self.clock(), level)
+
+    def progress(self, fraction: float | None = None) -> None:
+        """Heartbeat with progress; raises :class:`JobCancelled` when the attempt must stop."""
+        if self.stop_reason is None:
+            status = queue.heartbeat(self.sessions, self.claim, self.clock(), fraction)
+            if status != "ok":
+                self.stop_reason = status
+        if self.stop_reason is not None:
+            raise JobCancelled(self.stop_reason)
+
+    def work_dir(self) -> Path:
+        d = Path(self.settings.data_dir) / "jobs" / self.claim.job_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def _round(s: Session, ctx: JobContext) -> Round:
+    if ctx.claim.round_id is None:
+        raise JobError("this job needs a round_id")
+    rnd = s.get(Round, ctx.claim.round_id)
+    if rnd is None or rnd.cohort_id != ctx.claim.cohort_id:
+        raise JobError(f"round {ctx.claim.round_id} is not a round of cohort {ctx.claim.cohort_id}")
+    return rnd
+
+
+def run_aggregate(ctx: JobContext) -> dict[str, Any]:
+    ctx.progress(0.0)
+    with transaction(ctx.sessions) as s:
+        rnd = _round(s, ctx)
+        agg = results.compute_aggregate(s, rnd)
+        row = results.store_aggregate(s, rnd, agg, ctx.clock(), job_id=ctx.claim.job_id)
+        out = {
+            "aggregate_id": row.id,
+            "round_id": rnd.id,
+            "n_devices": agg.n_devices,
+            "min_devices": agg.min_devices,
+            "meets_k": agg.meets_k,
+            "n_drafts": len(agg.drafts),
+        }
+    ctx.log(f"aggregated {out['n_drafts']} drafts from {agg.n_devices} devices (k={agg.min_devices})")
+    return out
+
+
+# --- teacher-side jobs (arte.elicit / pairs / dpo / tailor, imported lazily) -----------------------------
+
+
+def _arte_task(s: Session, cohort_id: str) -> tuple[Any, list[Any]]:
+    from arte.tasks import Example, Task
+
+    cohort = fleet.get_cohort(s, cohort_id)
+    row = fleet.get_task(s, cohort.task_id)
+    seeds = []
+    for i, x in enumerate(row.seeds):
+        if "choices" in x:
+            seeds.append(
+                Example(id=f"seed-{i}", input=x["input"], targets=(x["answer"],), choices=tuple(x["choices"]))
+            )
+        else:
+            t = x["target"]
+            seeds.append(
+                Example(id=f"seed-{i}", input=x["input"], targets=tuple(t) if isinstance(t, list) else (t,))
+            )
+    return Task(name=row.name, description=row.instruction, examples=tuple(seeds)), seeds
+
+
+def _open_teacher(settings: ServerSettings, adapter: str | None) -> Any:
+    """The configured teacher; with a PEFT adapter (from align) on torch, else on llama.cpp."""
+    from arte.models import resolve_model
+    from arte_cli.home import convert_dir, model_dir
+
+    ref = resolve_model(settings.teacher_model, model_dir())
+    if adapter:
+        from arte.backends.hf_teacher import TorchTeacher
+
+        return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), adapters={"cohort": adapter})
+    from arte.backends.llama_teacher import LlamaCppTeacher
+
+    return LlamaCppTeacher(ref.path, name=ref.name)
+
+
+def run_elicit(ctx: JobContext) -> dict[str, Any]:
+    from arte.elicit import ElicitConfig, elicit_drafts
+
+    ctx.progress(0.0)
+    with transaction(ctx.sessions) as s:
+        task, seeds = _arte_task(s, ctx.claim.cohort_id or "")
+    config = ElicitConfig(**ctx.claim.params.get("config", {}))
+    teacher = _open_teacher(ctx.settings, None)
+    try:
+        drafts = elicit_drafts(teacher, task, seeds, config, progress=ctx.progress)
+    finally:
+        teacher.close()
+    body = RoundIn(
+        cohort_id=ctx.claim.cohort_id or "",
+        drafts=[d.to_dict() for d in drafts],
+        **{k: v for k, v in ctx.claim.params.items() if k in ("mode", "max_new_tokens", "min_items")},
+    )
+    with transaction(ctx.sessions) as s:
+        rnd = fleet.create_round(s, body, ctx.clock())
+        ctx.log(f"round {rnd.id} opened with {rnd.n_drafts} drafts")
+        return {"round_id": rnd.id, "n_drafts": rnd.n_drafts}
+
+
+def run_align(ctx: JobContext) -> dict[str, Any]:
+    ctx.progress(0.0)
+    with transaction(ctx.sessions) as s:
+        rnd = _round(s, ctx)
+        agg = results.compute_aggregate(s, rnd)
+        if not agg.meets_k:
+            raise JobError(
+                f"only {agg.n_devices} devices reported for round {rnd.id}, fewer than the cohort's "
+                f"k={agg.min_devices}: alignment refused"
+            )
+        task, seeds = _arte_task(s, rnd.cohort_id)
+        drafts_raw = fleet.round_drafts(s, rnd).drafts
+        cohort = fleet.get_cohort(s, rnd.cohort_id)
+    from arte.pairs import PairConfig, build_pairs
+
+    from arte.drafts import draft_from_dict
+
+    drafts = [draft_from_dict(d) for d in drafts_raw]
+    pairs = build_pairs(task, drafts, agg.scores(), seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
+    out_dir = Path(ctx.settings.data_dir) / "adapters" / rnd.cohort_id / ctx.claim.job_id
+    config = ctx.claim.params.get("config", {})
+    if ctx.settings.align_launcher == "accelerate":
+        _align_subprocess(ctx, pairs, config, out_dir)
+    else:
+        from arte.dpo import AlignConfig, align
+
+        from arte.models import resolve_model
+        from arte_cli.home import model_dir
+
+        align(
+            resolve_model(ctx.settings.teacher_model, model_dir()),
+            pairs,
+            AlignConfig(**config),
+            out_dir,
+            progress=ctx.progress,
+        )
+    with transaction(ctx.sessions) as s:
+        fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
+    ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
+    return {"adapter": str(out_dir), "n_pairs": len(pairs), "n_devices": agg.n_devices}
+
+
+def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any], out_dir: Path) -> None:
+    """``accelerate launch [accelerate_args] -m server.align_launch spec.json``; heartbeats while it runs
+    and terminates it when the job is cancelled."""
+    import dataclasses
+
+    spec = ctx.work_dir() / "align.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "teacher_model": ctx.settings.teacher_model,
+                "config": config,
+                "out_dir": str(out_dir),
+                "pairs": [dataclasses.asdict(p) for p in pairs],
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *ctx.settings.accelerate_args,
+        "-m",
+        "server.align_launch",
+        str(spec),
+    ]
+    ctx.log("running " + " ".join(cmd))
+    with open(ctx.work_dir() / "align.log", "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        ctx.children.append(proc)
+        while True:
+            try:
+                rc = proc.wait(timeout=ctx.settings.job_heartbeat_s)
+                break
+            except subprocess.TimeoutExpired:
+                try:
+                    ctx.progress()
+                except JobCancelled:
+                    proc.terminate()
+                    proc.wait()
+                    raise
+    if rc != 0:
+        tail = (ctx.work_dir() / "align.log").read_text(errors="replace")[-4000:]
+        raise JobError(f"accelerate launch exited with {rc}:\n{tail}", retry=True)
+
+
+def run_tailor(ctx: JobContext) -> dict[str, Any]:
+    from arte.tailor import TailorConfig, tailor_dataset
+
+    ctx.progress(0.0)
+    with transaction(ctx.sessions) as s:
+        task, seeds = _arte_task(s, ctx.claim.cohort_id or "")
+        adapter = fleet.get_cohort(s, ctx.claim.cohort_id or "").adapter
+    teacher = _open_teacher(ctx.settings, adapter)
+    out_dir = ctx.work_dir() / "tailor"
+    try:
+        path = Path(
+            tailor_dataset(
+                teacher,
+                task,
+                seeds,
+                TailorConfig(**ctx.claim.params.get("config", {})),
+                out_dir,
+                progress=ctx.progress,
+            )
+        )
+        teacher_name = teacher.name
+    finally:
+        teacher.close()
+    body = DatasetIn(
+        cohort_id=ctx.claim.cohort_id or "",
+        round_id=ctx.claim.round_id,
+        content=path.read_text(encoding="utf-8"),
+        teacher=teacher_name,
+        adapter=adapter,
+    )
+    key = ctx.settings.dataset_signing_key.get_secret_value() if ctx.settings.dataset_signing_key else None
+    with transaction(ctx.sessions) as s:
+        ds = results.create_dataset(s, body, ctx.clock(), key)
+        ctx.log(f"dataset {ds.id}: {ds.n_examples} examples, sha256 {ds.sha256}")
+        return {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256}
+
+
+HANDLERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
+    "aggregate": run_aggregate,
+    "elicit": run_elicit,
+    "align": run_align,
+    "tailor": run_tailor,
+}
+
+
+def run_handler(ctx: JobContext) -> dict[str, Any]:
+    """Run the handler of the claimed job's kind; :class:`ServerError` becomes a non-retryable JobError."""
+    handler = HANDLERS.get(ctx.claim.kind)
+    if handler is None:
+        raise JobError(f"no handler for job kind {ctx.claim.kind!r}")
+    try:
+        return handler(ctx)
+    except ServerError as e:
+        raise JobError(f"{e.type}: {e.message}") from e

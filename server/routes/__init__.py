@@ -1,0 +1,33 @@
+"""One APIRouter per resource, all under ``/api/v1`` (see :data:`ROUTERS`)."""
+
+from server.routes import (
+    aggregates,
+    cohorts,
+    datasets,
+    devices,
+    enroll,
+    health,
+    jobs,
+    metrics,
+    reports,
+    rounds,
+    tasks,
+    tokens,
+)
+
+ROUTERS = [
+    health.router,
+    enroll.router,
+    devices.router,
+    rounds.router,
+    reports.router,
+    datasets.router,
+    metrics.router,
+    tasks.router,
+    cohorts.router,
+    tokens.router,
+    jobs.router,
+    aggregates.router,
+]
+
+__all__ = ["ROUTERS"]

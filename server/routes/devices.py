@@ -1,0 +1,56 @@
+"""Devices: ``/devices/me`` for a device; listing, showing, revoking and per-device views for the admin."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from arte import wire
+from server import fleet, results
+from server.deps import AdminDep, DeviceDep, NowDep, SessionDep
+from server.routes.common import ERRORS, IdPath, IdQuery
+from server.schemas import DeviceOut, MetricsOut, ReportOut
+
+router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"], responses=ERRORS)
+
+
+@router.get("/devices/me", response_model=wire.DeviceInfo)
+def me(device: DeviceDep) -> wire.DeviceInfo:
+    """The calling device."""
+    return wire.DeviceInfo(
+        device_id=device.id,
+        device_name=device.name,
+        cohort_id=device.cohort_id,
+        profile_id=device.profile_id,
+        enrolled_at=device.enrolled_at.isoformat(),
+        last_seen_at=device.last_seen_at.isoformat() if device.last_seen_at else None,
+    )
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(_: AdminDep, s: SessionDep, cohort_id: IdQuery = None) -> list[DeviceOut]:
+    """Every device (of a cohort)."""
+    return [fleet.device_out(d) for d in fleet.list_devices(s, cohort_id)]
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut)
+def show_device(device_id: IdPath, _: AdminDep, s: SessionDep) -> DeviceOut:
+    return fleet.device_out(fleet.get_device(s, device_id))
+
+
+@router.post("/devices/{device_id}/revoke", response_model=DeviceOut)
+def revoke_device(device_id: IdPath, _: AdminDep, s: SessionDep, now: NowDep) -> DeviceOut:
+    """Revoke a device's key; its stored reports and metrics are kept."""
+    return fleet.device_out(fleet.revoke_device(s, device_id, now))
+
+
+@router.get("/devices/{device_id}/reports", response_model=list[ReportOut])
+def device_reports(device_id: IdPath, _: AdminDep, s: SessionDep) -> list[ReportOut]:
+    """A device's reports with their per-draft counts (the per-device view for personalization)."""
+    fleet.get_device(s, device_id)
+    return [results.report_out(s, r) for r in results.list_reports(s, device_id=device_id)]
+
+
+@router.get("/devices/{device_id}/metrics", response_model=list[MetricsOut])
+def device_metrics(device_id: IdPath, _: AdminDep, s: SessionDep) -> list[MetricsOut]:
+    fleet.get_device(s, device_id)
+    return [results.metrics_out(m) for m in results.list_metrics(s, device_id=device_id)]

@@ -1,0 +1,56 @@
+"""Jobs (admin): long work as a resource. POST queues, GET polls, logs, cancel."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+
+from arte.wire import API_PREFIX
+from server import queue
+from server.deps import AdminDep, NowDep, SessionDep
+from server.routes.common import ERRORS, IdPath, IdQuery
+from server.schemas import JobIn, JobLogOut, JobOut
+
+router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=ERRORS)
+
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Kind = Literal["aggregate", "elicit", "align", "tailor"]
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobOut,
+    responses={409: {"description": "align below k (type below_k)."}},
+)
+def create(body: JobIn, request: Request, _: AdminDep, s: SessionDep, now: NowDep) -> JobOut:
+    """Queue a job; a worker (``arte-server worker``) runs it."""
+    return queue.job_out(queue.submit(s, body, now, request.app.state.settings.job_max_attempts))
+
+
+@router.get("/jobs", response_model=list[JobOut])
+def list_jobs(
+    _: AdminDep,
+    s: SessionDep,
+    state: State | None = None,
+    kind: Kind | None = None,
+    cohort_id: IdQuery = None,
+) -> list[JobOut]:
+    return [queue.job_out(j) for j in queue.list_jobs(s, state=state, kind=kind, cohort_id=cohort_id)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def show(job_id: IdPath, _: AdminDep, s: SessionDep) -> JobOut:
+    return queue.job_out(queue.get_job(s, job_id))
+
+
+@router.get("/jobs/{job_id}/logs", response_model=list[JobLogOut])
+def logs(job_id: IdPath, _: AdminDep, s: SessionDep) -> list[JobLogOut]:
+    return queue.job_logs(s, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel(job_id: IdPath, _: AdminDep, s: SessionDep, now: NowDep) -> JobOut:
+    """Cancel: a queued job at once, a running one at its next heartbeat; 409 when already finished."""
+    return queue.job_out(queue.cancel(s, job_id, now))

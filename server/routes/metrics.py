@@ -1,0 +1,36 @@
+"""Device metrics: before/after accuracy of a fine-tune and whether the adapter was kept."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from arte import wire
+from server import results
+from server.deps import AnyDep, DeviceDep, NowDep, SessionDep
+from server.routes.common import ERRORS, IdPath, IdQuery
+from server.schemas import MetricsIn, MetricsOut
+
+router = APIRouter(prefix=wire.API_PREFIX, tags=["metrics"], responses=ERRORS)
+
+
+@router.post("/metrics", response_model=wire.MetricsReceipt)
+def submit(body: MetricsIn, device: DeviceDep, s: SessionDep, now: NowDep) -> wire.MetricsReceipt:
+    """Store the device's metrics for a dataset of its cohort (idempotent by key)."""
+    return results.submit_metrics(s, device, body, now)
+
+
+@router.get("/metrics", response_model=list[MetricsOut])
+def list_metrics(
+    who: AnyDep, s: SessionDep, device_id: IdQuery = None, cohort_id: IdQuery = None
+) -> list[MetricsOut]:
+    """Metrics: a device gets only its own; the admin may filter by device or cohort."""
+    if who.device is not None:
+        device_id, cohort_id = who.device.id, None
+    return [results.metrics_out(m) for m in results.list_metrics(s, device_id=device_id, cohort_id=cohort_id)]
+
+
+@router.get("/metrics/{metrics_id}", response_model=MetricsOut)
+def show(metrics_id: IdPath, who: AnyDep, s: SessionDep) -> MetricsOut:
+    return results.metrics_out(
+        results.get_metrics(s, metrics_id, device_id=who.device.id if who.device else None)
+    )

@@ -1,0 +1,83 @@
+"""Process settings of the fleet server (pydantic-settings, environment prefix ``ARTE_SERVER_``).
+
+Everything a deployment tunes lives here and nowhere else: where the state is (``data_dir``,
+``database_url``), request limits (body sizes, per-key rate limit), enrollment-token lifetime, the job
+queue's timing (heartbeat, dead-worker timeout, attempts) and how job handlers run models (teacher
+reference, ``align_launcher``). ``ARTE_SERVER_DATABASE_URL=postgresql+psycopg://user@host/db`` selects
+PostgreSQL; without it the server keeps an SQLite file under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServerSettings"]
+
+
+def _default_data_dir() -> Path:
+    from arte_cli.home import arte_home
+
+    return arte_home() / "server"
+
+
+class ServerSettings(BaseSettings):
+    """Settings of ``arte-server`` (every field can be set as ``ARTE_SERVER_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTE_SERVER_", extra="forbid")
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="State directory: the SQLite database, adapters, job work dirs.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; None means sqlite:///<data_dir>/arte.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db",
+    )
+    db_schema: str | None = Field(
+        default=None, description="PostgreSQL schema to keep the tables in (search_path); None: the default."
+    )
+    host: str = Field(default="127.0.0.1", description="Address `serve` binds.")
+    port: int = Field(default=8700, ge=0, le=65535, description="Port `serve` binds.")
+    max_body_bytes: int = Field(default=1 << 20, gt=0, description="Largest request body (413 above).")
+    max_upload_bytes: int = Field(
+        default=64 << 20, gt=0, description="Largest admin dataset upload body (413 above)."
+    )
+    rate_limit_per_s: float = Field(
+        default=50.0, ge=0, description="Sustained requests per second per key (0 disables)."
+    )
+    rate_limit_burst: int = Field(default=100, gt=0, description="Requests a key may make at once.")
+    enroll_token_ttl_s: int = Field(
+        default=7 * 24 * 3600, gt=0, description="Default lifetime of an enrollment token."
+    )
+    dataset_signing_key: SecretStr | None = Field(
+        default=None, description="Hex secret; when set, dataset manifests carry hmac-sha256 of the sha256."
+    )
+    job_heartbeat_s: float = Field(default=10.0, gt=0, description="How often a worker heartbeats a job.")
+    job_dead_after_s: float = Field(
+        default=60.0, gt=0, description="A running job whose heartbeat is older is re-queued."
+    )
+    job_max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts before a job fails.")
+    worker_poll_s: float = Field(default=2.0, gt=0, description="Idle worker's wait between claims.")
+    teacher_model: str = Field(
+        default="default", description="Teacher for elicit/tailor jobs: 'default', a GGUF path or HF dir."
+    )
+    align_launcher: Literal["inprocess", "accelerate"] = Field(
+        default="inprocess", description="Run align jobs in the worker or as `accelerate launch` subprocess."
+    )
+    accelerate_args: list[str] = Field(
+        default_factory=list, description="Extra `accelerate launch` arguments (e.g. --num_processes 4)."
+    )
+    check_migrations: bool = Field(
+        default=True, description="Refuse to start when the database is not at the head revision."
+    )
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL in use (the SQLite default under ``data_dir`` when none is set)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(Path(self.data_dir) / 'arte.db').resolve()}"

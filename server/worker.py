@@ -1,0 +1,112 @@
+"""The job worker: re-queue jobs of dead workers, claim one, run its handler while heartbeating, record
+the outcome. ``arte-server worker`` runs :meth:`Worker.run_forever`; tests call :meth:`Worker.run_once`
+with an injected clock, so nothing waits on wall time.
+
+Outcomes: the handler's result → ``succeeded``; :class:`JobError` → failed (re-queued when it says
+``retry`` and attempts remain); :class:`JobCancelled` → ``cancelled`` (or nothing, when the job was taken
+away); any other exception is a bug or an environment problem (out of memory, a missing file) → logged
+with its traceback and retried while attempts remain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from server import queue
+from server.errors import JobError
+from server.handlers import JobCancelled, JobContext, run_handler
+from server.models import utcnow
+from server.settings import ServerSettings
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """One worker process (or thread): claims and runs jobs one at a time."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        sessions: sessionmaker[Session],
+        *,
+        worker_id: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        heartbeat_thread: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.clock = clock
+        self.heartbeat_thread = heartbeat_thread
+
+    def run_once(self) -> str | None:
+        """Re-queue dead jobs, claim one and run it; returns its id, or None when the queue was empty."""
+        for job_id in queue.requeue_dead(self.sessions, self.clock(), self.settings.job_dead_after_s):
+            logger.warning("job %s: its worker stopped heartbeating", job_id)
+        claim = queue.claim(self.sessions, self.worker_id, self.clock())
+        if claim is None:
+            return None
+        self.run(claim)
+        return claim.job_id
+
+    def run(self, claim: queue.Claim) -> str:
+        """Run one claimed attempt to its outcome; returns the job's new state (or ``"lost"``)."""
+        ctx = JobContext(claim=claim, settings=self.settings, sessions=self.sessions, clock=self.clock)
+        stop = threading.Event()
+        beat = None
+        if self.heartbeat_thread:
+            beat = threading.Thread(
+                target=self._beat, args=(ctx, stop), daemon=True, name=f"heartbeat-{claim.job_id}"
+            )
+            beat.start()
+        logger.info("job %s (%s) attempt %d started", claim.job_id, claim.kind, claim.attempt)
+        try:
+            result = run_handler(ctx)
+        except JobCancelled as e:
+            if e.reason == "cancel":
+                queue.mark_cancelled(self.sessions, claim, self.clock())
+                return "cancelled"
+            return "lost"
+        except JobError as e:
+            return queue.fail(self.sessions, claim, str(e), self.clock(), retry=e.retry)
+        except Exception as e:  # noqa: BLE001 - the one place that turns a crash into a failed attempt
+            logger.exception("job %s crashed", claim.job_id)
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            return queue.fail(
+                self.sessions, claim, f"{type(e).__name__}: {e}\n{text}", self.clock(), retry=True
+            )
+        finally:
+            stop.set()
+            if beat is not None:
+                beat.join()
+        return "succeeded" if queue.succeed(self.sessions, claim, result, self.clock()) else "lost"
+
+    def _beat(self, ctx: JobContext, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.job_heartbeat_s):
+            try:
+                status = queue.heartbeat(self.sessions, ctx.claim, self.clock())
+            except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next tick
+                logger.exception("heartbeat of job %s failed", ctx.claim.job_id)
+                continue
+            if status != "ok":
+                ctx.stop_reason = status
+                for child in ctx.children:
+                    child.terminate()
+                return
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; waits ``worker_poll_s`` between empty polls."""
+        logger.info("worker %s started", self.worker_id)
+        while not stop.is_set():
+            if self.run_once() is None:
+                stop.wait(self.settings.worker_poll_s)

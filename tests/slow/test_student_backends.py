@@ -1,0 +1,133 @@
+"""The real embedded model: cache reuse gives exactly what naive per-prompt evaluation gives."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arte.backends.llama import LlamaCppStudent
+from arte.drafts import read_drafts
+from arte.prompts import option_continuation, scoring_item, scoring_prefix
+from arte.scoring import ScoringConfig, score_drafts
+from arte.tasks import load_task, split_task
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sports(bigbench_dir: Path):
+    task = load_task(bigbench_dir / "sports_understanding.json")
+    return task, list(split_task(task, seed=0, n_seeds=0).validation[:8])
+
+
+@pytest.fixture(scope="module")
+def students(default_model):
+    """(fast: trie batches + parallel decoding, exact: prefix reuse one sequence at a time, naive)."""
+    fast = LlamaCppStudent(default_model.path, n_threads=2)
+    exact = LlamaCppStudent(default_model.path, n_threads=2, parallel=False)
+    naive = LlamaCppStudent(default_model.path, n_threads=2, reuse=False)
+    yield fast, exact, naive
+    for s in (fast, exact, naive):
+        s.close()
+
+
+def _requests(student, task, draft, items):
+    prefix = student.tokenize(scoring_prefix(task, draft), bos=True)
+    return [(prefix + student.tokenize(scoring_item(task, e, "loglik")),
+             [student.tokenize(option_continuation(c)) for c in e.choices]) for e in items]
+
+
+def test_prefix_reuse_is_bit_identical_to_naive(students, sports, data_dir: Path) -> None:
+    _, exact, naive = students
+    task, items = sports
+    drafts = read_drafts(data_dir / "drafts_sports_understanding.jsonl")[:2]
+    before = (exact.tokens_evaluated, naive.tokens_evaluated)
+    for d in drafts:
+        reqs = _requests(exact, task, d, items[:5])
+        assert exact.loglik_batch(reqs) == [naive.loglik(p, c) for p, c in reqs]
+    work = exact.tokens_evaluated - before[0], naive.tokens_evaluated - before[1]
+    assert work[0] * 3 < work[1]          # the same numbers for a third of the work or less
+    prompts = [p for p, _ in _requests(exact, task, drafts[0], items[:2])]
+    assert exact.generate(prompts, max_new_tokens=16) == naive.generate(prompts, max_new_tokens=16)
+
+
+def test_trie_batches_agree_with_naive_within_the_quantization_noise(students, sports, data_dir: Path) -> None:
+    fast, _, naive = students
+    task, items = sports
+    drafts = read_drafts(data_dir / "drafts_sports_understanding.jsonl")[::5][:2]
+    agree = total = 0
+    for d in drafts:
+        reqs = _requests(fast, task, d, items)
+        got, want = fast.loglik_batch(reqs), [naive.loglik(p, c) for p, c in reqs]
+        for g, w in zip(got, want):
+            assert [x.n_tokens for x in g] == [x.n_tokens for x in w]
+            # Q4_1 activation-quantization noise is ~0.05 nats/token; a wrong position or a token
+            # attending to another item's cells would cost whole nats.
+            assert [x.logprob for x in g] == pytest.approx([x.logprob for x in w], abs=0.3)
+            agree += int(np.argmax([x.logprob for x in g]) == np.argmax([x.logprob for x in w]))
+            total += 1
+    assert agree >= 0.9 * total
+
+
+def test_scores_equal_naive_in_both_modes(students, sports, data_dir: Path) -> None:
+    _, exact, naive = students
+    task, items = sports
+    drafts = read_drafts(data_dir / "drafts_sports_understanding.jsonl")[::5][:2]
+    for cfg, n in ((ScoringConfig(mode="loglik"), 4), (ScoringConfig(mode="generate", max_new_tokens=32), 3)):
+        a = score_drafts(exact, task, drafts, items[:n], cfg)
+        b = score_drafts(naive, task, drafts, items[:n], cfg)
+        assert a.scores == b.scores and np.array_equal(a.outcomes, b.outcomes)
+
+
+def test_parallel_generation_agrees_with_one_at_a_time(students) -> None:
+    fast, _, naive = students
+    prompts = [fast.tokenize(f"Question: What is {k} plus {k}?\nAnswer:") for k in range(5)]  # short prompts
+    got = fast.generate(prompts, max_new_tokens=24, stop=["\n"])
+    want = naive.generate(prompts, max_new_tokens=24, stop=["\n"])
+    assert sum(g == w for g, w in zip(got, want)) >= 4 and all(g.n_tokens > 0 for g in got)
+    assert {g.stop for g in got} <= {"\n", "eos", "length"}
+
+
+def test_sampling_is_seeded(students) -> None:
+    fast, _, _ = students
+    p = [fast.tokenize("Write a word:")]
+    a = fast.generate(p * 3, max_new_tokens=8, temperature=1.0, seed=1)
+    b = fast.generate(p * 3, max_new_tokens=8, temperature=1.0, seed=1)
+    assert a == b and len({g.text for g in a}) > 1
+
+
+def test_context_overflow_is_a_clear_error(default_model) -> None:
+    from arte.errors import BackendError
+
+    with LlamaCppStudent(default_model.path, n_ctx=128, n_batch=128, n_threads=2) as small:
+        too_long = list(range(100, 100 + small.n_ctx + 10))
+        with pytest.raises(BackendError, match="context"):
+            small.loglik(too_long, [[5]])
+        with pytest.raises(BackendError, match="context"):
+            small.generate([too_long], max_new_tokens=4)
+        assert small.loglik(too_long[:50], [[5]])[0].n_tokens == 1   # still usable afterwards
+
+
+def test_torch_student_matches_llama_and_its_own_naive_path(default_model, students, sports, tmp_path_factory) -> None:
+    from arte.backends.hf import TorchStudent
+
+    fast, _, _ = students
+    task, items = sports
+    conv = tmp_path_factory.mktemp("hf")
+    ts = TorchStudent.from_ref(default_model, convert_dir=conv)
+    ts_naive = TorchStudent(ts.model, ts.tok, reuse=False)
+    e = items[0]
+    from arte.drafts import Draft
+    d = Draft("d", "Statement: Messi scored a goal\nOptions: plausible, implausible", "Messi plays football. <ans>plausible</ans>", "plausible")
+    p_text = scoring_prefix(task, d) + scoring_item(task, e, "loglik")
+    conts = [option_continuation(c) for c in e.choices]
+    pt = ts.tokenize(p_text)
+    assert pt == fast.tokenize(p_text)        # same tokenizer ids as llama.cpp
+    a = ts.loglik(pt, [ts.tokenize(c) for c in conts])
+    b = ts_naive.loglik(pt, [ts.tokenize(c) for c in conts])
+    c = fast.loglik(pt, [fast.tokenize(x) for x in conts])
+    for x, y, z in zip(a, b, c):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
+        assert x.logprob == pytest.approx(z.logprob, abs=0.5)   # Q4_1 activation noise, not a different model
+    gens = ts.generate([pt[:-3]], max_new_tokens=8)
+    assert gens[0].n_tokens >= 1

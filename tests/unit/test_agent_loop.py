@@ -1,0 +1,291 @@
+"""The run loop against the fake fleet: score -> report -> download -> train -> metrics; resumes after a
+kill at any step and never reports twice; respects the profile's conditions and budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from arte.wire import Accuracy, EnrollRequest, PrivacyInfo
+from edge_agent.client import RetryPolicy, ServerClient
+from edge_agent.errors import NetworkError, TrainingError
+from edge_agent.hardware import Hardware, PowerState
+from edge_agent.loop import MAX_TRAIN_FAILURES, Agent, run_forever, run_once
+from edge_agent.state import State
+from edge_agent.training import TrainRequest, TrainResult, train_step
+from firmware_profiles import load_profiles
+from tests.fake_fleet import FakeFleet, Killed
+from tests.fakes import CopyingStudent
+
+IDLE = Hardware(arch="x86_64", cpu_model="test", cpu_cores=4, memory_total=8 << 30, memory_available=6 << 30,
+                device_tree_model=None, load_1min=0.2)
+ON_BATTERY = dataclasses.replace(IDLE, power=PowerState(on_ac=False, has_battery=True, battery_percent=30))
+DRAFTS = [{"id": "d-yes", "question": "Is 2 even?", "rationale": "2 is even. <ans>yes</ans>", "answer": "yes"},
+          {"id": "d-no", "question": "Is 3 even?", "rationale": "3 is odd. <ans>no</ans>", "answer": "no"}]
+DATASET = b"".join(b'{"input": "Is %d even?", "target": "%s"}\n' % (i, b"yes" if i % 2 == 0 else b"no")
+                   for i in range(30))
+
+
+class FakeTrainer:
+    """Writes an adapter file and returns the accuracies it was given."""
+
+    def __init__(self, before: float = 0.4, after: float = 0.6, fail: BaseException | None = None) -> None:
+        self.before, self.after, self.fail = before, after, fail
+        self.calls: list[TrainRequest] = []
+
+    def __call__(self, req: TrainRequest) -> TrainResult:
+        self.calls.append(req)
+        if self.fail is not None:
+            raise self.fail
+        assert req.dataset_path.read_bytes() == DATASET and req.holdout
+        req.out_dir.mkdir(parents=True)
+        (req.out_dir / "adapter.gguf").write_bytes(b"GGUF")
+        return TrainResult(req.out_dir / "adapter.gguf", "gguf-lora", Accuracy(self.before, self.before, 15),
+                           Accuracy(self.after, self.after, 15))
+
+
+@pytest.fixture
+def private_data(tmp_path: Path) -> Path:
+    p = tmp_path / "private" / "secret_task.jsonl"
+    p.parent.mkdir()
+    p.write_text("".join(json.dumps({"input": f"Is {i} even? secret-item-{i}", "choices": ["yes", "no"],
+                                     "answer": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(40)))
+    return p
+
+
+def make_agent(tmp_path: Path, fleet: FakeFleet, data: Path, *, train=None, hw: Hardware = IDLE,
+               student=CopyingStudent, clock=None, profile_id: str = "laptop-cpu") -> Agent:
+    """A fresh agent process over the same state dir (call again to 'restart')."""
+    if not fleet.devices:
+        ServerClient("http://fleet.test", None, transport=fleet.transport, wait=lambda s: None).enroll(
+            EnrollRequest(token="tok-1", device_name="d", profile_id=profile_id))
+    key = next(iter(fleet.devices))
+    st = State(tmp_path / "state")
+    st.set(device_id=fleet.devices[key], data_path=str(data), profile=profile_id)
+    client = ServerClient("http://fleet.test", key, transport=fleet.transport, wait=lambda s: None,
+                          retry=RetryPolicy(attempts=2))
+    agent = Agent(state=st, client=client, profile=load_profiles()[profile_id],
+                  open_student=lambda p, adapter: student(), train=train or FakeTrainer(), detect=lambda: hw,
+                  noise_seed=0)
+    if clock is not None:
+        agent.clock = clock
+    return agent
+
+
+def expected_counts(agent: Agent) -> dict[str, float]:
+    """What the scoring engine itself says about the drafts on the agent's validation items."""
+    from arte.drafts import draft_from_dict
+    from arte.scoring import score_drafts
+    from edge_agent.loop import _private_split
+
+    task, validation, _ = _private_split(agent)
+    res = score_drafts(CopyingStudent(), task, [draft_from_dict(d) for d in DRAFTS], validation)
+    return {s.draft_id: float(s.n_correct) for s in res.scores}
+
+
+def test_one_iteration_does_the_whole_loop(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    fleet.publish(DATASET)
+    trainer = FakeTrainer()
+    agent = make_agent(tmp_path, fleet, private_data, train=trainer)
+    it = run_once(agent)
+    assert it.progressed and it.round["step"] == "queued" and it.dataset["step"] == "trained"
+    assert len(it.delivery["delivered"]) == 2 and it.delivery["pending"] == 0
+    (report,) = fleet.report_bodies
+    want = expected_counts(agent)
+    assert {s["draft_id"]: s["n_correct"] for s in report["scores"]} == want
+    assert all(set(s) == {"draft_id", "n_items", "n_correct"} for s in report["scores"])
+    (metrics,) = fleet.metrics
+    assert agent.state.active_adapter()["version"] == it.dataset["adapter_version"]
+    # nothing private ever left: no item text, no data path, in any request
+    for req in fleet.log:
+        body = req.content.decode() + str(req.url)
+        assert "secret" not in body and str(private_data) not in body
+    # and the sent log holds exactly what went out
+    assert {m["kind"] for m in agent.state.sent()} == {"report", "metrics"}
+
+
+def test_a_second_iteration_has_nothing_to_do(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    fleet.publish(DATASET)
+    trainer = FakeTrainer()
+    run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+    posts = len(fleet.requests("POST", "."))
+    it = run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+    assert not it.progressed and len(fleet.requests("POST", ".")) == posts and len(trainer.calls) == 1
+
+
+def test_killed_while_scoring_rescores_and_reports_once(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+
+    class Dying(CopyingStudent):
+        def loglik_batch(self, requests):
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_once(make_agent(tmp_path, fleet, private_data, student=Dying))
+    assert fleet.report_bodies == []
+    agent = make_agent(tmp_path, fleet, private_data)
+    assert agent.state.journal("round:r1")[0] == "drafts"
+    run_once(agent)
+    run_once(make_agent(tmp_path, fleet, private_data))
+    assert len(fleet.report_bodies) == 1
+
+
+def test_killed_before_the_receipt_was_stored_reports_once(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    fleet.lose_answers = 2          # the server stores the report; the agent never hears back
+    it = run_once(make_agent(tmp_path, fleet, private_data))
+    assert it.delivery["pending"] == 1 and len(fleet.report_bodies) == 1
+    it = run_once(make_agent(tmp_path, fleet, private_data))
+    assert it.delivery["delivered"][0]["duplicate"] is True and len(fleet.report_bodies) == 1
+
+
+def test_server_down_while_reporting_then_up(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    agent = make_agent(tmp_path, fleet, private_data)
+    fleet.posts_down = 100          # the server goes down just as the agent reports
+    it = run_once(agent)
+    assert it.round["step"] == "queued" and it.delivery["pending"] == 1 and fleet.report_bodies == []
+    fleet.posts_down = 0            # back up
+    it = run_once(make_agent(tmp_path, fleet, private_data))
+    assert len(it.delivery["delivered"]) == 1 and len(fleet.report_bodies) == 1
+    run_once(make_agent(tmp_path, fleet, private_data))
+    assert len(fleet.report_bodies) == 1 and len(fleet.requests("POST", "/reports$")) == 3
+
+
+def test_killed_while_training_trains_again_and_reports_metrics_once(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.publish(DATASET)
+    with pytest.raises(Killed):
+        run_once(make_agent(tmp_path, fleet, private_data, train=FakeTrainer(fail=Killed())))
+    trainer = FakeTrainer()
+    run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+    run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+    assert len(trainer.calls) == 1 and len(fleet.metrics) == 1
+    assert len(fleet.requests("GET", "content")) == 1   # the verified download was reused
+
+
+def test_killed_mid_download_resumes(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.publish(DATASET)
+    fleet.kill_after = 333
+    with pytest.raises(Killed):
+        run_once(make_agent(tmp_path, fleet, private_data))
+    it = run_once(make_agent(tmp_path, fleet, private_data))
+    assert it.dataset["step"] == "trained"
+    assert fleet.requests("GET", "content")[-1].headers["Range"] == "bytes=333-"
+
+
+def test_dataset_changed_on_disk_is_fetched_again_before_training(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.publish(DATASET)
+    run_once(make_agent(tmp_path, fleet, private_data, hw=ON_BATTERY))   # downloaded, not trained
+    (path,) = (tmp_path / "state" / "datasets").glob("*.jsonl")
+    path.write_bytes(DATASET.replace(b"yes", b"yep", 1))
+    trainer = FakeTrainer()
+    it = run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+    assert it.dataset["step"] == "trained" and len(fleet.requests("GET", "content")) == 2
+
+
+def test_conditions_hold_compute_but_not_network(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    fleet.publish(DATASET)
+    trainer = FakeTrainer()
+    it = run_once(make_agent(tmp_path, fleet, private_data, hw=ON_BATTERY, train=trainer))
+    assert "battery" in it.blocked[0]
+    assert it.round["step"] == "drafts" and it.dataset["step"] == "downloaded" and not trainer.calls
+    assert fleet.report_bodies == []
+    agent = make_agent(tmp_path, fleet, private_data, hw=ON_BATTERY, train=trainer)
+    agent.ignore_conditions = True
+    it = run_once(agent)
+    assert it.round["step"] == "queued" and it.dataset["step"] == "trained"
+
+
+def test_training_failures_are_retried_then_given_up(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.publish(DATASET)
+    trainer = FakeTrainer(fail=TrainingError("out of memory"))
+    for n in range(MAX_TRAIN_FAILURES + 1):
+        it = run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+    assert len(trainer.calls) == MAX_TRAIN_FAILURES and it.dataset["step"] == "failed"
+    assert fleet.metrics == {}
+
+
+def test_the_default_train_step_says_what_is_missing(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    fleet.publish(DATASET)
+    it = run_once(make_agent(tmp_path, fleet, private_data, train=train_step))
+    assert it.round["step"] == "queued" and len(fleet.report_bodies) == 1
+    assert it.dataset["step"] == "downloaded" and "arte.finetune" in it.dataset["error"]
+
+
+def test_a_worse_adapter_is_not_kept(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.publish(DATASET)
+    it = run_once(make_agent(tmp_path, fleet, private_data, train=FakeTrainer(before=0.6, after=0.5)))
+    assert it.dataset["kept"] is False
+    agent = make_agent(tmp_path, fleet, private_data)
+    assert agent.state.active_adapter() is None and len(agent.state.adapters()) == 1
+    assert list(fleet.metrics.values())[0]["duplicate"] is False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("arte.privacy") is not None,
+                    reason="this checkout has arte.privacy (see test_agent_privacy.py)")
+def test_dp_round_without_a_mechanism_is_skipped_not_reported(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS, privacy=PrivacyInfo("laplace", 1.0))
+    it = run_once(make_agent(tmp_path, fleet, private_data))
+    assert it.round["step"] == "skipped" and "differential privacy" in it.round["reason"]
+    assert fleet.report_bodies == []
+
+
+def test_too_few_private_items_skips_the_round(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS, min_items=500)
+    it = run_once(make_agent(tmp_path, fleet, private_data))
+    assert it.round["step"] == "skipped" and "needs 500" in it.round["reason"] and fleet.report_bodies == []
+
+
+def test_time_budget_reports_the_drafts_scored_so_far(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    ticks = iter(range(0, 10_000, 400))      # each clock read advances 400 s; budget is 600 s
+    it = run_once(make_agent(tmp_path, fleet, private_data, clock=lambda: float(next(ticks))))
+    assert it.round["complete"] is False and it.round["n_drafts"] == 1
+    assert len(fleet.report_bodies[0]["scores"]) == 1
+
+
+def test_each_device_scores_its_own_sample_of_many_drafts(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    many = [{**DRAFTS[i % 2], "id": f"d{i:03d}"} for i in range(80)]
+    fleet.open_round(many)
+    it = run_once(make_agent(tmp_path, fleet, private_data))
+    assert it.round["n_drafts"] == load_profiles()["laptop-cpu"].scoring.max_drafts
+
+
+def test_run_forever_backs_off_while_idle_and_survives_the_network(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    agent = make_agent(tmp_path, fleet, private_data)
+    waits: list[float] = []
+    seen = []
+    fleet.down = 2                          # first iteration: network error (2 attempts)
+    run_forever(agent, poll_seconds=10, max_poll_seconds=50, wait=waits.append, iterations=5,
+                on_iteration=seen.append)
+    assert isinstance(seen[0], NetworkError)
+    assert waits == [20, 40, 50, 50]
+    fleet.open_round(DRAFTS)
+    waits.clear()
+    run_forever(agent, poll_seconds=10, max_poll_seconds=50, wait=waits.append, iterations=2)
+    assert waits == [10]
