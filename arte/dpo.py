@@ -231,9 +231,9 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
         raise ConfigError("max_length", f"every pair's prompt is at least {config.max_length} tokens long; "
                                         f"TRL dropped them all")
     before = _margin(trainer, eval_ds)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     train_out = trainer.train()
-    train_s = time.perf_counter() - t1
+    train_s, train_cpu_s = time.perf_counter() - t1, time.process_time() - c1
     after = _margin(trainer, eval_ds)
     history = trainer.state.log_history
     losses = [{"step": h["step"], "loss": h["loss"], "margin": h.get("rewards/margins")}
@@ -252,7 +252,7 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
                           "accuracy_after": after and after["accuracy"],
                           "eval_pairs": min(config.eval_pairs, len(pairs))},
         "train_tokens": tokens,
-        "seconds": {"load": round(load_s, 3), "train": round(train_s, 3),
+        "seconds": {"load": round(load_s, 3), "train": round(train_s, 3), "train_cpu": round(train_cpu_s, 3),
                     "total": round(time.perf_counter() - t0, 3)},
         "device": str(trainer.args.device), "bf16": bool(trainer.args.bf16),
         "world_size": trainer.args.world_size,

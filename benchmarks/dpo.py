@@ -14,7 +14,9 @@ is its own), alternating ``ours, trl, ours, trl, …`` for ``--repeats`` rounds:
 Reported per path (median over repeats): end-to-end seconds (load + train + save), train seconds,
 training tokens/s (TRL's ``num_tokens``: chosen + rejected tokens seen by the policy), peak memory (max RSS
 of the process on CPU; ``torch.cuda.max_memory_allocated`` on GPU), and the overhead ratio
-``ours / trl - 1`` (target <= 5 %). On CUDA also the model FLOPs utilization: per training token
+``ours / trl - 1`` (target <= 5 %). On CPU the ratio uses process CPU time (and tokens per CPU-second):
+on a shared machine wall time moves by tens of percent with other people's load, CPU time far less;
+wall-clock figures are printed too. The runs go in ABBA order so that a drifting load favours neither. On CUDA also the model FLOPs utilization: per training token
 6·N (policy forward + input-gradient backward through the frozen base, reference forward) + attention,
 over the GPU's dense bf16 peak.
 
@@ -117,7 +119,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = spec["device"] == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if spec["path"] in ("ours", "ours+margins"):
         from arte.dpo import AlignConfig, align
 
@@ -126,6 +128,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                           eval_pairs=64 if spec["path"] == "ours+margins" else 0)
         res = align(ref, pairs, cfg, out, convert_dir=convert_dir())
         train_s, tokens = res.metadata["seconds"]["train"], res.metadata["train_tokens"]
+        train_cpu_s = res.metadata["seconds"]["train_cpu"]
         steps = res.metadata["steps"]
     else:
         from datasets import Dataset
@@ -145,15 +148,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                              peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         trainer.train()
-        train_s = time.perf_counter() - t1
+        train_s, train_cpu_s = time.perf_counter() - t1, time.process_time() - c1
         trainer.save_model(str(out))
         tokens = next(h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h)
         steps = trainer.state.global_step
-    total_s = time.perf_counter() - t0
-    result = {"path": spec["path"], "total_s": total_s, "train_s": train_s, "tokens": tokens, "steps": steps,
-              "tok_per_s": tokens / train_s, "peak_rss_mib": peak_rss_mib()}
+    total_s, total_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    result = {"path": spec["path"], "total_s": total_s, "train_s": train_s, "total_cpu_s": total_cpu_s,
+              "train_cpu_s": train_cpu_s, "tokens": tokens, "steps": steps, "tok_per_s": tokens / train_s,
+              "tok_per_cpu_s": tokens / train_cpu_s, "peak_rss_mib": peak_rss_mib()}
     if cuda:
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["gpu"] = torch.cuda.get_device_name()
@@ -203,7 +207,9 @@ def main() -> None:
                 "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr,
                 "threads": args.threads, "work": tmp}
         shape = model_shape(model_ref(args.model, Path(tmp)))   # builds a random model once, untimed
-        order = ["ours", "trl"] * args.repeats + ([] if args.no_margins else ["ours+margins"])
+        # ABBA order: a load that drifts during the run (a shared machine) biases neither path.
+        order = [p for r in range(args.repeats) for p in (("ours", "trl") if r % 2 == 0 else ("trl", "ours"))]
+        order += [] if args.no_margins else ["ours+margins"]
         runs: list[dict[str, Any]] = []
         for path in order:
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({**base, "path": path})],
@@ -213,15 +219,17 @@ def main() -> None:
                 raise SystemExit(f"the {path} run failed (exit {proc.returncode})")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             runs.append(r)
-            print(f"  {path:13} total {r['total_s']:7.1f}s  train {r['train_s']:7.1f}s  "
-                  f"{r['tok_per_s']:7.1f} tok/s  peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+            print(f"  {path:13} total {r['total_s']:7.1f}s (cpu {r['total_cpu_s']:7.1f}s)  train {r['train_s']:7.1f}s "
+                  f"(cpu {r['train_cpu_s']:7.1f}s)  {r['tok_per_s']:6.1f} tok/s  {r['tok_per_cpu_s']:6.1f} tok/cpu-s  "
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
 
     def med(path: str, key: str) -> float | None:
         vals = [r[key] for r in runs if r["path"] == path and r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    rows = {p: {k: med(p, k) for k in ("total_s", "train_s", "tok_per_s", "peak_rss_mib", "peak_gpu_mib")}
-            for p in dict.fromkeys(r["path"] for r in runs)}
+    keys = ("total_s", "train_s", "total_cpu_s", "train_cpu_s", "tok_per_s", "tok_per_cpu_s", "peak_rss_mib",
+            "peak_gpu_mib")
+    rows = {p: {k: med(p, k) for k in keys} for p in dict.fromkeys(r["path"] for r in runs)}
     n_params = shape["n_params"]
     tokens_per_seq = runs[0]["tokens"] / (2 * args.steps * args.batch_size)
     for p, row in rows.items():
@@ -232,31 +240,39 @@ def main() -> None:
             achieved = flops_per_token(n_params, shape["layers"], shape["d"], tokens_per_seq) * row["tok_per_s"]
             row["tflops"] = achieved / 1e12
             row["mfu"] = achieved / peak if peak else None
-    overhead_total = rows["ours"]["total_s"] / rows["trl"]["total_s"] - 1
-    overhead_train = rows["trl"]["tok_per_s"] / rows["ours"]["tok_per_s"] - 1
+    # Wall-clock on the device that matters; on a shared CPU, process CPU time is the steadier measure.
+    clock = "total_cpu_s" if args.device == "cpu" else "total_s"
+    rate = "tok_per_cpu_s" if args.device == "cpu" else "tok_per_s"
+    overhead_total = rows["ours"][clock] / rows["trl"][clock] - 1
+    overhead_train = rows["trl"][rate] / rows["ours"][rate] - 1
+    overhead_wall = rows["ours"]["total_s"] / rows["trl"]["total_s"] - 1
 
     print(f"\nDPO + LoRA (r=8, q/k/v/o), {args.model} ({n_params / 1e6:.1f} M params) on {args.device}, "
           f"{args.pairs} pairs, {args.steps} steps x batch {args.batch_size}, max_length {args.max_length}, "
           f"{args.threads} thread(s); medians of {args.repeats} alternating runs\n")
     mem = "peak GPU MiB" if args.device == "cuda" else "peak RSS MiB"
-    hdr = f"{'path':14} {'total s':>8} {'train s':>8} {'tok/s':>8} {mem:>13}" + \
+    hdr = f"{'path':14} {'total s':>8} {'cpu s':>8} {'train s':>8} {'tok/s':>8} {'tok/cpu-s':>10} {mem:>13}" + \
           ("  TFLOP/s    MFU" if args.device == "cuda" else "")
     print(hdr)
     print("-" * len(hdr))
     for p, row in rows.items():
         m = row["peak_gpu_mib"] if args.device == "cuda" else row["peak_rss_mib"]
-        line = f"{p:14} {row['total_s']:8.1f} {row['train_s']:8.1f} {row['tok_per_s']:8.1f} {m:13.0f}"
+        line = (f"{p:14} {row['total_s']:8.1f} {row['total_cpu_s']:8.1f} {row['train_s']:8.1f} "
+                f"{row['tok_per_s']:8.1f} {row['tok_per_cpu_s']:10.1f} {m:13.0f}")
         if args.device == "cuda":
             mfu = "n/a" if row["mfu"] is None else f"{row['mfu']:.1%}"
             line += f"  {row['tflops']:7.2f} {mfu:>6}"
         print(line)
-    print(f"\noverhead of ours vs bare TRL: {overhead_total:+.1%} end to end, {overhead_train:+.1%} in training "
-          f"throughput (target <= 5%)")
+    print(f"\noverhead of ours vs bare TRL ({'CPU time' if args.device == 'cpu' else 'wall clock'}): "
+          f"{overhead_total:+.1%} end to end, {overhead_train:+.1%} in training throughput (target <= 5%); "
+          f"wall clock end to end: {overhead_wall:+.1%}")
     if "ours+margins" in rows:
         extra = rows["ours+margins"]["total_s"] - rows["ours"]["total_s"]
         print(f"before/after reward-margin evaluation (eval_pairs=64) adds {extra:.1f}s")
     summary = {"benchmark": "dpo", "overhead_ratio": {"end_to_end": round(overhead_total, 4),
-                                                      "train_throughput": round(overhead_train, 4)},
+                                                      "train_throughput": round(overhead_train, 4),
+                                                      "end_to_end_wall": round(overhead_wall, 4),
+                                                      "measured_on": clock},
                "rows": rows, "runs": runs, "config": vars(args), "model_shape": shape,
                "machine": machine_info(),
                "versions": versions(["torch", "transformers", "trl", "peft", "accelerate", "datasets", "arte-edge"])}

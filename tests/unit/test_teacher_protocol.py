@@ -91,3 +91,15 @@ def test_scripted_fake_satisfies_the_protocol() -> None:
     assert isinstance(t, Teacher)
     assert t.chat([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]) == ["0:a", "1:b"]
     assert teacher_id(t) == {"teacher": "scripted", "adapter": "cohort-a"}
+
+
+def test_teacher_side_modules_import_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import arte.teacher, arte.elicit, arte.questions, arte.pairs, arte.dpo, arte.tailor, arte.pipeline, "
+            "arte.backends.openai, arte.backends.llama_teacher, arte.backends.hf_teacher, arte_cli.teacher\n"
+            "import sys\nprint([m for m in ('torch', 'transformers', 'llama_cpp', 'trl', 'peft', 'datasets', "
+            "'httpx', 'jinja2') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
