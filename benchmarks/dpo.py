@@ -16,9 +16,9 @@ training tokens/s (TRL's ``num_tokens``: chosen + rejected tokens seen by the po
 of the process on CPU; ``torch.cuda.max_memory_allocated`` on GPU), and the overhead ratio
 ``ours / trl - 1`` (target <= 5 %). On CPU the ratio uses process CPU time (and tokens per CPU-second):
 on a shared machine wall time moves by tens of percent with other people's load, CPU time far less;
-wall-clock figures are printed too. The runs go in ABBA order so that a drifting load favours neither. On CUDA also the model FLOPs utilization: per training token
-6·N (policy forward + input-gradient backward through the frozen base, reference forward) + attention,
-over the GPU's dense bf16 peak.
+wall-clock figures are printed too. The runs go in ABBA order so that a drifting load favours neither.
+On CUDA also the model FLOPs utilization: per training token 6·N (policy forward + input-gradient
+backward through the frozen base, reference forward) + attention, over the GPU's dense bf16 peak.
 
 Models: ``default`` (the embedded SmolLM2-135M, dequantized), ``smollm2-random`` (its shape, random
 weights: 30 layers, d=576, 9/3 heads, vocab 49152, ffn 1536), ``llama-1b-random`` (a Llama-3.2-1B shape:
