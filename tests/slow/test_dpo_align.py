@@ -88,3 +88,18 @@ def test_config_validation_and_trl_arguments() -> None:
     assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
     assert args.lr_scheduler_type == "cosine" and args.max_steps == 5 and args.beta == 0.2
     assert args.save_strategy == "no" and args.report_to == []
+
+
+@pytest.mark.gpu
+def test_align_on_cuda(tmp_path, default_model) -> None:
+    import torch
+
+    from arte.dpo import AlignConfig, align
+    from arte_cli.home import convert_dir
+
+    pairs = _pairs()
+    cfg = AlignConfig(learning_rate=2e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, max_length=128,
+                      eval_pairs=len(pairs), device="cuda")
+    res = align(default_model, pairs, cfg, tmp_path / "adapter", convert_dir=convert_dir())
+    assert res.metadata["device"].startswith("cuda") and res.metadata["bf16"] == torch.cuda.is_bf16_supported()
+    assert res.margin_after > res.margin_before
