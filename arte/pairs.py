@@ -41,7 +41,7 @@ from arte.prompts import PLAIN_STYLE, demo_rationale, question_block, question_p
 from arte.tasks import Example, Task
 
 __all__ = ["PairConfig", "PreferencePair", "ScoreTable", "score_table", "build_pairs", "write_pairs",
-           "read_pairs", "pair_counts", "KINDS"]
+           "read_pairs", "pair_from_dict", "pair_counts", "KINDS"]
 
 KINDS = ("question", "rationale")
 
@@ -238,7 +238,9 @@ def write_pairs(path: str | Path, pairs: Iterable[PreferencePair]) -> int:
     return n
 
 
-def _pair_from_dict(d: Any, path: str, line: int) -> PreferencePair:
+def pair_from_dict(d: Any, *, path: str = "<pairs>", line: int | None = None) -> PreferencePair:
+    """Validate one pair object (``PreferencePair.to_dict()``'s shape); errors name ``path``, ``line``
+    and the field."""
     if not isinstance(d, dict):
         raise PairFormatError(path, f"expected an object, got {type(d).__name__}", line)
     for key in ("id", "kind", "chosen", "rejected"):
@@ -282,7 +284,7 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise PairFormatError(str(p), f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
-            pair = _pair_from_dict(obj, str(p), lineno)
+            pair = pair_from_dict(obj, path=str(p), line=lineno)
             if pair.id in seen:
                 raise PairFormatError(str(p), f"duplicate id {pair.id!r} (first on line {seen[pair.id]})", lineno,
                                       "id")

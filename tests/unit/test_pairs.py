@@ -8,8 +8,8 @@ import pytest
 
 from arte.drafts import Draft
 from arte.errors import ConfigError, PairFormatError
-from arte.pairs import (PairConfig, PreferencePair, build_pairs, pair_counts, read_pairs, score_table,
-                        write_pairs)
+from arte.pairs import (PairConfig, PreferencePair, build_pairs, pair_counts, pair_from_dict, read_pairs,
+                        score_table, write_pairs)
 from arte.prompts import question_prompt, rationale_prompt
 from arte.questions import split_questions
 from arte.tasks import Example, Task
@@ -105,6 +105,7 @@ def test_jsonl_round_trip_and_trl_format(tmp_path) -> None:
     path = tmp_path / "pairs.jsonl"
     assert write_pairs(path, pairs) == len(pairs)
     assert read_pairs(path) == pairs
+    assert [pair_from_dict(json.loads(json.dumps(p.to_dict()))) for p in pairs] == pairs   # e.g. a job spec
     trl = pairs[-1].to_trl()
     assert trl["prompt"][0]["role"] == "system" and trl["chosen"] == [{"role": "assistant", "content": pairs[-1].chosen}]
 
