@@ -30,7 +30,7 @@ def machine_info() -> dict[str, object]:
     except (OSError, ValueError, IndexError):
         pass
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": mem, "os": platform.platform(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def versions(packages: Iterable[str]) -> dict[str, str | None]:

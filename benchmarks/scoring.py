@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from arte.backends.llama import LlamaCppStudent, _Entry  # noqa: E402
 from arte.drafts import read_drafts  # noqa: E402
+from arte.irt import fit_2pl, select_items, selection_agreement  # noqa: E402
 from arte.models import resolve_model  # noqa: E402
 from arte.scoring import ScoringConfig, score_drafts  # noqa: E402
 from arte.tasks import load_task, split_task  # noqa: E402
@@ -95,7 +96,13 @@ def main() -> None:
             same = bool(np.array_equal(out_naive, out_ours[:nd, :ni]))
             per_ours = t_ours / (len(drafts) * len(items))
             per_naive = t_naive / (nd * ni)
-            rows.append({"task": name, "mode": mode, "drafts": len(drafts), "items": len(items),
+            irt = {}
+            if out_ours.shape[0] >= 2:
+                keep = select_items(fit_2pl(out_ours), max(1, len(items) // 2))
+                groups = [d.question_id for d in drafts]
+                irt = {"k": len(keep), **{f"agree_{k}": v for k, v in
+                                          selection_agreement(out_ours, keep, groups).items()}}
+            rows.append({"task": name, "mode": mode, "irt_top_half": irt, "drafts": len(drafts), "items": len(items),
                          "ours_s": round(t_ours, 2), "ours_tokens": tok_ours,
                          "ours_tok_per_s": round(tok_ours / t_ours, 1),
                          "ours_ms_per_item": round(1000 * per_ours, 2),
@@ -123,6 +130,13 @@ def main() -> None:
         print(f"{r['task']:22} {r['mode']:9} {r['ours_s']:8.1f} {r['ours_tok_per_s']:7.0f} "
               f"{r['ours_ms_per_item']:8.1f} {r['naive_ms_per_item']:14.1f} {r['speedup_vs_naive']:7.1f}x "
               f"{str(r['same_outcomes_on_subset']):>5}")
+    print("\nIRT (2PL on drafts x items, top half of the items by discrimination): share of questions whose best /")
+    print("worst rationale is the same on the kept items as on all items (paper: 93.3% / 86.7%)")
+    for r in rows:
+        i = r["irt_top_half"]
+        if i:
+            print(f"  {r['task']:22} {r['mode']:9} k={i['k']:3}  best {i['agree_best']:.2f}  worst "
+                  f"{i['agree_worst']:.2f}  ({i['agree_groups']} questions)")
     summary = {
         "benchmark": "scoring",
         "speedup_vs_naive": {"loglik": mean_of("loglik", "speedup_vs_naive"),

@@ -340,6 +340,7 @@ def _student_opener(model: str) -> Any:
 @click.pass_context
 def status(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Show the agent's state, its last contact and exactly what it last sent."""
+    from edge_agent.privacy import budget_status
     from edge_agent.state import State
 
     settings = _settings(ctx)
@@ -358,7 +359,8 @@ def status(ctx: click.Context, limit: int, as_json: bool) -> None:
                 "pending": [{"kind": i.kind, "path": i.path, "idempotency_key": i.idempotency_key,
                              "attempts": i.attempts, "last_error": i.last_error} for i in st.pending()],
                 "last_sent": sent, "active_adapter": st.active_adapter(),
-                "privacy": {"epsilon_spent": st.privacy_spent(), "charges": st.privacy_charges()},
+                "privacy": {"epsilon_spent": st.privacy_spent(), "charges": st.privacy_charges(),
+                            **budget_status(st)},
                 "journal": st.journals(),
             }
     except (AgentError, ArteError) as e:
@@ -369,12 +371,22 @@ def status(ctx: click.Context, limit: int, as_json: bool) -> None:
              f"private data (local only, never sent): {data['data_path'] or 'not configured'}",
              f"outbox: {data['outbox'] or 'empty'}",
              f"active adapter: {data['active_adapter']['version'] if data['active_adapter'] else 'none'}",
-             f"privacy: epsilon spent {data['privacy']['epsilon_spent']}",
+             _privacy_line(data["privacy"]),
              "last sent (exact bodies, newest first; secrets redacted):"]
     for m in sent:
         lines.append(f"  {m['at']} {m['method']} {m['path']} -> {m['status']}")
         lines.append("    " + json.dumps(m["body"], sort_keys=True))
     emit(data, as_json, "\n".join(lines))
+
+
+def _privacy_line(p: dict[str, Any]) -> str:
+    budget = "no limit" if p["budget"]["epsilon"] is None else f"{p['budget']['epsilon']:g}"
+    if not p["n_reports"]:
+        return f"privacy: nothing spent (epsilon budget {budget})"
+    spent = p.get("spent", {"epsilon": p["epsilon_spent"], "method": "basic"})
+    eps = "unbounded" if spent["epsilon"] is None else f"{spent['epsilon']:.4g}"
+    return (f"privacy: epsilon spent {eps} of {budget} ({spent['method']} composition, "
+            f"{p['n_reports']} noised report(s); sum of epsilons {p['basic']['epsilon']:g})")
 
 
 # -- config ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Contract: :func:`validate_setting` returns the value to store for ``key`` or raises
 :class:`arte.errors.ConfigError` naming the key and the problem. ``data_path`` must load as a task (it is
 stored as an absolute path and never sent); ``profile`` must be an installed firmware profile; ``model``
-must resolve; ``dataset_key`` must be hex.
+must resolve; ``dataset_key`` must be hex; ``privacy_total_epsilon`` (> 0, ``inf`` = no limit) and
+``privacy_total_delta`` (in [0, 1)) are the device's lifetime local-DP budget, enforced by the accountant
+before any report is built (see :mod:`edge_agent.privacy`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from arte.errors import ArteError, ConfigError
 
 __all__ = ["SETTABLE", "validate_setting"]
 
-SETTABLE = ("data_path", "profile", "model", "split_seed", "validation_share", "dataset_key", "server_url")
+SETTABLE = ("data_path", "profile", "model", "split_seed", "validation_share", "dataset_key", "server_url",
+            "privacy_total_epsilon", "privacy_total_delta")
 
 
 def validate_setting(key: str, value: str) -> str:
@@ -55,6 +58,16 @@ def validate_setting(key: str, value: str) -> str:
         if not 0.0 < share < 1.0:
             raise ConfigError(key, f"must be in (0, 1), got {share}")
         return str(share)
+    if key in ("privacy_total_epsilon", "privacy_total_delta"):
+        try:
+            x = float(value)
+        except ValueError:
+            raise ConfigError(key, f"must be a number, got {value!r}") from None
+        if key == "privacy_total_epsilon" and not x > 0:
+            raise ConfigError(key, f"must be > 0 (inf for no limit), got {value}")
+        if key == "privacy_total_delta" and not 0 <= x < 1:
+            raise ConfigError(key, f"must be in [0, 1), got {value}")
+        return repr(x)
     if key == "dataset_key":
         try:
             bytes.fromhex(value)

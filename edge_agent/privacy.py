@@ -8,6 +8,9 @@ stricter, never looser) and the noise comes from :mod:`arte.privacy`; the accoun
 ledger, so a refusal (:class:`BudgetError`) happens before any noise is drawn. The caller stores the
 charge in the same transaction as the queued report: a report is built, charged and noised once.
 
+:func:`budget_status` is what ``edge-agent status`` shows: the lifetime budget and what the ledger has
+spent of it, by basic composition and by the accountant's tightest bound.
+
 A round that asks for no noise gets exact counts. A build of arte without :mod:`arte.privacy` can only
 report such rounds; a round that requires noise is then refused with a clear error.
 """
@@ -25,7 +28,7 @@ from arte.wire import DraftScoreMsg, PrivacyInfo, RoundInfo
 from edge_agent.errors import AgentError, BudgetError
 from edge_agent.state import State
 
-__all__ = ["private_scores"]
+__all__ = ["private_scores", "budget_status"]
 
 
 def _exact(result: ScoreResult) -> list[DraftScoreMsg]:
@@ -64,3 +67,38 @@ def private_scores(state: State, rnd: RoundInfo, result: ScoreResult, draft_ids:
     if charge is not None and not math.isfinite(charge["rho"]):
         charge["rho"] = 0.0  # no zCDP bound for this mechanism; the ledger keeps (epsilon, delta)
     return out.scores, out.privacy, charge
+
+
+def _limit(x: float) -> float | None:
+    return x if math.isfinite(x) else None   # JSON has no infinity: None means "no limit"
+
+
+def budget_status(state: State) -> dict[str, Any]:
+    """The device's privacy budget and what its ledger spent (JSON-ready).
+
+    ``basic`` sums the charges (Σ ε, Σ δ); ``spent`` is the accountant's tightest bound, at the delta the
+    agent checks budgets at (the configured total delta, or — with none configured — the largest delta a
+    round required, as :func:`arte.privacy.policy_for_round` does); ``remaining`` is budget − spent.
+    """
+    charges = state.privacy_charges()
+    total_eps = float(state.get("privacy_total_epsilon", "inf"))
+    total_delta = float(state.get("privacy_total_delta", "0"))
+    out: dict[str, Any] = {
+        "budget": {"epsilon": _limit(total_eps), "delta": total_delta},
+        "basic": {"epsilon": math.fsum(c["epsilon"] for c in charges),
+                  "delta": math.fsum(c["delta"] for c in charges)},
+        "n_reports": len(charges),
+    }
+    try:
+        from arte.privacy import Charge, PrivacyAccountant
+    except ImportError:
+        return out
+    at_delta = max([total_delta, *(c["delta"] for c in charges)]) if total_delta == 0 else total_delta
+    keys = ("round_id", "mechanism", "epsilon", "delta", "rho")
+    accountant = PrivacyAccountant(Charge.from_dict({k: c[k] for k in keys}, f"ledger[{i}]")
+                                   for i, c in enumerate(charges))
+    spent = accountant.spent(at_delta)
+    out["spent"] = {"epsilon": _limit(spent.epsilon), "delta": spent.delta, "method": spent.method}
+    left = max(0.0, total_eps - spent.epsilon) if math.isfinite(spent.epsilon) else 0.0
+    out["remaining_epsilon"] = _limit(left)
+    return out

@@ -1,31 +1,53 @@
-"""Aggregation of device reports into per-draft scores for a cohort: the one place that does it.
+"""Aggregation of device reports into per-draft cohort estimates: the one place that does it.
 
-Contract: :func:`aggregate` takes the per-device, per-draft counts of one round (floats: under local
-differential privacy a device sends noised counts, which may be fractional, negative or exceed the item
-count) and returns, per draft, the items-weighted accuracy ``sum(n_correct) / sum(n_items)`` over every
-device that scored it, with the number of devices. A cohort's scores may drive alignment only when at
-least ``min_devices`` (k) distinct devices reported (``meets_k``).
+Contract: :func:`aggregate` takes the stored rows of one round (one report per device; every row carries
+its report's declared ``privacy``) and the cohort's k, and returns per draft an unbiased accuracy
+estimate with its variance and 95% interval, and for the cohort whether its scores may drive alignment.
 
-Extension point for privacy: ``_estimate`` turns the summed observed counts of a draft into estimates
-of the true sums. Today it is the identity (correct for un-noised counts and for zero-mean additive
-noise such as Laplace/Gaussian, whose sums are already unbiased). An unbiased estimator for, e.g.,
-randomized response replaces it, using the report's ``privacy`` (the mechanism and epsilon), which every
-row carries for that reason. The score is clipped to [0, 1] only after estimation, and is None when the
-estimated item count is not positive.
+Reading. Each device's report is read with :func:`arte.privacy.estimate_report`: the noise law is
+recomputed from public values only (the declared mechanism, ε, δ and the number of scores in the
+report), randomized response is inverted, zero-mean additive noise (Laplace, Gaussian) is kept as is,
+and each count gets the exact variance its noise adds. Devices are pooled with
+:func:`arte.privacy.pool_estimates`, whose weights depend only on public values (each device's item
+count and noise law), so the pooled accuracy stays unbiased. Without noise the weights are proportional
+to the items, so ``score`` is ``sum(n_correct) / sum(n_items)`` exactly as before local DP was wired in.
+
+Per draft (:meth:`DraftAggregate.to_dict`): ``n_devices``, ``n_items`` (total items), ``n_correct`` (the
+sum of the devices' unbiased count estimates; may be fractional, negative or exceed ``n_items`` under
+noise), ``score`` (the pooled accuracy clipped to [0, 1], the value pairs are built from; None when no
+finite estimate exists), ``accuracy`` (unclipped, unbiased), ``variance`` (noise + item sampling),
+``noise_variance``, ``ci_low``/``ci_high`` (normal 95% interval) and ``eligible`` (scored by at least k
+distinct devices).
+
+Threshold: :func:`arte.privacy.cohort_threshold` decides ``may_align`` (at least k distinct devices
+reported and at least one draft was scored by k of them); only eligible drafts may enter preference
+pairs (:meth:`CohortAggregate.alignment_scores`). ``meets_k`` (k devices reported at all) is kept for
+older readers. A device whose stored rows its declared mechanism cannot have produced (possible only for
+rows stored before the server checked reports on arrival) is left out and listed in ``excluded``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ScoreRow", "DraftAggregate", "CohortAggregate", "aggregate"]
+import numpy as np
+
+from arte import wire
+from arte.errors import ReportContentError
+from arte.privacy import cohort_threshold, estimate_report, pool_estimates
+
+__all__ = ["ScoreRow", "DraftAggregate", "CohortAggregate", "aggregate", "stored_decision"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ScoreRow:
-    """One device's counts for one draft, as stored."""
+    """One device's counts for one draft, as stored, with its report's declared privacy."""
 
     device_id: str
     draft_id: str
@@ -38,9 +60,15 @@ class ScoreRow:
 class DraftAggregate:
     draft_id: str
     n_devices: int
-    n_items: float  # estimated total items scored
-    n_correct: float  # estimated total correct
-    score: float | None  # clip(n_correct / n_items, 0, 1); None when n_items <= 0
+    n_items: float  # total items scored
+    n_correct: float  # sum of the devices' unbiased count estimates
+    score: float | None  # clip(accuracy, 0, 1); None without a finite estimate
+    accuracy: float | None = None  # pooled unbiased accuracy (unclipped)
+    variance: float | None = None  # noise + item-sampling variance of ``accuracy``
+    noise_variance: float | None = None
+    ci_low: float | None = None  # 95% normal interval of ``accuracy``
+    ci_high: float | None = None
+    eligible: bool = False  # scored by at least k distinct devices
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,50 +76,121 @@ class DraftAggregate:
             "n_items": self.n_items,
             "n_correct": self.n_correct,
             "score": self.score,
+            "accuracy": self.accuracy,
+            "variance": self.variance,
+            "noise_variance": self.noise_variance,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "eligible": self.eligible,
         }
 
 
 @dataclass(frozen=True)
 class CohortAggregate:
-    n_devices: int  # distinct devices with at least one row
+    n_devices: int  # distinct devices whose report was read
     min_devices: int
     drafts: dict[str, DraftAggregate]  # in first-seen order
+    may_align: bool = False
+    reason: str = ""
+    excluded: dict[str, str] = field(default_factory=dict)  # device id -> why its report was left out
 
     @property
     def meets_k(self) -> bool:
         return self.n_devices >= self.min_devices
 
     def scores(self) -> dict[str, float | None]:
-        """draft id -> score, the shape pair building takes."""
+        """draft id -> score, every draft (the per-device and display view)."""
         return {d: a.score for d, a in self.drafts.items()}
 
+    def alignment_scores(self) -> dict[str, float]:
+        """draft id -> score of the drafts that may enter preference pairs: none unless ``may_align``,
+        then only drafts scored by at least k distinct devices, with a finite score."""
+        if not self.may_align:
+            return {}
+        return {d: a.score for d, a in self.drafts.items() if a.eligible and a.score is not None}
 
-def _estimate(n_items: float, n_correct: float, privacy: list[dict[str, Any]]) -> tuple[float, float]:
-    """Estimated true sums from observed sums (identity: see the module docstring)."""
-    del privacy
-    return n_items, n_correct
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _read_device(rows: list[ScoreRow]) -> list[Any]:
+    """One device's report as :class:`arte.privacy.DraftEstimate` (raises ReportContentError)."""
+    privacy = rows[0].privacy
+    if any(r.privacy != privacy for r in rows):
+        raise ReportContentError("privacy", "rows of one report declare different privacy")
+    scores = [wire.DraftScoreMsg(r.draft_id, float(r.n_items), float(r.n_correct)) for r in rows]
+    p = wire.PrivacyInfo(privacy.get("mechanism", "none"), privacy.get("epsilon"), privacy.get("delta"))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return estimate_report(scores, p)
 
 
 def aggregate(rows: Iterable[ScoreRow], min_devices: int) -> CohortAggregate:
-    """Items-weighted per-draft accuracy over devices; ``min_devices`` is the cohort's k."""
+    """Per-draft pooled estimates of one round; ``min_devices`` is the cohort's k."""
     if min_devices < 1:
         raise ValueError(f"min_devices: must be >= 1, got {min_devices}")
-    sums: dict[str, list[float]] = {}
-    devices_per_draft: dict[str, set[str]] = {}
-    privacy: dict[str, list[dict[str, Any]]] = {}
-    devices: set[str] = set()
+    by_device: dict[str, list[ScoreRow]] = {}
+    order: dict[str, None] = {}
     for r in rows:
-        s = sums.setdefault(r.draft_id, [0.0, 0.0])
-        s[0] += r.n_items
-        s[1] += r.n_correct
-        devices_per_draft.setdefault(r.draft_id, set()).add(r.device_id)
-        privacy.setdefault(r.draft_id, []).append(r.privacy)
-        devices.add(r.device_id)
+        by_device.setdefault(r.device_id, []).append(r)
+        order.setdefault(r.draft_id, None)
+    estimates: dict[str, list[Any]] = {}
+    excluded: dict[str, str] = {}
+    for device_id, device_rows in by_device.items():
+        try:
+            estimates[device_id] = _read_device(device_rows)
+        except ReportContentError as e:
+            excluded[device_id] = f"{e.field}: {e.problem}"
+            log.warning("report of device %s left out of the aggregate: %s", device_id, excluded[device_id])
+    pooled = pool_estimates(estimates.values())
+    decision = cohort_threshold({d: [e.draft_id for e in ests] for d, ests in estimates.items()}, min_devices)
+    correct: dict[str, float] = {}
+    for ests in estimates.values():
+        for e in ests:
+            correct[e.draft_id] = correct.get(e.draft_id, 0.0) + e.correct
     drafts: dict[str, DraftAggregate] = {}
-    for draft_id, (n_items, n_correct) in sums.items():
-        est_items, est_correct = _estimate(n_items, n_correct, privacy[draft_id])
-        score = None if est_items <= 0 else min(1.0, max(0.0, est_correct / est_items))
+    for draft_id in order:
+        p = pooled.get(draft_id)
+        if p is None:
+            continue
+        acc = _finite(p.accuracy)
         drafts[draft_id] = DraftAggregate(
-            draft_id, len(devices_per_draft[draft_id]), est_items, est_correct, score
+            draft_id,
+            n_devices=p.n_devices,
+            n_items=p.n_items,
+            n_correct=_finite(correct[draft_id]) or 0.0,
+            score=None if acc is None else min(1.0, max(0.0, acc)),
+            accuracy=acc,
+            variance=_finite(p.variance),
+            noise_variance=_finite(p.noise_variance),
+            ci_low=_finite(p.ci_low),
+            ci_high=_finite(p.ci_high),
+            eligible=draft_id in decision.drafts,
         )
-    return CohortAggregate(n_devices=len(devices), min_devices=min_devices, drafts=drafts)
+    return CohortAggregate(
+        n_devices=len(estimates),
+        min_devices=min_devices,
+        drafts=drafts,
+        may_align=decision.allowed,
+        reason=decision.reason,
+        excluded=excluded,
+    )
+
+
+def stored_decision(
+    n_devices: int, min_devices: int, drafts: Mapping[str, Mapping[str, Any]]
+) -> tuple[bool, str, set[str]]:
+    """``may_align``, the reason and the eligible drafts of a stored aggregate, from its stored counts
+    (the same rule as :func:`arte.privacy.cohort_threshold`: the per-draft ``n_devices`` are distinct
+    devices). Aggregates stored before ``eligible`` existed are read the same way."""
+    eligible = {d: a for d, a in drafts.items() if int(a.get("n_devices", 0)) >= min_devices}
+    if n_devices < min_devices:
+        return False, f"{n_devices} device(s) reported; at least {min_devices} are needed", set()
+    if not eligible:
+        return False, f"no draft was scored by {min_devices} distinct devices", set()
+    return (
+        True,
+        f"{n_devices} devices reported; {len(eligible)} of {len(drafts)} drafts were scored by at least "
+        f"{min_devices}",
+        set(eligible),
+    )

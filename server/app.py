@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 
 from arte.wire import API_PREFIX, PROTOCOL_VERSION
-from server import db
+from server import db, telemetry
 from server.errors import RateLimited, ServerError, to_body
 from server.middleware import BodyGuard
 from server.models import utcnow
@@ -168,4 +168,5 @@ def create_app(
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
+    telemetry.install(app)  # last: its request metrics middleware is the outermost layer
     return app

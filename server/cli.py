@@ -1,9 +1,10 @@
 """``arte-server``: set up, serve, work, and administer the fleet from the shell.
 
 Commands: ``init`` (create the database, run migrations, create the admin key and print it once),
-``serve`` (uvicorn), ``worker`` (run jobs), and ``tasks``/``cohorts``/``tokens``/``rounds``/``jobs``/
-``devices`` admin groups (list/show/create and a few actions) that work on the database directly. Every
-command takes ``--json`` and then prints exactly one JSON document on stdout; logs go to stderr.
+``serve`` (uvicorn), ``worker`` (run jobs), and ``tasks``/``cohorts``/``tokens``/``rounds``/
+``aggregates``/``jobs``/``devices`` admin groups (list/show/create and a few actions) that work on the
+database directly. Every command takes ``--json`` and then prints exactly one JSON document on stdout;
+logs go to stderr.
 
 Exit codes:
     0  success
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from server.cli_admin import cohorts, devices, jobs, rounds, tasks, tokens
+from server.cli_admin import aggregates, cohorts, devices, jobs, rounds, tasks, tokens
 from server.cli_common import (
     EXIT_NOT_READY,
     EXIT_OK,
@@ -156,7 +157,7 @@ def worker(obj: _Ctx, once: bool, as_json: bool) -> None:
         stop.set()
 
 
-for _group in (tasks, cohorts, tokens, rounds, jobs, devices):
+for _group in (tasks, cohorts, tokens, rounds, aggregates, jobs, devices):
     main.add_command(_group)
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The admin command groups of ``arte-server`` (tasks, cohorts, tokens, rounds, jobs, devices).
+"""The admin command groups of ``arte-server`` (tasks, cohorts, tokens, rounds, aggregates, jobs,
+devices).
 
 They call the same functions as the HTTP routes (:mod:`server.fleet`, :mod:`server.queue`), inside one
 transaction per command, with the same validation models, so the rules are the same on both paths.
@@ -351,6 +352,64 @@ def rounds_close(obj: Any, round_id: str, as_json: bool) -> None:
     from server import fleet
 
     _run(obj, as_json, lambda s, now: fleet.round_out(s, fleet.close_round(s, round_id, now)))
+
+
+# --- aggregates ---------------------------------------------------------------------------------------
+
+
+@click.group()
+def aggregates() -> None:
+    """Aggregates: a round's per-draft cohort estimates (unbiased under local DP) and the k-threshold."""
+
+
+def _aggregate_table(d: dict[str, Any]) -> str:
+    def num(x: Any, fmt: str = ".3f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    head = (
+        f"round {d['round_id']}: {d['n_devices']} devices, k={d['min_devices']}, "
+        f"may_align={str(d['may_align']).lower()} ({d['reason']})"
+    )
+    rows = [
+        {
+            "draft": k,
+            "devices": v["n_devices"],
+            "items": num(v["n_items"], "g"),
+            "score": num(v["score"]),
+            "accuracy": num(v.get("accuracy")),
+            "95% interval": f"[{num(v.get('ci_low'))}, {num(v.get('ci_high'))}]",
+            "noise_var": num(v.get("noise_variance"), ".2e"),
+            "eligible": "yes" if v.get("eligible") else "no",
+        }
+        for k, v in d["drafts"].items()
+    ]
+    excluded = [f"excluded {dev}: {why}" for dev, why in (d.get("excluded") or {}).items()]
+    cols = ["draft", "devices", "items", "score", "accuracy", "95% interval", "noise_var", "eligible"]
+    return "\n".join([head, _table(rows, cols), *excluded])
+
+
+@aggregates.command("show")
+@_id_arg("round_id")
+@click.option(
+    "--stored", is_flag=True, help="The newest aggregate stored by an aggregate job, not a live one."
+)
+@json_option
+@click.pass_obj
+def aggregates_show(obj: Any, round_id: str, stored: bool, as_json: bool) -> None:
+    """Per-draft estimates of a round: accuracy, variance, 95% interval, eligibility (>= k devices)."""
+    from server import fleet, results
+    from server.errors import NotFound
+
+    def fn(s: Any, now: Any) -> Any:
+        rnd = fleet.get_round(s, round_id)
+        if not stored:
+            return results.aggregate_out(rnd, results.compute_aggregate(s, rnd), now)
+        row = results.latest_aggregate(s, round_id)
+        if row is None:
+            raise NotFound(f"no stored aggregate for round {round_id}", field="round_id")
+        return results.stored_aggregate_out(rnd, row)
+
+    _run(obj, as_json, fn, _aggregate_table)
 
 
 # --- jobs ---------------------------------------------------------------------------------------------

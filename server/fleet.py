@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from arte import wire
 from arte.drafts import draft_from_dict
 from arte.errors import DraftFormatError
+from server import privacy as priv
 from server import security
 from server.errors import BadRequest, Conflict, NotFound, Unauthorized
 from server.models import Cohort, Device, EnrollmentToken, Report, Round, RoundDraft, Task, new_id
@@ -271,7 +272,10 @@ def create_round(s: Session, body: RoundIn, now: datetime) -> Round:
         rows.append(RoundDraft(draft_id=draft.id, position=i, data=draft.to_dict()))
     if body.closes_at is not None and body.closes_at.tzinfo is None:
         raise BadRequest("closes_at must carry a time zone", field="closes_at")
-    privacy = body.privacy.model_dump() if body.privacy else dict(cohort.privacy)
+    privacy = dict(cohort.privacy)
+    if body.privacy is not None:  # a round may be stricter than its cohort's policy, never looser
+        priv.check_stricter(priv.info(body.privacy.model_dump()), priv.info(cohort.privacy), what="round")
+        privacy = body.privacy.model_dump()
     rnd = Round(
         id=new_id("rnd"),
         cohort_id=cohort.id,

@@ -8,8 +8,9 @@ cancelled or taken away; it raises :class:`~server.errors.JobError` for a failur
 * ``aggregate`` — compute and store a round's cohort aggregate (database only).
 * ``elicit`` — the teacher writes drafts for the cohort's task (``arte.elicit.elicit_drafts``); they
   become a new open round.
-* ``align`` — refuses unless at least k devices reported; builds chosen/rejected pairs from the
-  aggregate (``arte.pairs.build_pairs``) and aligns the teacher with DPO (``arte.dpo.align``) into a
+* ``align`` — refuses unless the cohort may align (``arte.privacy.cohort_threshold``: k distinct
+  devices reported); builds chosen/rejected pairs from the drafts that k devices scored
+  (``arte.pairs.build_pairs``) and aligns the teacher with DPO (``arte.dpo.align``) into a
   LoRA adapter for the cohort, in the worker or under ``accelerate launch`` (``align_launcher``).
 * ``tailor`` — the (aligned) teacher writes a tailored dataset (``arte.tailor.tailor_dataset``), stored
   as the cohort's newest dataset.
@@ -99,6 +100,7 @@ def run_aggregate(ctx: JobContext) -> dict[str, Any]:
             "n_devices": agg.n_devices,
             "min_devices": agg.min_devices,
             "meets_k": agg.meets_k,
+            "may_align": agg.may_align,
             "n_drafts": len(agg.drafts),
         }
     ctx.log(f"aggregated {out['n_drafts']} drafts from {agg.n_devices} devices (k={agg.min_devices})")
@@ -170,10 +172,10 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
     with transaction(ctx.sessions) as s:
         rnd = _round(s, ctx)
         agg = results.compute_aggregate(s, rnd)
-        if not agg.meets_k:
+        if not agg.may_align:  # arte.privacy.cohort_threshold
             raise JobError(
-                f"only {agg.n_devices} devices reported for round {rnd.id}, fewer than the cohort's "
-                f"k={agg.min_devices}: alignment refused"
+                f"alignment refused for round {rnd.id}: {agg.reason} (fewer than the cohort's "
+                f"k={agg.min_devices} distinct devices)"
             )
         task, seeds = _arte_task(s, rnd.cohort_id)
         drafts_raw = fleet.round_drafts(s, rnd).drafts
@@ -182,8 +184,10 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
 
     from arte.drafts import draft_from_dict
 
-    drafts = [draft_from_dict(d) for d in drafts_raw]
-    pairs = build_pairs(task, drafts, agg.scores(), seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
+    scores = agg.alignment_scores()  # only drafts scored by at least k distinct devices
+    drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
+    ctx.log(f"{len(drafts)} of {len(drafts_raw)} drafts were scored by at least k={agg.min_devices} devices")
+    pairs = build_pairs(task, drafts, scores, seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
     out_dir = Path(ctx.settings.data_dir) / "adapters" / rnd.cohort_id / ctx.claim.job_id
     config = ctx.claim.params.get("config", {})
     if ctx.settings.align_launcher == "accelerate":

@@ -104,10 +104,10 @@ def submit(s: Session, body: JobIn, now: datetime, default_max_attempts: int) ->
         raise BadRequest(f"a {body.kind} job needs a round_id", field="round_id")
     if body.kind == "align":
         agg = results.compute_aggregate(s, rnd)
-        if not agg.meets_k:
+        if not agg.may_align:  # arte.privacy.cohort_threshold
             raise BelowK(
-                f"only {agg.n_devices} devices reported for round {rnd.id}; the cohort needs "
-                f"k={agg.min_devices} before its scores may drive alignment",
+                f"round {rnd.id}: {agg.reason}; the cohort needs k={agg.min_devices} distinct devices "
+                "(on at least one draft) before its scores may drive alignment",
                 field="round_id",
                 n_devices=agg.n_devices,
                 min_devices=agg.min_devices,

@@ -4,9 +4,11 @@ Contract as in :mod:`server.fleet`: functions run inside the caller's transactio
 :mod:`server.errors` naming the field. A report is stored whole or not at all; it is idempotent per
 (device, round): a re-send with the same idempotency key returns the stored receipt with
 ``duplicate=True``, another key for the same device and round is a conflict. Counts must be finite;
-without local DP they must also be non-negative with ``n_correct <= n_items``; a report that declares a
-DP mechanism may carry noised counts (fractional, negative, over-count) which :mod:`server.aggregation`
-is responsible for estimating from.
+without local DP they must also be non-negative with ``n_correct <= n_items``. The declared privacy must
+be at least as strict as the round's (422 naming ``privacy.*``, :func:`server.privacy.check_stricter`)
+and the counts must be values the declared mechanism can produce (422 naming the score,
+:func:`server.privacy.read_report`): under Laplace or Gaussian noise ``n_correct`` may be fractional,
+negative or exceed ``n_items``; :mod:`server.aggregation` inverts the noise.
 
 Datasets are JSONL bytes, content-addressed by sha256 (also their ETag). With a signing key, the
 manifest's ``signature`` is ``hmac-sha256:<hex>`` of the sha256 hex digest under that key (devices
@@ -25,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from arte import wire
-from server import aggregation, fleet
+from server import aggregation, fleet, privacy
 from server.errors import BadRequest, Conflict, NotFound
 from server.models import (
     Aggregate,
@@ -61,6 +63,7 @@ __all__ = [
     "store_aggregate",
     "latest_aggregate",
     "aggregate_out",
+    "stored_aggregate_out",
     "sign",
 ]
 
@@ -99,10 +102,9 @@ def submit_report(
         raise BadRequest(
             f"the round is scored in mode {rnd.mode!r}, the report says {body.mode!r}", field="mode"
         )
-    required = rnd.privacy.get("mechanism", "none")
-    if required != "none" and body.privacy.mechanism != required:
-        raise BadRequest(f"the round requires local DP mechanism {required!r}", field="privacy.mechanism")
-    noised = body.privacy.mechanism != "none"
+    declared = privacy.info(body.privacy.model_dump())
+    privacy.check_stricter(declared, privacy.info(rnd.privacy))
+    noised = declared.mechanism != "none"
     known = set(s.scalars(sa.select(RoundDraft.draft_id).where(RoundDraft.round_id == rnd.id)))
     seen: set[str] = set()
     for i, sc in enumerate(body.scores):
@@ -126,6 +128,10 @@ def submit_report(
                     f"n_correct ({sc.n_correct:g}) exceeds n_items ({sc.n_items:g})",
                     field=f"{where}.n_correct",
                 )
+    # Read it as the aggregation will (noise law recomputed from the declaration): refused if unreadable.
+    privacy.read_report(
+        [wire.DraftScoreMsg(sc.draft_id, sc.n_items, sc.n_correct) for sc in body.scores], declared
+    )
     report = Report(
         id=new_id("rep"),
         round_id=rnd.id,
@@ -415,7 +421,27 @@ def aggregate_out(
         n_devices=agg.n_devices,
         min_devices=agg.min_devices,
         meets_k=agg.meets_k,
+        may_align=agg.may_align,
+        reason=agg.reason,
         drafts={k: v.to_dict() for k, v in agg.drafts.items()},
+        excluded=agg.excluded,
         computed_at=computed_at,
         job_id=job_id,
+    )
+
+
+def stored_aggregate_out(rnd: Round, row: Aggregate) -> AggregateOut:
+    """A stored aggregate; ``may_align`` and ``eligible`` are derived from its stored counts."""
+    may_align, reason, eligible = aggregation.stored_decision(row.n_devices, row.min_devices, row.drafts)
+    return AggregateOut(
+        cohort_id=rnd.cohort_id,
+        round_id=rnd.id,
+        n_devices=row.n_devices,
+        min_devices=row.min_devices,
+        meets_k=row.n_devices >= row.min_devices,
+        may_align=may_align,
+        reason=reason,
+        drafts={k: {**v, "eligible": k in eligible} for k, v in row.drafts.items()},
+        computed_at=row.computed_at,
+        job_id=row.job_id,
     )

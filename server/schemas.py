@@ -12,7 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from server.models import ID_PATTERN
 
@@ -43,6 +52,7 @@ __all__ = [
     "JobIn",
     "JobOut",
     "JobLogOut",
+    "DraftEstimateOut",
     "AggregateOut",
     "DeviceOut",
     "MAX_COUNT",
@@ -100,17 +110,36 @@ class _In(BaseModel):
 
 
 class PrivacyIn(_In):
-    mechanism: Literal["none", "randomized_response", "laplace", "gaussian"] = "none"
-    epsilon: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] | None = None
-    delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = None
+    """Local DP per round: a cohort's policy, a round's requirement, or what a report declares. The
+    combination is checked as :class:`arte.privacy.PrivacyPolicy` checks it (errors name the field)."""
 
-    @model_validator(mode="after")
-    def _needs_epsilon(self) -> "PrivacyIn":
-        if self.mechanism != "none" and self.epsilon is None:
-            raise ValueError(f"epsilon is required for mechanism {self.mechanism!r}")
-        if self.mechanism == "gaussian" and self.delta is None:
-            raise ValueError("delta is required for the gaussian mechanism")
-        return self
+    mechanism: Literal["none", "randomized_response", "laplace", "gaussian"] = "none"
+    epsilon: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] | None = Field(
+        default=None, validate_default=True, description="Privacy loss per round; unset for 'none'."
+    )
+    delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = Field(
+        default=None, validate_default=True, description="> 0 for 'gaussian'; 0 or unset otherwise."
+    )
+
+    @field_validator("epsilon")
+    @classmethod
+    def _epsilon(cls, v: float | None, info: ValidationInfo) -> float | None:
+        mechanism = info.data.get("mechanism")
+        if mechanism == "none" and v is not None:
+            raise ValueError("must be unset when mechanism is 'none' (no noise, no guarantee)")
+        if mechanism not in (None, "none") and v is None:
+            raise ValueError(f"is required for mechanism {mechanism!r}")
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, v: float | None, info: ValidationInfo) -> float | None:
+        mechanism = info.data.get("mechanism")
+        if mechanism == "gaussian" and not v:
+            raise ValueError("must be > 0 for the gaussian mechanism (e.g. 1e-6)")
+        if mechanism not in (None, "gaussian") and v:
+            raise ValueError(f"must be 0 or unset for {mechanism} (a pure epsilon-DP mechanism)")
+        return v
 
 
 class EnrollIn(_In):
@@ -327,13 +356,42 @@ class JobLogOut(BaseModel):
     message: str
 
 
+class DraftEstimateOut(BaseModel):
+    """One draft's pooled estimate (see :mod:`server.aggregation`); the fields after ``score`` are
+    None in aggregates stored before local DP estimates existed."""
+
+    n_devices: int
+    n_items: float
+    n_correct: float = Field(
+        description="Sum of the devices' unbiased count estimates (noised: may be "
+        "fractional, negative or exceed n_items)."
+    )
+    score: float | None = Field(description="The pooled accuracy clipped to [0, 1]; what pairs use.")
+    accuracy: float | None = Field(default=None, description="Pooled unbiased accuracy, unclipped.")
+    variance: float | None = Field(default=None, description="Variance of accuracy (noise + items).")
+    noise_variance: float | None = Field(default=None, description="The part of variance due to DP noise.")
+    ci_low: float | None = Field(default=None, description="95% interval of accuracy (normal).")
+    ci_high: float | None = None
+    eligible: bool | None = Field(default=None, description="Scored by at least k distinct devices.")
+
+
 class AggregateOut(BaseModel):
     cohort_id: str
     round_id: str
     n_devices: int
     min_devices: int
-    meets_k: bool
-    drafts: dict[str, dict[str, Any]]
+    meets_k: bool = Field(description="At least k devices reported (kept for older readers).")
+    may_align: bool = Field(
+        description="arte.privacy.cohort_threshold: at least k devices reported and at least one draft "
+        "was scored by k of them; only eligible drafts enter preference pairs."
+    )
+    reason: str = ""
+    drafts: dict[str, DraftEstimateOut]
+    excluded: dict[str, str] | None = Field(
+        default=None,
+        description="Devices whose stored report could not be read (device id -> why); None when not "
+        "recorded (stored aggregates).",
+    )
     computed_at: datetime
     job_id: str | None = None
 

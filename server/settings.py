@@ -72,6 +72,11 @@ class ServerSettings(BaseSettings):
     accelerate_args: list[str] = Field(
         default_factory=list, description="Extra `accelerate launch` arguments (e.g. --num_processes 4)."
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that may read /metrics (for a Prometheus scraper) and nothing else; "
+        "the admin key may always read it.",
+    )
     check_migrations: bool = Field(
         default=True, description="Refuse to start when the database is not at the head revision."
     )

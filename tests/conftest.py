@@ -46,6 +46,16 @@ def default_model():
 
 
 @pytest.fixture(scope="session")
+def n_threads() -> int:
+    """Threads for llama.cpp in tests: all cores, or 1 when the machine is oversubscribed — ggml's
+    spinning thread barrier slows 2 threads down many times over when other processes hold the cores."""
+    if os.environ.get("ARTE_TEST_THREADS"):
+        return int(os.environ["ARTE_TEST_THREADS"])
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] > cores else min(cores, 4)
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> str:
     url = os.environ.get("ARTE_TEST_POSTGRES_URL")
     if not url:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,11 +62,14 @@ def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None 
                 src, kw = cached, {}
             else:
                 model, tok = load_hf(ref, dtype=torch.float32, convert_dir=None, device="cpu")
-                tmp = cached.with_name(cached.name + ".tmp")
+                tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
                 model.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
                 (tmp / "arte-source.json").write_text(json.dumps({"gguf": str(ref.path), "sha256": ref.sha256}))
-                tmp.rename(cached)
+                try:
+                    tmp.rename(cached)
+                except OSError:   # another process converted it first
+                    shutil.rmtree(tmp, ignore_errors=True)
                 return (model.to(device=device, dtype=dtype), tok)
         else:
             src, kw = ref.path.parent, {"gguf_file": ref.path.name}

@@ -3,6 +3,7 @@
 from server.routes import (
     aggregates,
     cohorts,
+    dashboard,
     datasets,
     devices,
     enroll,
@@ -12,6 +13,7 @@ from server.routes import (
     reports,
     rounds,
     tasks,
+    telemetry,
     tokens,
 )
 
@@ -28,6 +30,8 @@ ROUTERS = [
     tokens.router,
     jobs.router,
     aggregates.router,
+    dashboard.router,
+    telemetry.router,
 ]
 
 __all__ = ["ROUTERS"]

@@ -1,4 +1,5 @@
-"""Aggregates (admin): per-draft, items-weighted cohort scores of a round, and the per-device view."""
+"""Aggregates (admin only; a device key gets 403): a round's per-draft cohort estimates (unbiased under
+local DP, with variance and 95% interval, see :mod:`server.aggregation`), and the per-device view."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from server import fleet, results
 from server.deps import AdminDep, NowDep, SessionDep
 from server.errors import NotFound
 from server.routes.common import ERRORS, IdPath
-from server.schemas import AggregateOut
+from server.schemas import AggregateOut, DraftEstimateOut
 
 router = APIRouter(prefix=API_PREFIX, tags=["aggregates"], responses=ERRORS)
 
@@ -30,21 +31,13 @@ def stored(round_id: IdPath, _: AdminDep, s: SessionDep) -> AggregateOut:
     row = results.latest_aggregate(s, round_id)
     if row is None:
         raise NotFound(f"no stored aggregate for round {round_id}", field="round_id")
-    return AggregateOut(
-        cohort_id=rnd.cohort_id,
-        round_id=rnd.id,
-        n_devices=row.n_devices,
-        min_devices=row.min_devices,
-        meets_k=row.n_devices >= row.min_devices,
-        drafts=row.drafts,
-        computed_at=row.computed_at,
-        job_id=row.job_id,
-    )
+    return results.stored_aggregate_out(rnd, row)
 
 
-@router.get("/aggregates/{round_id}/devices", response_model=dict[str, dict[str, Any]])
+@router.get("/aggregates/{round_id}/devices", response_model=dict[str, dict[str, DraftEstimateOut]])
 def per_device(round_id: IdPath, _: AdminDep, s: SessionDep) -> dict[str, dict[str, Any]]:
-    """Per device (personalization view): device id -> draft id -> {n_devices, n_items, n_correct, score}."""
+    """Per device (personalization view, admin only): device id -> draft id -> that device's own estimate
+    (``n_items``, ``n_correct``, ``score``, ``accuracy`` with its variance and 95% interval)."""
     rnd = fleet.get_round(s, round_id)
     return {
         d: {k: v.to_dict() for k, v in agg.drafts.items()}

@@ -191,12 +191,13 @@ def test_noised_counts_are_accepted_under_declared_dp(sqlite_fleet: Fleet) -> No
     cohort = f.cohort(k=1, privacy={"mechanism": "laplace", "epsilon": 1.0})
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=2)
-    error(f.report(rnd, a, [("d0", 10, 5)]), 400, "privacy.mechanism")  # the round requires laplace
+    error(f.report(rnd, a, [("d0", 10, 5)]), 422, "privacy.mechanism")  # the round requires laplace
     dp = {"mechanism": "laplace", "epsilon": 1.0}
-    f.ok(f.report(rnd, a, [("d0", 9.3, 10.4), ("d1", 10.2, -0.7)], privacy=dp))
+    error(f.report(rnd, a, [("d0", 9.3, 10.4)], privacy=dp), 422, "scores[0].n_items")  # items: in the clear
+    f.ok(f.report(rnd, a, [("d0", 10, 10.4), ("d1", 10, -0.7)], privacy=dp))
     agg = f.ok(f.client.get(f"{API}/aggregates/{rnd}", headers=f.admin))
     assert agg["drafts"]["d0"]["n_correct"] == pytest.approx(10.4) and agg["drafts"]["d0"]["score"] == 1.0
-    assert agg["drafts"]["d1"]["score"] == 0.0
+    assert agg["drafts"]["d1"]["score"] == 0.0 and agg["drafts"]["d1"]["accuracy"] == pytest.approx(-0.07)
 
 
 def test_malformed_json_oversized_and_wrong_content_type(tmp_path, sqlite_backend) -> None:

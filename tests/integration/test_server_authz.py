@@ -4,6 +4,7 @@ metrics (others' are "not found", so their existence does not leak)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -211,3 +212,54 @@ def test_per_device_and_admin_views_refuse_devices(sqlite_fleet: Fleet, path: st
     rnd = f.round(cohort)
     assert f.client.get(path.format(r=rnd, d=dev), headers=a).status_code == 403
     assert f.client.get(path.format(r=rnd, d=dev), headers=f.admin).status_code == 200
+
+
+def test_no_device_reads_another_devices_scores_or_any_aggregate(fleet: Fleet) -> None:
+    """Device A's noised counts (distinctive numbers) appear in no response to device B, whatever B asks
+    for among the routes a device may use; every aggregate/estimate route refuses both devices."""
+    f = fleet
+    privacy = {"mechanism": "laplace", "epsilon": 1.0}
+    cohort = f.cohort(k=1, privacy=privacy)
+    dev_a, a = f.device(cohort)
+    dev_b, b = f.device(cohort)
+    rnd = f.round(cohort, n_drafts=2)
+    secret = (3.1415926, -2.7182818)
+    rep_a = f.ok(f.report(rnd, a, [("d0", 10, secret[0]), ("d1", 10, secret[1])], privacy=privacy))
+    rep_b = f.ok(f.report(rnd, b, [("d0", 10, 4.25), ("d1", 10, 6.5)], privacy=privacy))
+    ds = f.dataset(cohort)["dataset_id"]
+    job = f.ok(
+        f.client.post(
+            f"{API}/jobs", json={"kind": "aggregate", "cohort_id": cohort, "round_id": rnd}, headers=f.admin
+        ),
+        201,
+    )
+    from server.worker import Worker
+
+    Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once()
+    assert f.ok(f.client.get(f"{API}/jobs/{job['job_id']}", headers=f.admin))["state"] == "succeeded"
+    ids = {
+        "round_id": rnd,
+        "report_id": rep_b["report_id"],
+        "dataset_id": ds,
+        "device_id": dev_b,
+        "metrics_id": "met_" + "0" * 32,
+    }
+    device_gets = sorted(p for m, p in (DEVICE_ONLY | SHARED) if m == "GET")
+    assert len(device_gets) >= 9
+    for path in device_gets:
+        r = f.client.get(path.format(**ids), headers=b)
+        assert r.status_code in (200, 206, 404), (path, r.status_code)
+        for value in secret:
+            assert repr(value) not in r.text and f"{value:g}" not in r.text, (path, r.text)
+    assert f.client.get(f"{API}/reports/{rep_a['report_id']}", headers=b).status_code == 404
+    aggregate_routes = [p for m, p in routes(f.app) if m == "GET" and p.startswith(f"{API}/aggregates")]
+    assert len(aggregate_routes) >= 3
+    for path in aggregate_routes:
+        for h in (a, b):
+            r = f.client.get(path.format(round_id=rnd), headers=h)
+            assert r.status_code == 403 and r.json()["error"]["detail"]["field"] == "authorization", path
+            assert "3.14" not in r.text and "n_correct" not in r.text
+        shown = f.ok(f.client.get(path.format(round_id=rnd), headers=f.admin))
+        assert "noise_variance" in json.dumps(shown), path  # the admin does see the estimates
+    per_device = f.ok(f.client.get(f"{API}/aggregates/{rnd}/devices", headers=f.admin))
+    assert per_device[dev_a]["d0"]["n_correct"] == secret[0]

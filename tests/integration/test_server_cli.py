@@ -98,7 +98,7 @@ def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
         "--json",
         code=EXIT_REFUSED,
     )
-    assert bad["error"]["type"] == "validation_error" and bad["error"]["detail"]["field"] == "privacy"
+    assert bad["error"]["type"] == "validation_error" and bad["error"]["detail"]["field"] == "privacy.epsilon"
     token = run(backend, tmp_path, "tokens", "create", "--cohort-id", cohort["cohort_id"], "--json")
     assert token["token"].startswith("arte_et_")
     listed = run(backend, tmp_path, "tokens", "list", "--json")
@@ -163,3 +163,124 @@ def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
         run(backend, tmp_path, "jobs", "list", "--state", "succeeded", "--json")[0]["job_id"] == job["job_id"]
     )
     assert run(backend, tmp_path, "devices", "list", "--json") == []
+
+
+def test_cohort_privacy_policy_and_aggregate_estimates_from_the_shell(
+    backend: Backend, tmp_path: Path
+) -> None:
+    from server import db, fleet, results
+    from server.models import utcnow
+    from server.schemas import ReportIn, TokenIn
+    from server.settings import ServerSettings
+
+    run(backend, tmp_path, "init", "--json")
+    task = run(backend, tmp_path, "tasks", "create", "--name", "t", "--instruction", "Answer.", "--json")
+    cohort = run(
+        backend,
+        tmp_path,
+        "cohorts",
+        "create",
+        "--name",
+        "pi5",
+        "--task-id",
+        task["task_id"],
+        "--student-model",
+        "default",
+        "--profile-class",
+        "rpi5",
+        "--mechanism",
+        "gaussian",
+        "--epsilon",
+        "2",
+        "--delta",
+        "1e-6",
+        "--min-devices",
+        "2",
+        "--json",
+    )
+    assert cohort["privacy"] == {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-6}
+    drafts = tmp_path / "drafts.jsonl"
+    drafts.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "question": "q", "rationale": "r", "answer": "a"}) + "\n"
+            for i in range(2)
+        )
+    )
+    rnd = run(
+        backend,
+        tmp_path,
+        "rounds",
+        "create",
+        "--cohort-id",
+        cohort["cohort_id"],
+        "--drafts",
+        str(drafts),
+        "--json",
+    )
+    assert rnd["privacy"] == cohort["privacy"]
+    # two devices report noised counts (through the same functions the HTTP routes call)
+    settings = ServerSettings(data_dir=tmp_path / "d", database_url=backend.url, db_schema=backend.schema)
+    engine = db.make_engine(settings.resolved_database_url(), schema=settings.db_schema)
+    try:
+        with db.transaction(db.make_sessionmaker(engine)) as s:
+            for i, counts in enumerate([(7.4, 2.1), (8.9, 0.6)]):
+                _, token = fleet.create_token(s, TokenIn(cohort_id=cohort["cohort_id"]), utcnow(), 3600)
+                dev, _ = fleet.enroll(
+                    s,
+                    token,
+                    device_name=f"p{i}",
+                    profile_id="rpi5",
+                    hardware={},
+                    agent_version="",
+                    now=utcnow(),
+                )
+                body = ReportIn(
+                    idempotency_key=f"k{i}",
+                    mode="loglik",
+                    privacy=cohort["privacy"],
+                    scores=[
+                        {"draft_id": f"d{j}", "n_items": 10.0, "n_correct": c} for j, c in enumerate(counts)
+                    ],
+                )
+                results.submit_report(s, dev, rnd["round_id"], body, utcnow())
+    finally:
+        engine.dispose()
+    shown = run(backend, tmp_path, "aggregates", "show", rnd["round_id"], "--json")
+    assert shown["may_align"] is True and shown["drafts"]["d0"]["n_correct"] == 16.3
+    assert (
+        shown["drafts"]["d0"]["ci_low"] < shown["drafts"]["d0"]["accuracy"] < shown["drafts"]["d0"]["ci_high"]
+    )
+    human = CliRunner().invoke(
+        main,
+        [
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--database-url",
+            backend.url,
+            "aggregates",
+            "show",
+            rnd["round_id"],
+        ],
+        env={"ARTE_SERVER_DB_SCHEMA": backend.schema} if backend.schema else {},
+    )
+    assert "may_align=true" in human.output and "95% interval" in human.output and "d1" in human.output
+    missing = run(
+        backend, tmp_path, "aggregates", "show", rnd["round_id"], "--stored", "--json", code=EXIT_REFUSED
+    )
+    assert missing["error"]["type"] == "not_found"
+    run(
+        backend,
+        tmp_path,
+        "jobs",
+        "create",
+        "--kind",
+        "aggregate",
+        "--cohort-id",
+        cohort["cohort_id"],
+        "--round-id",
+        rnd["round_id"],
+        "--json",
+    )
+    run(backend, tmp_path, "worker", "--once", "--json")
+    stored = run(backend, tmp_path, "aggregates", "show", rnd["round_id"], "--stored", "--json")
+    assert stored["drafts"] == shown["drafts"] and stored["may_align"] is True

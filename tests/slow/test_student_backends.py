@@ -21,11 +21,11 @@ def sports(bigbench_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def students(default_model):
+def students(default_model, n_threads):
     """(fast: trie batches + parallel decoding, exact: prefix reuse one sequence at a time, naive)."""
-    fast = LlamaCppStudent(default_model.path, n_threads=2)
-    exact = LlamaCppStudent(default_model.path, n_threads=2, parallel=False)
-    naive = LlamaCppStudent(default_model.path, n_threads=2, reuse=False)
+    fast = LlamaCppStudent(default_model.path, n_threads=n_threads)
+    exact = LlamaCppStudent(default_model.path, n_threads=n_threads, parallel=False)
+    naive = LlamaCppStudent(default_model.path, n_threads=n_threads, reuse=False)
     yield fast, exact, naive
     for s in (fast, exact, naive):
         s.close()
@@ -108,13 +108,13 @@ def test_context_overflow_is_a_clear_error(default_model) -> None:
         assert small.loglik(too_long[:50], [[5]])[0].n_tokens == 1   # still usable afterwards
 
 
-def test_torch_student_matches_llama_and_its_own_naive_path(default_model, students, sports, tmp_path_factory) -> None:
+def test_torch_student_matches_llama_and_its_own_naive_path(default_model, students, sports) -> None:
     from arte.backends.hf import TorchStudent
+    from arte_cli.home import convert_dir
 
     fast, _, _ = students
     task, items = sports
-    conv = tmp_path_factory.mktemp("hf")
-    ts = TorchStudent.from_ref(default_model, convert_dir=conv)
+    ts = TorchStudent.from_ref(default_model, convert_dir=convert_dir())   # converted once, then cached
     ts_naive = TorchStudent(ts.model, ts.tok, reuse=False)
     e = items[0]
     from arte.drafts import Draft
@@ -129,5 +129,7 @@ def test_torch_student_matches_llama_and_its_own_naive_path(default_model, stude
     for x, y, z in zip(a, b, c):
         assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
         assert x.logprob == pytest.approx(z.logprob, abs=0.5)   # Q4_1 activation noise, not a different model
-    gens = ts.generate([pt[:-3]], max_new_tokens=8)
-    assert gens[0].n_tokens >= 1
+    prompts = [ts.tokenize(f"Question: What is {k} plus {k}?\nAnswer:") for k in (2, 3)]
+    gens = ts.generate(prompts, max_new_tokens=8, stop=["\n"])
+    assert gens == ts_naive.generate(prompts, max_new_tokens=8, stop=["\n"])
+    assert all(g.n_tokens >= 1 for g in gens)
