@@ -51,6 +51,7 @@ demo: model
 bench: model
 	$(BIN)/python benchmarks/scoring.py
 	$(BIN)/python benchmarks/server_reports.py
+	$(BIN)/python benchmarks/dpo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
