@@ -52,6 +52,7 @@ bench: model
 	$(BIN)/python benchmarks/scoring.py
 	$(BIN)/python benchmarks/server_reports.py
 	$(BIN)/python benchmarks/server_load.py
+	$(BIN)/python benchmarks/dpo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,8 +7,10 @@ field, the model path. Shells (CLIs, the server) convert them once, at their bou
     ├── ConfigError        a config value is invalid (names the field)
     ├── TaskFormatError    a task file is malformed (names the file, example index and field)
     ├── DraftFormatError   a drafts file is malformed (names the file, line and field)
+    ├── PairFormatError    a preference-pairs file is malformed (names the file, line and field)
     ├── ModelError         a model is missing, corrupt or cannot be loaded (says what to run)
     ├── BackendError       a student/teacher backend failed at run time (context window, runtime)
+    │   └── TeacherHTTPError   an OpenAI-compatible endpoint failed (names the URL and HTTP status)
     ├── ScoringError       scoring cannot run on this input (e.g. loglik on exact-match items)
     ├── PrivacyBudgetExceeded  a report would spend more of a device's privacy budget than it has
     └── ReportContentError     a report would carry something other than per-draft scores
@@ -22,10 +24,12 @@ __all__ = [
     "ConfigError",
     "DraftFormatError",
     "ModelError",
+    "PairFormatError",
     "PrivacyBudgetExceeded",
     "ReportContentError",
     "ScoringError",
     "TaskFormatError",
+    "TeacherHTTPError",
 ]
 
 
@@ -70,6 +74,12 @@ class DraftFormatError(_FileError):
     location_name = "line"
 
 
+class PairFormatError(_FileError):
+    """A preference-pairs JSONL file is malformed."""
+
+    location_name = "line"
+
+
 class ModelError(ArteError):
     """A model file or directory is missing, corrupt or unusable; the message says what to run."""
 
@@ -107,3 +117,16 @@ class ReportContentError(ArteError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class TeacherHTTPError(BackendError):
+    """An OpenAI-compatible teacher endpoint failed: ``url`` and ``status`` (None when no HTTP response
+    came back: connection refused, timeout) say where and how; ``attempts`` how often it was tried."""
+
+    def __init__(self, url: str, problem: str, *, status: int | None = None, attempts: int = 1) -> None:
+        self.url = url
+        self.status = status
+        self.attempts = attempts
+        where = f"{url}: HTTP {status}" if status is not None else url
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        super().__init__(f"{where}: {problem}{tries}")

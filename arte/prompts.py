@@ -41,6 +41,10 @@ __all__ = [
     "RATIONALE_STYLES",
     "PLAIN_STYLE",
     "QUESTIONS_PER_PROMPT",
+    "OPTIONS_LABEL",
+    "question_block",
+    "ANSWER_EXTRACTION",
+    "answer_extraction_prompt",
 ]
 
 Message = dict[str, str]
@@ -98,13 +102,28 @@ RATIONALE_STYLES: dict[str, str] = {
 }
 
 
+OPTIONS_LABEL = "Options:"
+
+
+def question_block(questions: Sequence[str]) -> str:
+    """Questions numbered the way :func:`question_prompt` asks the teacher to write them:
+    ``Question 1: …`` blocks separated by a blank line. Preference pairs use it for the chosen and
+    rejected completions, and :func:`arte.elicit.parse_questions` reads it back."""
+    return "\n\n".join(f"Question {i}: {q.strip()}" for i, q in enumerate(questions, start=1))
+
+
 def question_prompt(task: Task, seeds: Sequence[Example], n: int = QUESTIONS_PER_PROMPT) -> list[Message]:
-    """Ask the teacher for ``n`` new questions like the seed examples (the paper uses 3 seeds, 5 new)."""
-    shown = "\n\n".join(f"Question {i}: {format_question(task, e)}" for i, e in enumerate(seeds, start=1))
+    """Ask the teacher for ``n`` new questions like the seed examples (the paper uses 3 seeds, 5 new).
+
+    For multiple-choice seeds the teacher is told to keep the ``Options:`` line, since students answer
+    with one of the listed options."""
+    shown = question_block([format_question(task, e) for e in seeds])
     about = f" The task: {task.instruction}" if task.instruction else ""
+    options = (f" End each question with its '{OPTIONS_LABEL} …' line, like the examples."
+               if any(e.is_multiple_choice for e in seeds) else "")
     user = (f"Here are {len(seeds)} example questions of one task.{about}\n\n{shown}\n\n"
             f"Write {n} new questions of the same kind and format, different from the examples and from "
-            f"each other. Number them 'Question 1:' to 'Question {n}:'. Write only the questions, "
+            f"each other. Number them 'Question 1:' to 'Question {n}:'.{options} Write only the questions, "
             f"no answers.")
     return [{"role": "user", "content": user}]
 
@@ -114,6 +133,21 @@ def rationale_prompt(task: Task, question: str, style: str) -> list[Message]:
     if style not in RATIONALE_STYLES:
         raise KeyError(f"unknown rationale style {style!r}; known: {', '.join(RATIONALE_STYLES)}")
     about = f"{task.instruction}\n\n" if task.instruction else ""
+    options = (" The answer must be one of the options, written exactly as listed."
+               if f"\n{OPTIONS_LABEL}" in f"\n{question.strip()}" else "")
     user = (f"{about}Question: {question.strip()}\n\nGive your reasoning, then your final answer as "
-            f"{ANS_OPEN}answer{ANS_CLOSE}.")
+            f"{ANS_OPEN}answer{ANS_CLOSE}.{options}")
     return [{"role": "system", "content": RATIONALE_STYLES[style]}, {"role": "user", "content": user}]
+
+
+# Answer extraction, the second stage of zero-shot chain of thought (Kojima et al., 2022): the teacher's
+# own reasoning, continued with this phrase, so that it states an answer it did not tag. (No tag after it:
+# small models asked to continue "… <ans>" close the tag at once or copy a placeholder.)
+ANSWER_EXTRACTION = "Therefore, the answer is"
+
+
+def answer_extraction_prompt(conversation: Sequence[Message], reply: str) -> list[Message]:
+    """``conversation`` plus the teacher's ``reply`` as an assistant message that ends in
+    ``Therefore, the answer is``, for the teacher to continue with the answer."""
+    head = f"{reply.rstrip()}\n" if reply.strip() else ""
+    return [*conversation, {"role": "assistant", "content": f"{head}{ANSWER_EXTRACTION}"}]

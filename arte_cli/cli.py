@@ -106,5 +106,13 @@ def tasks_inspect(path: Path, seed: int, n_seeds: int, validation: float, as_jso
     emit(data, as_json, "\n".join(f"{k:12} {v}" for k, v in data.items()))
 
 
+# The teacher side (draft, score, pairs, align, tailor, pipeline) lives in its own module; imported here,
+# at the end, because it uses `fail` and `emit` from this one.
+from arte_cli.teacher import COMMANDS as _TEACHER_COMMANDS  # noqa: E402
+
+for _command in _TEACHER_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

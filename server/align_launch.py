@@ -15,18 +15,19 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from arte.dpo import AlignConfig, align
-    from arte.pairs import Pair
-
     from arte.models import resolve_model
-    from arte_cli.home import model_dir
+    from arte.pairs import pair_from_dict
+    from arte_cli.home import convert_dir, model_dir
 
-    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    pairs = [Pair(**p) for p in spec["pairs"]]
+    path = (argv or sys.argv[1:])[0]
+    spec = json.loads(Path(path).read_text())
+    pairs = [pair_from_dict(p, path=path, line=i) for i, p in enumerate(spec["pairs"])]
     align(
         resolve_model(spec["teacher_model"], model_dir()),
         pairs,
         AlignConfig(**spec["config"]),
         Path(spec["out_dir"]),
+        convert_dir=convert_dir(),
     )
     return 0
 

@@ -73,6 +73,10 @@ class JobContext:
         if self.stop_reason is not None:
             raise JobCancelled(self.stop_reason)
 
+    def stage_progress(self, stage: str, done: int, total: int) -> None:
+        """``arte``'s progress callback, ``(stage, done, total)``, as a heartbeat with a fraction."""
+        self.progress(done / total if total else None)
+
     def work_dir(self) -> Path:
         d = Path(self.settings.data_dir) / "jobs" / self.claim.job_id
         d.mkdir(parents=True, exist_ok=True)
@@ -153,12 +157,15 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
     config = ElicitConfig(**ctx.claim.params.get("config", {}))
     teacher = _open_teacher(ctx.settings, None)
     try:
-        drafts = elicit_drafts(teacher, task, seeds, config, progress=ctx.progress)
+        res = elicit_drafts(teacher, task, seeds, config, progress=ctx.stage_progress)
     finally:
         teacher.close()
+    if not res.drafts:
+        raise JobError(f"the teacher wrote no usable drafts: {json.dumps(res.summary())}", retry=False)
+    ctx.log(f"elicitation: {json.dumps(res.summary())}")
     body = RoundIn(
         cohort_id=ctx.claim.cohort_id or "",
-        drafts=[d.to_dict() for d in drafts],
+        drafts=[d.to_dict() for d in res.drafts],
         **{k: v for k, v in ctx.claim.params.items() if k in ("mode", "max_new_tokens", "min_items")},
     )
     with transaction(ctx.sessions) as s:
@@ -188,6 +195,9 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
     drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
     ctx.log(f"{len(drafts)} of {len(drafts_raw)} drafts were scored by at least k={agg.min_devices} devices")
     pairs = build_pairs(task, drafts, scores, seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
+    if not pairs:
+        raise JobError("no preference pairs: the drafts' scores do not separate (ties or too few items)",
+                       retry=False)
     out_dir = Path(ctx.settings.data_dir) / "adapters" / rnd.cohort_id / ctx.claim.job_id
     config = ctx.claim.params.get("config", {})
     if ctx.settings.align_launcher == "accelerate":
@@ -196,15 +206,17 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         from arte.dpo import AlignConfig, align
 
         from arte.models import resolve_model
-        from arte_cli.home import model_dir
+        from arte_cli.home import convert_dir, model_dir
 
-        align(
+        result = align(
             resolve_model(ctx.settings.teacher_model, model_dir()),
             pairs,
             AlignConfig(**config),
             out_dir,
-            progress=ctx.progress,
+            progress=ctx.stage_progress,
+            convert_dir=convert_dir(),
         )
+        ctx.log(f"DPO reward margin on the pairs: {result.margin_before} -> {result.margin_after}")
     with transaction(ctx.sessions) as s:
         fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
     ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
@@ -214,8 +226,6 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
 def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any], out_dir: Path) -> None:
     """``accelerate launch [accelerate_args] -m server.align_launch spec.json``; heartbeats while it runs
     and terminates it when the job is cancelled."""
-    import dataclasses
-
     spec = ctx.work_dir() / "align.json"
     spec.write_text(
         json.dumps(
@@ -223,7 +233,7 @@ def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any],
                 "teacher_model": ctx.settings.teacher_model,
                 "config": config,
                 "out_dir": str(out_dir),
-                "pairs": [dataclasses.asdict(p) for p in pairs],
+                "pairs": [p.to_dict() for p in pairs],
             }
         )
     )
@@ -266,19 +276,22 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
     teacher = _open_teacher(ctx.settings, adapter)
     out_dir = ctx.work_dir() / "tailor"
     try:
-        path = Path(
-            tailor_dataset(
-                teacher,
-                task,
-                seeds,
-                TailorConfig(**ctx.claim.params.get("config", {})),
-                out_dir,
-                progress=ctx.progress,
-            )
+        result = tailor_dataset(
+            teacher,
+            task,
+            seeds,
+            TailorConfig(**ctx.claim.params.get("config", {})),
+            out_dir,
+            progress=ctx.stage_progress,
         )
         teacher_name = teacher.name
     finally:
         teacher.close()
+    ctx.log(f"tailoring: {json.dumps(result.manifest.get('counts', {}))}")
+    if not result.examples:
+        raise JobError(f"tailoring kept no examples: {json.dumps(result.manifest.get('counts', {}))}",
+                       retry=False)
+    path = result.dataset_path
     body = DatasetIn(
         cohort_id=ctx.claim.cohort_id or "",
         round_id=ctx.claim.round_id,

@@ -202,6 +202,11 @@ class LlamaCppStudent:
             n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
+    def token_text(self, token: int) -> str:
+        """The vocabulary text of a token, special tokens included (e.g. ``<|im_start|>``)."""
+        raw = self._ll.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 

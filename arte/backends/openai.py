@@ -1,0 +1,190 @@
+"""A teacher behind any OpenAI-compatible chat endpoint (vLLM, llama-server, ...), over httpx.
+
+Contract: implements :class:`arte.teacher.Teacher`. Each conversation is one ``POST
+{base_url}/v1/chat/completions`` with ``model`` (the adapter's name when one is set: vLLM serves LoRA
+adapters as models), ``messages``, ``temperature``, ``top_p``, ``max_tokens``, ``seed`` (``seed + i`` for
+conversation ``i``) and ``stop``; the reply is ``choices[0].message.content``. A conversation ending in an
+assistant message is sent with vLLM's ``continue_final_message: true, add_generation_prompt: false``
+(llama-server continues a final assistant message on its own). Up to ``concurrency``
+requests are in flight at once (threads; the endpoint batches them); results keep the input order.
+
+Failures: connection errors, timeouts, HTTP 408/409/429 and 5xx are retried up to ``max_retries`` times
+with exponential backoff and full jitter (``backoff * 2**attempt``, capped at ``max_backoff``, times a
+uniform draw); a ``Retry-After`` header in seconds is honoured as a lower bound. Other 4xx and malformed
+bodies fail at once. Every failure is a :class:`arte.errors.TeacherHTTPError` naming the endpoint URL
+and the HTTP status. ``sleep`` and ``random`` are injectable so tests never wait. This is the one module
+of ``arte`` that talks to the network, by design.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+from arte.errors import ConfigError, TeacherHTTPError
+from arte.teacher import Message, check_conversations, check_sampling
+
+__all__ = ["OpenAITeacher", "RETRY_STATUSES"]
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class OpenAITeacher:
+    """A remote teacher on an OpenAI-compatible endpoint.
+
+    Args:
+        base_url: the server root, e.g. ``http://127.0.0.1:8000`` (a trailing ``/v1`` is accepted).
+        model: the served model name.
+        adapter: a served LoRA adapter name to use instead of ``model`` (None: the base model).
+        api_key: sent as ``Authorization: Bearer``; None sends no header.
+        timeout: seconds per request (connect, read, write and pool).
+        max_retries: retries after the first attempt for retryable failures.
+        backoff, max_backoff: the exponential backoff base and cap, in seconds.
+        concurrency: requests in flight at once.
+        transport: an httpx transport (``httpx.MockTransport`` in tests).
+        sleep, random: injectable wait and uniform [0, 1) draw for the backoff.
+    """
+
+    def __init__(self, base_url: str, model: str, *, adapter: str | None = None, api_key: str | None = None,
+                 timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 30.0,
+                 concurrency: int = 8, transport: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 random: Callable[[], float] = _random.random) -> None:
+        import httpx
+
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError("base_url", f"must start with http:// or https://, got {base_url!r}")
+        if not model:
+            raise ConfigError("model", "must name the served model")
+        if timeout <= 0:
+            raise ConfigError("timeout", f"must be > 0, got {timeout}")
+        if max_retries < 0:
+            raise ConfigError("max_retries", f"must be >= 0, got {max_retries}")
+        if backoff < 0 or max_backoff < backoff:
+            raise ConfigError("backoff", f"need 0 <= backoff <= max_backoff, got {backoff} and {max_backoff}")
+        if concurrency < 1:
+            raise ConfigError("concurrency", f"must be >= 1, got {concurrency}")
+        root = base_url.rstrip("/")
+        root = root[:-3] if root.endswith("/v1") else root
+        self.url = f"{root}/v1/chat/completions"
+        self.name = model
+        self._adapter = adapter
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.concurrency = concurrency
+        self._sleep = sleep
+        self._random = random
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._httpx = httpx
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers, transport=transport)
+
+    @property
+    def adapter(self) -> str | None:
+        return self._adapter
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "OpenAITeacher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (),
+             top_p: float = 1.0) -> list[str]:
+        convs = check_conversations(conversations)
+        check_sampling(temperature, max_new_tokens, top_p)
+        bodies = []
+        for i, msgs in enumerate(convs):
+            body: dict[str, Any] = {"model": self._adapter or self.name, "messages": msgs,
+                                    "temperature": temperature, "top_p": top_p,
+                                    "max_tokens": max_new_tokens, "seed": seed + i, "n": 1}
+            if stop:
+                body["stop"] = list(stop)
+            if msgs[-1]["role"] == "assistant":   # continue it (vLLM's parameters; llama-server does it anyway)
+                body.update(continue_final_message=True, add_generation_prompt=False)
+            bodies.append(body)
+        if self.concurrency == 1 or len(bodies) == 1:
+            return [self._post(b) for b in bodies]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
+            return list(pool.map(self._post, bodies))
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * self._random()
+        return max(delay, retry_after or 0.0)
+
+    def _post(self, body: dict[str, Any]) -> str:
+        httpx = self._httpx
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = self._client.post(self.url, json=body)
+            except httpx.TimeoutException as e:
+                if last:
+                    raise TeacherHTTPError(self.url, f"timed out ({type(e).__name__})", attempts=attempts) from e
+                self._wait(attempt, None, f"timeout ({type(e).__name__})")
+                continue
+            except httpx.TransportError as e:
+                if last:
+                    raise TeacherHTTPError(self.url, f"could not connect: {e}", attempts=attempts) from e
+                self._wait(attempt, None, f"transport error: {e}")
+                continue
+            if resp.status_code in RETRY_STATUSES and not last:
+                self._wait(attempt, _retry_after(resp), f"HTTP {resp.status_code}")
+                continue
+            if resp.status_code >= 400:
+                raise TeacherHTTPError(self.url, _error_text(resp), status=resp.status_code,
+                                       attempts=attempt + 1)
+            return _content(self.url, resp)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, attempt: int, retry_after: float | None, why: str) -> None:
+        delay = self._delay(attempt, retry_after)
+        log.warning("%s: %s; retry %d/%d in %.2fs", self.url, why, attempt + 1, self.max_retries, delay)
+        self._sleep(delay)
+
+
+def _retry_after(resp: Any) -> float | None:
+    value = resp.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:   # an HTTP date: fall back to our own backoff
+        return None
+
+
+def _error_text(resp: Any) -> str:
+    """The server's error message when it sent the OpenAI error shape, else the start of the body."""
+    try:
+        data = resp.json()
+        msg = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
+        if msg:
+            return str(msg)[:500]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        pass
+    return (resp.text or resp.reason_phrase or "error")[:500]
+
+
+def _content(url: str, resp: Any) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        raise TeacherHTTPError(url, f"the response is not JSON: {resp.text[:200]!r}", status=resp.status_code)
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise TeacherHTTPError(url, "the response has no choices[0].message.content",
+                               status=resp.status_code) from None
+    if content is None:   # some servers send null content for an empty reply
+        return ""
+    if not isinstance(content, str):
+        raise TeacherHTTPError(url, f"choices[0].message.content is a {type(content).__name__}, not a string",
+                               status=resp.status_code)
+    return content

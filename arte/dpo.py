@@ -1,0 +1,279 @@
+"""DPO alignment of the teacher: TRL ``DPOTrainer`` + a PEFT LoRA adapter, the base as reference.
+
+Contract: ``align(model_ref, pairs, config, out_dir, progress)`` trains a fresh LoRA adapter on the
+preference pairs and writes it to ``out_dir`` (PEFT format: ``adapter_config.json``,
+``adapter_model.safetensors``, plus the tokenizer) with ``arte_align.json`` beside it: base model name and
+sha256, the config, pair counts, the loss curve, the chosen-over-rejected reward margin on the training
+pairs before and after training, tokens and time. Returns an :class:`AlignResult`.
+
+The objective (Rafailov et al., 2023), as TRL computes it with ``loss_type="sigmoid"``::
+
+    L = -log σ( β [ (log π(y_c|x) - log π_ref(y_c|x)) - (log π(y_r|x) - log π_ref(y_r|x)) ] )
+
+π is the base with the adapter, π_ref the same weights with the adapter disabled, so no second copy of
+the model is held. The bracket times β is the *reward margin*: 0 for a fresh adapter, and it should rise.
+It is measured with TRL's own evaluation on (up to ``eval_pairs`` of) the training pairs.
+
+Runs on CPU (fp32; ``use_cpu``, no bf16, no gradient checkpointing for small models) and on CUDA (bf16
+autocast where supported). Under ``accelerate launch`` the same call trains data-parallel on every
+process; only the main process writes files. Learning rate: linear warm-up over ``warmup_ratio`` of the
+steps, then cosine decay (the paper's schedule).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from arte.errors import ConfigError
+from arte.models import ModelRef
+from arte.pairs import PreferencePair, pair_counts
+from arte.progress import Progress, report
+
+__all__ = ["AlignConfig", "AlignResult", "align", "METADATA_FILE", "lora_config", "dpo_args"]
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "arte_align.json"
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """DPO + LoRA hyper-parameters.
+
+    Args:
+        beta: DPO's β (the paper does not state it; TRL's default 0.1).
+        learning_rate: peak learning rate (the paper: 1e-7 for full fine-tuning; LoRA needs far more).
+        epochs: passes over the pairs (the paper: 1); ``max_steps`` > 0 overrides it.
+        batch_size: pairs per device per step (the paper: 16, as batch × accumulation).
+        grad_accum: gradient accumulation steps.
+        warmup_ratio: share of steps with linear warm-up (the paper: 0.1), then cosine decay.
+        max_length: prompt + completion tokens kept (TRL truncates the completion; pairs whose prompt
+            alone fills it are dropped by TRL).
+        lora_r, lora_alpha, lora_dropout, target_modules: the LoRA adapter.
+        seed: data order and adapter initialization.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+        precision: ``auto`` (bf16 on CUDA when supported, else fp32), ``fp32`` or ``bf16``.
+        gradient_checkpointing: trade compute for memory (off: the default, best for small models).
+        eval_pairs: how many training pairs the before/after reward margin is measured on (0: skip).
+        logging_steps: loss curve resolution, in optimizer steps.
+    """
+
+    beta: float = 0.1
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    max_length: int = 1024
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    eval_pairs: int = 64
+    logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):   # configs built from JSON
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        positive = {"beta": self.beta, "learning_rate": self.learning_rate, "epochs": self.epochs}
+        for name, v in positive.items():
+            if not (v > 0) or not math.isfinite(v):
+                raise ConfigError(name, f"must be a finite number > 0, got {v}")
+        for name in ("batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "logging_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(name, f"must be an integer >= 1, got {v!r}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError("max_steps", f"must be -1 (use epochs) or >= 1, got {self.max_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if isinstance(self.target_modules, str) or not self.target_modules:
+            raise ConfigError("target_modules", "must be a non-empty tuple of module names")
+        if self.device not in DEVICES:
+            raise ConfigError("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.eval_pairs < 0:
+            raise ConfigError("eval_pairs", f"must be >= 0, got {self.eval_pairs}")
+
+
+@dataclass
+class AlignResult:
+    """Where the adapter is and what training did (the same as ``arte_align.json``)."""
+
+    adapter_dir: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def margin_before(self) -> float | None:
+        return self.metadata.get("reward_margin", {}).get("before")
+
+    @property
+    def margin_after(self) -> float | None:
+        return self.metadata.get("reward_margin", {}).get("after")
+
+
+def lora_config(config: AlignConfig) -> Any:
+    """The PEFT ``LoraConfig`` for ``config``."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM", bias="none")
+
+
+def _resolve_device(config: AlignConfig) -> tuple[bool, bool]:
+    """(use_cpu, bf16) for the config on this machine."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise ConfigError("device", "cuda was asked for but torch sees no CUDA device")
+    use_cpu = config.device == "cpu" or (config.device == "auto" and not cuda)
+    if config.precision == "bf16":
+        if use_cpu:
+            raise ConfigError("precision", "bf16 training is only supported on CUDA here; use fp32 on CPU")
+        return use_cpu, True
+    bf16 = config.precision == "auto" and not use_cpu and torch.cuda.is_bf16_supported()
+    return use_cpu, bf16
+
+
+def dpo_args(config: AlignConfig, output_dir: str | Path) -> Any:
+    """The TRL ``DPOConfig`` for ``config`` (TRL 1.16: ``max_length`` only, ``bf16``/``use_cpu`` explicit)."""
+    from trl import DPOConfig
+
+    use_cpu, bf16 = _resolve_device(config)
+    return DPOConfig(
+        output_dir=str(output_dir), beta=config.beta, learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, warmup_ratio=config.warmup_ratio,
+        lr_scheduler_type="cosine", max_length=config.max_length, seed=config.seed, data_seed=config.seed,
+        use_cpu=use_cpu, bf16=bf16, fp16=False, gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
+        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0)
+
+
+def _progress_callback(progress: Progress | None) -> Any:
+    from transformers import TrainerCallback
+
+    class _Report(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            report(progress, "train", state.global_step, state.max_steps)
+
+    return _Report()
+
+
+def _margin(trainer: Any, dataset: Any) -> dict[str, float] | None:
+    if dataset is None:
+        return None
+    m = trainer.evaluate(eval_dataset=dataset)
+    return {"margin": m.get("eval_rewards/margins"), "accuracy": m.get("eval_rewards/accuracies"),
+            "loss": m.get("eval_loss")}
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "peft": peft.__version__}
+
+
+def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignConfig = AlignConfig(),
+          out_dir: str | Path = "adapter", progress: Progress | None = None, *,
+          convert_dir: str | Path | None = None) -> AlignResult:
+    """Train a LoRA adapter with DPO on ``pairs`` and write it to ``out_dir`` (see the module docstring).
+
+    ``convert_dir`` caches the GGUF→HF conversion (see :func:`arte.backends.hf.load_hf`).
+    ``progress("train", step, total_steps)`` is called after each optimizer step. Stable entry point: the
+    server's job worker calls it by this name.
+    """
+    if not pairs:
+        raise ConfigError("pairs", "no preference pairs to train on")
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import DPOTrainer
+
+    from arte.backends.hf import load_hf
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    model, tok = load_hf(model_ref, convert_dir=convert_dir, device="cpu")
+    model.train()
+    load_s = time.perf_counter() - t0
+    train_ds = Dataset.from_list([p.to_trl() for p in pairs])
+    eval_ds = (Dataset.from_list([p.to_trl() for p in pairs[:config.eval_pairs]])
+               if config.eval_pairs > 0 else None)
+    args = dpo_args(config, out / "trainer")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
+                         peft_config=lora_config(config), callbacks=[_progress_callback(progress)])
+    # With tqdm disabled, transformers adds a callback that print()s every log line to stdout; a library
+    # must not write to stdout (the CLI's --json owns it), and the losses are kept in the metadata.
+    trainer.remove_callback(PrinterCallback)
+    if len(trainer.train_dataset) == 0:
+        raise ConfigError("max_length", f"every pair's prompt is at least {config.max_length} tokens long; "
+                                        f"TRL dropped them all")
+    before = _margin(trainer, eval_ds)
+    t1, c1 = time.perf_counter(), time.process_time()
+    train_out = trainer.train()
+    train_s, train_cpu_s = time.perf_counter() - t1, time.process_time() - c1
+    after = _margin(trainer, eval_ds)
+    history = trainer.state.log_history
+    losses = [{"step": h["step"], "loss": h["loss"], "margin": h.get("rewards/margins")}
+              for h in history if "loss" in h and "eval_loss" not in h]
+    tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h and "loss" in h), None)
+    metadata = {
+        "format": "arte-align/1",
+        "base_model": {"name": model_ref.name, "kind": model_ref.kind, "sha256": model_ref.sha256},
+        "config": asdict(config),
+        "pairs": {"total": len(pairs), "trained": len(trainer.train_dataset), **pair_counts(pairs)},
+        "steps": trainer.state.global_step,
+        "train_loss": train_out.training_loss,
+        "losses": losses,
+        "reward_margin": {"before": before and before["margin"], "after": after and after["margin"],
+                          "accuracy_before": before and before["accuracy"],
+                          "accuracy_after": after and after["accuracy"],
+                          "eval_pairs": min(config.eval_pairs, len(pairs))},
+        "train_tokens": tokens,
+        "seconds": {"load": round(load_s, 3), "train": round(train_s, 3), "train_cpu": round(train_cpu_s, 3),
+                    "total": round(time.perf_counter() - t0, 3)},
+        "device": str(trainer.args.device), "bf16": bool(trainer.args.bf16),
+        "world_size": trainer.args.world_size,
+        "versions": _versions(),
+    }
+    trainer.save_model(str(out))
+    if trainer.accelerator.is_main_process:
+        # The pickled TrainingArguments are not needed to use the adapter; the config is in the metadata.
+        (out / "training_args.bin").unlink(missing_ok=True)
+        if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):
+            (out / "trainer").rmdir()
+        _stable_base_name(out, model_ref.name)
+        (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+    log.info("aligned on %d pairs in %d steps: margin %s -> %s", len(pairs), metadata["steps"],
+             metadata["reward_margin"]["before"], metadata["reward_margin"]["after"])
+    return AlignResult(out, metadata)
+
+
+def _stable_base_name(adapter_dir: Path, name: str) -> None:
+    """Record the base model by name, not by this machine's conversion path (RUNTIME-NOTES §5)."""
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = name
+    cfg_path.write_text(json.dumps(cfg, indent=2))

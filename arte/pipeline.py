@@ -1,0 +1,298 @@
+"""The offline ARTE pipeline on files in a work directory, resumable by stage.
+
+Contract: :class:`Pipeline` runs ``draft → score → pairs → align → tailor`` for one task, one student and
+one teacher, each stage reading the previous stage's files and writing its own::
+
+    work_dir/
+      pipeline.json        state: per stage its fingerprint, seconds and summary
+      drafts.jsonl         draft:  arte.drafts format (elicit_drafts)
+      drafts.report.json   draft:  question/draft rejections and repairs
+      scores.json          score:  {"format", "task", "mode", "items", "scores": [{draft_id, n_items, n_correct}]}
+      pairs.jsonl          pairs:  arte.pairs format (build_pairs)
+      adapter/             align:  PEFT LoRA adapter + arte_align.json (align)
+      tailored/            tailor: dataset.jsonl + manifest.json (tailor_dataset)
+
+A stage is skipped when its recorded fingerprint (sha256 of its config, the task split and the sha256 of
+its input files) matches and its outputs exist; otherwise it runs, and so does every later stage whose
+inputs changed. ``force`` re-runs the named stages. Models are opened lazily through the callables the
+shell passes (``open_teacher(adapter_dir or None)``, ``open_student()``), only for stages that run, and
+closed after. Pure otherwise: files only under ``work_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from arte.drafts import read_drafts, write_drafts
+from arte.dpo import METADATA_FILE, AlignConfig, align
+from arte.elicit import ElicitConfig, elicit_drafts
+from arte.errors import ConfigError, DraftFormatError
+from arte.models import ModelRef, sha256_file
+from arte.pairs import PairConfig, build_pairs, pair_counts, read_pairs, score_table, write_pairs
+from arte.progress import Progress
+from arte.scoring import ScoringConfig, score_drafts
+from arte.student import Student
+from arte.tailor import DATASET_FILE, MANIFEST_FILE, TailorConfig, tailor_dataset
+from arte.tasks import Task, TaskSplit, split_task
+from arte.teacher import Teacher
+
+__all__ = ["PipelineConfig", "Pipeline", "STAGES", "write_scores", "read_scores", "SCORES_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("draft", "score", "pairs", "align", "tailor")
+SCORES_FORMAT = "arte-scores/1"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every stage's config, and how the task is split (seeds for the teacher, items for scoring)."""
+
+    elicit: ElicitConfig = field(default_factory=ElicitConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    tailor: TailorConfig = field(default_factory=TailorConfig)
+    n_seeds: int = 3
+    n_validation: int = 20
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_seeds < 1:
+            raise ConfigError("n_seeds", f"must be >= 1, got {self.n_seeds}")
+        if self.n_validation < 1:
+            raise ConfigError("n_validation", f"must be >= 1, got {self.n_validation}")
+
+
+def write_scores(path: str | Path, task: str, mode: str, n_items: int,
+                 scores: Mapping[str, tuple[float, float]], stats: Mapping[str, Any] | None = None) -> None:
+    """Write per-draft scores as JSON (the file ``arte score`` writes and ``arte pairs`` reads)."""
+    doc = {"format": SCORES_FORMAT, "task": task, "mode": mode, "items": n_items,
+           "scores": [{"draft_id": k, "n_items": v[0], "n_correct": v[1]} for k, v in scores.items()],
+           "stats": dict(stats or {})}
+    Path(path).write_text(json.dumps(doc, indent=1))
+
+
+def read_scores(path: str | Path) -> dict[str, tuple[float, float]]:
+    """Read a scores file: {draft_id: (n_items, n_correct)}; errors name the file and the entry."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DraftFormatError(str(p), "no such file") from None
+    except json.JSONDecodeError as e:
+        raise DraftFormatError(str(p), f"invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("scores"), list):
+        raise DraftFormatError(str(p), "expected an object with a list", None, "scores")
+    out: dict[str, tuple[float, float]] = {}
+    for i, s in enumerate(doc["scores"]):
+        if not isinstance(s, dict) or not isinstance(s.get("draft_id"), str):
+            raise DraftFormatError(str(p), "expected {draft_id, n_items, n_correct}", i, "scores")
+        vals = [s.get("n_items"), s.get("n_correct")]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in vals):
+            raise DraftFormatError(str(p), "n_items and n_correct must be numbers", i, "scores")
+        out[s["draft_id"]] = (float(vals[0]), float(vals[1]))
+    return out
+
+
+def _sha(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Pipeline:
+    """One task's offline ARTE run in ``work_dir`` (see the module docstring).
+
+    Args:
+        work_dir: where every file goes (created).
+        task: the task; split into seeds and validation items by ``config``.
+        config: the stages' configs.
+        teacher_model: the teacher's base model (aligned by the ``align`` stage).
+        open_teacher: opens the teacher, with the PEFT adapter in the given directory, or bare for None.
+        open_student: opens the student that scores drafts.
+        identity: strings that identify the models/backends, mixed into fingerprints.
+        convert_dir: cache of GGUF→HF conversions for ``align``.
+        progress: ``progress(stage, done, total)``; stages are prefixed by the pipeline stage.
+    """
+
+    def __init__(self, work_dir: str | Path, task: Task, config: PipelineConfig, *, teacher_model: ModelRef,
+                 open_teacher: Callable[[Path | None], Teacher], open_student: Callable[[], Student],
+                 identity: Mapping[str, str] | None = None, convert_dir: str | Path | None = None,
+                 progress: Progress | None = None) -> None:
+        self.work = Path(work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.task = task
+        self.config = config
+        self.teacher_model = teacher_model
+        self.open_teacher = open_teacher
+        self.open_student = open_student
+        self.identity = dict(identity or {})
+        self.convert_dir = convert_dir
+        self.progress = progress
+        self.split: TaskSplit = split_task(task, seed=config.split_seed, n_seeds=config.n_seeds,
+                                           validation=config.n_validation)
+        self.state_path = self.work / "pipeline.json"
+        self.state: dict[str, Any] = self._load_state()
+
+    # ---- files --------------------------------------------------------------------------------------
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        w = self.work
+        return {"drafts": w / "drafts.jsonl", "drafts_report": w / "drafts.report.json",
+                "scores": w / "scores.json", "pairs": w / "pairs.jsonl", "adapter": w / "adapter",
+                "dataset": w / "tailored" / DATASET_FILE, "manifest": w / "tailored" / MANIFEST_FILE}
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"stages": {}}
+
+    def _save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        os.replace(tmp, self.state_path)
+
+    def _file_sha(self, key: str) -> str | None:
+        p = self.paths[key]
+        if key == "adapter":
+            p = p / "adapter_model.safetensors"
+        if not p.is_file():
+            return None
+        if key == "scores":   # the scores, not the file: its stats hold timings that differ run to run
+            return _sha(sorted(read_scores(p).items()))
+        return sha256_file(p)
+
+    def _outputs(self, stage: str) -> list[Path]:
+        p = self.paths
+        return {"draft": [p["drafts"]], "score": [p["scores"]], "pairs": [p["pairs"]],
+                "align": [p["adapter"] / "adapter_model.safetensors", p["adapter"] / METADATA_FILE],
+                "tailor": [p["dataset"], p["manifest"]]}[stage]
+
+    def fingerprint(self, stage: str) -> str:
+        """What a stage's result depends on: its config, the split, the models and its input files."""
+        c = self.config
+        split = {"seeds": [e.id for e in self.split.seeds], "validation": [e.id for e in self.split.validation],
+                 "task": self.task.name}
+        deps: dict[str, Any] = {
+            "draft": {"elicit": asdict(c.elicit), "teacher": self.identity.get("teacher")},
+            "score": {"scoring": asdict(c.scoring), "student": self.identity.get("student"),
+                      "drafts": self._file_sha("drafts")},
+            "pairs": {"pairs": asdict(c.pairs), "drafts": self._file_sha("drafts"),
+                      "scores": self._file_sha("scores")},
+            "align": {"align": asdict(c.align), "model": asdict(self.teacher_model),
+                      "pairs": self._file_sha("pairs")},
+            "tailor": {"tailor": asdict(c.tailor), "teacher": self.identity.get("tailor_teacher"),
+                       "adapter": self._file_sha("adapter")},
+        }[stage]
+        return _sha({"stage": stage, "split": split, **deps})
+
+    def is_current(self, stage: str) -> bool:
+        rec = self.state["stages"].get(stage)
+        return (rec is not None and rec.get("fingerprint") == self.fingerprint(stage)
+                and all(p.exists() for p in self._outputs(stage)))
+
+    # ---- stages -------------------------------------------------------------------------------------
+
+    def _progress(self, stage: str) -> Progress | None:
+        if self.progress is None:
+            return None
+        outer = self.progress
+        return lambda sub, done, total: outer(f"{stage}/{sub}", done, total)
+
+    def _draft(self) -> dict[str, Any]:
+        teacher = self.open_teacher(None)
+        try:
+            res = elicit_drafts(teacher, self.task, self.split.seeds, self.config.elicit, self._progress("draft"))
+        finally:
+            teacher.close()
+        if not res.drafts:
+            raise ConfigError("elicit", f"the teacher produced no usable drafts: {res.summary()}")
+        write_drafts(self.paths["drafts"], res.drafts)
+        self.paths["drafts_report"].write_text(json.dumps(res.summary(), indent=2))
+        return res.summary()
+
+    def _score(self) -> dict[str, Any]:
+        drafts = read_drafts(self.paths["drafts"])
+        student = self.open_student()
+        items = self.split.validation
+        bar = self._progress("score")
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if bar is not None:
+                bar("items", done[0], len(drafts) * len(items))
+
+        try:
+            res = score_drafts(student, self.task, drafts, items, self.config.scoring, progress=tick)
+        finally:
+            student.close()
+        scores = {s.draft_id: (float(s.n_items), float(s.n_correct)) for s in res.scores}
+        write_scores(self.paths["scores"], self.task.name, res.mode, len(items), scores, res.stats)
+        acc = [s.accuracy for s in res.scores]
+        return {"drafts": len(scores), "items": len(items), "mode": res.mode,
+                "mean_accuracy": round(sum(acc) / len(acc), 4) if acc else None,
+                "seconds": round(res.stats.get("seconds", 0.0), 3)}
+
+    def _pairs(self) -> dict[str, Any]:
+        drafts = read_drafts(self.paths["drafts"])
+        scores = read_scores(self.paths["scores"])
+        pairs = build_pairs(self.task, drafts, scores, self.split.seeds, self.config.pairs)
+        if not pairs:
+            raise ConfigError("pairs", "no preference pairs: every score ties or too few drafts are scored "
+                                       f"({score_table(drafts, scores, self.config.pairs).summary()})")
+        write_pairs(self.paths["pairs"], pairs)
+        return {**pair_counts(pairs), **score_table(drafts, scores, self.config.pairs).summary()}
+
+    def _align(self) -> dict[str, Any]:
+        pairs = read_pairs(self.paths["pairs"])
+        res = align(self.teacher_model, pairs, self.config.align, self.paths["adapter"], self._progress("align"),
+                    convert_dir=self.convert_dir)
+        m = res.metadata
+        return {"steps": m["steps"], "train_loss": m["train_loss"], "reward_margin": m["reward_margin"],
+                "train_tokens": m["train_tokens"], "seconds": m["seconds"]}
+
+    def _tailor(self) -> dict[str, Any]:
+        teacher = self.open_teacher(self.paths["adapter"])
+        try:
+            res = tailor_dataset(teacher, self.task, self.split.seeds, self.config.tailor,
+                                 self.paths["dataset"].parent, self._progress("tailor"))
+        finally:
+            teacher.close()
+        m = res.manifest
+        return {"n_examples": m["n_examples"], "sha256": m["sha256"], "counts": m["counts"]}
+
+    def run(self, stages: Sequence[str] = STAGES, *, force: Sequence[str] = ()) -> dict[str, Any]:
+        """Run ``stages`` in pipeline order, skipping current ones; returns the per-stage summaries."""
+        unknown = [s for s in list(stages) + list(force) if s not in STAGES]
+        if unknown:
+            raise ConfigError("stages", f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+        run = {"draft": self._draft, "score": self._score, "pairs": self._pairs, "align": self._align,
+               "tailor": self._tailor}
+        t0 = time.perf_counter()
+        report: dict[str, Any] = {}
+        for stage in STAGES:
+            if stage not in stages:
+                continue
+            if stage not in force and self.is_current(stage):
+                report[stage] = {"skipped": True, **self.state["stages"][stage]}
+                log.info("%s: up to date, skipped", stage)
+                continue
+            fingerprint = self.fingerprint(stage)
+            s0 = time.perf_counter()
+            summary = run[stage]()
+            rec = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - s0, 3), "summary": summary}
+            self.state["stages"][stage] = rec
+            self._save_state()
+            report[stage] = {"skipped": False, **rec}
+            log.info("%s: done in %.1fs", stage, rec["seconds"])
+        return {"work_dir": str(self.work), "task": self.task.name, "stages": report,
+                "seconds": round(time.perf_counter() - t0, 3), "files": {k: str(v) for k, v in self.paths.items()}}

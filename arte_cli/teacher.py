@@ -1,0 +1,509 @@
+"""The teacher side of ``arte``: ``draft``, ``score``, ``pairs``, ``align``, ``tailor`` and ``pipeline``.
+
+Each command works on files, shows tqdm progress on stderr and, with ``--json``, prints exactly one JSON
+document on stdout (anything a library might print goes to stderr meanwhile). Exit codes are those of
+:mod:`arte_cli.cli`. The commands are registered on the ``arte`` group in ``arte_cli/cli.py``.
+
+The task is split the same way by every command (``--split-seed``, ``--n-seeds``, ``--validation``):
+seed examples prompt the teacher, validation items score drafts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from arte.errors import ArteError
+
+__all__ = ["COMMANDS"]
+
+API_KEY_ENV = "ARTE_TEACHER_API_KEY"
+
+
+def _fail(err: ArteError) -> None:
+    from arte_cli.cli import fail
+
+    fail(err)
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    from arte_cli.cli import emit
+
+    emit(data, as_json, human)
+
+
+class _Bars:
+    """One tqdm bar per progress stage, on stderr."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True)
+        if bar.disable:
+            return
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if total and done >= total:   # finished: freeze its elapsed time
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+@contextlib.contextmanager
+def _session(verbose: bool) -> Iterator[_Bars]:
+    """Logs to stderr, stdout kept clean for the JSON document, bars closed at the end."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    bars = _Bars()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield bars
+    finally:
+        bars.close()
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# ---- shared options --------------------------------------------------------------------------------
+
+def _task_options(f: Callable) -> Callable:
+    f = click.option("--validation", "n_validation", default=20, show_default=True, type=click.IntRange(min=1),
+                     help="Validation items the student scores drafts on.")(f)
+    f = click.option("--n-seeds", default=3, show_default=True, type=click.IntRange(min=1),
+                     help="Seed examples shown to the teacher.")(f)
+    f = click.option("--split-seed", default=0, show_default=True, help="Seed of the task split.")(f)
+    f = click.option("--task", "task_path", required=True, type=click.Path(path_type=Path),
+                     help="BIG-bench task.json or JSONL file.")(f)
+    return f
+
+
+def _teacher_options(f: Callable) -> Callable:
+    f = click.option("--endpoint-timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1),
+                     help="Seconds per request to --endpoint.")(f)
+    f = click.option("--endpoint-retries", default=4, show_default=True, type=click.IntRange(min=0),
+                     help="Retries (exponential backoff) of failed requests to --endpoint.")(f)
+    f = click.option("--endpoint-model", default=None,
+                     help=f"Served model name at --endpoint (API key from ${API_KEY_ENV}).")(f)
+    f = click.option("--endpoint", default=None,
+                     help="An OpenAI-compatible server (vLLM, llama-server) to use as the teacher.")(f)
+    f = click.option("--teacher-backend", type=click.Choice(["llama", "torch"]), default="llama",
+                     show_default=True, help="Runtime of a local teacher (with --adapter: torch).")(f)
+    f = click.option("--teacher", default="default", show_default=True,
+                     help="Teacher model: 'default', a .gguf file or an HF directory.")(f)
+    return f
+
+
+def _common(f: Callable) -> Callable:
+    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
+    f = click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for the models (default: the runtime's choice).")(f)
+    return f
+
+
+def _split(task_path: Path, split_seed: int, n_seeds: int, n_validation: int) -> tuple[Any, Any]:
+    from arte.tasks import load_task, split_task
+
+    task = load_task(task_path)
+    return task, split_task(task, seed=split_seed, n_seeds=n_seeds, validation=n_validation)
+
+
+def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_model: str | None,
+                    threads: int | None, *, endpoint_retries: int = 4,
+                    endpoint_timeout: float = 120.0) -> tuple[Callable[[Path | None], Any], str]:
+    """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string."""
+    from arte.models import resolve_model
+    from arte_cli.home import convert_dir, model_dir
+
+    if endpoint:
+        if not endpoint_model:
+            raise click.UsageError("--endpoint needs --endpoint-model")
+
+        def open_remote(adapter: Path | None) -> Any:
+            from arte.backends.openai import OpenAITeacher
+
+            if adapter is not None:
+                raise click.UsageError("a local adapter cannot be applied to a remote --endpoint teacher; serve "
+                                       "it there (e.g. vLLM --lora-modules) and pass its name as --endpoint-model")
+            return OpenAITeacher(endpoint, endpoint_model, api_key=os.environ.get(API_KEY_ENV),
+                                 max_retries=endpoint_retries, timeout=endpoint_timeout)
+
+        return open_remote, f"openai:{endpoint}:{endpoint_model}"
+    ref = resolve_model(teacher, model_dir())
+
+    def open_local(adapter: Path | None) -> Any:
+        if backend == "llama" and adapter is None and ref.kind == "gguf":
+            from arte.backends.llama_teacher import LlamaCppTeacher
+
+            return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
+        from arte.backends.hf_teacher import TorchTeacher
+
+        _threads(threads)
+        adapters = {"aligned": str(adapter)} if adapter is not None else None
+        return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), adapters=adapters)
+
+    return open_local, f"{backend}:{ref.name}:{ref.sha256 or ref.path}"
+
+
+def _student_opener(student: str, backend: str, threads: int | None) -> tuple[Callable[[], Any], str]:
+    from arte.backends import open_student
+    from arte.models import resolve_model
+    from arte_cli.home import convert_dir, model_dir
+
+    ref = resolve_model(student, model_dir())
+    return (lambda: open_student(ref, backend, n_threads=threads, convert_dir=convert_dir()),
+            f"{backend}:{ref.name}:{ref.sha256 or ref.path}")
+
+
+def _styles(value: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in value.split(",") if s.strip())
+
+
+# ---- commands --------------------------------------------------------------------------------------
+
+@click.command()
+@_task_options
+@_teacher_options
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Drafts JSONL to write.")
+@click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),
+              help="Questions to elicit (the paper: 250 per task).")
+@click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
+              help="Rationale styles, comma-separated (K rationales per question).")
+@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
+              help="Give up after this many question prompts (default: 4 x the prompts needed).")
+@click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Reply budget per question prompt.")
+@click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Reply budget per rationale.")
+@click.option("--rationale-temperature", default=0.0, show_default=True, type=click.FloatRange(0.0, 10.0),
+              help="Sampling temperature of rationales.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@_common
+def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
+          endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
+          out_path: Path, n_questions: int, styles: str,
+          max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
+          rationale_temperature: float, seed: int, threads: int | None, verbose: bool, as_json: bool) -> None:
+    """Elicit draft questions and rationales from the teacher (writes drafts JSONL)."""
+    from arte.drafts import write_drafts
+    from arte.elicit import ElicitConfig, elicit_drafts
+
+    with _session(verbose) as bars:
+        try:
+            cfg = ElicitConfig(n_questions=n_questions, styles=_styles(styles), seed=seed,
+                               max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
+                               rationale_max_new_tokens=rationale_tokens,
+                               rationale_temperature=rationale_temperature, n_seeds=n_seeds)
+            task, split = _split(task_path, split_seed, n_seeds, n_validation)
+            opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
+                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout)
+            t = opener(None)
+            try:
+                res = elicit_drafts(t, task, split.seeds, cfg, bars)
+            finally:
+                t.close()
+            write_drafts(out_path, res.drafts)
+        except ArteError as e:
+            _fail(e)
+    data = {"task": task.name, "out": str(out_path), **res.summary()}
+    _emit(data, as_json, f"{len(res.drafts)} drafts for {len(res.questions)} questions -> {out_path}\n"
+                         f"question rejections: {res.question_rejections}\n"
+                         f"draft rejections: {res.draft_rejections}\nrepairs: {res.repairs}")
+
+
+@click.command()
+@_task_options
+@click.option("--drafts", "drafts_path", required=True, type=click.Path(path_type=Path), help="Drafts JSONL.")
+@click.option("--student", default="default", show_default=True,
+              help="Student model: 'default', a .gguf file or an HF directory.")
+@click.option("--backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama", show_default=True,
+              help="Student runtime.")
+@click.option("--mode", type=click.Choice(["loglik", "generate"]), default="loglik", show_default=True,
+              help="Scoring mode (loglik: multiple-choice items by log-probability).")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Scores JSON to write.")
+@_common
+def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, drafts_path: Path, student: str,
+          backend: str, mode: str, out_path: Path, threads: int | None, verbose: bool, as_json: bool) -> None:
+    """Score drafts with a local student on the validation items (writes scores JSON)."""
+    from arte.drafts import read_drafts
+    from arte.pipeline import write_scores
+    from arte.scoring import ScoringConfig, score_drafts
+
+    with _session(verbose) as bars:
+        try:
+            cfg = ScoringConfig(mode=mode)
+            task, split = _split(task_path, split_seed, n_seeds, n_validation)
+            drafts = read_drafts(drafts_path)
+            opener, _ = _student_opener(student, backend, threads)
+            s = opener()
+            total, done = len(drafts) * len(split.validation), [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                bars("score", done[0], total)
+
+            try:
+                res = score_drafts(s, task, drafts, split.validation, cfg, progress=tick)
+            finally:
+                s.close()
+            scores = {x.draft_id: (float(x.n_items), float(x.n_correct)) for x in res.scores}
+            write_scores(out_path, task.name, mode, len(split.validation), scores, res.stats)
+        except ArteError as e:
+            _fail(e)
+    acc = [x.accuracy for x in res.scores]
+    data = {"task": task.name, "out": str(out_path), "drafts": len(scores), "items": len(split.validation),
+            "mode": mode, "mean_accuracy": sum(acc) / len(acc), "seconds": round(res.stats["seconds"], 3)}
+    _emit(data, as_json, f"scored {len(scores)} drafts on {len(split.validation)} items "
+                         f"(mean accuracy {data['mean_accuracy']:.3f}) -> {out_path}")
+
+
+@click.command()
+@_task_options
+@click.option("--drafts", "drafts_path", required=True, type=click.Path(path_type=Path), help="Drafts JSONL.")
+@click.option("--scores", "scores_path", required=True, type=click.Path(path_type=Path),
+              help="Scores JSON (from `arte score` or `edge-agent score --json`).")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Pairs JSONL to write.")
+@click.option("--kinds", default="question,rationale", show_default=True, help="Pair kinds, comma-separated.")
+@click.option("--min-items", default=1.0, show_default=True, type=float, help="Items a score needs to count.")
+@click.option("--min-margin", default=0.0, show_default=True, type=float,
+              help="A pair's score difference must exceed this (0: skip ties).")
+@_common
+def pairs(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, drafts_path: Path, scores_path: Path,
+          out_path: Path, kinds: str, min_items: float, min_margin: float, threads: int | None, verbose: bool,
+          as_json: bool) -> None:
+    """Build DPO preference pairs from drafts and their scores (writes pairs JSONL)."""
+    from arte.drafts import read_drafts
+    from arte.pairs import PairConfig, build_pairs, pair_counts, score_table, write_pairs
+    from arte.pipeline import read_scores
+
+    with _session(verbose):
+        try:
+            cfg = PairConfig(kinds=_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=n_seeds)
+            task, split = _split(task_path, split_seed, n_seeds, n_validation)
+            drafts = read_drafts(drafts_path)
+            scores = read_scores(scores_path)
+            built = build_pairs(task, drafts, scores, split.seeds, cfg)
+            write_pairs(out_path, built)
+        except ArteError as e:
+            _fail(e)
+    data = {"task": task.name, "out": str(out_path), "pairs": len(built), **pair_counts(built),
+            **score_table(drafts, scores, cfg).summary()}
+    _emit(data, as_json, f"{len(built)} pairs ({pair_counts(built)}) -> {out_path}")
+
+
+def _align_options(f: Callable) -> Callable:
+    opts = [
+        click.option("--eval-pairs", default=64, show_default=True, type=click.IntRange(min=0),
+                     help="Training pairs the before/after reward margin is measured on."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="Training device."),
+        click.option("--lora-alpha", default=16, show_default=True, type=click.IntRange(min=1),
+                     help="LoRA alpha."),
+        click.option("--lora-r", default=8, show_default=True, type=click.IntRange(min=1), help="LoRA rank."),
+        click.option("--max-length", default=1024, show_default=True, type=click.IntRange(min=8),
+                     help="Prompt + completion tokens kept per sequence."),
+        click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Gradient accumulation steps."),
+        click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+                     help="Pairs per device per step."),
+        click.option("--steps", default=-1, show_default=True, type=int,
+                     help="Optimizer steps (-1: use --epochs)."),
+        click.option("--epochs", default=1.0, show_default=True, type=float, help="Passes over the pairs."),
+        click.option("--beta", default=0.1, show_default=True, type=float, help="DPO beta."),
+        click.option("--lr", default=5e-5, show_default=True, type=float, help="Peak learning rate."),
+        click.option("--align-seed", default=0, show_default=True, help="Training seed."),
+    ]
+    for o in opts:
+        f = o(f)
+    return f
+
+
+def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size: int, grad_accum: int,
+                  max_length: int, lora_r: int, lora_alpha: int, device: str, eval_pairs: int,
+                  align_seed: int) -> Any:
+    from arte.dpo import AlignConfig
+
+    return AlignConfig(learning_rate=lr, beta=beta, epochs=epochs, max_steps=steps, batch_size=batch_size,
+                       grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
+                       device=device, eval_pairs=eval_pairs, seed=align_seed)
+
+
+@click.command()
+@click.option("--teacher", default="default", show_default=True,
+              help="Teacher base model: 'default', a .gguf file or an HF directory.")
+@click.option("--pairs", "pairs_path", required=True, type=click.Path(path_type=Path), help="Pairs JSONL.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for the PEFT adapter and arte_align.json.")
+@_align_options
+@_common
+def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, verbose: bool, as_json: bool,
+          **opts: Any) -> None:
+    """Align the teacher with DPO + LoRA on preference pairs (runs under `accelerate launch` too)."""
+    from arte.dpo import align as run_align
+    from arte.models import resolve_model
+    from arte.pairs import read_pairs
+    from arte_cli.home import convert_dir, model_dir
+
+    with _session(verbose) as bars:
+        try:
+            cfg = _align_config(**opts)
+            _threads(threads)
+            ref = resolve_model(teacher, model_dir())
+            res = run_align(ref, read_pairs(pairs_path), cfg, out_dir, bars, convert_dir=convert_dir())
+        except ArteError as e:
+            _fail(e)
+    m = res.metadata
+    data = {"adapter": str(res.adapter_dir), **{k: m[k] for k in ("steps", "train_loss", "reward_margin",
+                                                                   "train_tokens", "seconds", "pairs")}}
+    _emit(data, as_json, f"adapter -> {res.adapter_dir}: {m['steps']} steps, reward margin "
+                         f"{m['reward_margin']['before']} -> {m['reward_margin']['after']}")
+
+
+@click.command()
+@_task_options
+@_teacher_options
+@click.option("--adapter", type=click.Path(path_type=Path), default=None,
+              help="PEFT adapter directory from `arte align` (uses the torch teacher).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for dataset.jsonl and manifest.json.")
+@click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),
+              help="Questions to write.")
+@click.option("--check-samples", default=1, show_default=True, type=click.IntRange(0, 16),
+              help="Extra sampled rationales that must agree with the answer.")
+@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
+              help="Give up after this many question prompts (default: 4 x the prompts needed).")
+@click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Reply budget per question prompt.")
+@click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Reply budget per rationale.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@_common
+def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
+           endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
+           adapter: Path | None, out_dir: Path, n_questions: int,
+           check_samples: int, max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
+           seed: int, threads: int | None, verbose: bool, as_json: bool) -> None:
+    """Write tailored training data with the (aligned) teacher: dataset.jsonl + manifest.json."""
+    from arte.tailor import TailorConfig, tailor_dataset
+
+    with _session(verbose) as bars:
+        try:
+            cfg = TailorConfig(n_questions=n_questions, check_samples=check_samples, seed=seed, n_seeds=n_seeds,
+                               max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
+                               rationale_max_new_tokens=rationale_tokens)
+            task, split = _split(task_path, split_seed, n_seeds, n_validation)
+            opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
+                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout)
+            t = opener(adapter)
+            try:
+                res = tailor_dataset(t, task, split.seeds, cfg, out_dir, bars)
+            finally:
+                t.close()
+        except ArteError as e:
+            _fail(e)
+    m = res.manifest
+    data = {"dataset": str(res.dataset_path), "manifest": str(res.manifest_path),
+            **{k: m[k] for k in ("n_examples", "sha256", "size", "counts", "teacher", "adapter")}}
+    _emit(data, as_json, f"{m['n_examples']} examples -> {res.dataset_path} (sha256 {m['sha256'][:12]}…)\n"
+                         f"counts: {m['counts']}")
+
+
+@click.command()
+@_task_options
+@_teacher_options
+@click.option("--work", "work_dir", required=True, type=click.Path(path_type=Path),
+              help="Work directory (resumable: finished stages are skipped).")
+@click.option("--student", default="default", show_default=True, help="Student model.")
+@click.option("--student-backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama",
+              show_default=True, help="Student runtime.")
+@click.option("--mode", type=click.Choice(["loglik", "generate"]), default="loglik", show_default=True,
+              help="Scoring mode.")
+@click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),
+              help="Draft questions to elicit.")
+@click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
+              help="Rationale styles, comma-separated.")
+@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
+              help="Give up after this many question prompts (default: 4 x the prompts needed).")
+@click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Reply budget per question prompt.")
+@click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Reply budget per rationale.")
+@click.option("--tailor-questions", default=250, show_default=True, type=click.IntRange(min=1),
+              help="Questions of the tailored dataset.")
+@click.option("--check-samples", default=1, show_default=True, type=click.IntRange(0, 16),
+              help="Consistency samples per tailored example.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option("--stages", default="draft,score,pairs,align,tailor", show_default=True,
+              help="Stages to run, comma-separated.")
+@click.option("--force", default="", help="Stages to re-run even when up to date, comma-separated.")
+@_align_options
+@_common
+def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str,
+             teacher_backend: str, endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
+             endpoint_timeout: float, work_dir: Path, student: str,
+             student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
+             question_tokens: int,
+             rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, stages: str, force: str,
+             threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
+    """Run draft -> score -> pairs -> align -> tailor in a work directory, resuming finished stages."""
+    from arte.elicit import ElicitConfig
+    from arte.models import resolve_model
+    from arte.pairs import PairConfig
+    from arte.pipeline import Pipeline, PipelineConfig
+    from arte.scoring import ScoringConfig
+    from arte.tailor import TailorConfig
+    from arte.tasks import load_task
+    from arte_cli.home import convert_dir, model_dir
+
+    with _session(verbose) as bars:
+        try:
+            q = {"seed": seed, "n_seeds": n_seeds, "question_max_new_tokens": question_tokens,
+                 "max_question_prompts": max_question_prompts}
+            cfg = PipelineConfig(
+                elicit=ElicitConfig(n_questions=n_questions, styles=_styles(styles),
+                                    rationale_max_new_tokens=rationale_tokens, **q),
+                scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=n_seeds),
+                align=_align_config(**align_opts),
+                tailor=TailorConfig(n_questions=tailor_questions, check_samples=check_samples,
+                                    rationale_max_new_tokens=rationale_tokens, **q),
+                n_seeds=n_seeds, n_validation=n_validation, split_seed=split_seed)
+            if endpoint:
+                raise click.UsageError("the pipeline aligns a local teacher; --endpoint works with `arte draft`")
+            _threads(threads)
+            task = load_task(task_path)
+            open_teacher, teacher_key = _teacher_opener(teacher, teacher_backend, None, None, threads)
+            open_student, student_key = _student_opener(student, student_backend, threads)
+            base = resolve_model(teacher, model_dir())
+            runner = Pipeline(work_dir, task, cfg, teacher_model=base, open_teacher=open_teacher,
+                              open_student=open_student, convert_dir=convert_dir(), progress=bars,
+                              identity={"teacher": teacher_key, "student": student_key,
+                                        "tailor_teacher": f"torch:{base.name}:{base.sha256 or base.path}"})
+            summary = runner.run(_styles(stages), force=_styles(force))
+        except ArteError as e:
+            _fail(e)
+    lines = [f"{name:7} {'skipped' if s['skipped'] else 'ran'} {s['seconds']:>8.1f}s  "
+             f"{json.dumps(s['summary'], default=str)[:160]}" for name, s in summary["stages"].items()]
+    _emit(summary, as_json, "\n".join(lines + [f"total {summary['seconds']:.1f}s in {work_dir}"]))
+
+
+COMMANDS = [draft, score, pairs, align, tailor, pipeline]

@@ -1,0 +1,105 @@
+"""DPO + LoRA on the embedded model, tiny settings: the adapter's weights change and the chosen-over-rejected
+reward margin on the training pairs rises (by TRL's measure and by an independent log-prob computation)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _pairs():
+    from arte.pairs import PreferencePair
+
+    sports = [("Lionel Messi", "scored a free kick"), ("Tom Brady", "threw a touchdown pass"),
+              ("Stephen Curry", "hit a three pointer"), ("Shohei Ohtani", "hit a home run"),
+              ("Serena Williams", "served an ace"), ("Connor McDavid", "scored a power play goal")]
+    return [PreferencePair(
+        id=f"p{i}", kind="rationale",
+        prompt=({"role": "system", "content": "Answer the question. Think step by step."},
+                {"role": "user", "content": f"Statement: {who} {what}\nOptions: plausible, implausible"}),
+        chosen=f"{who} plays the sport where players {what.split()[0]} like that. <ans>plausible</ans>",
+        rejected="I cannot tell. <ans>implausible</ans>", margin=1.0, chosen_ids=(f"c{i}",),
+        rejected_ids=(f"r{i}",), task="sports") for i, (who, what) in enumerate(sports)]
+
+
+def test_align_changes_the_adapter_and_raises_the_margin(tmp_path, default_model) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from arte.backends.hf_teacher import TorchTeacher
+    from arte.dpo import METADATA_FILE, AlignConfig, align
+    from arte_cli.home import convert_dir
+
+    torch.set_num_threads(1)   # 2 threads spin-wait on a shared 2-core machine
+    pairs = _pairs()
+    cfg = AlignConfig(learning_rate=2e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, max_length=128,
+                      eval_pairs=len(pairs), seed=0)
+    steps = []
+    res = align(default_model, pairs, cfg, tmp_path / "adapter", progress=lambda s, d, n: steps.append((s, d, n)),
+                convert_dir=convert_dir())
+
+    # Files: a PEFT adapter with a stable base name, the metadata, no pickles.
+    out = tmp_path / "adapter"
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "training_args.bin").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == default_model.name
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["base_model"]["sha256"] == default_model.sha256 and meta["steps"] == 3
+    assert meta["pairs"] == {"total": 6, "trained": 6, "question": 0, "rationale": 6}
+    assert len(meta["losses"]) == 3 and meta["train_tokens"] > 0 and meta["config"]["learning_rate"] == 2e-3
+    assert steps[-1] == ("train", 3, 3)
+
+    # The weights changed: PEFT initializes every lora_B to zero.
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    b = [w for k, w in weights.items() if "lora_B" in k]
+    assert len(b) == 30 * 4 and all(w.abs().max() > 0 for w in b)
+
+    # The reward margin rose (TRL's evaluation on the training pairs, before and after).
+    assert res.margin_before == pytest.approx(0.0, abs=1e-6)
+    assert res.margin_after > 0.01
+    assert meta["reward_margin"]["accuracy_after"] > 0.5
+
+    # Independently: β·[(log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))] with the trained adapter.
+    teacher = TorchTeacher.from_ref(default_model, convert_dir=convert_dir(), adapters={"aligned": str(out)})
+    convs = [list(p.prompt) for p in pairs]
+    pol_c = teacher.completion_logprobs(convs, [p.chosen for p in pairs])
+    pol_r = teacher.completion_logprobs(convs, [p.rejected for p in pairs])
+    teacher.set_adapter(None)
+    ref_c = teacher.completion_logprobs(convs, [p.chosen for p in pairs])
+    ref_r = teacher.completion_logprobs(convs, [p.rejected for p in pairs])
+    margins = [cfg.beta * ((pc - rc) - (pr - rr)) for pc, rc, pr, rr in zip(pol_c, ref_c, pol_r, ref_r)]
+    assert sum(margins) / len(margins) > 0.01
+
+
+def test_config_validation_and_trl_arguments() -> None:
+    from arte.dpo import AlignConfig, dpo_args
+    from arte.errors import ConfigError
+
+    for kw, field in [({"beta": 0}, "beta"), ({"max_steps": 0}, "max_steps"), ({"device": "tpu"}, "device"),
+                      ({"precision": "fp8"}, "precision"), ({"target_modules": ()}, "target_modules"),
+                      ({"warmup_ratio": 1.0}, "warmup_ratio"), ({"batch_size": 0}, "batch_size")]:
+        with pytest.raises(ConfigError) as e:
+            AlignConfig(**kw)
+        assert e.value.field == field
+    assert AlignConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)
+    args = dpo_args(AlignConfig(device="cpu", max_steps=5, beta=0.2), "/tmp/arte-dpo-args")
+    assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
+    assert args.lr_scheduler_type == "cosine" and args.max_steps == 5 and args.beta == 0.2
+    assert args.save_strategy == "no" and args.report_to == []
+
+
+@pytest.mark.gpu
+def test_align_on_cuda(tmp_path, default_model) -> None:
+    import torch
+
+    from arte.dpo import AlignConfig, align
+    from arte_cli.home import convert_dir
+
+    pairs = _pairs()
+    cfg = AlignConfig(learning_rate=2e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, max_length=128,
+                      eval_pairs=len(pairs), device="cuda")
+    res = align(default_model, pairs, cfg, tmp_path / "adapter", convert_dir=convert_dir())
+    assert res.metadata["device"].startswith("cuda") and res.metadata["bf16"] == torch.cuda.is_bf16_supported()
+    assert res.margin_after > res.margin_before

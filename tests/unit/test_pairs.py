@@ -1,0 +1,154 @@
+"""Preference pairs: s_r / s_q, quartile question pairs, argmax/argmin rationale pairs, ties, JSONL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arte.drafts import Draft
+from arte.errors import ConfigError, PairFormatError
+from arte.pairs import (PairConfig, PreferencePair, build_pairs, pair_counts, pair_from_dict, read_pairs,
+                        score_table, write_pairs)
+from arte.prompts import question_prompt, rationale_prompt
+from arte.questions import split_questions
+from arte.tasks import Example, Task
+
+OPTS = ("plausible", "implausible")
+TASK = Task("sports", "Judge plausibility.", tuple(Example(f"s{i}", f"Seed {i}", ("plausible",), OPTS)
+                                                   for i in range(4)))
+SEEDS = TASK.examples
+
+
+def q_text(q: int) -> str:
+    return f"Statement: player {q} scored\nOptions: plausible, implausible"
+
+
+def draft(q: int, r: int, rationale: str | None = None) -> Draft:
+    return Draft(id=f"q{q}-r{r}", question=q_text(q), rationale=rationale or f"Reason {q}.{r} <ans>plausible</ans>",
+                 answer="plausible", question_id=f"q{q}", style=f"r{r}", task="sports")
+
+
+def test_score_table_clips_noise_and_excludes_by_reason() -> None:
+    drafts = [draft(0, 0), draft(0, 1), draft(1, 0), draft(1, 1), draft(2, 0), draft(3, 0)]
+    scores = {"q0-r0": (10, 7), "q0-r1": (10.0, 12.5),        # noised above n_items -> 1.0
+              "q1-r0": (9.6, -0.4),                           # noised below 0 -> 0.0
+              "q1-r1": (0.5, 0.5),                            # too few items
+              "q2-r0": (float("nan"), 1.0)}                   # q3-r0 has no score
+    t = score_table(drafts, scores, PairConfig(min_items=1.0))
+    assert t.s_r == {"q0-r0": 0.7, "q0-r1": 1.0, "q1-r0": 0.0}
+    assert t.s_q == pytest.approx({"q0": 0.85, "q1": 0.0})
+    assert t.excluded == {"too_few_items": 1, "bad_score": 1, "no_score": 1}
+    assert t.summary() == {"scored_drafts": 3, "scored_questions": 2,
+                           "excluded": {"too_few_items": 1, "bad_score": 1, "no_score": 1}}
+
+
+def test_question_pairs_top_vs_bottom_quartile() -> None:
+    # 12 questions, one rationale each, s_q = q/11: top quartile q11,q10,q9, bottom q0,q1,q2.
+    drafts = [draft(q, 0) for q in range(12)]
+    scores = {f"q{q}-r0": (11, q) for q in range(12)}
+    pairs = build_pairs(TASK, drafts, scores, SEEDS, PairConfig(kinds=("question",), questions_per_block=2))
+    assert [(p.chosen_ids, p.rejected_ids) for p in pairs] == [(("q11", "q10"), ("q0", "q1")), (("q9",), ("q2",))]
+    p = pairs[0]
+    assert p.kind == "question" and p.id == "qpair0000" and p.task == "sports"
+    assert list(p.prompt) == question_prompt(TASK, SEEDS[:3], 2)
+    assert p.margin == pytest.approx((11 + 10) / 22 - (0 + 1) / 22)
+    blocks, _ = split_questions(p.chosen)
+    assert [b.strip() for b in blocks] == [q_text(11), q_text(10)]
+    assert split_questions(p.rejected)[0][0].strip() == q_text(0)
+
+
+def test_question_pairs_skip_ties_with_the_bottom() -> None:
+    drafts = [draft(q, 0) for q in range(8)]
+    # top-2 = q0 (1.0) and q1 (0.5); bottom-2 = q7, q6 with 0.5 and 0.0: q1 ties with q6 and is dropped.
+    s = [1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0]
+    scores = {f"q{q}-r0": (2, 2 * v) for q, v in enumerate(s)}
+    pairs = build_pairs(TASK, drafts, scores, SEEDS, PairConfig(kinds=("question",), questions_per_block=5))
+    assert [(p.chosen_ids, p.rejected_ids) for p in pairs] == [(("q0",), ("q7",))]
+    all_equal = {f"q{q}-r0": (2, 1) for q in range(8)}
+    assert build_pairs(TASK, drafts, all_equal, SEEDS, PairConfig(kinds=("question",))) == []
+
+
+def test_rationale_pairs_argmax_vs_argmin_with_tie_rules() -> None:
+    drafts = [draft(0, r) for r in range(3)] + [draft(1, r) for r in range(2)] + [draft(2, 0)] + \
+             [draft(3, 0, "Same text <ans>plausible</ans>"), draft(3, 1, "Same text <ans>plausible</ans>")] + \
+             [draft(4, 0, "No tag here"), draft(4, 1)]
+    scores = {"q0-r0": (10, 5), "q0-r1": (20, 18), "q0-r2": (10, 9),   # r1 and r2 tie at 0.9: more items wins
+              "q1-r0": (10, 4), "q1-r1": (10, 4),                       # a tie: no pair
+              "q2-r0": (10, 10),                                        # one rationale: no pair
+              "q3-r0": (10, 10), "q3-r1": (10, 0),                      # identical texts: no pair
+              "q4-r0": (10, 9), "q4-r1": (10, 1)}
+    pairs = build_pairs(TASK, drafts, scores, SEEDS, PairConfig(kinds=("rationale",)))
+    assert [(p.id, p.chosen_ids, p.rejected_ids) for p in pairs] == [
+        ("rpair-q0", ("q0-r1",), ("q0-r0",)), ("rpair-q4", ("q4-r0",), ("q4-r1",))]
+    p0, p4 = pairs
+    assert p0.margin == pytest.approx(0.4) and p0.kind == "rationale"
+    assert list(p0.prompt) == rationale_prompt(TASK, q_text(0), "plain")
+    assert p0.chosen == "Reason 0.1 <ans>plausible</ans>" and p0.rejected == "Reason 0.0 <ans>plausible</ans>"
+    assert p4.chosen == "No tag here <ans>plausible</ans>"     # the answer tag is added when missing
+    strict = build_pairs(TASK, drafts, scores, SEEDS, PairConfig(kinds=("rationale",), min_margin=0.5))
+    assert [p.id for p in strict] == ["rpair-q4"]
+
+
+def test_both_kinds_and_counts() -> None:
+    drafts = [draft(q, r) for q in range(8) for r in range(2)]
+    scores = {f"q{q}-r{r}": (8, q + r) for q in range(8) for r in range(2)}
+    pairs = build_pairs(TASK, drafts, scores, SEEDS)
+    assert pair_counts(pairs) == {"question": 1, "rationale": 8}
+    assert [p.kind for p in pairs][:1] == ["question"]
+
+
+def test_jsonl_round_trip_and_trl_format(tmp_path) -> None:
+    drafts = [draft(q, r) for q in range(8) for r in range(2)]
+    scores = {f"q{q}-r{r}": (8, q * r) for q in range(8) for r in range(2)}
+    pairs = build_pairs(TASK, drafts, scores, SEEDS)
+    path = tmp_path / "pairs.jsonl"
+    assert write_pairs(path, pairs) == len(pairs)
+    assert read_pairs(path) == pairs
+    assert [pair_from_dict(json.loads(json.dumps(p.to_dict()))) for p in pairs] == pairs   # e.g. a job spec
+    trl = pairs[-1].to_trl()
+    assert trl["prompt"][0]["role"] == "system" and trl["chosen"] == [{"role": "assistant", "content": pairs[-1].chosen}]
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"id": "a", "kind": "poem", "chosen": "c", "rejected": "r", "prompt": [{"role": "user", "content": "x"}]}', "kind"),
+    ('{"id": "a", "kind": "question", "chosen": "", "rejected": "r", "prompt": [{"role": "user", "content": "x"}]}', "chosen"),
+    ('{"id": "a", "kind": "question", "chosen": "c", "rejected": "r", "prompt": []}', "prompt"),
+    ('{"id": "a", "kind": "question", "chosen": "c", "rejected": "r", "prompt": [{"role": "user"}]}', "prompt"),
+    ('{"id": "a", "kind": "question", "chosen": "c", "rejected": "r", "prompt": [{"role": "user", "content": "x"}],'
+     ' "margin": "big"}', "margin"),
+])
+def test_bad_pair_lines_name_line_and_field(tmp_path, line: str, field: str) -> None:
+    good = json.dumps(PreferencePair("g", "rationale", ({"role": "user", "content": "q"},), "c", "r", 0.5, ("a",),
+                                     ("b",)).to_dict())
+    path = tmp_path / "p.jsonl"
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(PairFormatError) as e:
+        read_pairs(path)
+    assert e.value.index == 2 and e.value.field == field and str(path) in str(e.value)
+
+
+def test_duplicate_ids_and_bad_json(tmp_path) -> None:
+    good = json.dumps(PreferencePair("g", "rationale", ({"role": "user", "content": "q"},), "c", "r", 0.5, (), ()).to_dict())
+    path = tmp_path / "p.jsonl"
+    path.write_text(good + "\n" + good + "\n")
+    with pytest.raises(PairFormatError, match="duplicate id"):
+        read_pairs(path)
+    path.write_text("{nope\n")
+    with pytest.raises(PairFormatError, match="invalid JSON"):
+        read_pairs(path)
+
+
+@pytest.mark.parametrize("kw, field", [({"kinds": ("poems",)}, "kinds"), ({"kinds": "question"}, "kinds"),
+                                       ({"min_items": 0}, "min_items"), ({"min_margin": 1.0}, "min_margin"),
+                                       ({"quartile": 0.75}, "quartile"), ({"questions_per_block": 0}, "questions_per_block")])
+def test_config_errors_name_the_field(kw, field) -> None:
+    with pytest.raises(ConfigError) as e:
+        PairConfig(**kw)
+    assert e.value.field == field
+
+
+def test_question_pairs_need_seeds() -> None:
+    with pytest.raises(ConfigError, match="seeds"):
+        build_pairs(TASK, [draft(0, 0)], {}, (), PairConfig())
+    assert build_pairs(TASK, [draft(0, 0)], {}, (), PairConfig(kinds=["rationale"])) == []

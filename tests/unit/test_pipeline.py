@@ -1,0 +1,121 @@
+"""The offline pipeline's file stages (draft → score → pairs) with fakes: outputs, resume, invalidation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from arte.drafts import read_drafts
+from arte.elicit import ElicitConfig
+from arte.errors import ConfigError, DraftFormatError
+from arte.models import ModelRef
+from arte.pairs import read_pairs
+from arte.pipeline import Pipeline, PipelineConfig, read_scores, write_scores
+from arte.prompts import RATIONALE_STYLES, question_block
+from arte.tasks import Example, Task
+from tests.teacher_fakes import LastAnswerCopyingStudent, ScriptedTeacher, is_question_prompt
+
+OPTS = ("plausible", "implausible")
+# Every item is implausible, so drafts answering "implausible" win with the copying student.
+TASK = Task("sports", "Judge plausibility.", tuple(
+    Example(f"e{i}", f"Player {i} did thing {i}", ("implausible",), OPTS) for i in range(40)),
+    input_prefix="Statement:")
+
+
+def make_teacher() -> ScriptedTeacher:
+    counter = iter(range(100_000))
+
+    def reply(messages, kw, i):
+        if is_question_prompt(messages):
+            n = next(counter)
+            return question_block([f"Statement: athlete {n}-{k} made a play" for k in range(5)])
+        style = next(k for k, v in RATIONALE_STYLES.items() if v == messages[0]["content"])
+        answer = "implausible" if style in ("rules", "expert") else "plausible"
+        return f"Thinking in the {style} way about it. <ans>{answer}</ans>"
+
+    return ScriptedTeacher(reply)
+
+
+def make_pipeline(work: Path, **elicit) -> tuple[Pipeline, list[str]]:
+    opened: list[str] = []
+
+    def open_teacher(adapter):
+        opened.append(f"teacher:{adapter}")
+        return make_teacher()
+
+    def open_student():
+        opened.append("student")
+        return LastAnswerCopyingStudent()
+
+    cfg = PipelineConfig(elicit=ElicitConfig(n_questions=8, styles=("plain", "rules"), **elicit), n_validation=12)
+    p = Pipeline(work, TASK, cfg, teacher_model=ModelRef("gguf", Path("/nonexistent.gguf"), "fake"),
+                 open_teacher=open_teacher, open_student=open_student, identity={"teacher": "t", "student": "s"})
+    return p, opened
+
+
+def test_file_stages_run_resume_and_invalidate(tmp_path) -> None:
+    p, opened = make_pipeline(tmp_path)
+    events = []
+    p.progress = lambda *a: events.append(a)
+    out = p.run(["draft", "score", "pairs"])
+    assert [s["skipped"] for s in out["stages"].values()] == [False, False, False]
+    assert opened == ["teacher:None", "student"]
+    drafts = read_drafts(p.paths["drafts"])
+    assert len(drafts) == 16
+    scores = read_scores(p.paths["scores"])
+    assert set(scores) == {d.id for d in drafts}
+    # The copying student answers like the demonstration: "implausible" drafts get 12/12, "plausible" 0/12.
+    assert {scores[d.id] for d in drafts if d.style == "rules"} == {(12.0, 12.0)}
+    assert {scores[d.id] for d in drafts if d.style == "plain"} == {(12.0, 0.0)}
+    pairs = read_pairs(p.paths["pairs"])
+    assert {pr.kind for pr in pairs} == {"rationale"}       # every question has the same s_q: no question pairs
+    assert all(pr.chosen_ids[0].endswith("-rules") for pr in pairs) and len(pairs) == 8
+    assert out["stages"]["pairs"]["summary"]["rationale"] == 8
+    assert {e[0] for e in events} >= {"draft/questions", "draft/rationales", "score/items"}
+    state = json.loads((tmp_path / "pipeline.json").read_text())
+    assert set(state["stages"]) == {"draft", "score", "pairs"}
+
+    # Resume: nothing runs, no model is opened.
+    p2, opened2 = make_pipeline(tmp_path)
+    out2 = p2.run(["draft", "score", "pairs"])
+    assert [s["skipped"] for s in out2["stages"].values()] == [True, True, True] and opened2 == []
+
+    # A deleted output re-runs its stage only (same content -> later stages stay current).
+    p2.paths["scores"].unlink()
+    out3 = p2.run(["draft", "score", "pairs"])
+    assert [s["skipped"] for s in out3["stages"].values()] == [True, False, True] and opened2 == ["student"]
+
+    # A changed draft config re-runs drafting, and scoring/pairs because their input changed.
+    p3, opened3 = make_pipeline(tmp_path, seed=5)
+    out4 = p3.run(["draft", "score", "pairs"])
+    assert [s["skipped"] for s in out4["stages"].values()] == [False, False, False]
+
+    # force re-runs a current stage.
+    out5 = p3.run(["draft"], force=["draft"])
+    assert out5["stages"]["draft"]["skipped"] is False
+
+
+def test_unknown_stage_and_no_pairs(tmp_path) -> None:
+    p, _ = make_pipeline(tmp_path)
+    with pytest.raises(ConfigError, match="unknown stage"):
+        p.run(["draft", "distill"])
+    p.run(["draft"])
+    write_scores(p.paths["scores"], "sports", "loglik", 12, {d.id: (12.0, 6.0) for d in read_drafts(p.paths["drafts"])})
+    p.state["stages"]["score"] = {"fingerprint": p.fingerprint("score")}
+    with pytest.raises(ConfigError, match="no preference pairs"):
+        p.run(["score", "pairs"])
+
+
+def test_read_scores_accepts_edge_agent_output_and_rejects_junk(tmp_path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"task": "t", "scores": [{"draft_id": "a", "n_items": 10, "n_correct": 4,
+                                                          "accuracy": 0.4}]}))
+    assert read_scores(path) == {"a": (10.0, 4.0)}
+    path.write_text(json.dumps({"scores": [{"draft_id": "a", "n_items": "ten", "n_correct": 4}]}))
+    with pytest.raises(DraftFormatError) as e:
+        read_scores(path)
+    assert e.value.index == 0 and e.value.field == "scores"
+    with pytest.raises(DraftFormatError, match="no such file"):
+        read_scores(tmp_path / "missing.json")
