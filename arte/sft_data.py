@@ -33,9 +33,11 @@ from arte.answers import ANS_CLOSE, ANS_OPEN
 from arte.drafts import Draft
 from arte.errors import ConfigError
 from arte.prompts import demo_rationale
+from arte.tasks import Task, format_question
+from arte.tasks import Example as TaskExample
 
-__all__ = ["OPENER", "IGNORE", "ChatFormat", "Example", "PackedRow", "user_message", "encode_records",
-           "pack", "batch_order"]
+__all__ = ["OPENER", "IGNORE", "ChatFormat", "Example", "PackedRow", "user_message", "assistant_message",
+           "encode_records", "pack", "batch_order", "templated_records"]
 
 OPENER = "Let's think step by step."
 IGNORE = -100   # label of a position that is not trained on
@@ -190,3 +192,16 @@ def batch_order(n_rows: int, batch: int, *, seed: int, epoch: int) -> list[list[
     idx = list(range(n_rows))
     random.Random(key).shuffle(idx)
     return [idx[i:i + batch] for i in range(0, n_rows, batch)]
+
+
+def templated_records(task: Task, examples: Sequence[TaskExample]) -> list[Draft]:
+    """Training records from labelled examples with a fixed, templated rationale: development data and
+    the "gold answers, no teacher" baseline. Not a substitute for a teacher's rationales."""
+    out = []
+    for e in examples:
+        why = ("I check each option against the question and keep the one that fits." if e.choices
+               else "I work through the question step by step.")
+        out.append(Draft(id=f"gold-{e.id}", question=format_question(task, e),
+                         rationale=f"{why} The answer is {e.answer}. {ANS_OPEN}{e.answer}{ANS_CLOSE}",
+                         answer=e.answer, task=task.name, provenance={"source": "templated", "example": e.id}))
+    return out

@@ -60,4 +60,4 @@ def test_no_labelled_position_gives_a_zero_loss_that_backpropagates() -> None:
     ids = torch.tensor([[5, 6, 7]])
     loss, n = lm_loss_sum(model, ids, torch.tensor([[0, 1, 2]]), torch.full((1, 3), -100))
     loss.backward()
-    assert n == 0 and float(loss) == 0.0
+    assert n == 0 and loss.item() == 0.0
