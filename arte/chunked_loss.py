@@ -3,7 +3,8 @@
 Contract: ``lm_loss_sum(model, input_ids, position_ids, labels)`` returns the *sum* over labelled positions
 of ``-log p(label | prefix)`` for a transformers causal LM (plain or wrapped by PEFT), with gradients, and
 the number of labelled positions. ``labels`` are already shifted (``labels[i]`` is the token position ``i``
-predicts, ``-100`` to skip), as :func:`arte.sft_data.pack` builds them. The caller divides by the token
+predicts, ``-100`` to skip), as :func:`arte.sft_data.pack` builds them; ``position_ids`` restart at 0 for
+each packed example (a row that holds a single sequence runs with plain causal attention). The caller divides by the token
 count of the whole (accumulated) batch, so gradient accumulation gives the same update as one big batch.
 
 Why: the LM head is ``vocab`` wide (49,152 for SmolLM2). A plain loop computes ``batch × length × vocab``
@@ -92,7 +93,14 @@ def backbone_and_head(model: Any) -> tuple[Any, Any]:
 def lm_loss_sum(model: Any, input_ids: Any, position_ids: Any, labels: Any, *, chunk_tokens: int = 256
                 ) -> tuple[Any, int]:
     """(summed next-token loss over positions with a label, number of such positions)."""
+    import torch
+
     backbone, weight = backbone_and_head(model)
+    width = input_ids.shape[1]
+    if bool((position_ids == torch.arange(width, device=position_ids.device)).all()):
+        # one sequence per row: plain causal attention (SDPA's is_causal path skips the masked half),
+        # instead of the block-diagonal mask that packed position ids make transformers build
+        position_ids = None
     hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
     mask = labels != -100
     n = int(mask.sum())

@@ -61,3 +61,14 @@ def test_no_labelled_position_gives_a_zero_loss_that_backpropagates() -> None:
     loss, n = lm_loss_sum(model, ids, torch.tensor([[0, 1, 2]]), torch.full((1, 3), -100))
     loss.backward()
     assert n == 0 and loss.item() == 0.0
+
+
+def test_a_single_sequence_row_gives_the_same_loss_trimmed_or_padded() -> None:
+    """Trimmed, the row takes the plain causal path; padded, the block-diagonal mask path."""
+    model = tiny_llama()
+    (row,) = pack([Example("a", tuple(range(10, 22)), 4)], max_length=20, pad_id=0)
+    full = [torch.tensor([x]) for x in (row.input_ids, row.position_ids, row.labels)]
+    trimmed = [t[:, :row.n_tokens] for t in full]
+    a, n_a = lm_loss_sum(model, *full)
+    b, n_b = lm_loss_sum(model, *trimmed)
+    assert n_a == n_b == 8 and a.item() == pytest.approx(b.item(), rel=1e-6)
