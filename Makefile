@@ -50,6 +50,7 @@ demo: model
 
 bench: model
 	$(BIN)/python benchmarks/scoring.py
+	$(BIN)/python benchmarks/sft.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
