@@ -115,13 +115,14 @@ class OnnxStudent:
     @classmethod
     def from_ref(cls, ref: ModelRef, *, n_threads: int | None = None, export_dir: str | Path | None = None,
                  convert_dir: str | Path | None = None, reuse: bool = True) -> "OnnxStudent":
-        """Open an exported directory; any other model (GGUF, HF dir) is exported into ``export_dir`` first
-        (reused when already there)."""
+        """Open an exported directory; any other model (GGUF, HF dir) is exported into ``export_dir``
+        (default: ``convert_dir``) first, and reused from there later."""
         if ref.kind == "hf" and is_onnx_dir(ref.path):
             return cls(ref.path, n_threads=n_threads, name=ref.name, reuse=reuse)
+        export_dir = export_dir or convert_dir
         if export_dir is None:
-            raise ModelError(f"{ref.path} is not an exported ONNX model; give export_dir to export it "
-                             f"(or export it with arte.backends.onnx.export_onnx)")
+            raise ModelError(f"{ref.path} is not an exported ONNX model; give export_dir (or convert_dir) to "
+                             f"export it, or export it with arte.backends.onnx.export_onnx")
         target = Path(export_dir) / f"{ref.name}-{(ref.sha256 or 'local')[:12]}-onnx"
         if not is_onnx_dir(target):
             from arte.backends.hf import load_hf

@@ -120,3 +120,10 @@ def test_config_errors_name_the_field(kw: dict, field: str) -> None:
     with pytest.raises(ConfigError) as e:
         SFTConfig(**kw)
     assert e.value.field == field
+
+
+def test_gradient_checkpointing_gives_the_same_adapter(tmp_path: Path) -> None:
+    a, _ = train_lora(tiny_llama(), rows(), cfg(max_steps=2, gradient_checkpointing=False), tmp_path / "a")
+    b, res = train_lora(tiny_llama(), rows(), cfg(max_steps=2, gradient_checkpointing=True), tmp_path / "b")
+    assert res.plan.gradient_checkpointing
+    assert same(adapter(a), adapter(b), atol=1e-5)
