@@ -190,9 +190,11 @@ def activation_mb_per_token(model_config: Any, checkpointing: bool) -> float:
     return (n * h * 4 / 2**20 + block) if checkpointing else n * block
 
 
-def plan_memory(config: SFTConfig, model_config: Any, base_mb: float) -> MemoryPlan:
+def plan_memory(config: SFTConfig, model_config: Any, base_mb: float, row_tokens: int | None = None) -> MemoryPlan:
     """Pick the micro-batch (and checkpointing) for ``config.memory_budget_mb``; see the module docstring.
-    ``base_mb`` is the resident memory with the weights loaded. Raises ConfigError when nothing fits."""
+    ``base_mb`` is the resident memory with the weights loaded; ``row_tokens`` the longest row's real
+    length (micro-batches are trimmed to it; default ``max_length``). Raises ConfigError when nothing fits."""
+    length = row_tokens or config.max_length
     slack = 1.15   # allocator fragmentation, measured
     head = config.loss_chunk_tokens * model_config.vocab_size * 4 * 3 / 2**20   # logits chunk + temporaries
     if config.grad_accumulation is not None:
@@ -204,11 +206,11 @@ def plan_memory(config: SFTConfig, model_config: Any, base_mb: float) -> MemoryP
     est = 0.0
     for ckpt in modes:
         for mb in sizes:
-            est = base_mb + mb * config.max_length * activation_mb_per_token(model_config, ckpt) * slack + head
+            est = base_mb + mb * length * activation_mb_per_token(model_config, ckpt) * slack + head
             if budget is None or est <= budget:
                 return MemoryPlan(mb, config.batch_size // mb, ckpt, round(base_mb, 1), round(est, 1))
     raise ConfigError("memory_budget_mb", f"{budget} MiB is too small: the leanest plan (micro-batch {sizes[-1]} "
-                                          f"of {config.max_length} tokens, checkpointing {modes[-1]}) needs about "
+                                          f"of {length} tokens, checkpointing {modes[-1]}) needs about "
                                           f"{est:.0f} MiB, {base_mb:.0f} MiB of it for the runtime and weights")
 
 
@@ -301,7 +303,7 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     _touch_weights(model)
-    plan = plan_memory(config, model.config, rss_mb())
+    plan = plan_memory(config, model.config, rss_mb(), max(r.n_tokens for r in rows))
     log.info("memory plan: %s", plan)
     if plan.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

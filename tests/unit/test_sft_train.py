@@ -127,3 +127,10 @@ def test_gradient_checkpointing_gives_the_same_adapter(tmp_path: Path) -> None:
     b, res = train_lora(tiny_llama(), rows(), cfg(max_steps=2, gradient_checkpointing=True), tmp_path / "b")
     assert res.plan.gradient_checkpointing
     assert same(adapter(a), adapter(b), atol=1e-5)
+
+
+def test_memory_plan_uses_the_longest_real_row() -> None:
+    mc = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, vocab_size=49152)
+    c = SFTConfig(batch_size=4, max_length=256, memory_budget_mb=1536)
+    assert plan_memory(c, mc, 900).micro_batch == 1
+    assert plan_memory(c, mc, 900, row_tokens=120).micro_batch == 2   # short rows: two fit
