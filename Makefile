@@ -51,6 +51,7 @@ demo: model
 bench: model
 	$(BIN)/python benchmarks/scoring.py
 	$(BIN)/python benchmarks/sft.py
+	$(BIN)/python benchmarks/onnx_student.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
