@@ -176,7 +176,15 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (``ru_maxrss``)."""
+    """Peak resident memory of this process so far, MiB. On Linux ``VmHWM`` of ``/proc/self/status``: unlike
+    ``ru_maxrss``, which a child started by fork + exec inherits from its parent's size at the fork, it
+    counts this program's memory only. Elsewhere ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024   # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024   # bytes on macOS, KiB on Linux
 

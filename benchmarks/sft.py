@@ -10,8 +10,8 @@ q/k/v/o), same optimizer and learning rate, same packed rows (:func:`arte.sft_da
 step) in the same order. The plain loop pads each batch to its longest row (what HF collators do); ours
 trims each micro-batch to its longest row. Tokens/s counts real (non-padding) tokens, over steps 2..N.
 
-Each variant runs in its own subprocess (so their peak RSS, ``ru_maxrss`` of the whole process including
-the model load, do not pollute each other), alternating over ``--rounds`` (the machine may be shared;
+Each variant runs in its own subprocess (so their peak RSS, the whole process's ``VmHWM`` including the
+model load, do not pollute each other), alternating over ``--rounds`` (the machine may be shared;
 medians are reported). ``OMP_WAIT_POLICY=PASSIVE`` is set for every variant by default: with the default
 active spin-wait, two OpenMP threads on a busy 2-core machine ran 5-9x slower than one. Tokens per
 CPU-second are reported too, as they are steadier than wall time on a shared machine.

@@ -5,14 +5,18 @@ and stores a version with its manifest (activated only if the keep rule says so)
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from edge_agent.cli import main
-
 pytestmark = pytest.mark.slow
+
+
+def edge_agent(*args: str) -> subprocess.CompletedProcess:
+    """The real command in its own process: its memory budget must not see this test process's memory."""
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
+                          timeout=900, check=False)
 
 
 def test_train_resumes_after_its_time_budget_then_stores_a_verdict(default_model, bigbench_dir, tmp_path: Path) -> None:
@@ -29,14 +33,14 @@ def test_train_resumes_after_its_time_budget_then_stores_a_verdict(default_model
             "--max-length", "192", "--holdout", "6", "--shots", "0", "--eval-mode", "loglik", "--threads", "1",
             "--memory-budget", "1536", "--adapters", str(tmp_path / "adapters"), "--work-dir", str(tmp_path / "work"),
             "--json"]
-    first = CliRunner().invoke(main, args + ["--time-budget", "0.001"])
-    assert first.exit_code == 0, first.output
+    first = edge_agent(*args, "--time-budget", "0.001")
+    assert first.returncode == 0, first.stderr[-2000:]
     doc = json.loads(first.stdout)
     assert doc["status"] == "incomplete" and doc["sft"]["steps"] == 1 and doc["version"] is None
     assert (tmp_path / "work" / "sft" / "checkpoints").is_dir()
 
-    second = CliRunner().invoke(main, args)
-    assert second.exit_code == 0, second.output
+    second = edge_agent(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
     doc = json.loads(second.stdout)
     assert doc["sft"]["resumed_from"] == 1 and doc["sft"]["steps"] == 2
     assert doc["status"] in ("kept", "rejected") and doc["version"] == "v0001"
