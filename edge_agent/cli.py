@@ -99,7 +99,6 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
     emit(data, as_json, "\n".join(lines))
 
 
-
 @main.command()
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="Tailored training data: JSONL with id, question, rationale, answer per line.")
