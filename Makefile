@@ -53,6 +53,8 @@ bench: model
 	$(BIN)/python benchmarks/server_reports.py
 	$(BIN)/python benchmarks/server_load.py
 	$(BIN)/python benchmarks/dpo.py
+	$(BIN)/python benchmarks/sft.py
+	$(BIN)/python benchmarks/onnx_student.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

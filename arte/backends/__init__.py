@@ -20,7 +20,8 @@ BACKENDS = ("llama", "torch", "onnx")
 def open_student(ref: ModelRef, backend: str = "llama", *, n_threads: int | None = None,
                  convert_dir: str | Path | None = None, lora_path: str | Path | None = None,
                  **kwargs: Any) -> Any:
-    """Open ``ref`` as a student on ``backend``. ``convert_dir`` caches GGUF→HF conversions (torch)."""
+    """Open ``ref`` as a student on ``backend``. ``convert_dir`` caches GGUF→HF conversions (torch) and
+    ONNX exports (onnx, unless ``export_dir`` is given)."""
     if backend == "llama":
         if ref.kind != "gguf":
             raise ModelError(f"the llama backend needs a GGUF file; {ref.path} is a {ref.kind} model "
@@ -37,7 +38,10 @@ def open_student(ref: ModelRef, backend: str = "llama", *, n_threads: int | None
 
         return TorchStudent.from_ref(ref, convert_dir=convert_dir, **kwargs)
     if backend == "onnx":
-        from arte.backends.onnx import OnnxStudent  # type: ignore[import-not-found]
+        if lora_path is not None:
+            raise ConfigError("lora_path", "the onnx backend runs exported models; merge the adapter "
+                                           "(arte.export.merge_lora) and export it (arte.backends.onnx.export_onnx)")
+        from arte.backends.onnx import OnnxStudent
 
-        return OnnxStudent.from_ref(ref, n_threads=n_threads, **kwargs)
+        return OnnxStudent.from_ref(ref, n_threads=n_threads, convert_dir=convert_dir, **kwargs)
     raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
