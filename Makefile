@@ -44,9 +44,12 @@ test: model
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# One ARTE round on real parts: arte-server + worker, 3 enrolled agents with private shards, drafts ->
+# on-device scoring -> DPO -> tailored data -> on-device LoRA -> keep/reject; report in demo-run/report.html.
+# Bigger runs: make demo DEMO_ARGS="--questions 16 --tailored 48 --examples-per-device 60"
+DEMO_ARGS ?=
 demo: model
-	$(BIN)/edge-agent score --task ../shared/data/bigbench/sports_understanding.json \
-	  --drafts tests/data/drafts_sports_understanding.jsonl --items 20
+	$(BIN)/arte demo --fresh --work-dir demo-run $(DEMO_ARGS)
 
 bench: model
 	$(BIN)/python benchmarks/scoring.py

@@ -42,7 +42,7 @@ from edge_agent.hardware import Hardware, work_blockers
 from edge_agent.privacy import private_scores
 from edge_agent.state import State
 from edge_agent.sync import deliver, queue_metrics, queue_report
-from edge_agent.training import TrainRequest, TrainResult
+from edge_agent.training import TrainingIncomplete, TrainRequest, TrainResult
 from firmware_profiles import Profile
 
 __all__ = ["Agent", "Iteration", "run_once", "run_forever", "TrainStep", "MAX_TRAIN_FAILURES"]
@@ -190,7 +190,8 @@ def _do_round(agent: Agent, it: Iteration) -> None:
 
 
 def _better(before: Accuracy, after: Accuracy) -> bool:
-    """Keep an adapter only when it improves the holdout accuracy (0- and 3-shot together)."""
+    """For train steps that leave the decision to the loop: keep an adapter only when it improves the
+    holdout accuracy (0- and 3-shot together). The default step decides itself (McNemar, see training)."""
     return after.zero_shot + after.three_shot > before.zero_shot + before.three_shot
 
 
@@ -198,25 +199,32 @@ def _train(agent: Agent, dataset_id: str, dataset_path: str, key: str, failures:
     task, _, holdout = _private_split(agent)
     version = f"{dataset_id}-{uuid.uuid4().hex[:8]}"
     active = agent.state.active_adapter()
+    s = agent.state
     req = TrainRequest(dataset_path=Path(dataset_path), task=task, holdout=tuple(holdout), profile=agent.profile,
-                       out_dir=agent.state.dir / "adapters" / version, model=agent.model,
-                       base_adapter=Path(active["path"]) if active else None)
+                       out_dir=s.dir / "adapters" / version, model=agent.model,
+                       base_adapter=Path(active["path"]) if active else None,
+                       split_seed=int(s.get("split_seed", "0")), validation=float(s.get("validation_share", "0.5")),
+                       store_dir=s.dir / "adapter-store", work_dir=s.dir / "train-work" / dataset_id)
     t0 = agent.clock()
     try:
         res = agent.train(req)
+    except TrainingIncomplete as e:   # the time budget: resumes next time, not a failure
+        agent.state.set_journal(key, "downloaded", {"path": dataset_path, "failures": failures, "note": str(e)})
+        log.info("training on dataset %s paused: %s", dataset_id, e)
+        return {"dataset_id": dataset_id, "step": "downloaded", "paused": str(e), "failures": failures}
     except (TrainingError, ArteError) as e:
         failures += 1
         step = "failed" if failures >= MAX_TRAIN_FAILURES else "downloaded"
         agent.state.set_journal(key, step, {"path": dataset_path, "failures": failures, "error": str(e)})
         log.error("training on dataset %s failed (%d/%d): %s", dataset_id, failures, MAX_TRAIN_FAILURES, e)
         return {"dataset_id": dataset_id, "step": step, "error": str(e), "failures": failures}
-    kept = _better(res.before, res.after)
+    kept = res.keep if res.keep is not None else _better(res.before, res.after)
     metrics = Metrics(idempotency_key=uuid.uuid4().hex, dataset_id=dataset_id, adapter_version=version,
                       before=res.before, after=res.after, kept=kept, train_seconds=round(agent.clock() - t0, 3),
                       agent_version=agent.agent_version)
     summary = {"dataset_id": dataset_id, "step": "trained", "adapter_version": version, "kept": kept,
                "before": to_wire(res.before), "after": to_wire(res.after),
-               "idempotency_key": metrics.idempotency_key}
+               "idempotency_key": metrics.idempotency_key, **({"details": res.details} if res.details else {})}
     with agent.state.transaction():
         agent.state.add_adapter(version, dataset_id, str(res.adapter_path), res.adapter_format,
                                 to_wire(res.before), to_wire(res.after), kept)

@@ -220,7 +220,19 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
     with transaction(ctx.sessions) as s:
         fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
     ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
-    return {"adapter": str(out_dir), "n_pairs": len(pairs), "n_devices": agg.n_devices}
+    return {"adapter": str(out_dir), "n_pairs": len(pairs), "n_devices": agg.n_devices,
+            **_align_summary(out_dir)}
+
+
+def _align_summary(out_dir: Path) -> dict[str, Any]:
+    """What the job's result shows of the training (either launcher wrote it next to the adapter)."""
+    from arte.dpo import METADATA_FILE
+
+    try:
+        meta = json.loads((out_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: meta.get(k) for k in ("pairs", "steps", "train_loss", "losses", "reward_margin", "seconds")}
 
 
 def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any], out_dir: Path) -> None:

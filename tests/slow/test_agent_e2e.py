@@ -1,6 +1,7 @@
 """End to end with the real embedded model: `edge-agent enroll` then `edge-agent run --once` (subprocesses,
 llama.cpp scoring on 2 threads) against `arte-server serve` on loopback; `status` shows exactly what went.
-Training needs `arte.finetune`: until it is in the checkout the run says so and still reports scores."""
+The same iteration downloads the tailored dataset and really trains: LoRA SFT within the laptop profile, GGUF
+export, before/after evaluation on the private holdout with llama.cpp, keep or reject, metrics sent."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_enroll_and_run_once_with_the_real_model(tmp_path: Path, default_model, 
     try:
         cohort, token = server.cohort_with_token()
         round_id = server.open_round(cohort, drafts)
-        server.publish(cohort)
+        server.publish(cohort, (data_dir / "drafts_sports_understanding.jsonl").read_text())
         env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path / "agent"),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         r = agent(["enroll", "--server", server.url, "--token", token, "--data", str(private), "--json"], env)
@@ -50,7 +51,16 @@ def test_enroll_and_run_once_with_the_real_model(tmp_path: Path, default_model, 
         assert it["delivery"]["pending"] == 0
         (report,) = server.reports(round_id)
         assert {s["draft_id"] for s in report["scores"]} == {d["id"] for d in drafts}
-        assert it["dataset"]["step"] in ("downloaded", "trained")   # trained once arte.finetune exists
+        d = it["dataset"]
+        assert d["step"] == "trained", d
+        assert d["before"]["n_items"] == d["after"]["n_items"] == 8
+        assert d["details"]["n_records"] == 16 and d["details"]["sft"]["status"] == "done"
+        assert d["details"]["decision"]["compared_with"] == "base"
+        assert d["kept"] is d["details"]["decision"]["keep"]
+        (m,) = server.admin("GET", "/metrics", status=200)
+        assert (m["before"], m["after"], m["kept"]) == (d["before"], d["after"], d["kept"])
+        (version,) = (tmp_path / "agent" / "adapter-store" / "versions").iterdir()
+        assert (version / "adapter.gguf").stat().st_size > 0 and (version / "manifest.json").is_file()
         st = json.loads(agent(["status", "--json"], env).stdout)
         sent = next(m for m in st["last_sent"] if m["kind"] == "report")
         assert {s["draft_id"]: s["n_correct"] for s in sent["body"]["scores"]} == \

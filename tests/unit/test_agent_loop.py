@@ -15,7 +15,7 @@ from edge_agent.errors import NetworkError, TrainingError
 from edge_agent.hardware import Hardware, PowerState
 from edge_agent.loop import MAX_TRAIN_FAILURES, Agent, run_forever, run_once
 from edge_agent.state import State
-from edge_agent.training import TrainRequest, TrainResult, train_step
+from edge_agent.training import TrainingIncomplete, TrainRequest, TrainResult, train_step
 from firmware_profiles import load_profiles
 from tests.fake_fleet import FakeFleet, Killed
 from tests.fakes import CopyingStudent
@@ -32,19 +32,22 @@ DATASET = b"".join(b'{"input": "Is %d even?", "target": "%s"}\n' % (i, b"yes" if
 class FakeTrainer:
     """Writes an adapter file and returns the accuracies it was given."""
 
-    def __init__(self, before: float = 0.4, after: float = 0.6, fail: BaseException | None = None) -> None:
-        self.before, self.after, self.fail = before, after, fail
+    def __init__(self, before: float = 0.4, after: float = 0.6, fail: BaseException | None = None,
+                 keep: bool | None = None, pause_first: int = 0) -> None:
+        self.before, self.after, self.fail, self.keep, self.pause_first = before, after, fail, keep, pause_first
         self.calls: list[TrainRequest] = []
 
     def __call__(self, req: TrainRequest) -> TrainResult:
         self.calls.append(req)
         if self.fail is not None:
             raise self.fail
+        if len(self.calls) <= self.pause_first:
+            raise TrainingIncomplete("time budget reached; resumes")
         assert req.dataset_path.read_bytes() == DATASET and req.holdout
         req.out_dir.mkdir(parents=True)
         (req.out_dir / "adapter.gguf").write_bytes(b"GGUF")
         return TrainResult(req.out_dir / "adapter.gguf", "gguf-lora", Accuracy(self.before, self.before, 15),
-                           Accuracy(self.after, self.after, 15))
+                           Accuracy(self.after, self.after, 15), keep=self.keep)
 
 
 @pytest.fixture
@@ -221,13 +224,64 @@ def test_training_failures_are_retried_then_given_up(tmp_path: Path, private_dat
     assert fleet.metrics == {}
 
 
-def test_the_default_train_step_says_what_is_missing(tmp_path: Path, private_data: Path) -> None:
+def test_the_default_train_step_refuses_a_malformed_dataset_by_name(tmp_path: Path, private_data: Path) -> None:
     fleet = FakeFleet()
     fleet.open_round(DRAFTS)
-    fleet.publish(DATASET)
+    fleet.publish(DATASET)   # {"input", "target"} lines: not tailored drafts
     it = run_once(make_agent(tmp_path, fleet, private_data, train=train_step))
     assert it.round["step"] == "queued" and len(fleet.report_bodies) == 1
-    assert it.dataset["step"] == "downloaded" and "arte.finetune" in it.dataset["error"]
+    assert it.dataset["step"] == "downloaded" and it.dataset["failures"] == 1
+    assert "line 1: field 'id': missing" in it.dataset["error"]
+
+
+def test_the_default_train_step_is_bounded_by_the_profile(tmp_path: Path, private_data: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profile's LoRA, batch, sequence, memory, time and thread limits reach arte.finetune, and its
+    McNemar verdict is the loop's keep decision."""
+    import arte.finetune
+    from arte.finetune import FinetuneResult
+
+    seen = {}
+
+    def fake_finetune(ref, task, records, store, work_dir, config, **kw):
+        seen.update(config=config, records=records, work_dir=work_dir, store=store.root)
+        return FinetuneResult("incomplete", None, None, None, len(records), 10, {"steps": 3, "total_steps": 9})
+
+    monkeypatch.setattr(arte.finetune, "finetune", fake_finetune)
+    monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: type("R", (), {"kind": "gguf"})())
+    fleet = FakeFleet()
+    fleet.publish(b"".join(json.dumps({"id": f"t{i}", "question": f"Is {i} even?", "rationale": "<ans>yes</ans>",
+                                       "answer": "yes"}).encode() + b"\n" for i in range(500)))
+    agent = make_agent(tmp_path, fleet, private_data, train=train_step)
+    it = run_once(agent)
+    p = agent.profile
+    c = seen["config"]
+    assert (c.sft.rank, c.sft.alpha, c.sft.batch_size, c.sft.max_length) == (
+        p.training.lora_rank, p.training.lora_alpha, p.training.batch_size, p.training.max_seq_len)
+    assert (c.sft.memory_budget_mb, c.sft.time_budget_s, c.sft.threads) == (
+        p.budget.memory_mib, p.budget.train_seconds, p.runtime.threads)
+    assert len(seen["records"]) == p.training.max_examples < 500
+    assert c.eval.mode == "loglik" and c.eval.shots == (0, 3)      # the private items are multiple choice
+    assert it.dataset["step"] == "downloaded" and it.dataset["failures"] == 0 and "paused" in it.dataset
+
+
+def test_a_paused_training_resumes_without_counting_a_failure(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.publish(DATASET)
+    trainer = FakeTrainer(pause_first=MAX_TRAIN_FAILURES + 1)
+    for _ in range(MAX_TRAIN_FAILURES + 1):
+        it = run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+        assert it.dataset["step"] == "downloaded" and it.dataset["failures"] == 0
+    it = run_once(make_agent(tmp_path, fleet, private_data, train=trainer))
+    assert it.dataset["step"] == "trained" and len({str(c.work_dir) for c in trainer.calls}) == 1
+
+
+def test_the_train_steps_keep_decision_wins(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.publish(DATASET)
+    it = run_once(make_agent(tmp_path, fleet, private_data, train=FakeTrainer(before=0.4, after=0.5, keep=False)))
+    assert it.dataset["kept"] is False     # better on average, but not significantly: the step said no
+    assert make_agent(tmp_path, fleet, private_data).state.active_adapter() is None
 
 
 def test_a_worse_adapter_is_not_kept(tmp_path: Path, private_data: Path) -> None:

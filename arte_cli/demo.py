@@ -1,0 +1,570 @@
+"""``arte demo``: one full ARTE round on real parts, on this machine, with a summary table and an HTML report.
+
+Contract: :func:`run_demo` starts ``arte-server`` (SQLite, loopback, a free port) and its job worker as child
+processes, creates a task from the BIG-bench (or JSONL) file's seed examples, a cohort with k = the number
+of devices, and one enrollment token per device; gives every simulated device its own disjoint private
+shard of the task (a task.json of its own under the device's directory, never sent anywhere) and enrolls
+it with ``edge-agent enroll`` (laptop-CPU profile). Then one round, exactly as a fleet runs it:
+
+1. ``elicit`` job: the teacher writes draft questions and rationales; they open a round;
+2. every device runs ``edge-agent run --once``: fetches the drafts, scores them with its student on its
+   private validation split, and reports only per-draft counts;
+3. ``align`` job: the server pools the reports, builds chosen/rejected pairs and aligns the teacher (DPO,
+   LoRA) for the cohort;
+4. ``tailor`` job: the aligned teacher writes the cohort's training set (a signed dataset);
+5. every device runs ``edge-agent run --once`` again: downloads and verifies the dataset, fine-tunes its
+   student with LoRA within its profile, evaluates before/after on its private holdout and keeps the
+   adapter only if it is significantly better; the metrics (accuracies only) go back to the server.
+
+Everything the demo shows comes from the server's API (aggregates, job results, metrics) and the agents'
+``--json`` output, as an operator would see it. Files go under ``work_dir`` (kept; the report is
+``work_dir/report.html``). Child processes are stopped on return or error. A step that fails raises
+:class:`DemoError` naming the step, with the tail of the child's log.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from arte.errors import ArteError, ConfigError
+
+__all__ = ["DemoConfig", "DemoError", "run_demo", "render_summary", "write_report"]
+
+API = "/api/v1"
+
+
+class DemoError(ArteError):
+    """A demo step failed; the message names the step and carries the relevant log tail."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's size. The defaults fit about ten minutes on two CPU cores with the embedded 135M model.
+
+    Args:
+        task: a BIG-bench task.json or JSONL file.
+        devices: simulated devices (each with its own private shard); also the cohort's k.
+        examples_per_device: private examples per device, split 50/50 into validation (scoring) and holdout.
+        seed_examples: public seed examples the teacher imitates (taken out before the shards).
+        questions: draft questions the teacher writes; styles: rationale styles per question.
+        tailored: questions of the tailored training set.
+        dpo_epochs: passes over the preference pairs.
+        sft_epochs: not a flag of the device (its profile bounds training); kept for the report.
+        threads: CPU threads of every model (None: the profile's / the library's default).
+        privacy: ``none`` or ``MECHANISM:EPSILON`` (e.g. ``gaussian:2``); devices add local DP noise.
+        split_seed: the shards' and every split's seed.
+    """
+
+    task: Path
+    work_dir: Path
+    model: str = "default"
+    devices: int = 3
+    examples_per_device: int = 24
+    seed_examples: int = 5
+    questions: int = 6
+    styles: tuple[str, ...] = ("plain", "expert")
+    tailored: int = 16
+    dpo_epochs: float = 2.0
+    threads: int | None = None
+    privacy: str = "none"
+    split_seed: int = 0
+    profile: str = "laptop-cpu"
+    timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name, low in (("devices", 1), ("examples_per_device", 4), ("seed_examples", 1), ("questions", 1),
+                          ("tailored", 3)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(name, f"must be an integer >= {low}, got {v!r}")
+        from arte.prompts import RATIONALE_STYLES
+
+        if not self.styles:
+            raise ConfigError("styles", "needs at least one rationale style")
+        unknown = [x for x in self.styles if x not in RATIONALE_STYLES]
+        if unknown:
+            raise ConfigError("styles", f"unknown style(s) {', '.join(unknown)}; known: {', '.join(RATIONALE_STYLES)}")
+        if self.dpo_epochs <= 0:
+            raise ConfigError("dpo_epochs", f"must be > 0, got {self.dpo_epochs}")
+        privacy_policy(self.privacy)
+
+    @property
+    def multiple_choice(self) -> bool:
+        from arte.tasks import load_task
+
+        return load_task(self.task).kind == "multiple_choice"
+
+
+def privacy_policy(spec: str) -> dict[str, Any]:
+    """``none`` or ``MECHANISM:EPSILON`` → the cohort's privacy policy (``gaussian`` gets δ = 1e-5)."""
+    if spec == "none":
+        return {"mechanism": "none"}
+    mech, _, eps = spec.partition(":")
+    mechanisms = ("randomized_response", "laplace", "gaussian")
+    try:
+        epsilon = float(eps)
+    except ValueError:
+        epsilon = -1.0
+    if mech not in mechanisms or not epsilon > 0:
+        raise ConfigError("privacy", f"expected 'none' or MECHANISM:EPSILON with MECHANISM one of "
+                                     f"{', '.join(mechanisms)} and EPSILON > 0, got {spec!r}")
+    return {"mechanism": mech, "epsilon": epsilon, **({"delta": 1e-5} if mech == "gaussian" else {})}
+
+
+# -- the private shards ------------------------------------------------------------------------------------------
+
+
+def _bigbench_example(x: Any) -> dict[str, Any]:
+    if x.choices:
+        return {"id": x.id, "input": x.input, "target_scores": {c: int(c in x.targets) for c in x.choices}}
+    return {"id": x.id, "input": x.input, "target": list(x.targets)}
+
+
+def make_shards(task_path: Path, out_dir: Path, devices: int, per_device: int, n_seeds: int,
+                seed: int) -> tuple[Any, list[dict[str, Any]], list[Path]]:
+    """The task, its public seed examples (server format) and one private task.json per device (disjoint)."""
+    from arte.tasks import load_task, split_task
+
+    task = load_task(task_path)
+    need = n_seeds + devices * per_device
+    if len(task.examples) < need:
+        raise ConfigError("examples_per_device", f"{devices} devices x {per_device} examples + {n_seeds} seeds "
+                                                 f"need {need} examples; {task_path} has {len(task.examples)}")
+    split = split_task(task, seed=seed, n_seeds=n_seeds, validation=devices * per_device, holdout=0)
+    seeds = [{k: v for k, v in x.to_dict().items() if k != "id"} for x in split.seeds]
+    paths = []
+    for i in range(devices):
+        shard = split.validation[i * per_device:(i + 1) * per_device]
+        doc = {"name": task.name, "description": task.description, "task_prefix": task.task_prefix,
+               "example_input_prefix": task.input_prefix, "example_output_prefix": task.output_prefix,
+               "examples": [_bigbench_example(x) for x in shard]}
+        path = out_dir / f"device-{i + 1}" / "private" / "task.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        paths.append(path)
+    return task, seeds, paths
+
+
+# -- child processes and the admin API ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+class _Fleet:
+    """The server, its worker and the admin client; devices are ``edge-agent`` runs with their own state."""
+
+    def __init__(self, cfg: DemoConfig, env: dict[str, str], log: Callable[[str], None]) -> None:
+        self.cfg, self.env, self.log = cfg, env, log
+        self.dir = cfg.work_dir
+        self.logs = self.dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = ""
+        self.http: Any = None
+
+    # processes
+    def _cmd(self, module: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", module, *args]
+
+    def run(self, step: str, module: str, *args: str, timeout: float | None = None) -> dict[str, Any]:
+        """Run a command that prints one JSON document; its stderr goes to ``logs/<step>.log``."""
+        logf = self.logs / f"{step}.log"
+        with open(logf, "ab") as err:
+            p = subprocess.run(self._cmd(module, *args), stdout=subprocess.PIPE, stderr=err, env=self.env,
+                               timeout=timeout or self.cfg.timeout_s, check=False)
+        out = p.stdout.decode("utf-8", errors="replace")
+        if p.returncode != 0:
+            raise DemoError(f"step {step!r} failed (exit {p.returncode}): {out.strip()[-2000:]}\n"
+                            f"--- {logf}:\n{_tail(logf)}")
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise DemoError(f"step {step!r} printed no JSON document: {out[-2000:]!r}") from None
+
+    def spawn(self, name: str, module: str, *args: str) -> None:
+        logf = open(self.logs / f"{name}.log", "ab")   # noqa: SIM115 - closed with the process
+        self.procs.append(subprocess.Popen(self._cmd(module, *args), stdout=logf, stderr=subprocess.STDOUT,
+                                           env=self.env, start_new_session=True))
+
+    def start(self) -> None:
+        import httpx
+
+        init = self.run("server-init", "server.cli", "init", "--json")
+        self.admin_key = init["admin_key"]
+        self.spawn("server", "server.cli", "serve", "--port", str(self.port), "--no-access-log")
+        self.spawn("worker", "server.cli", "worker")
+        self.http = httpx.Client(base_url=self.url + API, timeout=30.0,
+                                 headers={"Authorization": f"Bearer {self.admin_key}"})
+        deadline = time.monotonic() + 60
+        while True:
+            if self.procs[0].poll() is not None:
+                raise DemoError(f"arte-server exited at start:\n{_tail(self.logs / 'server.log')}")
+            try:
+                if self.http.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise DemoError(f"arte-server did not answer on {self.url} within 60 s:\n"
+                                f"{_tail(self.logs / 'server.log')}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    # admin API
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        r = self.http.request(method, path, **kw)
+        if r.status_code >= 400:
+            raise DemoError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
+        return r.json()
+
+    def job(self, step: str, body: dict[str, Any], progress: Callable[[float], None]) -> dict[str, Any]:
+        """Queue a job and wait for the worker to finish it."""
+        job = self.api("POST", "/jobs", json=body)
+        deadline = time.monotonic() + self.cfg.timeout_s
+        while job["state"] in ("queued", "running"):
+            if self.procs[1].poll() is not None:
+                raise DemoError(f"the job worker exited during {step}:\n{_tail(self.logs / 'worker.log')}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"job {step} ({job['job_id']}) still {job['state']} after {self.cfg.timeout_s} s")
+            time.sleep(1.0)
+            job = self.api("GET", f"/jobs/{job['job_id']}")
+            progress(job.get("progress") or 0.0)
+        if job["state"] != "succeeded":
+            logs = self.api("GET", f"/jobs/{job['job_id']}/logs")
+            raise DemoError(f"job {step} {job['state']}: {job.get('error')}\n"
+                            + "\n".join(str(x.get("message")) for x in logs[-10:]))
+        return job
+
+
+# -- the round ----------------------------------------------------------------------------------------------------
+
+
+def _env(cfg: DemoConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"ARTE_SERVER_DATA_DIR": str(cfg.work_dir / "server"), "ARTE_SERVER_TEACHER_MODEL": cfg.model,
+                "ARTE_SERVER_DATASET_SIGNING_KEY": env.get("ARTE_DEMO_SIGNING_KEY", secrets.token_hex(32)),
+                "ARTE_SERVER_WORKER_POLL_S": "0.5", "ARTE_SERVER_JOB_HEARTBEAT_S": "5",
+                "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"})
+    env.pop("ARTE_SERVER_DATABASE_URL", None)   # the demo's own SQLite database
+    if cfg.threads is not None:
+        env["OMP_NUM_THREADS"] = str(cfg.threads)
+    return env
+
+
+def _stage(log: Callable[[str], None], name: str) -> Callable[[], float]:
+    t0 = time.monotonic()
+    log(f"[{time.strftime('%H:%M:%S')}] {name} ...")
+    return lambda: round(time.monotonic() - t0, 1)
+
+
+def _iterate(fleet: _Fleet, devices: list[dict[str, Any]], step: str, part: str,
+             prog: Callable[[str, float], None]) -> list[dict[str, Any]]:
+    """``edge-agent run --once`` on every device, one after the other; ``part`` of each iteration's JSON."""
+    out = []
+    for d in devices:
+        it = fleet.run(f"{d['name']}-{step}", "edge_agent.cli", "--state-dir", d["state_dir"], "run", "--once",
+                       "--ignore-conditions", "--json")
+        out.append({"device": d["name"], **(it.get(part) or {}), "delivery": it.get("delivery")})
+        prog(step, len(out) / len(devices))
+    return out
+
+
+def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+             progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """Run the round (see the module docstring); returns the demo's JSON document."""
+    t_start = time.monotonic()
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    if (cfg.work_dir / "server").exists() or any(cfg.work_dir.glob("device-*")):
+        raise ConfigError("work_dir", f"{cfg.work_dir} holds an earlier demo; give a new or empty directory")
+    task, seeds, shards = make_shards(cfg.task, cfg.work_dir, cfg.devices, cfg.examples_per_device,
+                                      cfg.seed_examples, cfg.split_seed)
+    mode = "loglik" if task.kind == "multiple_choice" else "generate"
+    env = _env(cfg)
+    fleet = _Fleet(cfg, env, log)
+    seconds: dict[str, float] = {}
+    prog = progress or (lambda _s, _f: None)
+    doc: dict[str, Any] = {"config": {**asdict(cfg), "task": str(cfg.task), "work_dir": str(cfg.work_dir)},
+                           "task": task.name, "mode": mode, "seconds": seconds}
+    try:
+        done = _stage(log, "starting arte-server and its job worker")
+        fleet.start()
+        t = fleet.api("POST", "/tasks", json={"name": task.name, "instruction": task.description or task.name,
+                                               "seeds": seeds})
+        cohort = fleet.api("POST", "/cohorts", json={"name": f"{task.name}-{cfg.profile}", "task_id": t["task_id"],
+                                                     "student_model": cfg.model, "profile_class": cfg.profile,
+                                                     "privacy": privacy_policy(cfg.privacy),
+                                                     "min_devices": cfg.devices})
+        cid = cohort["cohort_id"]
+        devices = []
+        for i, shard in enumerate(shards):
+            token = fleet.api("POST", "/tokens", json={"cohort_id": cid, "note": f"demo device {i + 1}"})
+            state = cfg.work_dir / f"device-{i + 1}" / "state"
+            e = fleet.run(f"device-{i + 1}-enroll", "edge_agent.cli", "--state-dir", str(state), "enroll",
+                          "--server", fleet.url, "--token", token["token"], "--profile", cfg.profile,
+                          "--name", f"demo-device-{i + 1}", "--data", str(shard),
+                          "--dataset-key", env["ARTE_SERVER_DATASET_SIGNING_KEY"], "--json")
+            devices.append({"name": f"demo-device-{i + 1}", "device_id": e["device_id"], "state_dir": str(state),
+                            "private_data": str(shard)})
+        if cfg.model != "default":
+            for d in devices:
+                fleet.run(f"{d['name']}-config", "edge_agent.cli", "--state-dir", d["state_dir"], "config",
+                          "set", "model", cfg.model)
+        doc.update(server=fleet.url, cohort_id=cid, devices=devices)
+        seconds["setup"] = done()
+
+        done = _stage(log, f"teacher drafts {cfg.questions} questions x {len(cfg.styles)} rationales (elicit job)")
+        elicit = fleet.job("elicit", {"kind": "elicit", "cohort_id": cid, "params": {
+            "mode": mode, "max_new_tokens": 96, "min_items": max(1, cfg.examples_per_device // 4),
+            "config": {"n_questions": cfg.questions, "styles": list(cfg.styles), "seed": cfg.split_seed,
+                       "rationale_max_new_tokens": 160, "question_max_new_tokens": 320, "batch_size": 8}}},
+            lambda f: prog("elicit", f))
+        round_id = elicit["result"]["round_id"]
+        doc["round"] = {"round_id": round_id, "n_drafts": elicit["result"]["n_drafts"]}
+        seconds["elicit"] = done()
+
+        done = _stage(log, f"{cfg.devices} devices score the drafts on their private validation items")
+        doc["scoring"] = _iterate(fleet, devices, "score", "round", prog)
+        seconds["score"] = done()
+        doc["aggregate"] = fleet.api("GET", f"/aggregates/{round_id}")
+
+        done = _stage(log, "server pools the scores, builds pairs, aligns the teacher with DPO (align job)")
+        align = fleet.job("align", {"kind": "align", "cohort_id": cid, "round_id": round_id, "params": {
+            "config": {"epochs": cfg.dpo_epochs, "batch_size": 2, "learning_rate": 5e-5, "max_length": 512,
+                       "eval_pairs": 8, "logging_steps": 1, "seed": cfg.split_seed}}},
+            lambda f: prog("align", f))
+        doc["align"] = align["result"]
+        seconds["align"] = done()
+
+        done = _stage(log, f"aligned teacher writes {cfg.tailored} tailored examples (tailor job)")
+        tailor = fleet.job("tailor", {"kind": "tailor", "cohort_id": cid, "round_id": round_id, "params": {
+            "config": {"n_questions": cfg.tailored, "seed": cfg.split_seed + 1, "check_samples": 0,
+                       "rationale_max_new_tokens": 160, "question_max_new_tokens": 320, "batch_size": 8}}},
+            lambda f: prog("tailor", f))
+        doc["dataset"] = tailor["result"]
+        seconds["tailor"] = done()
+
+        done = _stage(log, f"{cfg.devices} devices fine-tune (LoRA), evaluate before/after and keep or reject")
+        doc["training"] = _iterate(fleet, devices, "train", "dataset", prog)
+        seconds["train"] = done()
+        by_id = {d["device_id"]: d["name"] for d in devices}
+        doc["metrics"] = [{**m, "device": by_id.get(m["device_id"], m["device_id"])}
+                          for m in fleet.api("GET", "/metrics")]
+        doc["dashboard"] = f"{fleet.url}/dashboard"
+    finally:
+        fleet.stop()
+    seconds["total"] = round(time.monotonic() - t_start, 1)
+    (cfg.work_dir / "demo.json").write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+    doc["report"] = str(write_report(doc, cfg.work_dir / "report.html"))
+    return doc
+
+
+# -- summary and report --------------------------------------------------------------------------------------------
+
+
+def _acc(d: dict[str, Any] | None, key: str) -> str:
+    return f"{d[key]:.3f}" if d and d.get(key) is not None else "-"
+
+
+def render_summary(doc: dict[str, Any]) -> str:
+    """The human summary table."""
+    agg = doc.get("aggregate") or {}
+    scores = [x["score"] for x in (agg.get("drafts") or {}).values() if x.get("score") is not None]
+    al = doc.get("align") or {}
+    margin = (al.get("reward_margin") or {})
+    ds = doc.get("dataset") or {}
+    lines = [f"ARTE demo on {doc['task']} ({doc['mode']} scoring), {len(doc.get('devices', []))} devices",
+             f"  round {doc.get('round', {}).get('round_id')}: {doc.get('round', {}).get('n_drafts')} drafts; "
+             f"{agg.get('n_devices', 0)} devices reported; pooled draft accuracy "
+             + (f"mean {sum(scores) / len(scores):.3f}, min {min(scores):.3f}, max {max(scores):.3f}" if scores
+                else "-"),
+             f"  DPO: {al.get('n_pairs', '-')} pairs, {al.get('steps', '-')} steps, reward margin "
+             f"{margin.get('before', '-')} -> {margin.get('after', '-')}",
+             f"  tailored dataset {ds.get('dataset_id', '-')}: {ds.get('n_examples', '-')} examples", "",
+             f"  {'device':<16}{'0-shot before':>14}{'0-shot after':>14}{'3-shot before':>15}{'3-shot after':>14}"
+             f"{'kept':>6}"]
+    for m in doc.get("metrics", []):
+        lines.append(f"  {m['device']:<16}{_acc(m['before'], 'zero_shot'):>14}{_acc(m['after'], 'zero_shot'):>14}"
+                     f"{_acc(m['before'], 'three_shot'):>15}{_acc(m['after'], 'three_shot'):>14}"
+                     f"{'yes' if m['kept'] else 'no':>6}")
+    for t in doc.get("training", []):
+        if t.get("step") != "trained":
+            lines.append(f"  {t['device']}: {t.get('step')} {t.get('error') or t.get('paused') or ''}")
+    s = doc.get("seconds", {})
+    lines += ["", "  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.items())]
+    if doc.get("report"):
+        lines.append(f"  report: {doc['report']}")
+    return "\n".join(lines)
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _figures(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: list[tuple[str, str, str]] = []
+    drafts = (doc.get("aggregate") or {}).get("drafts") or {}
+    scores = [x["score"] for x in drafts.values() if x.get("score") is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(scores, bins=[i / 10 for i in range(11)], color="#4C72B0", edgecolor="white")
+    ax.set_xlabel("pooled one-shot accuracy of the student on the draft")
+    ax.set_ylabel("drafts")
+    ax.set_title("Score distribution of the teacher's drafts")
+    figs.append(("scores", "Draft scores", _png(fig)))
+    plt.close(fig)
+
+    al = doc.get("align") or {}
+    losses = al.get("losses") or []
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if losses:
+        steps = [x["step"] for x in losses]
+        ax.plot(steps, [x.get("margin") for x in losses], marker="o", label="reward margin (chosen - rejected)")
+        ax.plot(steps, [x["loss"] for x in losses], marker="s", label="DPO loss")
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=8)
+    m = al.get("reward_margin") or {}
+    ax.set_title(f"DPO on the teacher: margin {m.get('before')} -> {m.get('after')} (held pairs)", fontsize=9)
+    figs.append(("dpo", "DPO reward margins", _png(fig)))
+    plt.close(fig)
+
+    metrics = doc.get("metrics") or []
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for ax, (key, label) in zip(axes, (("zero_shot", "0-shot"), ("three_shot", "3-shot"))):
+        names = [m["device"] for m in metrics]
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [m["before"][key] for m in metrics], 0.4, label="before", color="#999999")
+        ax.bar([x + 0.2 for x in xs], [m["after"][key] for m in metrics], 0.4, label="after",
+               color=["#55A868" if m["kept"] else "#C44E52" for m in metrics])
+        ax.set_xticks(list(xs), names, rotation=15, fontsize=8)
+        ax.set_title(f"{label} holdout accuracy")
+        ax.set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    figs.append(("accuracy", "Before/after accuracy per device (green: kept, red: rejected)", _png(fig)))
+    plt.close(fig)
+    return figs
+
+
+def write_report(doc: dict[str, Any], path: Path) -> Path:
+    """A self-contained HTML page (inline PNGs) with the summary, the plots and the run's JSON."""
+    figs = _figures(doc)
+    body = "\n".join(f"<h2>{html.escape(title)}</h2><img alt='{name}' src='{src}'>" for name, title, src in figs)
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ARTE demo: {html.escape(doc['task'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}}
+pre{{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:12px}}img{{max-width:100%}}</style></head><body>
+<h1>ARTE demo: {html.escape(doc['task'])}</h1>
+<pre>{html.escape(render_summary({**doc, 'report': None}))}</pre>
+{body}
+<h2>Run record</h2><details><summary>demo.json</summary><pre>{html.escape(json.dumps(doc, indent=2, default=str))}</pre></details>
+</body></html>"""
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def clean_work_dir(path: Path) -> None:
+    """Remove an earlier demo's files (``--fresh``)."""
+    if path.exists():
+        shutil.rmtree(path)
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+
+
+def _default_task() -> Path:
+    here = Path(__file__).resolve().parent.parent
+    for base in (here, Path.cwd()):
+        p = base.parent / "shared" / "data" / "bigbench" / "sports_understanding.json"
+        if p.is_file():
+            return p
+    return Path("sports_understanding.json")
+
+
+def command() -> Any:
+    """The ``arte demo`` click command (built on demand so importing this module stays light)."""
+    import click
+
+    @click.command("demo")
+    @click.option("--task", "task_path", type=click.Path(path_type=Path), default=None,
+                  help="BIG-bench task.json or JSONL (default: ../shared/data/bigbench/sports_understanding.json).")
+    @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("demo-run"), show_default=True,
+                  help="Where the server, the devices and the report live.")
+    @click.option("--fresh", is_flag=True, help="Delete the work dir of an earlier demo first.")
+    @click.option("--model", default="default", show_default=True,
+                  help="Teacher and student: 'default', a GGUF file or an HF model directory.")
+    @click.option("--devices", default=3, show_default=True, type=click.IntRange(1, 64), help="Simulated devices (= k).")
+    @click.option("--examples-per-device", default=24, show_default=True, type=click.IntRange(min=4),
+                  help="Private examples per device (half validation, half holdout).")
+    @click.option("--questions", default=6, show_default=True, type=click.IntRange(min=1),
+                  help="Draft questions the teacher writes.")
+    @click.option("--styles", default="plain,expert", show_default=True,
+                  help="Comma-separated rationale styles per question (arte.prompts.RATIONALE_STYLES).")
+    @click.option("--tailored", default=16, show_default=True, type=click.IntRange(min=3),
+                  help="Questions in the tailored training set.")
+    @click.option("--dpo-epochs", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+    @click.option("--privacy", default="none", show_default=True,
+                  help="Local DP of the scores: none or MECHANISM:EPSILON (gaussian:2, laplace:4, ...).")
+    @click.option("--seed", "split_seed", default=0, show_default=True, help="Seed of the shards and splits.")
+    @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    def demo(task_path: Path | None, work_dir: Path, fresh: bool, model: str, devices: int, examples_per_device: int,
+             questions: int, styles: str, tailored: int, dpo_epochs: float, privacy: str, split_seed: int,
+             threads: int | None, as_json: bool) -> None:
+        """Run one full ARTE round on this machine: a real server, DEVICES agents, a report."""
+        from arte_cli.cli import emit, fail
+
+        try:
+            if fresh:
+                clean_work_dir(work_dir)
+            cfg = DemoConfig(task=task_path or _default_task(), work_dir=work_dir.resolve(), model=model,
+                             devices=devices, examples_per_device=examples_per_device, questions=questions,
+                             styles=tuple(s.strip() for s in styles.split(",") if s.strip()), tailored=tailored,
+                             dpo_epochs=dpo_epochs, privacy=privacy, split_seed=split_seed, threads=threads)
+            doc = run_demo(cfg)
+        except ArteError as e:
+            fail(e)
+        emit(doc, as_json, render_summary(doc))
+
+    return demo

@@ -1,0 +1,101 @@
+"""`arte demo` pieces that need no model: private shards, option validation, the summary and the report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from arte.errors import ConfigError
+from arte.tasks import load_task
+from arte_cli.demo import DemoConfig, make_shards, privacy_policy, render_summary, run_demo, write_report
+
+SPORTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "bigbench" / "sports_understanding.json"
+if not SPORTS.is_file():  # a checkout whose ../shared sits elsewhere
+    SPORTS = Path.cwd().parent / "shared" / "data" / "bigbench" / "sports_understanding.json"
+
+
+@pytest.fixture
+def task_path() -> Path:
+    if not SPORTS.is_file():
+        pytest.skip("../shared/data/bigbench is not beside this checkout")
+    return SPORTS
+
+
+def test_shards_are_private_disjoint_and_keep_the_task_text(tmp_path: Path, task_path: Path) -> None:
+    task, seeds, paths = make_shards(task_path, tmp_path, devices=3, per_device=10, n_seeds=4, seed=7)
+    assert len(seeds) == 4 and all(set(s) == {"input", "choices", "answer"} for s in seeds)
+    shards = [load_task(p) for p in paths]
+    ids = [x.id for t in shards for x in t.examples]
+    assert [len(t.examples) for t in shards] == [10, 10, 10] and len(set(ids)) == 30
+    seed_inputs = {s["input"] for s in seeds}
+    assert not seed_inputs & {x.input for t in shards for x in t.examples}
+    originals = {x.id: x for x in task.examples}
+    for t in shards:
+        assert t.description == task.description and t.kind == "multiple_choice"
+        for x in t.examples:   # the same items, labels included
+            assert (x.input, x.targets, set(x.choices)) == (originals[x.id].input, originals[x.id].targets,
+                                                            set(originals[x.id].choices))
+    again = make_shards(task_path, tmp_path / "again", devices=3, per_device=10, n_seeds=4, seed=7)[2]
+    assert [p.read_text() for p in again] == [p.read_text() for p in paths]
+
+
+def test_too_small_a_task_is_refused_by_name(tmp_path: Path) -> None:
+    p = tmp_path / "tiny.jsonl"
+    p.write_text("".join(json.dumps({"input": f"q{i}", "target": "a"}) + "\n" for i in range(10)))
+    with pytest.raises(ConfigError, match="examples_per_device.*need 23 examples.*has 10"):
+        make_shards(p, tmp_path / "out", devices=3, per_device=6, n_seeds=5, seed=0)
+
+
+def test_privacy_specs() -> None:
+    assert privacy_policy("none") == {"mechanism": "none"}
+    assert privacy_policy("gaussian:2") == {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-5}
+    assert privacy_policy("laplace:0.5") == {"mechanism": "laplace", "epsilon": 0.5}
+    for bad in ("gaussian", "gauss:1", "laplace:-1", "laplace:x"):
+        with pytest.raises(ConfigError, match="privacy"):
+            privacy_policy(bad)
+
+
+def test_config_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="styles.*nonsense"):
+        DemoConfig(task=tmp_path / "t.json", work_dir=tmp_path, styles=("plain", "nonsense"))
+    with pytest.raises(ConfigError, match="devices"):
+        DemoConfig(task=tmp_path / "t.json", work_dir=tmp_path, devices=0)
+    with pytest.raises(ConfigError, match="tailored"):
+        DemoConfig(task=tmp_path / "t.json", work_dir=tmp_path, tailored=1)
+
+
+def test_an_earlier_demo_is_not_overwritten(tmp_path: Path, task_path: Path) -> None:
+    (tmp_path / "server").mkdir()
+    (tmp_path / "server" / "arte.db").write_text("precious")
+    with pytest.raises(ConfigError, match="work_dir.*earlier demo"):
+        run_demo(DemoConfig(task=task_path, work_dir=tmp_path))
+    assert (tmp_path / "server" / "arte.db").read_text() == "precious"
+
+
+def _doc() -> dict:
+    acc = lambda z, t: {"zero_shot": z, "three_shot": t, "n_items": 12}  # noqa: E731
+    return {"task": "sports_understanding", "mode": "loglik", "devices": [{"name": "demo-device-1"}] * 2,
+            "round": {"round_id": "rnd_1", "n_drafts": 4},
+            "aggregate": {"n_devices": 2, "drafts": {f"d{i}": {"score": s} for i, s in enumerate((0.2, 0.5, 0.5, 0.9))}},
+            "align": {"n_pairs": 3, "steps": 2, "reward_margin": {"before": 0.0, "after": 0.12},
+                      "losses": [{"step": 1, "loss": 0.69, "margin": 0.01}, {"step": 2, "loss": 0.6, "margin": 0.1}]},
+            "dataset": {"dataset_id": "ds_1", "n_examples": 8},
+            "metrics": [{"device": "demo-device-1", "before": acc(0.5, 0.5), "after": acc(0.75, 0.5), "kept": True},
+                        {"device": "demo-device-2", "before": acc(0.5, 0.6), "after": acc(0.4, 0.6), "kept": False}],
+            "training": [{"device": "demo-device-3", "step": "failed", "error": "out of memory"}],
+            "seconds": {"setup": 3.0, "total": 100.0}}
+
+
+def test_summary_and_report(tmp_path: Path) -> None:
+    doc = _doc()
+    text = render_summary(doc)
+    assert "mean 0.525, min 0.200, max 0.900" in text and "margin 0.0 -> 0.12" in text
+    assert re.search(r"demo-device-1\s+0\.500\s+0\.750\s+0\.500\s+0\.500\s+yes", text)
+    assert re.search(r"demo-device-2\s+0\.500\s+0\.400\s+0\.600\s+0\.600\s+no", text)
+    assert "demo-device-3: failed out of memory" in text and "total 100 s" in text
+    page = write_report(doc, tmp_path / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 3 and "ds_1" in page
+    assert "<script" not in page.split("<h2>Run record")[0]
