@@ -168,10 +168,11 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
         drafts=[d.to_dict() for d in res.drafts],
         **{k: v for k, v in ctx.claim.params.items() if k in ("mode", "max_new_tokens", "min_items")},
     )
-    with transaction(ctx.sessions) as s:
+    with transaction(ctx.sessions) as s:   # (ctx.log opens its own transaction: never inside one)
         rnd = fleet.create_round(s, body, ctx.clock())
-        ctx.log(f"round {rnd.id} opened with {rnd.n_drafts} drafts")
-        return {"round_id": rnd.id, "n_drafts": rnd.n_drafts}
+        out = {"round_id": rnd.id, "n_drafts": rnd.n_drafts, "elicitation": res.summary()}
+    ctx.log(f"round {out['round_id']} opened with {out['n_drafts']} drafts")
+    return out
 
 
 def run_align(ctx: JobContext) -> dict[str, Any]:
@@ -314,8 +315,10 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
     key = ctx.settings.dataset_signing_key.get_secret_value() if ctx.settings.dataset_signing_key else None
     with transaction(ctx.sessions) as s:
         ds = results.create_dataset(s, body, ctx.clock(), key)
-        ctx.log(f"dataset {ds.id}: {ds.n_examples} examples, sha256 {ds.sha256}")
-        return {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256}
+        out = {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256,
+               "counts": result.manifest.get("counts", {})}
+    ctx.log(f"dataset {out['dataset_id']}: {out['n_examples']} examples, sha256 {out['sha256']}")
+    return out
 
 
 HANDLERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {

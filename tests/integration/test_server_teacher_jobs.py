@@ -1,0 +1,88 @@
+"""The worker runs the teacher's jobs against a real database (SQLite, and PostgreSQL when configured): an
+``elicit`` job opens a round with the teacher's drafts and a ``tailor`` job stores the cohort's dataset. The
+teacher is scripted (the real model runs these jobs in ``tests/slow/test_demo_e2e.py``); a handler's log
+lines are written while the job works, which once deadlocked the SQLite write lock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arte.prompts import question_block
+from server import handlers
+from server.worker import Worker
+from tests.server_support import Fleet
+from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
+
+QUESTIONS = [f"Statement: Player {i} caught the screen pass in the end zone\nOptions: yes, no" for i in range(8)]
+
+
+def _teacher(messages, kw, i) -> str:
+    if messages[-1]["role"] == "assistant":
+        return ""
+    if is_question_prompt(messages):
+        start = (kw["seed"] + i) % 2 * 4
+        return question_block(QUESTIONS[start:start + 4])
+    q = asked_question(messages)
+    return f"A receiver catches passes in football, so this fits. <ans>{'yes' if '2' in q else 'no'}</ans>"
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> list[ScriptedTeacher]:
+    opened: list[ScriptedTeacher] = []
+
+    def open_teacher(settings, adapter):
+        opened.append(ScriptedTeacher(_teacher, adapter=adapter))
+        return opened[-1]
+
+    monkeypatch.setattr(handlers, "_open_teacher", open_teacher)
+    return opened
+
+
+def _run(f: Fleet, body: dict) -> dict:
+    job_id = f.ok(f.client.post("/api/v1/jobs", json=body, headers=f.admin), 201)["job_id"]
+    assert Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once() == job_id
+    job = f.ok(f.client.get(f"/api/v1/jobs/{job_id}", headers=f.admin))
+    logs = f.ok(f.client.get(f"/api/v1/jobs/{job_id}/logs", headers=f.admin))
+    assert job["state"] == "succeeded", (job, logs)
+    return {**job, "logs": [x["message"] for x in logs]}
+
+
+def test_elicit_opens_a_round_and_tailor_stores_a_dataset(fleet: Fleet, scripted: list[ScriptedTeacher]) -> None:
+    f = fleet
+    cohort = f.cohort(k=1)
+    config = {"n_questions": 4, "styles": ["plain", "expert"], "batch_size": 4}
+    job = _run(f, {"kind": "elicit", "cohort_id": cohort,
+                   "params": {"mode": "loglik", "min_items": 5, "config": config}})
+    res = job["result"]
+    assert res["n_drafts"] == 8 and res["elicitation"]["questions"] == 4
+    assert any(f"round {res['round_id']} opened with 8 drafts" in m for m in job["logs"])
+    rnd = f.ok(f.client.get(f"/api/v1/rounds/{res['round_id']}", headers=f.admin))
+    assert (rnd["state"], rnd["mode"], rnd["min_items"], rnd["n_drafts"]) == ("open", "loglik", 5, 8)
+    drafts = f.ok(f.client.get(f"/api/v1/rounds/{res['round_id']}/drafts", headers=f.admin))["drafts"]
+    assert {d["question"] for d in drafts} == set(QUESTIONS[:4]) and all(d["answer"] in ("yes", "no") for d in drafts)
+
+    job = _run(f, {"kind": "tailor", "cohort_id": cohort, "round_id": res["round_id"],
+                   "params": {"config": {"n_questions": 6, "check_samples": 0, "batch_size": 4}}})
+    ds = job["result"]
+    assert ds["n_examples"] == 6 and any(ds["dataset_id"] in m for m in job["logs"])
+    (manifest,) = f.ok(f.client.get("/api/v1/datasets", headers=f.admin))
+    assert manifest["dataset_id"] == ds["dataset_id"] and manifest["sha256"] == ds["sha256"]
+    r = f.client.get(f"/api/v1/datasets/{ds['dataset_id']}/content", headers=f.admin)
+    lines = [json.loads(x) for x in r.text.splitlines()]
+    assert len(lines) == 6 and {x["question"] for x in lines} <= set(QUESTIONS)
+    assert all(t.closed for t in scripted) and [t.adapter for t in scripted] == [None, None]
+
+
+def test_a_teacher_with_no_usable_drafts_fails_the_job_without_a_round(fleet: Fleet, monkeypatch) -> None:
+    f = fleet
+    monkeypatch.setattr(handlers, "_open_teacher", lambda s, a: ScriptedTeacher(lambda m, kw, i: "I cannot."))
+    cohort = f.cohort(k=1)
+    body = {"kind": "elicit", "cohort_id": cohort, "max_attempts": 1,
+            "params": {"config": {"n_questions": 2, "max_question_prompts": 2}}}
+    job_id = f.ok(f.client.post("/api/v1/jobs", json=body, headers=f.admin), 201)["job_id"]
+    Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once()
+    job = f.ok(f.client.get(f"/api/v1/jobs/{job_id}", headers=f.admin))
+    assert job["state"] == "failed" and "no usable drafts" in job["error"]
+    assert f.ok(f.client.get("/api/v1/rounds", headers=f.admin)) == []
