@@ -109,6 +109,11 @@ class CohortAggregate:
             return {}
         return {d: a.score for d, a in self.drafts.items() if a.eligible and a.score is not None}
 
+    def alignment_counts(self) -> dict[str, tuple[float, float]]:
+        """The same drafts as (n_items, n_correct) for :func:`arte.pairs.build_pairs`: the pooled item
+        count and ``score × n_items``, so the pairs rank drafts by exactly the pooled score."""
+        return {d: (self.drafts[d].n_items, s * self.drafts[d].n_items) for d, s in self.alignment_scores().items()}
+
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None

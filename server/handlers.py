@@ -192,7 +192,7 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
 
     from arte.drafts import draft_from_dict
 
-    scores = agg.alignment_scores()  # only drafts scored by at least k distinct devices
+    scores = agg.alignment_counts()  # only drafts scored by at least k distinct devices
     drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
     ctx.log(f"{len(drafts)} of {len(drafts_raw)} drafts were scored by at least k={agg.min_devices} devices")
     pairs = build_pairs(task, drafts, scores, seeds, PairConfig(**ctx.claim.params.get("pairs", {})))

@@ -25,7 +25,8 @@ def _teacher(messages, kw, i) -> str:
         start = (kw["seed"] + i) % 2 * 4
         return question_block(QUESTIONS[start:start + 4])
     q = asked_question(messages)
-    return f"A receiver catches passes in football, so this fits. <ans>{'yes' if '2' in q else 'no'}</ans>"
+    style = messages[0]["content"][:20]   # each style has its own system prompt: distinct rationales
+    return f"{style}: a receiver catches passes in football. <ans>{'yes' if '2' in q else 'no'}</ans>"
 
 
 @pytest.fixture
@@ -86,3 +87,36 @@ def test_a_teacher_with_no_usable_drafts_fails_the_job_without_a_round(fleet: Fl
     job = f.ok(f.client.get(f"/api/v1/jobs/{job_id}", headers=f.admin))
     assert job["state"] == "failed" and "no usable drafts" in job["error"]
     assert f.ok(f.client.get("/api/v1/rounds", headers=f.admin)) == []
+
+
+def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monkeypatch, tmp_path) -> None:
+    """The reports' pooled scores reach arte.pairs as counts: the best and worst rationale of a question
+    become a pair, and the best and worst questions a question pair (DPO is captured, not run)."""
+    import arte.dpo
+
+    f = fleet
+    cohort = f.cohort(k=2)
+    config = {"n_questions": 4, "styles": ["plain", "expert"], "batch_size": 4}
+    rnd = _run(f, {"kind": "elicit", "cohort_id": cohort, "params": {"config": config}})["result"]["round_id"]
+    ids = [d["id"] for d in f.ok(f.client.get(f"/api/v1/rounds/{rnd}/drafts", headers=f.admin))["drafts"]]
+    assert ids[:2] == ["q0000-plain", "q0000-expert"]
+    correct = {d: 5 for d in ids} | {"q0000-plain": 9, "q0000-expert": 2}
+    for _ in range(2):   # two devices, the same counts
+        _, dev = f.device(cohort)
+        f.ok(f.report(rnd, dev, [(d, 10, correct[d]) for d in ids]))
+    seen = {}
+
+    def fake_align(model, pairs, config, out_dir, **kw):
+        seen["pairs"] = pairs
+        out_dir.mkdir(parents=True)
+        return arte.dpo.AlignResult(out_dir, {"reward_margin": {"before": 0.0, "after": 0.1}})
+
+    monkeypatch.setattr(arte.dpo, "align", fake_align)
+    monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: ref)
+    job = _run(f, {"kind": "align", "cohort_id": cohort, "round_id": rnd,
+                   "params": {"pairs": {"questions_per_block": 1}}})
+    kinds = {p.kind: p for p in seen["pairs"]}
+    assert job["result"]["n_pairs"] == len(seen["pairs"]) == 2 and job["result"]["n_devices"] == 2
+    r = kinds["rationale"]
+    assert (r.chosen_ids, r.rejected_ids, round(r.margin, 6)) == (("q0000-plain",), ("q0000-expert",), 0.7)
+    assert kinds["question"].chosen_ids == ("q0000",)      # its mean score 0.55 beats the others' 0.5
