@@ -367,7 +367,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
 
         done = _stage(log, "server pools the scores, builds pairs, aligns the teacher with DPO (align job)")
         align = fleet.job("align", {"kind": "align", "cohort_id": cid, "round_id": round_id, "params": {
-            "config": {"epochs": cfg.dpo_epochs, "batch_size": 2, "learning_rate": 5e-5, "max_length": 512,
+            "config": {"epochs": cfg.dpo_epochs, "batch_size": 1, "learning_rate": 5e-5, "max_length": 512,
                        "eval_pairs": 8, "logging_steps": 1, "seed": cfg.split_seed}}},
             lambda f: prog("align", f))
         doc["align"] = align["result"]
@@ -376,7 +376,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
         done = _stage(log, f"aligned teacher writes {cfg.tailored} tailored examples (tailor job)")
         tailor = fleet.job("tailor", {"kind": "tailor", "cohort_id": cid, "round_id": round_id, "params": {
             "config": {"n_questions": cfg.tailored, "seed": cfg.split_seed + 1, "check_samples": 0,
-                       "rationale_max_new_tokens": 160, "question_max_new_tokens": 320, "batch_size": 8}}},
+                       "rationale_max_new_tokens": 128, "question_max_new_tokens": 256, "batch_size": 8}}},
             lambda f: prog("tailor", f))
         doc["dataset"] = tailor["result"]
         seconds["tailor"] = done()
@@ -399,6 +399,10 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
 # -- summary and report --------------------------------------------------------------------------------------------
 
 
+def _num(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
 def _acc(d: dict[str, Any] | None, key: str) -> str:
     return f"{d[key]:.3f}" if d and d.get(key) is not None else "-"
 
@@ -408,7 +412,7 @@ def render_summary(doc: dict[str, Any]) -> str:
     agg = doc.get("aggregate") or {}
     scores = [x["score"] for x in (agg.get("drafts") or {}).values() if x.get("score") is not None]
     al = doc.get("align") or {}
-    margin = (al.get("reward_margin") or {})
+    margin = {k: _num(v) for k, v in (al.get("reward_margin") or {}).items()}
     ds = doc.get("dataset") or {}
     lines = [f"ARTE demo on {doc['task']} ({doc['mode']} scoring), {len(doc.get('devices', []))} devices",
              f"  round {doc.get('round', {}).get('round_id')}: {doc.get('round', {}).get('n_drafts')} drafts; "
@@ -462,12 +466,14 @@ def _figures(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if losses:
         steps = [x["step"] for x in losses]
-        ax.plot(steps, [x.get("margin") for x in losses], marker="o", label="reward margin (chosen - rejected)")
-        ax.plot(steps, [x["loss"] for x in losses], marker="s", label="DPO loss")
+        ax.plot(steps, [x.get("margin") for x in losses], marker="o", color="#4C72B0")
+        ax.set_ylabel("reward margin (chosen - rejected)", color="#4C72B0", fontsize=8)
         ax.set_xlabel("optimizer step")
-        ax.legend(fontsize=8)
-    m = al.get("reward_margin") or {}
-    ax.set_title(f"DPO on the teacher: margin {m.get('before')} -> {m.get('after')} (held pairs)", fontsize=9)
+        loss_ax = ax.twinx()
+        loss_ax.plot(steps, [x["loss"] for x in losses], marker="s", color="#DD8452")
+        loss_ax.set_ylabel("DPO loss", color="#DD8452", fontsize=8)
+    m = {k: _num(v) for k, v in (al.get("reward_margin") or {}).items()}
+    ax.set_title(f"DPO on the teacher: reward margin on the pairs {m.get('before')} -> {m.get('after')}", fontsize=9)
     figs.append(("dpo", "DPO reward margins", _png(fig)))
     plt.close(fig)
 
