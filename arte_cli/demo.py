@@ -520,12 +520,8 @@ def clean_work_dir(path: Path) -> None:
 
 
 def _default_task() -> Path:
-    here = Path(__file__).resolve().parent.parent
-    for base in (here, Path.cwd()):
-        p = base.parent / "shared" / "data" / "bigbench" / "sports_understanding.json"
-        if p.is_file():
-            return p
-    return Path("sports_understanding.json")
+    """BIG-bench sports_understanding, shipped with the package (Apache-2.0; see data/README.md)."""
+    return Path(__file__).resolve().parent / "data" / "sports_understanding.json"
 
 
 def command() -> Any:
@@ -534,7 +530,7 @@ def command() -> Any:
 
     @click.command("demo")
     @click.option("--task", "task_path", type=click.Path(path_type=Path), default=None,
-                  help="BIG-bench task.json or JSONL (default: ../shared/data/bigbench/sports_understanding.json).")
+                  help="BIG-bench task.json or JSONL (default: BIG-bench sports_understanding, shipped).")
     @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("demo-run"), show_default=True,
                   help="Where the server, the devices and the report live.")
     @click.option("--fresh", is_flag=True, help="Delete the work dir of an earlier demo first.")

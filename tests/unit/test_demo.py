@@ -99,3 +99,10 @@ def test_summary_and_report(tmp_path: Path) -> None:
     page = write_report(doc, tmp_path / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == 3 and "ds_1" in page
     assert "<script" not in page.split("<h2>Run record")[0]
+
+
+def test_the_default_task_ships_with_the_package() -> None:
+    from arte_cli.demo import _default_task
+
+    task = load_task(_default_task())
+    assert task.name == "sports_understanding" and task.kind == "multiple_choice" and len(task.examples) == 1000
