@@ -511,9 +511,15 @@ pre{{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:12px}}img{{max-wid
 
 
 def clean_work_dir(path: Path) -> None:
-    """Remove an earlier demo's files (``--fresh``)."""
-    if path.exists():
-        shutil.rmtree(path)
+    """Remove an earlier demo's files (``--fresh``); refuses a directory that holds anything else."""
+    if not path.exists():
+        return
+    ours = {"server", "logs", "demo.json", "report.html"}
+    other = [p.name for p in path.iterdir() if p.name not in ours and not p.name.startswith("device-")]
+    if other:
+        raise ConfigError("work_dir", f"{path} holds files a demo did not write ({', '.join(sorted(other)[:5])}); "
+                                      "--fresh only deletes an earlier demo's directory")
+    shutil.rmtree(path)
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
@@ -545,7 +551,8 @@ def command() -> Any:
                   help="Comma-separated rationale styles per question (arte.prompts.RATIONALE_STYLES).")
     @click.option("--tailored", default=16, show_default=True, type=click.IntRange(min=3),
                   help="Questions in the tailored training set.")
-    @click.option("--dpo-epochs", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+    @click.option("--dpo-epochs", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                  help="Passes of DPO over the preference pairs.")
     @click.option("--privacy", default="none", show_default=True,
                   help="Local DP of the scores: none or MECHANISM:EPSILON (gaussian:2, laplace:4, ...).")
     @click.option("--seed", "split_seed", default=0, show_default=True, help="Seed of the shards and splits.")

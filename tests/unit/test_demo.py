@@ -106,3 +106,18 @@ def test_the_default_task_ships_with_the_package() -> None:
 
     task = load_task(_default_task())
     assert task.name == "sports_understanding" and task.kind == "multiple_choice" and len(task.examples) == 1000
+
+
+def test_fresh_deletes_only_an_earlier_demo(tmp_path: Path) -> None:
+    from arte_cli.demo import clean_work_dir
+
+    demo = tmp_path / "demo"
+    for d in ("server", "logs", "device-1/state"):
+        (demo / d).mkdir(parents=True)
+    (demo / "report.html").write_text("old")
+    clean_work_dir(demo)
+    assert not demo.exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="work_dir.*notes.txt"):
+        clean_work_dir(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
