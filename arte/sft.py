@@ -12,7 +12,8 @@ the weights llama.cpp runs) and tailored records. Everything is written under ``
 * **Memory budget**: :func:`plan_memory` measures the process's resident memory once the weights are
   loaded and picks the largest micro-batch (a divisor of ``batch_size``; the rest is accumulation) whose
   estimated peak fits ``memory_budget_mb``, turning on gradient checkpointing only if no micro-batch fits
-  without it. The estimate is calibrated on SmolLM2-135M (see ``activation_mb_per_token``).
+  without it. The estimate is calibrated on SmolLM2-135M (see ``activation_mb_per_token`` and
+  ``BF16_EXTRA_MB``).
 * **Precision**: ``"bf16"`` runs the matmuls in bf16 with the frozen weights held in bf16 (halving their
   memory) while the adapter, its optimizer state, the residual stream and the loss stay fp32
   (:func:`arte.precision.bf16_matmuls`, which explains why this split keeps the loss on the fp32 curve);
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 # Module names the GGUF export knows how to map (llama-family blocks).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STATUSES = ("done", "time_budget", "stopped")
+BF16_EXTRA_MB = 200.0
 
 
 @dataclass(frozen=True)
@@ -212,13 +214,18 @@ def activation_mb_per_token(model_config: Any, checkpointing: bool) -> float:
     return (n * h * 4 / 2**20 + block) if checkpointing else n * block
 
 
-def plan_memory(config: SFTConfig, model_config: Any, base_mb: float, row_tokens: int | None = None) -> MemoryPlan:
+def plan_memory(config: SFTConfig, model_config: Any, base_mb: float, row_tokens: int | None = None,
+                precision: str = "fp32") -> MemoryPlan:
     """Pick the micro-batch (and checkpointing) for ``config.memory_budget_mb``; see the module docstring.
-    ``base_mb`` is the resident memory with the weights loaded; ``row_tokens`` the longest row's real
-    length (micro-batches are trimmed to it; default ``max_length``). Raises ConfigError when nothing fits."""
+    ``base_mb`` is the resident memory with the weights loaded (in ``precision``, resolved); ``row_tokens``
+    the longest row's real length (micro-batches are trimmed to it; default ``max_length``). Raises
+    ConfigError when nothing fits."""
     length = row_tokens or config.max_length
     slack = 1.15   # allocator fragmentation, measured
     head = config.loss_chunk_tokens * model_config.vocab_size * 4 * 3 / 2**20   # logits chunk + temporaries
+    # bf16 peaks ~175 MiB above fp32 beyond what its smaller base accounts for, at any micro-batch (SmolLM2:
+    # 175, 135, 209 MiB at micro-batch 1, 2, 4; activations stay fp32 around the bf16 matmuls)
+    head += BF16_EXTRA_MB if precision == "bf16" else 0.0
     if config.grad_accumulation is not None:
         sizes = [config.batch_size // config.grad_accumulation]
     else:
@@ -332,7 +339,7 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
         bias="none", task_type="CAUSAL_LM"))
     with bf16_matmuls(peft_model) if precision == "bf16" else contextlib.nullcontext():
         _touch_weights(peft_model)
-        plan = plan_memory(config, model.config, rss_mb(), max(r.n_tokens for r in rows))
+        plan = plan_memory(config, model.config, rss_mb(), max(r.n_tokens for r in rows), precision)
         log.info("memory plan: %s (%s)", plan, precision)
         if plan.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -160,3 +160,13 @@ def test_bf16_training_tracks_fp32_and_saves_the_same_adapter_format(tmp_path: P
         if "lora_" not in n:
             o = original[n.replace("base_layer.", "")]
             assert torch.equal(p, o.bfloat16().float() if p.dim() == 2 else o), n
+
+
+def test_memory_plan_allows_for_bf16_overhead_beyond_its_smaller_base() -> None:
+    mc = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, vocab_size=49152)
+    c = SFTConfig(batch_size=4, max_length=256, memory_budget_mb=1536)
+    fp32, bf16 = plan_memory(c, mc, 700), plan_memory(c, mc, 700, precision="bf16")
+    assert bf16.estimated_peak_mb == pytest.approx(fp32.estimated_peak_mb + 200)
+    c = SFTConfig(batch_size=4, max_length=256, memory_budget_mb=1600)
+    assert plan_memory(c, mc, 700, row_tokens=120).micro_batch == 4
+    assert plan_memory(c, mc, 700, row_tokens=120, precision="bf16").micro_batch == 2
