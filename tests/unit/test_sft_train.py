@@ -61,12 +61,14 @@ def test_gradient_accumulation_gives_the_same_update_as_one_batch(tmp_path: Path
     assert same(adapter(a), adapter(b), atol=1e-5)
 
 
-def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    full, _ = train_lora(tiny_llama(), rows(), cfg(), tmp_path / "full")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path: Path, precision: str) -> None:
+    full, _ = train_lora(tiny_llama(), rows(), cfg(precision=precision), tmp_path / "full")
     calls = iter(range(100))
-    part, res = train_lora(tiny_llama(), rows(), cfg(), tmp_path / "run", should_stop=lambda: next(calls) >= 3)
+    part, res = train_lora(tiny_llama(), rows(), cfg(precision=precision), tmp_path / "run",
+                           should_stop=lambda: next(calls) >= 3)
     assert res.status == "stopped" and res.steps == 3
-    again, res2 = train_lora(tiny_llama(), rows(), cfg(), tmp_path / "run")
+    again, res2 = train_lora(tiny_llama(), rows(), cfg(precision=precision), tmp_path / "run")
     assert res2.resumed_from == 3 and res2.steps == 6 and res2.status == "done"
     assert same(adapter(full), adapter(again))
 
@@ -123,9 +125,12 @@ def test_config_errors_name_the_field(kw: dict, field: str) -> None:
     assert e.value.field == field
 
 
-def test_gradient_checkpointing_gives_the_same_adapter(tmp_path: Path) -> None:
-    a, _ = train_lora(tiny_llama(), rows(), cfg(max_steps=2, gradient_checkpointing=False), tmp_path / "a")
-    b, res = train_lora(tiny_llama(), rows(), cfg(max_steps=2, gradient_checkpointing=True), tmp_path / "b")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gradient_checkpointing_gives_the_same_adapter(tmp_path: Path, precision: str) -> None:
+    a, _ = train_lora(tiny_llama(), rows(), cfg(max_steps=2, gradient_checkpointing=False, precision=precision),
+                      tmp_path / "a")
+    b, res = train_lora(tiny_llama(), rows(), cfg(max_steps=2, gradient_checkpointing=True, precision=precision),
+                        tmp_path / "b")
     assert res.plan.gradient_checkpointing
     assert same(adapter(a), adapter(b), atol=1e-5)
 
