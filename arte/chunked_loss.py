@@ -106,4 +106,5 @@ def lm_loss_sum(model: Any, input_ids: Any, position_ids: Any, labels: Any, *, c
     n = int(mask.sum())
     if n == 0:
         return hidden.sum() * 0.0, 0   # keeps the graph connected: backward is a no-op
-    return linear_cross_entropy(hidden[mask], weight, labels[mask], chunk_tokens), n
+    # a bf16 head (arte.precision) takes bf16 rows; its logits are still summed in fp32
+    return linear_cross_entropy(hidden[mask].to(weight.dtype), weight, labels[mask], chunk_tokens), n

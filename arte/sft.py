@@ -12,7 +12,13 @@ the weights llama.cpp runs) and tailored records. Everything is written under ``
 * **Memory budget**: :func:`plan_memory` measures the process's resident memory once the weights are
   loaded and picks the largest micro-batch (a divisor of ``batch_size``; the rest is accumulation) whose
   estimated peak fits ``memory_budget_mb``, turning on gradient checkpointing only if no micro-batch fits
-  without it. The estimate is calibrated on SmolLM2-135M (see ``activation_mb_per_token``).
+  without it. The estimate is calibrated on SmolLM2-135M (see ``activation_mb_per_token`` and
+  ``BF16_EXTRA_MB``).
+* **Precision**: ``"bf16"`` runs the matmuls in bf16 with the frozen weights held in bf16 (halving their
+  memory) while the adapter, its optimizer state, the residual stream and the loss stay fp32
+  (:func:`arte.precision.bf16_matmuls`, which explains why this split keeps the loss on the fp32 curve);
+  ``"auto"`` (the default) picks it on CPUs with native bf16 (:func:`arte.precision.resolve_precision`).
+  The adapter is saved in fp32, in the same format either way.
 * **Time budget / stop**: checked between optimizer steps; the run then checkpoints and returns with
   ``status`` ``"time_budget"`` or ``"stopped"``; calling again with the same ``output_dir`` resumes.
 * **Checkpoints** every ``save_every`` steps and at the end (adapter weights, optimizer, scheduler, RNG,
@@ -31,7 +37,9 @@ TRL's trainer (where these constraints do not apply).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -46,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from arte.errors import ConfigError
+from arte.precision import PRECISIONS, bf16_matmuls, resolve_precision
 from arte.sft_data import PackedRow, batch_order
 
 __all__ = ["SFTConfig", "SFTResult", "MemoryPlan", "plan_memory", "train_lora", "run_sft", "rss_mb",
@@ -56,6 +65,7 @@ log = logging.getLogger(__name__)
 # Module names the GGUF export knows how to map (llama-family blocks).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STATUSES = ("done", "time_budget", "stopped")
+BF16_EXTRA_MB = 200.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,8 @@ class SFTConfig:
         threads: torch CPU threads (None: leave torch's setting).
         loss_chunk_tokens: rows of logits computed at a time by the chunked loss.
         memory_budget_mb, time_budget_s: the device's limits (None: none).
+        precision: "fp32", "bf16" (bf16 matmuls, fp32 adapter and loss) or "auto" (bf16 where the CPU
+            has native bf16, else fp32); see :mod:`arte.precision`.
         save_every, keep_checkpoints: checkpoint cadence (steps) and how many to keep.
     """
 
@@ -96,6 +108,7 @@ class SFTConfig:
     time_budget_s: float | None = None
     save_every: int = 20
     keep_checkpoints: int = 2
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_none: bool = False) -> None:
@@ -122,6 +135,8 @@ class SFTConfig:
             raise ConfigError("grad_accumulation", f"must divide batch_size={self.batch_size}, got {self.grad_accumulation}")
         if self.max_length < 8:
             raise ConfigError("max_length", f"must be >= 8, got {self.max_length}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def fingerprint(self) -> str:
         """Hash of the settings that shape the trajectory (not threads, budgets or checkpoint cadence)."""
@@ -145,7 +160,7 @@ class MemoryPlan:
 @dataclass
 class SFTResult:
     """What a run did. ``tokens`` counts real (non-padding) tokens; ``tokens_per_s`` is over this call's
-    training time only (model loading excluded)."""
+    training time only (model loading excluded); ``precision`` is the one used ("auto" resolved)."""
 
     adapter_dir: str
     status: str
@@ -160,6 +175,7 @@ class SFTResult:
     losses: list[float]
     plan: MemoryPlan
     peak_rss_mb: float
+    precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,13 +214,18 @@ def activation_mb_per_token(model_config: Any, checkpointing: bool) -> float:
     return (n * h * 4 / 2**20 + block) if checkpointing else n * block
 
 
-def plan_memory(config: SFTConfig, model_config: Any, base_mb: float, row_tokens: int | None = None) -> MemoryPlan:
+def plan_memory(config: SFTConfig, model_config: Any, base_mb: float, row_tokens: int | None = None,
+                precision: str = "fp32") -> MemoryPlan:
     """Pick the micro-batch (and checkpointing) for ``config.memory_budget_mb``; see the module docstring.
-    ``base_mb`` is the resident memory with the weights loaded; ``row_tokens`` the longest row's real
-    length (micro-batches are trimmed to it; default ``max_length``). Raises ConfigError when nothing fits."""
+    ``base_mb`` is the resident memory with the weights loaded (in ``precision``, resolved); ``row_tokens``
+    the longest row's real length (micro-batches are trimmed to it; default ``max_length``). Raises
+    ConfigError when nothing fits."""
     length = row_tokens or config.max_length
     slack = 1.15   # allocator fragmentation, measured
     head = config.loss_chunk_tokens * model_config.vocab_size * 4 * 3 / 2**20   # logits chunk + temporaries
+    # bf16 peaks ~175 MiB above fp32 beyond what its smaller base accounts for, at any micro-batch (SmolLM2:
+    # 175, 135, 209 MiB at micro-batch 1, 2, 4; activations stay fp32 around the bf16 matmuls)
+    head += BF16_EXTRA_MB if precision == "bf16" else 0.0
     if config.grad_accumulation is not None:
         sizes = [config.batch_size // config.grad_accumulation]
     else:
@@ -292,7 +313,8 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
                clock: Callable[[], float] = time.monotonic) -> tuple[Any, SFTResult]:
     """Train a LoRA adapter on ``rows``; returns (the PEFT model, the result). See the module docstring.
 
-    ``model`` is modified in place (PEFT injects the adapter). ``progress(step, total_steps, loss)`` is
+    ``model`` is modified in place (PEFT injects the adapter; with bf16 precision its frozen weights are
+    then the bf16-rounded values, back in fp32: :func:`run_sft` returns the adapter on a reloaded base). ``progress(step, total_steps, loss)`` is
     called after every optimizer step; ``should_stop()`` is checked before each step.
     """
     import torch
@@ -310,78 +332,81 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    _touch_weights(model)
-    plan = plan_memory(config, model.config, rss_mb(), max(r.n_tokens for r in rows))
-    log.info("memory plan: %s", plan)
-    if plan.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    precision = resolve_precision(config.precision)
     model.config.use_cache = False
     peft_model = get_peft_model(model, LoraConfig(
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(config.targets),
         bias="none", task_type="CAUSAL_LM"))
-    peft_model.train()
-    params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(rows) / config.batch_size)
-    total = config.max_steps or config.epochs * steps_per_epoch
-    sched = get_cosine_schedule_with_warmup(opt, math.ceil(config.warmup_ratio * total), total)
+    with bf16_matmuls(peft_model) if precision == "bf16" else contextlib.nullcontext():
+        _touch_weights(peft_model)
+        plan = plan_memory(config, model.config, rss_mb(), max(r.n_tokens for r in rows), precision)
+        log.info("memory plan: %s (%s)", plan, precision)
+        if plan.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.train()
+        params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+        opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = math.ceil(len(rows) / config.batch_size)
+        total = config.max_steps or config.epochs * steps_per_epoch
+        sched = get_cosine_schedule_with_warmup(opt, math.ceil(config.warmup_ratio * total), total)
 
-    dev = peft_model.device
-    ids = torch.tensor([r.input_ids for r in rows], dtype=torch.long, device=dev)
-    pos = torch.tensor([r.position_ids for r in rows], dtype=torch.long, device=dev)
-    lab = torch.tensor([r.labels for r in rows], dtype=torch.long, device=dev)
-    n_real = [r.n_tokens for r in rows]
+        dev = peft_model.device
+        ids = torch.tensor([r.input_ids for r in rows], dtype=torch.long, device=dev)
+        pos = torch.tensor([r.position_ids for r in rows], dtype=torch.long, device=dev)
+        lab = torch.tensor([r.labels for r in rows], dtype=torch.long, device=dev)
+        n_real = [r.n_tokens for r in rows]
 
-    ckpts = _Checkpoints(out, config.keep_checkpoints)
-    fingerprint = {"config": config.fingerprint(), "data": _rows_fingerprint(rows), "total_steps": total}
-    step, losses, tokens, label_tokens = 0, [], 0, 0
-    latest = ckpts.latest()
-    if latest is not None:
-        state = _Checkpoints.load(latest, params, opt, sched)
-        if state["fingerprint"] != fingerprint:
-            raise ConfigError("output_dir", f"{out} holds checkpoints of another run (config or data differ: "
-                                            f"{state['fingerprint']} vs {fingerprint}); use a new directory")
-        step, losses = state["step"], state["losses"]
-        log.info("resuming from %s (step %d of %d)", latest, step, total)
-    resumed_from = step
+        ckpts = _Checkpoints(out, config.keep_checkpoints)
+        fingerprint = {"config": config.fingerprint(), "data": _rows_fingerprint(rows), "total_steps": total,
+                       "precision": precision}
+        step, losses, tokens, label_tokens = 0, [], 0, 0
+        latest = ckpts.latest()
+        if latest is not None:
+            state = _Checkpoints.load(latest, params, opt, sched)
+            if state["fingerprint"] != fingerprint:
+                raise ConfigError("output_dir", f"{out} holds checkpoints of another run (config or data differ: "
+                                                f"{state['fingerprint']} vs {fingerprint}); use a new directory")
+            step, losses = state["step"], state["losses"]
+            log.info("resuming from %s (step %d of %d)", latest, step, total)
+        resumed_from = step
 
-    def checkpoint() -> None:
-        ckpts.save(step, params, opt, sched, {"step": step, "losses": losses, "fingerprint": fingerprint})
+        def checkpoint() -> None:
+            ckpts.save(step, params, opt, sched, {"step": step, "losses": losses, "fingerprint": fingerprint})
 
-    status = "done"
-    t0 = clock()
-    while step < total:
-        if config.time_budget_s is not None and clock() - t0 >= config.time_budget_s:
-            status = "time_budget"
-            break
-        if should_stop is not None and should_stop():
-            status = "stopped"
-            break
-        epoch, k = divmod(step, steps_per_epoch)
-        batch = batch_order(len(rows), config.batch_size, seed=config.seed, epoch=epoch)[k]
-        n_lab = int((lab[batch] != -100).sum())
-        step_loss = 0.0
-        for s in range(0, len(batch), plan.micro_batch):
-            mb = batch[s:s + plan.micro_batch]
-            width = max(n_real[i] for i in mb)   # trim trailing padding shared by the micro-batch
-            loss, _ = lm_loss_sum(peft_model, ids[mb, :width], pos[mb, :width], lab[mb, :width],
-                                  chunk_tokens=config.loss_chunk_tokens)
-            (loss / max(n_lab, 1)).backward()
-            step_loss += loss.detach().item()
-            tokens += sum(n_real[i] for i in mb)
-        torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        label_tokens += n_lab
-        losses.append(step_loss / max(n_lab, 1))
-        if progress is not None:
-            progress(step, total, losses[-1])
-        if step % config.save_every == 0 and step < total:
-            checkpoint()
-    seconds = clock() - t0
-    checkpoint()
+        status = "done"
+        t0 = clock()
+        while step < total:
+            if config.time_budget_s is not None and clock() - t0 >= config.time_budget_s:
+                status = "time_budget"
+                break
+            if should_stop is not None and should_stop():
+                status = "stopped"
+                break
+            epoch, k = divmod(step, steps_per_epoch)
+            batch = batch_order(len(rows), config.batch_size, seed=config.seed, epoch=epoch)[k]
+            n_lab = int((lab[batch] != -100).sum())
+            step_loss = 0.0
+            for s in range(0, len(batch), plan.micro_batch):
+                mb = batch[s:s + plan.micro_batch]
+                width = max(n_real[i] for i in mb)   # trim trailing padding shared by the micro-batch
+                loss, _ = lm_loss_sum(peft_model, ids[mb, :width], pos[mb, :width], lab[mb, :width],
+                                      chunk_tokens=config.loss_chunk_tokens)
+                (loss / max(n_lab, 1)).backward()
+                step_loss += loss.detach().item()
+                tokens += sum(n_real[i] for i in mb)
+            torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            label_tokens += n_lab
+            losses.append(step_loss / max(n_lab, 1))
+            if progress is not None:
+                progress(step, total, losses[-1])
+            if step % config.save_every == 0 and step < total:
+                checkpoint()
+        seconds = clock() - t0
+        checkpoint()
     adapter_dir = out / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
     if base_name:   # PEFT records the local directory it loaded from; ship a stable name instead
@@ -394,7 +419,7 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
         adapter_dir=str(adapter_dir), status=status, steps=step, total_steps=total, resumed_from=resumed_from,
         n_rows=len(rows), tokens=tokens, label_tokens=label_tokens, seconds=round(seconds, 3),
         tokens_per_s=round(tokens / seconds, 2) if seconds > 0 else 0.0, losses=losses, plan=plan,
-        peak_rss_mb=round(peak_rss_mb(), 1))
+        peak_rss_mb=round(peak_rss_mb(), 1), precision=precision)
     return peft_model, result
 
 
@@ -402,7 +427,8 @@ def run_sft(ref: Any, records: Sequence[Any], instruction: str, config: SFTConfi
             convert_dir: str | Path | None = None, progress: Callable[[int, int, float], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> tuple[Any, Any, SFTResult]:
     """Load ``ref`` (GGUF or HF dir), tokenize and pack ``records`` (:class:`arte.drafts.Draft`), train.
-    Returns (PEFT model, tokenizer, result); ``result.extra`` lists the records dropped as too long."""
+    Returns (PEFT model, tokenizer, result); ``result.extra`` lists the records dropped as too long. The
+    PEFT model is the adapter on the exact fp32 base (after bf16 training, the base is loaded again)."""
     from arte.backends.hf import load_hf
     from arte.sft_data import ChatFormat, encode_records, pack
 
@@ -418,5 +444,12 @@ def run_sft(ref: Any, records: Sequence[Any], instruction: str, config: SFTConfi
     rows = pack(examples, config.max_length, tok.pad_token_id)
     peft_model, result = train_lora(model, rows, config, output_dir, base_name=ref.name, progress=progress,
                                     should_stop=should_stop)
+    if result.precision != "fp32":
+        from peft import PeftModel
+
+        del model, peft_model
+        gc.collect()
+        base, _ = load_hf(ref, convert_dir=convert_dir)
+        peft_model = PeftModel.from_pretrained(base, result.adapter_dir)
     result.extra.update({"n_records": len(records), "n_examples": len(examples), "dropped": dropped})
     return peft_model, tok, result

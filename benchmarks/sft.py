@@ -16,8 +16,13 @@ medians are reported). ``OMP_WAIT_POLICY=PASSIVE`` is set for every variant by d
 active spin-wait, two OpenMP threads on a busy 2-core machine ran 5-9x slower than one. Tokens per
 CPU-second are reported too, as they are steadier than wall time on a shared machine.
 
-Variants: ``plain`` (the loop above), ``ours`` (``train_lora`` with ``memory_budget_mb``, default 1536),
-``ours-nobudget`` (``train_lora`` with one micro-batch of 4 rows: the chunked loss alone).
+Variants: ``plain`` (the loop above, fp32), ``ours`` (``train_lora`` in fp32 with ``memory_budget_mb``,
+default 1536), ``ours-nobudget`` (fp32, one micro-batch of 4 rows: the chunked loss alone), ``ours-bf16`` and
+``ours-bf16-nobudget`` (the same with ``precision="bf16"``: bf16 matmuls, see :mod:`arte.precision`), and,
+on request, ``plain-autocast`` (the plain loop under ``torch.autocast("cpu", dtype=torch.bfloat16)``, what a
+practitioner would try first). The bf16 variants' loss curves are compared with their fp32 counterparts
+(same seed, same batches): ``max_loss_diff`` in the JSON. The machine's bf16 flags (``/proc/cpuinfo``) and
+what ``precision="auto"`` resolves to are recorded with the machine.
 
 Usage: ``python benchmarks/sft.py [--steps 5] [--rounds 2] [--threads 2]``. Human table, then a last line
 of JSON with the numbers, versions and the machine.
@@ -39,7 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEV_DATA = ROOT.parent / "shared" / "data" / "bigbench"
-VARIANTS = ("plain", "ours", "ours-nobudget")
+VARIANTS = ("plain", "ours", "ours-nobudget", "ours-bf16", "ours-bf16-nobudget", "plain-autocast")
+DEFAULT_VARIANTS = VARIANTS[:5]
+FP32_OF = {"ours-bf16": "ours", "ours-bf16-nobudget": "ours-nobudget", "plain-autocast": "plain"}
 LORA = dict(rank=8, alpha=16.0, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
 LR = 2e-4
 
@@ -89,7 +96,9 @@ def worker(variant: str, rows_path: Path, steps: int, threads: int, batch: int, 
     losses: list[float] = []
     order = [b for e in range(2) for b in batch_order(len(rows), batch, seed=0, epoch=e)][:steps]
     tokens = [sum(rows[i].n_tokens for i in b) for b in order]
-    if variant == "plain":
+    if variant.startswith("plain"):
+        import contextlib
+
         from peft import LoraConfig, get_peft_model
         from transformers import get_cosine_schedule_with_warmup
 
@@ -106,7 +115,9 @@ def worker(variant: str, rows_path: Path, steps: int, threads: int, batch: int, 
         marks.append((time.perf_counter(), time.process_time()))
         for b in order:
             width = max(rows[i].n_tokens for i in b)   # dynamic padding to the batch's longest row
-            out = peft_model(input_ids=ids[b, :width], position_ids=pos[b, :width], labels=lab[b, :width])
+            with (torch.autocast("cpu", dtype=torch.bfloat16) if variant == "plain-autocast"
+                  else contextlib.nullcontext()):
+                out = peft_model(input_ids=ids[b, :width], position_ids=pos[b, :width], labels=lab[b, :width])
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -117,8 +128,9 @@ def worker(variant: str, rows_path: Path, steps: int, threads: int, batch: int, 
     else:
         cfg = SFTConfig(**LORA, lr=LR, warmup_ratio=0.0, max_steps=steps, batch_size=batch,
                         max_length=len(rows[0].input_ids), threads=threads, save_every=10_000,
-                        memory_budget_mb=budget if variant == "ours" else None,
-                        grad_accumulation=None if variant == "ours" else 1)
+                        memory_budget_mb=None if variant.endswith("nobudget") else budget,
+                        grad_accumulation=1 if variant.endswith("nobudget") else None,
+                        precision="bf16" if "bf16" in variant else "fp32")
 
         def progress(step: int, total: int, loss: float) -> None:
             marks.append((time.perf_counter(), time.process_time()))
@@ -135,7 +147,7 @@ def worker(variant: str, rows_path: Path, steps: int, threads: int, batch: int, 
     return {"variant": variant, "steps": steps, "tokens_per_step": tokens, "step_wall_s": [round(x, 3) for x in wall],
             "tokens_per_s": round(n_tok / sum(wall[timed]), 2), "tokens_per_cpu_s": round(n_tok / sum(cpu[timed]), 2),
             "peak_rss_mb": round(peak_rss_mb(), 1), "losses": [round(x, 4) for x in losses],
-            "plan": None if variant == "plain" else {"micro_batch": plan.micro_batch,
+            "plan": None if variant.startswith("plain") else {"micro_batch": plan.micro_batch,
                                                      "grad_accumulation": plan.grad_accumulation,
                                                      "gradient_checkpointing": plan.gradient_checkpointing,
                                                      "estimated_peak_mb": plan.estimated_peak_mb}}
@@ -152,7 +164,13 @@ def machine() -> dict:
                    if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    from arte.precision import BF16_FLAGS, host_cpu_flags, resolve_precision
+
+    flags = host_cpu_flags()
+    shown = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c", "bf16"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": shown,
+            "bf16_flags": [f for f in BF16_FLAGS if f in flags], "auto_precision": resolve_precision("auto", flags),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "platform": platform.platform()}
 
 
@@ -164,7 +182,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="rows per optimizer step")
     ap.add_argument("--max-length", type=int, default=256, help="tokens per packed row")
     ap.add_argument("--memory-budget", type=int, default=1536, help="MiB, for the 'ours' variant")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help="comma-separated subset of " + ", ".join(VARIANTS))
     ap.add_argument("--no-passive", action="store_true", help="keep OpenMP's default (active) wait policy")
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
@@ -199,17 +218,24 @@ def main() -> None:
                       "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
                       "final_loss": statistics.median(x["losses"][-1] for x in rs),
                       "plan": rs[0]["plan"], "runs": rs}
+    for v, ref in FP32_OF.items():   # per-step loss, bf16 vs fp32, same seed and batches (first rounds)
+        if v in runs and ref in runs:
+            summary[v]["max_loss_diff"] = round(max(abs(x - y) for x, y in zip(runs[v][0]["losses"],
+                                                                                runs[ref][0]["losses"])), 4)
     base = summary.get("plain")
-    print(f"LoRA SFT, SmolLM2-135M fp32, batch {a.batch} x {a.max_length}, {a.steps} steps (first untimed), "
+    print(f"LoRA SFT, SmolLM2-135M, batch {a.batch} x {a.max_length}, {a.steps} steps (first untimed), "
           f"{a.threads} threads, {a.rounds} rounds, label fraction {data['label_fraction']:.2f}, row fill {data['fill']:.2f}")
-    print(f"{'variant':15} {'tok/s':>8} {'tok/cpu-s':>10} {'peak RSS MiB':>13} {'x plain (wall)':>15} {'x plain (cpu)':>14}  plan")
+    print(f"{'variant':19} {'tok/s':>8} {'tok/cpu-s':>10} {'peak RSS MiB':>13} {'x plain (wall)':>15} "
+          f"{'x plain (cpu)':>14} {'max |dloss|':>12}  plan")
     for v, s in summary.items():
         rw = s["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
         rc = s["tokens_per_cpu_s"] / base["tokens_per_cpu_s"] if base else float("nan")
         s["ratio_wall"], s["ratio_cpu"] = round(rw, 3), round(rc, 3)
         plan = "" if not s["plan"] else (f"micro-batch {s['plan']['micro_batch']} x {s['plan']['grad_accumulation']}"
                                          f"{', checkpointing' if s['plan']['gradient_checkpointing'] else ''}")
-        print(f"{v:15} {s['tokens_per_s']:8.1f} {s['tokens_per_cpu_s']:10.1f} {s['peak_rss_mb']:13.0f} {rw:15.2f} {rc:14.2f}  {plan}")
+        diff = f"{s['max_loss_diff']:12.4f}" if "max_loss_diff" in s else f"{'':12}"
+        print(f"{v:19} {s['tokens_per_s']:8.1f} {s['tokens_per_cpu_s']:10.1f} {s['peak_rss_mb']:13.0f} {rw:15.2f} "
+              f"{rc:14.2f} {diff}  {plan}")
     print(json.dumps({"benchmark": "sft", "batch": a.batch, "max_length": a.max_length, "steps": a.steps,
                       "threads": a.threads, "rounds": a.rounds, "omp_wait_policy": env.get("OMP_WAIT_POLICY", "default"),
                       "memory_budget_mb": a.memory_budget, "label_fraction": round(data["label_fraction"], 3),

@@ -549,6 +549,9 @@ def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_f
               help="Seconds of training; then the job checkpoints and stops (status incomplete; rerun to resume).")
 @click.option("--memory-budget", type=click.IntRange(min=1), default=None,
               help="MiB of resident memory for training; picks micro-batches (and checkpointing) to fit.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Training matmuls: bf16 (adapter, optimizer and loss stay fp32; the adapter file is the same "
+                   "format), fp32, or auto: bf16 where the CPU has native bf16 (avx512_bf16, amx_bf16).")
 @click.option("--holdout", "n_holdout", type=click.IntRange(min=1), default=None,
               help="Evaluate on at most this many holdout items (default: all).")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the validation/holdout split.")
@@ -566,7 +569,7 @@ def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_f
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def train(data_path: Path, task_path: Path, model: str, adapters_dir: Path | None, work_dir: Path | None,
           backend: str, steps: int | None, epochs: int, lr: float, rank: int, lora_alpha: float, batch_size: int,
-          max_length: int, threads: int | None, time_budget: float | None, memory_budget: int | None,
+          max_length: int, threads: int | None, time_budget: float | None, memory_budget: int | None, precision: str,
           n_holdout: int | None, split_seed: int, validation: float, eval_mode: str, shots: str,
           max_new_tokens: int, significance: float, min_gain: float, as_json: bool) -> None:
     """Fine-tune the student with LoRA on tailored data, evaluate before/after on the local holdout, and
@@ -580,7 +583,7 @@ def train(data_path: Path, task_path: Path, model: str, adapters_dir: Path | Non
     opts = TrainOptions(data=data_path, task=task_path, model=model, adapters_dir=adapters_dir, work_dir=work_dir,
                         backend=backend, steps=steps, epochs=epochs, lr=lr, rank=rank, lora_alpha=lora_alpha,
                         batch_size=batch_size, max_length=max_length, threads=threads, time_budget=time_budget,
-                        memory_budget=memory_budget, holdout=n_holdout, split_seed=split_seed,
+                        memory_budget=memory_budget, precision=precision, holdout=n_holdout, split_seed=split_seed,
                         validation=validation, eval_mode=eval_mode, shots=shot_counts,
                         max_new_tokens=max_new_tokens, significance=significance, min_gain=min_gain)
     try:

@@ -44,6 +44,7 @@ class TrainOptions:
     threads: int | None = None
     time_budget: float | None = None
     memory_budget: int | None = None
+    precision: str = "auto"
     holdout: int | None = None
     split_seed: int = 0
     validation: float = 0.5
@@ -67,7 +68,7 @@ def _human(r: dict[str, Any]) -> str:
     lines = [f"status: {r['status']}" + (f" (version {r['version']})" if r["version"] else ""),
              f"active adapter: {r['active'] or 'none (base model)'} (before: {r['previous'] or 'none'})",
              f"training: {r['sft']['steps']}/{r['sft']['total_steps']} steps, {r['sft']['tokens_per_s']} tok/s, "
-             f"peak RSS {r['sft']['peak_rss_mb']:.0f} MiB"]
+             f"peak RSS {r['sft']['peak_rss_mb']:.0f} MiB, {r['sft']['precision']}"]
     if r["before"]:
         lines.append(f"{'shots':>5} {'before':>8} {'after':>8}   ({r['n_holdout']} holdout items)")
         for k in r["before"]:
@@ -94,7 +95,7 @@ def run_train(o: TrainOptions) -> tuple[dict[str, Any], str]:
 
     sft = SFTConfig(rank=o.rank, alpha=o.lora_alpha, lr=o.lr, epochs=o.epochs, max_steps=o.steps,
                     batch_size=o.batch_size, max_length=o.max_length, threads=o.threads,
-                    memory_budget_mb=o.memory_budget, time_budget_s=o.time_budget)
+                    memory_budget_mb=o.memory_budget, time_budget_s=o.time_budget, precision=o.precision)
     ev = EvalConfig(mode=o.eval_mode, shots=o.shots, decide_on=0 if 0 in o.shots else o.shots[0],
                     max_new_tokens=o.max_new_tokens, alpha=o.significance, min_gain=o.min_gain)
     config = FinetuneConfig(sft=sft, eval=ev, backend=o.backend, split_seed=o.split_seed, validation=o.validation,

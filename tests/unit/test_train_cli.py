@@ -14,7 +14,8 @@ from edge_agent.errors import ExitCode
 def test_train_is_a_command_with_documented_options() -> None:
     out = CliRunner().invoke(main, ["train", "--help"])
     assert out.exit_code == 0
-    for opt in ("--data", "--task", "--time-budget", "--memory-budget", "--json", "--significance", "--shots"):
+    for opt in ("--data", "--task", "--time-budget", "--memory-budget", "--precision", "--json", "--significance",
+                "--shots"):
         assert opt in out.output
 
 
@@ -37,3 +38,8 @@ def test_an_invalid_setting_names_its_field(tmp_path: Path) -> None:
     out = CliRunner().invoke(main, ["train", "--data", "d.jsonl", "--task", "t.json", "--shots", "3",
                                     "--batch-size", "4", "--lora-alpha", "-1"])
     assert out.exit_code == ExitCode.INPUT and "alpha" in out.output
+
+
+def test_an_unknown_precision_is_a_usage_error() -> None:
+    out = CliRunner().invoke(main, ["train", "--data", "d.jsonl", "--task", "t.json", "--precision", "fp16"])
+    assert out.exit_code == ExitCode.USAGE and "--precision" in out.output and "bf16" in out.output
