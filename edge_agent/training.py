@@ -102,8 +102,9 @@ def train_step(req: TrainRequest) -> TrainResult:
     config = FinetuneConfig(sft=sft, eval=ev, backend=backend, split_seed=req.split_seed,
                             validation=req.validation, n_threads=p.runtime.threads)
     store = AdapterStore(req.store_dir or req.out_dir / "store")
-    result = finetune(ref, req.task, records, store, req.work_dir or req.out_dir / "work", config,
-                      convert_dir=convert_dir())
+    # keyed by the training settings: a run resumes only its own trajectory (an upgrade starts afresh)
+    work = (req.work_dir or req.out_dir / "work") / sft.fingerprint()
+    result = finetune(ref, req.task, records, store, work, config, convert_dir=convert_dir())
     if result.status == "incomplete":
         raise TrainingIncomplete(f"training reached the profile's time budget ({p.budget.train_seconds:g} s) "
                                  f"after {result.sft.get('steps')}/{result.sft.get('total_steps')} steps; "

@@ -263,6 +263,7 @@ def test_the_default_train_step_is_bounded_by_the_profile(tmp_path: Path, privat
     assert len(seen["records"]) == p.training.max_examples < 500
     assert c.eval.mode == "loglik" and c.eval.shots == (0, 3)      # the private items are multiple choice
     assert it.dataset["step"] == "downloaded" and it.dataset["failures"] == 0 and "paused" in it.dataset
+    assert seen["work_dir"] == agent.state.dir / "train-work" / "ds1" / c.sft.fingerprint()
 
 
 def test_a_paused_training_resumes_without_counting_a_failure(tmp_path: Path, private_data: Path) -> None:
