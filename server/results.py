@@ -23,6 +23,7 @@ import hmac
 import json
 import threading
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -54,7 +55,7 @@ __all__ = [
     "get_metrics",
     "list_metrics",
     "create_dataset",
-    "latest_dataset",
+    "latest_manifest",
     "get_dataset",
     "list_datasets",
     "manifest",
@@ -230,16 +231,32 @@ def get_dataset(s: Session, dataset_id: str, *, cohort_id: str | None = None) ->
     return ds
 
 
-def latest_dataset(s: Session, cohort_id: str) -> Dataset:
-    ds = s.scalar(
-        sa.select(Dataset)
-        .where(Dataset.cohort_id == cohort_id)
+_MANIFEST_COLUMNS = sa.select(
+    Dataset.id,
+    Dataset.cohort_id,
+    Dataset.round_id,
+    Dataset.sha256,
+    Dataset.size,
+    Dataset.n_examples,
+    Dataset.created_at,
+    Dataset.teacher,
+    Dataset.adapter,
+    Dataset.signature,
+    Dataset.counts,
+)
+
+
+def latest_manifest(conn: Session | sa.Connection, cohort_id: str) -> wire.DatasetManifest:
+    """The manifest of the cohort's newest dataset (404 when none), read in one statement by a session
+    or a plain (read-only) connection."""
+    row = conn.execute(
+        _MANIFEST_COLUMNS.where(Dataset.cohort_id == cohort_id)
         .order_by(Dataset.created_at.desc(), Dataset.id.desc())
         .limit(1)
-    )
-    if ds is None:
+    ).first()
+    if row is None:
         raise NotFound("the cohort has no dataset yet", cohort_id=cohort_id)
-    return ds
+    return manifest(row)
 
 
 def list_datasets(s: Session, cohort_id: str | None = None) -> list[Dataset]:
@@ -249,7 +266,7 @@ def list_datasets(s: Session, cohort_id: str | None = None) -> list[Dataset]:
     return list(s.scalars(q))
 
 
-def manifest(ds: Dataset) -> wire.DatasetManifest:
+def manifest(ds: Dataset | sa.Row[Any]) -> wire.DatasetManifest:
     return wire.DatasetManifest(
         dataset_id=ds.id,
         cohort_id=ds.cohort_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+
 from arte import wire
 from server import fleet, report_store, results
 from server.deps import AnyDep, Creds, SessionDep, one_hop
