@@ -28,6 +28,7 @@ API process may still read (never write) for ``device_key_cache_s``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -77,6 +78,7 @@ class DeviceFastLane:
     def __init__(self, app: Any, state: Any) -> None:
         self.app = app
         self.state = state
+        self._loading: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[tuple[str, bytes]]] = {}
         self._routes = {
             self._report: _route(reports.router, reports.submit),
             self._drafts: _route(rounds.router, rounds.drafts),
@@ -158,16 +160,24 @@ class DeviceFastLane:
         known = self._cached_key(device_id, secret, now)
         if known is None:
             return None
-        cached = fleet.cached_round_drafts_json(round_id)
-        if cached is not None:
-            data = fleet.drafts_json_for(cached, round_id, known.cohort_id)
-        else:  # first pull of the round here (every device at once when it opens): read it, no write lock
-            data = await run_in_threadpool(self._read_drafts, round_id, known.cohort_id)
+        cached = fleet.cached_round_drafts_json(round_id) or await self._load_drafts(round_id)
+        data = fleet.drafts_json_for(cached, round_id, known.cohort_id)
         return Response(data, media_type="application/json")
 
-    def _read_drafts(self, round_id: str, cohort_id: str) -> bytes:
-        with self.state.sessions() as s:
-            return fleet.round_drafts_json(s, round_id, cohort_id=cohort_id)
+    async def _load_drafts(self, round_id: str) -> tuple[str, bytes]:
+        """A round's drafts the first time they are pulled here, read once however many devices ask for
+        them at the same moment (they all do when a round opens), on a read-only session."""
+        key = (asyncio.get_running_loop(), round_id)
+        loading = self._loading.get(key)
+        if loading is None:
+
+            def read() -> tuple[str, bytes]:
+                with self.state.sessions() as s:
+                    return fleet.load_round_drafts_json(s, round_id)
+
+            loading = self._loading[key] = asyncio.ensure_future(run_in_threadpool(read))
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
 
     async def _manifest(
         self, scope: dict[str, Any], receive: Any, device_id: str, secret: str, round_id: str, now: datetime

@@ -51,6 +51,7 @@ __all__ = [
     "round_drafts",
     "round_drafts_json",
     "cached_round_drafts_json",
+    "load_round_drafts_json",
     "drafts_json_for",
     "revoke_device",
 ]
@@ -362,6 +363,12 @@ _ROUND_DRAFTS_ADAPTER = TypeAdapter(wire.RoundDrafts)
 def round_drafts_json(s: Session, round_id: str, *, cohort_id: str | None = None) -> bytes:
     """The JSON body of :func:`round_drafts` for ``round_id`` (404 as :func:`get_round` for a round of
     another cohort, when ``cohort_id`` is given)."""
+    return drafts_json_for(load_round_drafts_json(s, round_id), round_id, cohort_id)
+
+
+def load_round_drafts_json(s: Session, round_id: str) -> tuple[str, bytes]:
+    """(cohort id, :func:`round_drafts_json`'s body), from the process cache or read and kept there;
+    404 for an unknown round."""
     cached = cached_round_drafts_json(round_id)
     if cached is None:
         rnd = get_round(s, round_id)
@@ -370,11 +377,11 @@ def round_drafts_json(s: Session, round_id: str, *, cohort_id: str | None = None
             if len(_DRAFTS_JSON) >= _DRAFTS_JSON_MAX:
                 del _DRAFTS_JSON[next(iter(_DRAFTS_JSON))]
             _DRAFTS_JSON[round_id] = cached
-    return drafts_json_for(cached, round_id, cohort_id)
+    return cached
 
 
 def cached_round_drafts_json(round_id: str) -> tuple[str, bytes] | None:
-    """(cohort id, :func:`round_drafts_json`'s body) when this process has served the round's drafts
+    """What :func:`load_round_drafts_json` gives when this process has served the round's drafts
     before; None when only the database can answer."""
     return _DRAFTS_JSON.get(round_id)
 

@@ -223,3 +223,49 @@ def test_rate_limit_answers_are_the_same(backend, other_backend, tmp_path) -> No
 
     counted = _compare(backend, other_backend, tmp_path, script)
     assert counted["cache hits"] >= 2
+
+
+def test_a_new_round_is_read_once_when_devices_pull_it_at_once(sqlite_fleet: Fleet, monkeypatch) -> None:
+    import asyncio
+
+    from server import fleet as fleet_state
+
+    f = sqlite_fleet
+    cohort = f.cohort()
+    keys = [f.device(cohort)[1] for _ in range(8)]
+    for key in keys:
+        f.ok(f.client.get(f"{API}/devices/me", headers=key))  # the keys are now cached
+    rnd = f.round(cohort, n_drafts=4)
+    reads = []
+    read = fleet_state.round_drafts
+
+    def counting(*args: Any) -> Any:
+        reads.append(args)
+        return read(*args)
+
+    monkeypatch.setattr(fleet_state, "round_drafts", counting)
+
+    async def pull(key: dict[str, str]) -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        path = f"{API}/rounds/{rnd}/drafts"
+        headers = [(b"authorization", key["Authorization"].encode())]
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("test", 80)}
+        await f.app(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def at_once() -> list[tuple[int, bytes]]:
+        return await asyncio.gather(*(pull(key) for key in keys))
+
+    answers = asyncio.run(at_once())
+    assert len(reads) == 1
+    assert {status for status, _ in answers} == {200}
+    assert len({body for _, body in answers}) == 1 and json.loads(answers[0][1])["round_id"] == rnd
