@@ -27,7 +27,7 @@ import numpy as np
 
 from arte import wire
 from arte.errors import ReportContentError
-from arte.privacy import debias_report
+from arte.privacy.estimates import ScoreCounts, debias_report
 from server.errors import Unprocessable
 
 __all__ = ["info", "check_stricter", "read_report"]
@@ -73,7 +73,7 @@ def check_stricter(declared: wire.PrivacyInfo, required: wire.PrivacyInfo, what:
         )
 
 
-def read_report(scores: Sequence[wire.DraftScoreMsg], declared: wire.PrivacyInfo) -> None:
+def read_report(scores: Sequence[ScoreCounts], declared: wire.PrivacyInfo) -> None:
     """Raise :class:`Unprocessable` naming the field when the declared mechanism cannot have produced
     these values, or leaves noise too large to estimate from (the report could not be aggregated)."""
     try:

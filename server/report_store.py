@@ -186,33 +186,39 @@ def _check(s: Session, rnd: Any, q: ReportRequest) -> None:
     privacy.check_stricter(declared, privacy.info(rnd.privacy))
     noised = declared.mechanism != "none"
     known = _draft_ids(s, rnd.id)
+    ids = [sc.draft_id for sc in body.scores]
+    if noised:
+        counts_ok = all(math.isfinite(sc.n_items) and math.isfinite(sc.n_correct) for sc in body.scores)
+    else:  # (finite, both >= 0 and n_correct <= n_items)
+        counts_ok = all(0 <= sc.n_correct <= sc.n_items < math.inf for sc in body.scores)
+    if not (counts_ok and known.issuperset(ids) and len(set(ids)) == len(ids)):
+        _refuse_scores(body, rnd.id, known, noised)
+    # Read it as the aggregation will (noise law recomputed from the declaration): refused if unreadable.
+    privacy.read_report(body.scores, declared)
+
+
+def _refuse_scores(body: ReportIn, round_id: str, known: frozenset[str], noised: bool) -> None:
+    """The score rules of :func:`_check` one score at a time: raises for the first score that breaks one."""
     seen: set[str] = set()
-    for i, sc in enumerate(body.scores):  # (the field names are formatted only for an error)
+    for i, sc in enumerate(body.scores):
+        where = f"scores[{i}]"
         if sc.draft_id not in known:
-            raise BadRequest(f"draft {sc.draft_id!r} is not in round {rnd.id}", field=f"scores[{i}].draft_id")
+            raise BadRequest(f"draft {sc.draft_id!r} is not in round {round_id}", field=f"{where}.draft_id")
         if sc.draft_id in seen:
-            raise BadRequest(
-                f"draft {sc.draft_id!r} appears twice in the report", field=f"scores[{i}].draft_id"
-            )
+            raise BadRequest(f"draft {sc.draft_id!r} appears twice in the report", field=f"{where}.draft_id")
         seen.add(sc.draft_id)
-        if not (
-            math.isfinite(sc.n_items) and math.isfinite(sc.n_correct)
-        ):  # pragma: no cover - schema checks
-            raise BadRequest("counts must be finite", field=f"scores[{i}].n_items")
+        if not (math.isfinite(sc.n_items) and math.isfinite(sc.n_correct)):
+            raise BadRequest("counts must be finite", field=f"{where}.n_items")
         if not noised:
             if sc.n_items < 0:
-                raise BadRequest("must be >= 0", field=f"scores[{i}].n_items")
+                raise BadRequest("must be >= 0", field=f"{where}.n_items")
             if sc.n_correct < 0:
-                raise BadRequest("must be >= 0", field=f"scores[{i}].n_correct")
+                raise BadRequest("must be >= 0", field=f"{where}.n_correct")
             if sc.n_correct > sc.n_items:
                 raise BadRequest(
                     f"n_correct ({sc.n_correct:g}) exceeds n_items ({sc.n_items:g})",
-                    field=f"scores[{i}].n_correct",
+                    field=f"{where}.n_correct",
                 )
-    # Read it as the aggregation will (noise law recomputed from the declaration): refused if unreadable.
-    privacy.read_report(
-        [wire.DraftScoreMsg(sc.draft_id, sc.n_items, sc.n_correct) for sc in body.scores], declared
-    )
 
 
 def _insert_reports(s: Session, rows: list[tuple[ReportRequest, _Stored]]) -> set[str]:

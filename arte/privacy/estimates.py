@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from arte.errors import ConfigError, ReportContentError
 from arte.privacy.mechanisms import Calibration, calibrate
 from arte.wire import DraftScoreMsg, PrivacyInfo
 
-__all__ = ["DraftEstimate", "PooledDraft", "CohortDecision", "debias_counts", "debias_report",
+__all__ = ["DraftEstimate", "PooledDraft", "CohortDecision", "ScoreCounts", "debias_counts", "debias_report",
            "estimate_report", "pool_accuracy", "pool_estimates", "cohort_threshold"]
 
 
@@ -92,7 +92,21 @@ def estimate_report(scores: Sequence[DraftScoreMsg], privacy: PrivacyInfo) -> li
     return [DraftEstimate(s.draft_id, s.n_items, float(e), float(v)) for s, e, v in zip(scores, est, var)]
 
 
-def debias_report(scores: Sequence[DraftScoreMsg], privacy: PrivacyInfo) -> tuple[np.ndarray, np.ndarray]:
+class ScoreCounts(Protocol):
+    """What :func:`debias_report` reads of a draft's score: a :class:`~arte.wire.DraftScoreMsg`, or a
+    validated mirror of one (the server's request model)."""
+
+    @property
+    def draft_id(self) -> str: ...
+
+    @property
+    def n_items(self) -> float: ...
+
+    @property
+    def n_correct(self) -> float: ...
+
+
+def debias_report(scores: Sequence[ScoreCounts], privacy: PrivacyInfo) -> tuple[np.ndarray, np.ndarray]:
     """:func:`estimate_report` as two arrays in the order of ``scores``: the unbiased counts and their
     noise variances (for a caller that only checks them, without one object per draft)."""
     if not scores:
