@@ -107,7 +107,7 @@ def create_app(
     limiter_args: dict[str, Any] = {"clock": rate_clock} if rate_clock else {}
     app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, **limiter_args)
     app.state.device_keys = DeviceKeyCache(settings.device_key_cache_s)
-    app.state.report_writer = ReportWriter(app.state.sessions, app.state.device_keys)
+    app.state.report_writer = ReportWriter(engine, app.state.device_keys)
     _install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -30,11 +30,11 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from arte import wire
-from server.db import transaction
+from server.db import core_transaction
 from server.deps import device_key_valid, unknown_key
 from server.errors import ServerError
 from server.keycache import LAST_SEEN_GRANULARITY, DeviceKeyCache, KnownDevice
@@ -46,7 +46,9 @@ __all__ = ["PendingReport", "ReportWriter"]
 
 logger = logging.getLogger(__name__)
 
-_DEVICES = sa.select(Device.id, Device.cohort_id, Device.key_hash, Device.revoked_at, Device.last_seen_at)
+_DEVICES = sa.select(
+    Device.id, Device.cohort_id, Device.key_hash, Device.revoked_at, Device.last_seen_at
+).where(Device.id.in_(sa.bindparam("ids", expanding=True)))
 _TOUCH = (
     sa.update(Device.__table__)
     .where(Device.__table__.c.id == sa.bindparam("device"))
@@ -76,8 +78,8 @@ class _Queue:
 class ReportWriter:
     """Writes one app's reports (see the module docstring); ``keys`` learns the devices it reads."""
 
-    def __init__(self, sessions: sessionmaker[Session], keys: DeviceKeyCache, max_batch: int = 64) -> None:
-        self.sessions = sessions
+    def __init__(self, engine: Engine, keys: DeviceKeyCache, max_batch: int = 64) -> None:
+        self.engine = engine
         self.keys = keys
         self.max_batch = max_batch
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
@@ -133,9 +135,9 @@ class ReportWriter:
 
     def _write_batch(self, reports: Sequence[PendingReport]) -> list[Outcome | BaseException]:
         outcomes: list[Outcome | BaseException] = [unknown_key() for _ in reports]
-        with transaction(self.sessions) as s:
+        with core_transaction(self.engine) as conn:
             ids = {r.device_id for r in reports}
-            devices = {d.id: d for d in s.execute(_DEVICES.where(Device.id.in_(ids)))}
+            devices = {d.id: d for d in conn.execute(_DEVICES, {"ids": list(ids)})}
             valid = [i for i, r in enumerate(reports) if device_key_valid(devices.get(r.device_id), r.secret)]
             requests = [
                 ReportRequest(r.device_id, devices[r.device_id].cohort_id, r.round_id, r.body, r.now)
@@ -143,7 +145,7 @@ class ReportWriter:
             ]
             seen = {d.id: d.last_seen_at for d in devices.values()}
             touched = []
-            for i, outcome in zip(valid, store_reports(s, requests)):
+            for i, outcome in zip(valid, store_reports(conn, requests)):
                 outcomes[i] = outcome
                 r = reports[i]
                 if isinstance(outcome, ServerError):
@@ -153,7 +155,7 @@ class ReportWriter:
                     seen[r.device_id] = r.now
                     touched.append({"device": r.device_id, "seen": r.now})
             if touched:
-                s.execute(_TOUCH, touched)
+                conn.execute(_TOUCH, touched)
         # committed: the devices whose keys were valid may read on the fast path for a while
         for i in valid:
             r, d = reports[i], devices[reports[i].device_id]
