@@ -299,7 +299,7 @@ def report_body(device: int, round_id: str, n_drafts: int, rng: random.Random) -
 
 async def agent(
     i: int, fleet: Fleet, port: int, stats: Stats, *, stop_at: float, max_reports: int, n_drafts: int,
-    download_every: int, resend: float, interval_s: float | None, start_round: int,
+    download_every: int, resend: float, interval_s: float | None, rounds: range,
 ) -> None:
     """One device: per round drafts + report (+ a re-send now and then), a dataset every few rounds."""
     conn = Conn(port, fleet.keys[i])
@@ -308,7 +308,7 @@ async def agent(
     next_at = loop.time() + (rng.uniform(0, interval_s) if interval_s else 0.0)
     n = 0
     try:
-        for r in range(start_round, len(fleet.rounds)):
+        for r in rounds:
             if interval_s:
                 delay = next_at - loop.time()
                 if delay > 0:
@@ -431,7 +431,7 @@ class PgCpu:
 
 
 async def phase(
-    name: str, srv: Server, fleet: Fleet, args: argparse.Namespace, pg: PgCpu, start_round: int,
+    name: str, srv: Server, fleet: Fleet, args: argparse.Namespace, pg: PgCpu, rounds: range,
     rate: float | None,
 ) -> dict[str, Any]:
     stats = Stats()
@@ -444,7 +444,7 @@ async def phase(
     await asyncio.gather(
         *(agent(i, fleet, srv.port, stats, stop_at=stop_at, max_reports=args.max_reports, n_drafts=args.drafts,
                 download_every=args.download_every, resend=args.resend, interval_s=interval,
-                start_round=start_round)
+                rounds=rounds)
           for i in range(args.agents))
     )
     wall = time.perf_counter() - t0
@@ -520,13 +520,15 @@ async def run_config(backend: str, workers: int, env: dict[str, str], args: argp
     srv = Server(env, workers)
     try:
         await srv.wait_ready()
-        per_agent = math.ceil(args.max_reports / args.agents) + 1
-        fleet = await build_fleet(srv, args.agents, 2 * per_agent + 2, args.drafts)
+        # each phase has rounds of its own (a report of the closed phase re-sent in the paced one would be
+        # a duplicate the paced phase never accepted), twice the mean number per agent: agents are uneven
+        per_agent = 2 * math.ceil(args.max_reports / args.agents) + 2
+        fleet = await build_fleet(srv, args.agents, 2 * per_agent, args.drafts)
         pg = PgCpu(pg_url, "arte-load", postmaster)
         base = await baseline(srv, args)
-        closed = await phase("closed", srv, fleet, args, pg, 0, None)
+        closed = await phase("closed", srv, fleet, args, pg, range(per_agent), None)
         rate = max(1.0, closed["reports_per_s"] * args.paced_fraction)
-        paced = await phase("paced", srv, fleet, args, pg, per_agent + 1, rate)
+        paced = await phase("paced", srv, fleet, args, pg, range(per_agent, 2 * per_agent), rate)
         stored = count_stored(env, pg_url, args.drafts)
         accepted = {**closed.pop("_accepted"), **paced.pop("_accepted")}
         exact = stored["rows"] == accepted

@@ -5,7 +5,8 @@ journal, ``foreign_keys=ON`` and a busy timeout on every connection, transaction
 ``BEGIN IMMEDIATE`` when asked (:func:`immediate`); on PostgreSQL, an optional ``schema`` put first on
 the ``search_path`` (tests use a fresh schema per run). :func:`upgrade` runs the Alembic migrations shipped
 in ``server/migrations``; :func:`check_current` raises :class:`NotReady` unless the database is at head.
-Every request runs in one transaction (:func:`transaction`): all or nothing.
+Every request runs in one transaction (:func:`transaction`; :func:`core_transaction` without the ORM):
+all or nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "current_revision",
     "head_revision",
     "transaction",
+    "core_transaction",
     "is_sqlite",
     "create_schema",
     "drop_schema",
@@ -160,6 +162,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def core_transaction(engine: Engine) -> Iterator[sa.Connection]:
+    """:func:`transaction` for Core statements on one connection (no ORM session): commit on success,
+    roll back on any error; on SQLite ``BEGIN IMMEDIATE``."""
+    if is_sqlite(engine):
+        engine = engine.execution_options(sqlite_begin="IMMEDIATE")
+    with engine.begin() as conn:
+        yield conn
 
 
 def _alembic_config(connection: sa.Connection) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Callable, TypeVar
 
 from fastapi import Depends, Request
@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from server import security
 from server.db import transaction
 from server.errors import Forbidden, RateLimited, Unauthorized
+from server.keycache import LAST_SEEN_GRANULARITY, KnownDevice
 from server.models import ID_PATTERN, AdminKey, Device
 
 __all__ = [
@@ -42,6 +43,10 @@ __all__ = [
     "DeviceDep",
     "AnyDep",
     "check_rate",
+    "rate_limit",
+    "parse_body",
+    "device_key_valid",
+    "unknown_key",
     "Creds",
     "one_hop",
 ]
@@ -51,7 +56,6 @@ T = TypeVar("T")
 _bearer = HTTPBearer(
     auto_error=False, description="An admin key (arte_ak_...) or a device key (arte_dk_...)."
 )
-LAST_SEEN_GRANULARITY = timedelta(seconds=60)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -72,7 +76,12 @@ class Principal:
 
 
 def check_rate(request: Request, key: str) -> None:
-    retry = request.app.state.limiter.check(key)
+    rate_limit(request.app.state.limiter, key)
+
+
+def rate_limit(limiter: security.RateLimiter, key: str) -> None:
+    """Take one request of ``key``'s rate, or raise :class:`RateLimited` saying when to retry."""
+    retry = limiter.check(key)
     if retry is not None:
         raise RateLimited("too many requests for this key", retry_after_s=round(retry, 3))
 
@@ -96,13 +105,23 @@ def _authenticate(
                 return Principal("admin", admin.id)
         else:
             device = s.get(Device, row_id)
-            if device is not None and device.revoked_at is None and security.verify(secret, device.key_hash):
+            if device is not None and device_key_valid(device, secret):
                 if device.last_seen_at is None or now - device.last_seen_at >= LAST_SEEN_GRANULARITY:
                     device.last_seen_at = now
                 return Principal("device", device.id, device)
-        raise Unauthorized("unknown or revoked key", field="authorization")
+        raise unknown_key()
     check_rate(request, f"ip:{request.client.host if request.client else '-'}")
     raise Unauthorized("not an ARTE key", field="authorization")
+
+
+def device_key_valid(device: Any, secret: str) -> bool:
+    """``secret`` is the key of ``device`` (a row with ``key_hash`` and ``revoked_at``, or None), and the
+    device is not revoked."""
+    return device is not None and device.revoked_at is None and security.verify(secret, device.key_hash)
+
+
+def unknown_key() -> Unauthorized:
+    return Unauthorized("unknown or revoked key", field="authorization")
 
 
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -142,7 +161,7 @@ def _problems(loc: str, exc: ValidationError) -> list[dict[str, Any]]:
     return [{**e, "loc": (loc, *e["loc"])} for e in exc.errors()]
 
 
-def _parse_body(raw: bytes, model: type[BaseModel]) -> tuple[Any, list[dict[str, Any]]]:
+def parse_body(raw: bytes, model: type[BaseModel]) -> tuple[Any, list[dict[str, Any]]]:
     """``model`` from a JSON body with FastAPI's own error entries (``json_invalid``, ``missing``)."""
     if not raw:
         return None, [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
@@ -196,10 +215,16 @@ async def one_hop(
                     problems += [{**x, "loc": ("path", name)} for x in e.errors()]
             parsed = None
             if body is not None:
-                parsed, more = _parse_body(raw, body)
+                parsed, more = parse_body(raw, body)
                 problems += more
             if problems:
                 raise RequestValidationError(problems)
-            return fn(s, who, now, parsed)
+            result = fn(s, who, now, parsed)
+        device = who.device
+        if device is not None:  # committed: the device fast path may trust this key for a while
+            request.app.state.device_keys.remember(
+                KnownDevice(device.id, device.cohort_id, device.key_hash, device.last_seen_at, now)
+            )
+        return result
 
     return await run_in_threadpool(unit)

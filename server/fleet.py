@@ -49,6 +49,10 @@ __all__ = [
     "round_info",
     "current_round",
     "round_drafts",
+    "round_drafts_json",
+    "cached_round_drafts_json",
+    "load_round_drafts_json",
+    "drafts_json_for",
     "revoke_device",
 ]
 
@@ -359,17 +363,34 @@ _ROUND_DRAFTS_ADAPTER = TypeAdapter(wire.RoundDrafts)
 def round_drafts_json(s: Session, round_id: str, *, cohort_id: str | None = None) -> bytes:
     """The JSON body of :func:`round_drafts` for ``round_id`` (404 as :func:`get_round` for a round of
     another cohort, when ``cohort_id`` is given)."""
-    hit = _DRAFTS_JSON.get(round_id)
-    if hit is None:
+    return drafts_json_for(load_round_drafts_json(s, round_id), round_id, cohort_id)
+
+
+def load_round_drafts_json(s: Session, round_id: str) -> tuple[str, bytes]:
+    """(cohort id, :func:`round_drafts_json`'s body), from the process cache or read and kept there;
+    404 for an unknown round."""
+    cached = cached_round_drafts_json(round_id)
+    if cached is None:
         rnd = get_round(s, round_id)
-        hit = (rnd.cohort_id, _ROUND_DRAFTS_ADAPTER.dump_json(round_drafts(s, rnd)))
+        cached = (rnd.cohort_id, _ROUND_DRAFTS_ADAPTER.dump_json(round_drafts(s, rnd)))
         with _drafts_json_lock:
             if len(_DRAFTS_JSON) >= _DRAFTS_JSON_MAX:
                 del _DRAFTS_JSON[next(iter(_DRAFTS_JSON))]
-            _DRAFTS_JSON[round_id] = hit
-    if cohort_id is not None and hit[0] != cohort_id:
+            _DRAFTS_JSON[round_id] = cached
+    return cached
+
+
+def cached_round_drafts_json(round_id: str) -> tuple[str, bytes] | None:
+    """What :func:`load_round_drafts_json` gives when this process has served the round's drafts
+    before; None when only the database can answer."""
+    return _DRAFTS_JSON.get(round_id)
+
+
+def drafts_json_for(cached: tuple[str, bytes], round_id: str, cohort_id: str | None) -> bytes:
+    """The cached body for a caller of ``cohort_id`` (None: the admin); 404 for another cohort's."""
+    if cohort_id is not None and cached[0] != cohort_id:
         raise NotFound(f"no round {round_id}", field="round_id", round_id=round_id)
-    return hit[1]
+    return cached[1]
 
 
 def round_info(s: Session, rnd: Round) -> wire.RoundInfo:

@@ -11,7 +11,7 @@ is ``none``), an ε no larger and a δ no larger. A violation is :class:`~server
 
 :func:`read_report` then reads the report the way aggregation will: it recomputes the noise law from
 public values only — the declared mechanism, ε, δ and the number of scores in the report
-(:func:`arte.privacy.calibrate`) — and inverts it (:func:`arte.privacy.estimate_report`). Values the
+(:func:`arte.privacy.calibrate`) — and inverts it (:func:`arte.privacy.debias_report`). Values the
 declared mechanism cannot produce (a non-whole count under randomized response or without noise, a
 count outside [0, n_items], a non-whole ``n_items``) and noise too large to estimate from are refused
 (422 naming ``scores[i].n_correct`` / ``scores[i].n_items`` / ``privacy.epsilon``), so every stored
@@ -20,7 +20,6 @@ report can be read back by :mod:`server.aggregation`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from arte import wire
 from arte.errors import ReportContentError
-from arte.privacy import estimate_report
+from arte.privacy.estimates import ScoreCounts, debias_report
 from server.errors import Unprocessable
 
 __all__ = ["info", "check_stricter", "read_report"]
@@ -74,25 +73,25 @@ def check_stricter(declared: wire.PrivacyInfo, required: wire.PrivacyInfo, what:
         )
 
 
-def read_report(scores: Sequence[wire.DraftScoreMsg], declared: wire.PrivacyInfo) -> list[Any]:
-    """The per-draft :class:`arte.privacy.DraftEstimate` of one report, or :class:`Unprocessable`
-    naming the field when the declared mechanism cannot have produced these values."""
+def read_report(scores: Sequence[ScoreCounts], declared: wire.PrivacyInfo) -> None:
+    """Raise :class:`Unprocessable` naming the field when the declared mechanism cannot have produced
+    these values, or leaves noise too large to estimate from (the report could not be aggregated)."""
     try:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # checked below
-            estimates = estimate_report(scores, declared)
+            est, var = debias_report(scores, declared)
     except ReportContentError as e:
         raise Unprocessable(
             f"{e.problem} (declared mechanism {declared.mechanism!r})", field=e.field
         ) from None
-    for i, e in enumerate(estimates):
-        if not (math.isfinite(e.correct) and math.isfinite(e.variance)):
-            raise Unprocessable(
-                f"epsilon={declared.epsilon:g} over {len(scores)} drafts leaves noise too large to estimate "
-                f"from (draft {e.draft_id!r})",
-                field="privacy.epsilon",
-                draft=f"scores[{i}]",
-            )
-    return estimates
+    unreadable = np.flatnonzero(~(np.isfinite(est) & np.isfinite(var)))
+    if unreadable.size:
+        i = int(unreadable[0])
+        raise Unprocessable(
+            f"epsilon={declared.epsilon:g} over {len(scores)} drafts leaves noise too large to estimate "
+            f"from (draft {scores[i].draft_id!r})",
+            field="privacy.epsilon",
+            draft=f"scores[{i}]",
+        )
 
 
 def _dict(p: wire.PrivacyInfo) -> dict[str, Any]:

@@ -8,7 +8,8 @@ without local DP they must also be non-negative with ``n_correct <= n_items``. T
 be at least as strict as the round's (422 naming ``privacy.*``, :func:`server.privacy.check_stricter`)
 and the counts must be values the declared mechanism can produce (422 naming the score,
 :func:`server.privacy.read_report`): under Laplace or Gaussian noise ``n_correct`` may be fractional,
-negative or exceed ``n_items``; :mod:`server.aggregation` inverts the noise.
+negative or exceed ``n_items``; :mod:`server.aggregation` inverts the noise. Reports are stored by
+:mod:`server.report_store` (one at a time or group-committed; :func:`submit_report` is re-exported here).
 
 Datasets are JSONL bytes, content-addressed by sha256 (also their ETag). With a signing key, the
 manifest's ``signature`` is ``hmac-sha256:<hex>`` of the sha256 hex digest under that key (devices
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import threading
 from datetime import datetime
 from typing import Any
@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from arte import wire
-from server import aggregation, fleet, privacy
-from server.errors import BadRequest, Conflict, NotFound
+from server import aggregation, fleet
+from server.errors import BadRequest, NotFound
 from server.models import (
     Aggregate,
     Cohort,
@@ -40,10 +40,10 @@ from server.models import (
     Report,
     ReportScore,
     Round,
-    RoundDraft,
     new_id,
 )
-from server.schemas import AggregateOut, DatasetIn, MetricsIn, MetricsOut, ReportIn, ReportOut
+from server.report_store import submit_report
+from server.schemas import AggregateOut, DatasetIn, MetricsIn, MetricsOut, ReportOut
 
 __all__ = [
     "submit_report",
@@ -55,7 +55,7 @@ __all__ = [
     "get_metrics",
     "list_metrics",
     "create_dataset",
-    "latest_dataset",
+    "latest_manifest",
     "get_dataset",
     "list_datasets",
     "manifest",
@@ -71,168 +71,6 @@ __all__ = [
 
 
 # --- reports ------------------------------------------------------------------------------------------
-
-
-def _receipt(r: Report, duplicate: bool) -> wire.ReportReceipt:
-    return wire.ReportReceipt(
-        report_id=r.id,
-        round_id=r.round_id,
-        device_id=r.device_id,
-        n_scores=r.n_scores,
-        received_at=r.received_at.isoformat(),
-        duplicate=duplicate,
-    )
-
-
-# A round's draft ids never change after the round is created and round ids are random, so each
-# process keeps them once instead of reading 64+ rows per report (bounded: oldest entries go first).
-_ROUND_DRAFTS: dict[str, frozenset[str]] = {}
-_ROUND_DRAFTS_MAX = 4096
-_round_drafts_lock = threading.Lock()
-
-
-def _draft_ids(s: Session, round_id: str) -> frozenset[str]:
-    known = _ROUND_DRAFTS.get(round_id)
-    if known is None:
-        known = frozenset(s.scalars(sa.select(RoundDraft.draft_id).where(RoundDraft.round_id == round_id)))
-        with _round_drafts_lock:
-            if len(_ROUND_DRAFTS) >= _ROUND_DRAFTS_MAX:
-                del _ROUND_DRAFTS[next(iter(_ROUND_DRAFTS))]
-            _ROUND_DRAFTS[round_id] = known
-    return known
-
-
-def _existing(s: Session, device: Device, round_id: str, body: ReportIn) -> wire.ReportReceipt | None:
-    """The stored report of this device for this round as a re-send's receipt; 409 on another key."""
-    existing = s.scalar(sa.select(Report).where(Report.device_id == device.id, Report.round_id == round_id))
-    if existing is None:
-        return None
-    if hmac.compare_digest(existing.idempotency_key.encode(), body.idempotency_key.encode()):
-        return _receipt(existing, duplicate=True)
-    raise Conflict(
-        "this device already reported for this round under another idempotency key",
-        field="idempotency_key",
-        report_id=existing.id,
-    )
-
-
-def _insert_ignoring_duplicate(s: Session) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for reports, in the session's dialect."""
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(Report).on_conflict_do_nothing(index_elements=["device_id", "round_id"])
-
-
-# PostgreSQL: all scores in one statement and one round trip, the columns as three arrays (psycopg
-# adapts lists in C). Measured per 64-score report: 1.1 ms CPU against 1.8 ms for executemany.
-_PG_INSERT_SCORES = sa.text(
-    "INSERT INTO report_scores (report_id, draft_id, n_items, n_correct) SELECT :report_id, "
-    "unnest(CAST(:draft_ids AS text[])), unnest(CAST(:n_items AS float8[])), unnest(CAST(:n_correct AS float8[]))"
-)
-
-
-def _insert_scores(s: Session, report_id: str, body: ReportIn) -> None:
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(
-            _PG_INSERT_SCORES,
-            {
-                "report_id": report_id,
-                "draft_ids": [sc.draft_id for sc in body.scores],
-                "n_items": [float(sc.n_items) for sc in body.scores],
-                "n_correct": [float(sc.n_correct) for sc in body.scores],
-            },
-        )
-        return
-    # SQLite: Core executemany, a C loop in sqlite3 (0.8 ms CPU for 64 scores; the ORM bulk path 1.1 ms,
-    # one multi-row VALUES statement 3.6 ms: SQLAlchemy compiles it anew for each report)
-    s.execute(
-        sa.insert(ReportScore.__table__),
-        [
-            {"report_id": report_id, "draft_id": sc.draft_id, "n_items": sc.n_items, "n_correct": sc.n_correct}
-            for sc in body.scores
-        ],
-    )
-
-
-def submit_report(
-    s: Session, device: Device, round_id: str, body: ReportIn, now: datetime
-) -> wire.ReportReceipt:
-    """Store a device's report for a round of its cohort (see the module docstring for the rules).
-
-    Four statements on the first send (the round, the duplicate check, the report row, all its scores
-    in one statement); a re-send reads two rows. Two copies racing (PostgreSQL, READ COMMITTED): the
-    loser's ``ON CONFLICT DO NOTHING`` inserts nothing and it answers as a re-send would."""
-    rnd = fleet.get_round(s, round_id, cohort_id=device.cohort_id)
-    receipt = _existing(s, device, rnd.id, body)
-    if receipt is not None:
-        return receipt
-    if not fleet.is_open(rnd, now):
-        raise Conflict(f"round {rnd.id} is closed", field="round_id", round_id=rnd.id)
-    if body.mode != rnd.mode:
-        raise BadRequest(
-            f"the round is scored in mode {rnd.mode!r}, the report says {body.mode!r}", field="mode"
-        )
-    declared = privacy.info(body.privacy.model_dump())
-    privacy.check_stricter(declared, privacy.info(rnd.privacy))
-    noised = declared.mechanism != "none"
-    known = _draft_ids(s, rnd.id)
-    seen: set[str] = set()
-    for i, sc in enumerate(body.scores):
-        where = f"scores[{i}]"
-        if sc.draft_id not in known:
-            raise BadRequest(f"draft {sc.draft_id!r} is not in round {rnd.id}", field=f"{where}.draft_id")
-        if sc.draft_id in seen:
-            raise BadRequest(f"draft {sc.draft_id!r} appears twice in the report", field=f"{where}.draft_id")
-        seen.add(sc.draft_id)
-        if not (
-            math.isfinite(sc.n_items) and math.isfinite(sc.n_correct)
-        ):  # pragma: no cover - schema checks
-            raise BadRequest("counts must be finite", field=f"{where}.n_items")
-        if not noised:
-            if sc.n_items < 0:
-                raise BadRequest("must be >= 0", field=f"{where}.n_items")
-            if sc.n_correct < 0:
-                raise BadRequest("must be >= 0", field=f"{where}.n_correct")
-            if sc.n_correct > sc.n_items:
-                raise BadRequest(
-                    f"n_correct ({sc.n_correct:g}) exceeds n_items ({sc.n_items:g})",
-                    field=f"{where}.n_correct",
-                )
-    # Read it as the aggregation will (noise law recomputed from the declaration): refused if unreadable.
-    privacy.read_report(
-        [wire.DraftScoreMsg(sc.draft_id, sc.n_items, sc.n_correct) for sc in body.scores], declared
-    )
-    report_id = new_id("rep")
-    inserted = s.execute(
-        _insert_ignoring_duplicate(s)
-        .values(
-            id=report_id,
-            round_id=rnd.id,
-            device_id=device.id,
-            idempotency_key=body.idempotency_key,
-            mode=body.mode,
-            privacy=body.privacy.model_dump(),
-            agent_version=body.agent_version,
-            n_scores=len(body.scores),
-            received_at=now,
-        )
-        .returning(Report.id)
-    ).scalar()
-    if inserted is None:  # another copy of this report committed first
-        receipt = _existing(s, device, rnd.id, body)
-        assert receipt is not None, "ON CONFLICT fired but no report is visible"
-        return receipt
-    _insert_scores(s, report_id, body)
-    return wire.ReportReceipt(
-        report_id=report_id,
-        round_id=rnd.id,
-        device_id=device.id,
-        n_scores=len(body.scores),
-        received_at=now.isoformat(),
-        duplicate=False,
-    )
 
 
 def get_report(s: Session, report_id: str, *, device_id: str | None = None) -> Report:
@@ -393,16 +231,32 @@ def get_dataset(s: Session, dataset_id: str, *, cohort_id: str | None = None) ->
     return ds
 
 
-def latest_dataset(s: Session, cohort_id: str) -> Dataset:
-    ds = s.scalar(
-        sa.select(Dataset)
-        .where(Dataset.cohort_id == cohort_id)
+_MANIFEST_COLUMNS = sa.select(
+    Dataset.id,
+    Dataset.cohort_id,
+    Dataset.round_id,
+    Dataset.sha256,
+    Dataset.size,
+    Dataset.n_examples,
+    Dataset.created_at,
+    Dataset.teacher,
+    Dataset.adapter,
+    Dataset.signature,
+    Dataset.counts,
+)
+
+
+def latest_manifest(conn: Session | sa.Connection, cohort_id: str) -> wire.DatasetManifest:
+    """The manifest of the cohort's newest dataset (404 when none), read in one statement by a session
+    or a plain (read-only) connection."""
+    row = conn.execute(
+        _MANIFEST_COLUMNS.where(Dataset.cohort_id == cohort_id)
         .order_by(Dataset.created_at.desc(), Dataset.id.desc())
         .limit(1)
-    )
-    if ds is None:
+    ).first()
+    if row is None:
         raise NotFound("the cohort has no dataset yet", cohort_id=cohort_id)
-    return ds
+    return manifest(row)
 
 
 def list_datasets(s: Session, cohort_id: str | None = None) -> list[Dataset]:
@@ -412,7 +266,7 @@ def list_datasets(s: Session, cohort_id: str | None = None) -> list[Dataset]:
     return list(s.scalars(q))
 
 
-def manifest(ds: Dataset) -> wire.DatasetManifest:
+def manifest(ds: Dataset | sa.Row[Any]) -> wire.DatasetManifest:
     return wire.DatasetManifest(
         dataset_id=ds.id,
         cohort_id=ds.cohort_id,

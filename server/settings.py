@@ -68,6 +68,19 @@ class ServerSettings(BaseSettings):
     db_max_overflow: int = Field(
         default=8, ge=0, le=1000, description="Extra connections a process may open under a burst."
     )
+    device_fast_path: bool = Field(
+        default=True,
+        description="Answer the device hot path (drafts, reports, the dataset manifest) without FastAPI's "
+        "routing, reports group-committed (server.fastlane); the same answers and rows as the routes.",
+    )
+    device_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Seconds a device key verified by the database is trusted for the fast path's reads "
+        "(drafts, dataset manifest) without reading it again (server.keycache). A key revoked by another "
+        "API process may still read for this long; reports always check the key. 0: no cache.",
+    )
     enroll_token_ttl_s: int = Field(
         default=7 * 24 * 3600, gt=0, description="Default lifetime of an enrollment token."
     )

@@ -3,14 +3,17 @@ imports the server lazily so other tests do not pay for it).
 
 ``backend`` is parametrized over SQLite (a file under tmp_path) and PostgreSQL (a fresh schema per test
 in the database at ``ARTE_TEST_POSTGRES_URL``, dropped afterwards, so parallel runs never collide; the
-PostgreSQL case skips, saying so, without that variable). ``fleet`` gives a migrated database, an app
+PostgreSQL case skips, saying so, without that variable); ``other_backend`` is a second, empty database
+of the same kind (two apps compared side by side). ``fleet`` gives a migrated database, an app
 on FastAPI's TestClient with an injectable clock, the admin key, and helpers that build tasks, cohorts,
-rounds and enrolled devices through the HTTP API.
+rounds and enrolled devices through the HTTP API. :class:`Ids` numbers random ids so that two runs'
+answers and rows compare.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,6 +23,7 @@ from typing import Any, Iterator
 import pytest
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+_ID = re.compile(r"\b[a-z]{3}_[0-9a-f]{32}\b")
 
 
 @dataclass
@@ -48,6 +52,32 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield Backend("postgres", url, schema)
     finally:
         db.drop_schema(url, schema)
+
+
+@pytest.fixture
+def other_backend(backend: Backend, tmp_path: Path) -> Iterator[Backend]:
+    """A second, empty database of the same kind as ``backend``."""
+    if backend.name == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp_path / 'other.db'}")
+        return
+    from server import db
+
+    schema = f"{backend.schema}_b"
+    db.create_schema(backend.url, schema)
+    try:
+        yield Backend("postgres", backend.url, schema)
+    finally:
+        db.drop_schema(backend.url, schema)
+
+
+class Ids:
+    """Numbers each id in the order it is first seen, so two runs' answers compare."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, text: str) -> str:
+        return _ID.sub(lambda m: self.seen.setdefault(m[0], f"<{m[0][:3]}{len(self.seen)}>"), text)
 
 
 @pytest.fixture

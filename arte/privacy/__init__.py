@@ -16,7 +16,8 @@ side). Pure numpy; every random draw comes from an injected ``numpy.random.Gener
 
 from arte.privacy.accounting import Charge, PrivacyAccountant, Spent, zcdp_epsilon
 from arte.privacy.estimates import (CohortDecision, DraftEstimate, PooledDraft, cohort_threshold,
-                                    debias_counts, estimate_report, pool_accuracy, pool_estimates)
+                                    debias_counts, debias_report, estimate_report, pool_accuracy,
+                                    pool_estimates)
 from arte.privacy.mechanisms import (MECHANISMS, Calibration, PrivacyPolicy, analytic_gaussian_sigma,
                                      calibrate, classic_gaussian_sigma, gaussian_delta, privatize,
                                      randomized_response)
@@ -26,6 +27,6 @@ __all__ = [
     "Calibration", "Charge", "CohortDecision", "DraftEstimate", "MECHANISMS", "PooledDraft",
     "PrivacyAccountant", "PrivacyPolicy", "ReportScores", "SCORE_FIELDS", "Spent", "analytic_gaussian_sigma",
     "calibrate", "check_scores_only", "classic_gaussian_sigma", "cohort_threshold", "debias_counts",
-    "estimate_report", "gaussian_delta", "policy_for_round", "pool_accuracy", "pool_estimates", "privatize",
-    "randomized_response", "report_scores", "zcdp_epsilon",
+    "debias_report", "estimate_report", "gaussian_delta", "policy_for_round", "pool_accuracy",
+    "pool_estimates", "privatize", "randomized_response", "report_scores", "zcdp_epsilon",
 ]

@@ -2,7 +2,8 @@
 
 Contract: ``estimate_report(scores, privacy)`` inverts a report's noise — it recomputes the report's
 calibration from public values (mechanism, ε, δ and the number of scores) — and returns, per draft, an
-unbiased estimate of the true count of correct items with the variance the noise adds.
+unbiased estimate of the true count of correct items with the variance the noise adds
+(``debias_report``: the same as two arrays).
 ``pool_estimates`` combines devices into one accuracy per draft with a variance and a confidence
 interval; ``cohort_threshold`` says whether a cohort's reports may drive alignment at all.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -40,8 +41,8 @@ from arte.errors import ConfigError, ReportContentError
 from arte.privacy.mechanisms import Calibration, calibrate
 from arte.wire import DraftScoreMsg, PrivacyInfo
 
-__all__ = ["DraftEstimate", "PooledDraft", "CohortDecision", "debias_counts", "estimate_report",
-           "pool_accuracy", "pool_estimates", "cohort_threshold"]
+__all__ = ["DraftEstimate", "PooledDraft", "CohortDecision", "ScoreCounts", "debias_counts", "debias_report",
+           "estimate_report", "pool_accuracy", "pool_estimates", "cohort_threshold"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,27 @@ def debias_counts(noisy: np.ndarray, n_items: np.ndarray | float,
 def estimate_report(scores: Sequence[DraftScoreMsg], privacy: PrivacyInfo) -> list[DraftEstimate]:
     """Unbiased per-draft estimates of one device's report. Values a mechanism cannot produce (e.g. a
     randomized-response count that is not an integer in [0, n]) raise :class:`ReportContentError`."""
+    est, var = debias_report(scores, privacy)
+    return [DraftEstimate(s.draft_id, s.n_items, float(e), float(v)) for s, e, v in zip(scores, est, var)]
+
+
+class ScoreCounts(Protocol):
+    """What :func:`debias_report` reads of a draft's score: a :class:`~arte.wire.DraftScoreMsg`, or a
+    validated mirror of one (the server's request model)."""
+
+    @property
+    def draft_id(self) -> str: ...
+
+    @property
+    def n_items(self) -> float: ...
+
+    @property
+    def n_correct(self) -> float: ...
+
+
+def debias_report(scores: Sequence[ScoreCounts], privacy: PrivacyInfo) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`estimate_report` as two arrays in the order of ``scores``: the unbiased counts and their
+    noise variances (for a caller that only checks them, without one object per draft)."""
     if not scores:
         raise ReportContentError("scores", "empty report")
     try:
@@ -102,9 +124,7 @@ def estimate_report(scores: Sequence[DraftScoreMsg], privacy: PrivacyInfo) -> li
         if exact and not (float(s.n_correct).is_integer() and 0 <= s.n_correct <= s.n_items):
             raise ReportContentError(f"scores[{i}].n_correct", f"{privacy.mechanism} reports a whole count "
                                                                f"in [0, {s.n_items:g}], got {s.n_correct}")
-    n = np.array([s.n_items for s in scores])
-    est, var = debias_counts(np.array([s.n_correct for s in scores]), n, cal)
-    return [DraftEstimate(s.draft_id, s.n_items, float(e), float(v)) for s, e, v in zip(scores, est, var)]
+    return debias_counts(np.array([s.n_correct for s in scores]), np.array([s.n_items for s in scores]), cal)
 
 
 def pool_accuracy(correct: np.ndarray, n_items: np.ndarray,

@@ -58,7 +58,7 @@ async def latest(request: Request, creds: Creds) -> wire.DatasetManifest:
     return await one_hop(
         request,
         creds,
-        lambda s, who, now, _: results.manifest(results.latest_dataset(s, who.device.cohort_id)),
+        lambda s, who, now, _: results.latest_manifest(s, who.device.cohort_id),
         device_only=True,
     )
 

@@ -45,9 +45,13 @@ def show_device(device_id: IdPath, _: AdminDep, s: SessionDep) -> DeviceOut:
 
 
 @router.post("/devices/{device_id}/revoke", response_model=DeviceOut)
-def revoke_device(device_id: IdPath, _: AdminDep, s: SessionDep, now: NowDep) -> DeviceOut:
+def revoke_device(
+    device_id: IdPath, request: Request, _: AdminDep, s: SessionDep, now: NowDep
+) -> DeviceOut:
     """Revoke a device's key; its stored reports and metrics are kept."""
-    return fleet.device_out(fleet.revoke_device(s, device_id, now))
+    device = fleet.revoke_device(s, device_id, now)
+    request.app.state.device_keys.forget(device_id)  # this process's fast path: at once (server.keycache)
+    return fleet.device_out(device)
 
 
 @router.get("/devices/{device_id}/reports", response_model=list[ReportOut])

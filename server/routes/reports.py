@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+
 from arte import wire
-from server import fleet, results
+from server import fleet, report_store, results
 from server.deps import AnyDep, Creds, SessionDep, one_hop
 from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery, json_body
 from server.schemas import ReportIn, ReportOut
@@ -20,12 +21,12 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["reports"], responses=ERRORS)
 )
 async def submit(round_id: IdPathLate, request: Request, creds: Creds) -> wire.ReportReceipt:
     """Store a report (all or nothing). Re-sending with the same idempotency key returns the stored
-    receipt with ``duplicate=true`` (also when two copies race: see :func:`results.submit_report`)."""
+    receipt with ``duplicate=true`` (also when two copies race: see :mod:`server.report_store`)."""
     # the busiest route: key, checks and insert in one thread hand-off (server.deps.one_hop)
     return await one_hop(
         request,
         creds,
-        lambda s, who, now, body: results.submit_report(s, who.device, round_id, body, now),
+        lambda s, who, now, body: report_store.submit_report(s, who.device, round_id, body, now),
         device_only=True,
         ids={"round_id": round_id},
         body=ReportIn,

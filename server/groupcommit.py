@@ -1,0 +1,166 @@
+"""Group commit of device reports: the reports that arrive while one transaction is being written are
+authenticated and stored together in the next one.
+
+Contract. ``await writer.submit(report)`` takes a report whose body is valid and whose key was rate
+limited (:mod:`server.fastlane`) and answers what the route would answer for it after that: 401
+``unknown or revoked key``, or what :func:`server.report_store.submit_report` gives (the receipt or the
+same :class:`~server.errors.ServerError`), only after the transaction that holds the report has
+committed (no receipt for a report that is not stored). The key is checked in that transaction, as the
+route checks it in its own, and the device's last contact is recorded as the route records it (once a
+minute, only by a request that succeeds).
+
+Per event loop one transaction is written at a time: while it is, new reports queue, and the next
+transaction takes up to ``max_batch`` of them, in arrival order, through
+:func:`server.report_store.store_reports`, which gives each the outcome it would have had alone. Under
+load a commit, its round trips and (PostgreSQL) its fsync are shared by many reports; on an idle server a
+report is written at once, alone (nothing lingers). When the transaction fails: if the database is
+unavailable, every report of the batch gets that error (503 ``database_unavailable``: nothing was
+stored, agents re-send); on any other error each report of the batch is written again alone in its own
+transaction, so one bad report costs only itself (it gets its own error: a 500, logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from arte import wire
+from server.db import core_transaction
+from server.deps import device_key_valid, unknown_key
+from server.errors import ServerError
+from server.keycache import LAST_SEEN_GRANULARITY, DeviceKeyCache, KnownDevice
+from server.models import Device
+from server.report_store import Outcome, ReportRequest, store_reports
+from server.schemas import ReportIn
+
+__all__ = ["PendingReport", "ReportWriter"]
+
+logger = logging.getLogger(__name__)
+
+_DEVICES = sa.select(
+    Device.id, Device.cohort_id, Device.key_hash, Device.revoked_at, Device.last_seen_at
+).where(Device.id.in_(sa.bindparam("ids", expanding=True)))
+_TOUCH = (
+    sa.update(Device.__table__)
+    .where(Device.__table__.c.id == sa.bindparam("device"))
+    .values(last_seen_at=sa.bindparam("seen"))
+)
+
+
+@dataclass(frozen=True)
+class PendingReport:
+    """A report with a valid body, from the bearer of the key ``arte_dk_<device>_<secret>``."""
+
+    device_id: str
+    secret: str
+    round_id: str
+    body: ReportIn
+    now: datetime
+
+
+@dataclass
+class _Queue:
+    """One event loop's reports waiting for a transaction, and the task writing them (if any)."""
+
+    waiting: list[tuple[PendingReport, asyncio.Future[wire.ReportReceipt]]] = field(default_factory=list)
+    writing: asyncio.Task[None] | None = None
+
+
+class ReportWriter:
+    """Writes one app's reports (see the module docstring); ``keys`` learns the devices it reads."""
+
+    def __init__(self, engine: Engine, keys: DeviceKeyCache, max_batch: int = 64) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.max_batch = max_batch
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def submit(self, report: PendingReport) -> wire.ReportReceipt:
+        """The report's receipt once its transaction committed; raises what the route would."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue()
+        answer: asyncio.Future[wire.ReportReceipt] = loop.create_future()
+        queue.waiting.append((report, answer))
+        if queue.writing is None:
+            queue.writing = loop.create_task(self._write_queued(queue))
+        return await answer
+
+    async def _write_queued(self, queue: _Queue) -> None:
+        try:
+            while queue.waiting:
+                batch = queue.waiting[: self.max_batch]
+                del queue.waiting[: self.max_batch]
+                try:
+                    outcomes = await run_in_threadpool(self.write, [report for report, _ in batch])
+                except BaseException as e:  # cancelled at shutdown: nobody may wait forever
+                    for _, answer in batch + queue.waiting:
+                        if not answer.done():
+                            answer.set_exception(e)
+                    queue.waiting.clear()
+                    raise
+                for (_, answer), outcome in zip(batch, outcomes):
+                    if answer.done():  # the request was cancelled (client gone): its report still counts
+                        continue
+                    if isinstance(outcome, BaseException):
+                        answer.set_exception(outcome)
+                    else:
+                        answer.set_result(outcome)
+        finally:
+            queue.writing = None
+
+    def write(self, reports: Sequence[PendingReport]) -> list[Outcome | BaseException]:
+        """Store ``reports`` in one transaction (called in a worker thread): each one's outcome, in order."""
+        try:
+            return self._write_batch(reports)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+            return [e] * len(reports)  # nothing was stored: each request answers 503 and is re-sent
+        except Exception as e:
+            if len(reports) == 1:
+                return [e]
+            logger.warning("a batch of %d reports failed (%r); writing each alone", len(reports), e)
+            return [self.write([report])[0] for report in reports]
+
+    def _write_batch(self, reports: Sequence[PendingReport]) -> list[Outcome | BaseException]:
+        outcomes: list[Outcome | BaseException] = [unknown_key() for _ in reports]
+        with core_transaction(self.engine) as conn:
+            ids = {r.device_id for r in reports}
+            devices = {d.id: d for d in conn.execute(_DEVICES, {"ids": list(ids)})}
+            valid = [i for i, r in enumerate(reports) if device_key_valid(devices.get(r.device_id), r.secret)]
+            requests = [
+                ReportRequest(r.device_id, devices[r.device_id].cohort_id, r.round_id, r.body, r.now)
+                for r in (reports[i] for i in valid)
+            ]
+            seen = {d.id: d.last_seen_at for d in devices.values()}
+            touched = []
+            for i, outcome in zip(valid, store_reports(conn, requests)):
+                outcomes[i] = outcome
+                r = reports[i]
+                if isinstance(outcome, ServerError):
+                    continue
+                last = seen[r.device_id]
+                if last is None or r.now - last >= LAST_SEEN_GRANULARITY:  # as the route: once a minute
+                    seen[r.device_id] = r.now
+                    touched.append({"device": r.device_id, "seen": r.now})
+            if touched:
+                conn.execute(_TOUCH, touched)
+        # committed: the devices whose keys were valid may read on the fast path for a while
+        for i in valid:
+            r, d = reports[i], devices[reports[i].device_id]
+            self.keys.remember(KnownDevice(d.id, d.cohort_id, d.key_hash, seen[d.id], r.now))
+        for device_id in ids:
+            if device_id not in devices or devices[device_id].revoked_at is not None:
+                self.keys.forget(device_id)
+        return outcomes
