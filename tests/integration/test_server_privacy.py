@@ -199,7 +199,8 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
         "stop after the pairs' inputs"
         in f.ok(f.client.get(f"{API}/jobs/{made['job_id']}", headers=f.admin))["error"]
     )
-    assert seen == {"drafts": ["d0"], "scores": {"d0": pytest.approx(0.8)}}
+    # (n_items, n_correct) as arte.pairs reads them: the pooled 20 items at the pooled score 0.8
+    assert seen == {"drafts": ["d0"], "scores": {"d0": pytest.approx((20.0, 16.0))}}
 
 
 def test_aggregates_stored_before_estimates_existed_still_read(fleet: Fleet) -> None:
