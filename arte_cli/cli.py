@@ -113,6 +113,10 @@ from arte_cli.teacher import COMMANDS as _TEACHER_COMMANDS  # noqa: E402
 for _command in _TEACHER_COMMANDS:
     main.add_command(_command)
 
+from arte_cli.experiment import experiment as _experiment  # noqa: E402
+
+main.add_command(_experiment)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
