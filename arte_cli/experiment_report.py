@@ -12,7 +12,7 @@ Document (``format`` = ``arte-experiment/1``)::
     {"format", "created", "settings": {...}, "models": {"teacher", "student", "eval_backend"},
      "seed_varies": str, "bootstrap": {"n_boot", "level", "seed", "method"},
      "tasks": [{"task", "source", "sha256", "kind", "eval_mode", "chance", "holdout_ids", "demo_ids",
-                "data": {"kept", "fit", "used", "dropped_too_long", "truncated", "note"},
+                "data": {"kept", "fit", "used", "dropped_too_long", "truncated", "identical", "note"},
                 "pipeline": {stage: summary}, "runs": [...],
                 "accuracy": [{"condition", "shots", **interval}],
                 "differences": [{"a", "b", "shots", **interval}],
@@ -118,7 +118,8 @@ def table(doc: Mapping[str, Any]) -> str:
     for t in doc["tasks"]:
         d = t["data"]
         lines.append(f"{t['task']}: {len(t['holdout_ids'])} holdout items ({t['eval_mode']}), chance "
-                     f"{t['chance']:.3f}; training examples kept {d['kept']}, used {d['used']} per condition")
+                     f"{t['chance']:.3f}; training examples kept {d['kept']}, used {d['used']} per condition "
+                     f"({d['identical']} identical in both)")
     return "\n".join(lines)
 
 

@@ -331,8 +331,11 @@ class _TaskRun:
                      "fit": {c: len(v) for c, v in fit.items()}, "used": n,
                      "dropped_too_long": {c: len(v) - len(fit[c]) for c, v in (("original", original), ("arte", arte))},
                      "truncated": {c: len(v) - n for c, v in fit.items()},
+                     "identical": len({(r.question, r.rationale) for r in data["original"]}
+                                      & {(r.question, r.rationale) for r in data["arte"]}),
                      "note": f"both conditions train on {n} examples: each dataset filtered to the examples "
-                             f"that fit {max_length} tokens, then cut to the smaller size in file order"}
+                             f"that fit {max_length} tokens, then cut to the smaller size in file order; "
+                             f"'identical' counts examples (question and rationale) the two datasets share"}
 
         runs: list[dict[str, Any]] = []
         t0 = time.perf_counter()

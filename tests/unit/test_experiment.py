@@ -117,7 +117,7 @@ def _document() -> dict:
             "eval_mode": "loglik", "chance": 0.5, "holdout_ids": [f"i{i}" for i in range(N_ITEMS)],
             "demo_ids": ["gold-a", "gold-b", "gold-c"],
             "data": {"kept": {"original": 30, "arte": 25}, "fit": {"original": 28, "arte": 25}, "used": 25,
-                     "dropped_too_long": {"original": 2, "arte": 0}, "truncated": {"original": 3, "arte": 0},
+                     "dropped_too_long": {"original": 2, "arte": 0}, "truncated": {"original": 3, "arte": 0}, "identical": 0,
                      "note": "…"},
             "pipeline": {}, "training": {}, "runs": runs, "seconds": {"total": 1.0}, "cached": []}
     task.update(summarize(runs, (0, 3), n_boot=500, seed=0))
