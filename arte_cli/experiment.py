@@ -159,8 +159,8 @@ def _int(minimum: int) -> click.IntRange:
 @click.option("--align-steps", default=-1, show_default=True, type=int, help="DPO steps (-1: use --align-epochs).")
 @click.option("--align-batch-size", default=4, show_default=True, type=_int(1), help="Pairs per DPO step.")
 @click.option("--align-seed", default=0, show_default=True, help="DPO seed.")
-@click.option("--sft-epochs", default=2, show_default=True, type=_int(1), help="Student SFT epochs.")
-@click.option("--sft-lr", default=2e-4, show_default=True, type=float, help="Student SFT learning rate.")
+@click.option("--sft-epochs", default=3, show_default=True, type=_int(1), help="Student SFT epochs.")
+@click.option("--sft-lr", default=1e-3, show_default=True, type=float, help="Student SFT learning rate.")
 @click.option("--sft-rank", default=8, show_default=True, type=_int(1), help="Student LoRA rank (alpha = 2 x rank).")
 @click.option("--sft-batch-size", default=4, show_default=True, type=_int(1), help="Packed rows per SFT step.")
 @click.option("--sft-max-length", default=384, show_default=True, type=_int(8),
