@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 # the pipeline test's drafting settings (enough drafts for preference pairs), little else
 ARGS = ["--n-questions", "10", "--styles", "plain,eliminate", "--validation", "12", "--question-tokens", "160",
-        "--rationale-tokens", "64", "--tailor-questions", "3", "--check-samples", "0", "--align-steps", "2",
+        "--rationale-tokens", "64", "--tailor-questions", "5", "--check-samples", "0", "--align-steps", "2",
         "--align-batch-size", "2", "--seeds", "2", "--holdout", "6", "--shots", "0,1", "--sft-epochs", "2",
         "--sft-max-length", "256", "--bootstrap", "500", "--threads", "1", "--json"]
 
