@@ -16,8 +16,11 @@ Document (``format`` = ``arte-experiment/1``)::
                 "pipeline": {stage: summary}, "runs": [...],
                 "accuracy": [{"condition", "shots", **interval}],
                 "differences": [{"a", "b", "shots", **interval}],
-                "seconds": {...}, "cached": [...]}],
+                "seconds": {...}, "compute_seconds": {...}, "cached": [...]}],
      "seconds": float}
+
+``seconds`` is what each part took in this invocation (near 0 for cached steps); ``compute_seconds`` what
+its steps took when they ran, cached or not (model loading excluded).
 
 The plot (``experiment.png``) has one column per task: on top, accuracy per shot count and condition with
 the interval as error bars (and chance level dashed); below, the paired difference ARTE − original teacher
@@ -163,7 +166,7 @@ def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
                       f"{t['data']['used']} train ex.", fontsize=9)
         if col == 0:
             top.set_ylabel(f"accuracy ({round(100 * doc['bootstrap']['level'])}% CI)")
-            top.legend(fontsize=8, loc="upper left")
+            top.legend(fontsize=7, loc="upper right", ncol=2)
         diffs = [next(d for d in t["differences"] if (d["a"], d["b"], d["shots"]) == ("arte", "original", k))
                  for k in shots]
         est = np.array([d["estimate"] for d in diffs])

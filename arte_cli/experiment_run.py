@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from arte.errors import ConfigError
+from arte.errors import ArteError, ConfigError
 
 __all__ = ["ExperimentSettings", "run_experiment", "equalize", "SEED_VARIES"]
 
@@ -200,7 +200,8 @@ class _TaskRun:
                         open_teacher=self.m.open_teacher, open_student=self.m.open_student,
                         identity=self.m.identity, convert_dir=_convert_dir(), progress=self.bars)
 
-    def original_data(self, seeds: Sequence[Any]) -> list[Any]:
+    def original_data(self, seeds: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """The unaligned teacher's tailored records and its manifest."""
         from arte.drafts import read_drafts
         from arte.tailor import DATASET_FILE, tailor_dataset
 
@@ -208,16 +209,19 @@ class _TaskRun:
         cfg = self.s.pipeline.tailor
         cache = _Cache(out / "key.json", _sha({"tailor": asdict(cfg), "teacher": self.m.identity["tailor_teacher"],
                                                 "seeds": [e.id for e in seeds], "task": self.task_sha}))
-        if cache.load() is None or not (out / DATASET_FILE).is_file():
+        hit = cache.load()
+        if hit is None or not (out / DATASET_FILE).is_file():
             teacher = self.m.open_plain_teacher(None)
             try:
-                res = tailor_dataset(teacher, self.task, seeds, cfg, out, lambda st, d, t: self.bars(f"original/{st}", d, t))
+                res = tailor_dataset(teacher, self.task, seeds, cfg, out,
+                                     lambda st, d, t: self.bars(f"original/{st}", d, t))
             finally:
                 teacher.close()
-            cache.save({"manifest": res.manifest})
+            hit = cache.save({"manifest": res.manifest})
         else:
             self.cached.append("original")
-        return read_drafts(out / DATASET_FILE) if (out / DATASET_FILE).stat().st_size else []
+        records = read_drafts(out / DATASET_FILE) if (out / DATASET_FILE).stat().st_size else []
+        return records, hit["manifest"]
 
     # ---- student ------------------------------------------------------------------------------------
 
@@ -309,7 +313,7 @@ class _TaskRun:
         demos = templated_records(self.task, split.seeds)[:max(self.s.shots)]
 
         t0 = time.perf_counter()
-        original = self.original_data(split.seeds)
+        original, manifest = self.original_data(split.seeds)
         _timed(self.seconds, "original_teacher", t0)
         arte = read_drafts(runner.paths["dataset"]) if runner.paths["dataset"].stat().st_size else []
 
@@ -354,6 +358,11 @@ class _TaskRun:
                 _timed(self.seconds, "eval", t0)
                 runs += [{"condition": condition, "seed": seed, "shots": k, **v} for k, v in res.items()]
         _timed(self.seconds, "total", t_task)
+        # what the steps took when they ran (cached ones included; model loading excluded)
+        compute = {"pipeline": sum(v["seconds"] for v in summary["stages"].values()),
+                   "original_teacher": manifest["seconds"],
+                   "sft": sum(v["seconds"] for v in training.values()),
+                   "eval": sum(r["seconds"] for r in runs)}
         chance = (sum(1 / len(e.choices) for e in items) / len(items)) if self.task.kind == "multiple_choice" else 0.0
         stages = {k: {"skipped": v["skipped"], "seconds": v["seconds"], "summary": v["summary"]}
                   for k, v in summary["stages"].items()}
@@ -363,7 +372,8 @@ class _TaskRun:
                 "split": {"seeds": len(split.seeds), "validation": len(split.validation),
                           "holdout_available": len(split.holdout)},
                 "data": data_info, "pipeline": stages, "training": training, "runs": runs,
-                "seconds": self.seconds, "cached": self.cached, "work_dir": str(self.work)}
+                "seconds": self.seconds, "compute_seconds": {k: round(v, 1) for k, v in compute.items()},
+                "cached": self.cached, "work_dir": str(self.work)}
 
 
 def _convert_dir() -> Path:
@@ -381,7 +391,11 @@ def run_experiment(task_paths: Sequence[Path], s: ExperimentSettings, work: Path
     m = _models(s)
     tasks = []
     for path in task_paths:
-        t = _TaskRun(path, s, m, work, bars).run()
+        try:
+            t = _TaskRun(path, s, m, work, bars).run()
+        except ArteError:
+            log.error("task %s failed; the steps it finished stay cached under %s for a rerun", path, work)
+            raise
         t.update(summarize(t["runs"], s.shots, n_boot=s.n_boot, level=s.level, seed=0))
         tasks.append(t)
     return {"format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -119,7 +119,7 @@ def _document() -> dict:
             "data": {"kept": {"original": 30, "arte": 25}, "fit": {"original": 28, "arte": 25}, "used": 25,
                      "dropped_too_long": {"original": 2, "arte": 0}, "truncated": {"original": 3, "arte": 0}, "identical": 0,
                      "note": "…"},
-            "pipeline": {}, "training": {}, "runs": runs, "seconds": {"total": 1.0}, "cached": []}
+            "pipeline": {}, "training": {}, "runs": runs, "seconds": {"total": 1.0}, "compute_seconds": {}, "cached": []}
     task.update(summarize(runs, (0, 3), n_boot=500, seed=0))
     # round-trip through JSON, as a reader of the file would get it
     return json.loads(json.dumps({"format": FORMAT, "created": "now", "settings": {"seeds": 3},
