@@ -239,7 +239,8 @@ class _TaskRun:
         done = cache.load()
         if done is not None and (adapter / "adapter_model.safetensors").is_file() and (gguf is None or gguf.is_file()):
             self.cached.append(f"sft/{condition}-seed{seed}")
-            return adapter, gguf, done["sft"]
+            # (peak RSS was recorded by earlier versions: the whole process's peak, not the run's)
+            return adapter, gguf, {k: v for k, v in done["sft"].items() if k != "peak_rss_mb"}
         shutil.rmtree(out, ignore_errors=True)   # checkpoints of other settings would be refused
         name = f"{condition} s{seed} train"
         peft_model, _tok, res = run_sft(self.m.student, records, self.task.instruction, sft, out / "sft",
@@ -254,7 +255,7 @@ class _TaskRun:
             from arte.export import export_gguf_lora
 
             export_gguf_lora(adapter, gguf, model_config)
-        summary = {k: v for k, v in res.to_dict().items() if k in ("steps", "tokens", "seconds", "peak_rss_mb")}
+        summary = {k: v for k, v in res.to_dict().items() if k in ("steps", "tokens", "seconds")}
         summary["loss_first_last"] = [round(res.losses[0], 4), round(res.losses[-1], 4)] if res.losses else []
         cache.save({"sft": summary})
         return adapter, gguf, summary
