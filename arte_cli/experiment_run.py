@@ -239,8 +239,7 @@ class _TaskRun:
         done = cache.load()
         if done is not None and (adapter / "adapter_model.safetensors").is_file() and (gguf is None or gguf.is_file()):
             self.cached.append(f"sft/{condition}-seed{seed}")
-            # (peak RSS was recorded by earlier versions: the whole process's peak, not the run's)
-            return adapter, gguf, {k: v for k, v in done["sft"].items() if k != "peak_rss_mb"}
+            return adapter, gguf, done["sft"]
         shutil.rmtree(out, ignore_errors=True)   # checkpoints of other settings would be refused
         name = f"{condition} s{seed} train"
         peft_model, _tok, res = run_sft(self.m.student, records, self.task.instruction, sft, out / "sft",
