@@ -34,7 +34,7 @@ from arte.models import ModelRef
 from arte.sft import SFTConfig
 from arte.tasks import Task, split_task
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "holdout_items", "EVAL_BACKENDS"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "holdout_items", "evaluate_with", "EVAL_BACKENDS"]
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,11 @@ def _open(ref: ModelRef, backend: str, gguf: Path | None, peft_dir: Path | None,
     return TorchStudent(model, tok, name=ref.name)
 
 
-def _evaluate_with(ref: ModelRef, backend: str, gguf: Path | None, peft_dir: Path | None, fmt: Any, task: Task,
-                   items: Sequence[Any], demos: Sequence[Draft], config: FinetuneConfig,
-                   convert_dir: str | Path | None, progress: Progress | None, phase: str) -> dict[int, EvalResult]:
+def evaluate_with(ref: ModelRef, backend: str, gguf: Path | None, peft_dir: Path | None, fmt: Any, task: Task,
+                  items: Sequence[Any], demos: Sequence[Draft], config: FinetuneConfig,
+                  convert_dir: str | Path | None, progress: Progress | None, phase: str) -> dict[int, EvalResult]:
+    """Open ``ref`` on ``backend`` with an adapter (``gguf`` for llama, ``peft_dir`` for torch; both None:
+    the bare base), evaluate it on ``items`` with ``config.eval`` and close it."""
     student = _open(ref, backend, gguf, peft_dir, config, convert_dir)
     total = len(items) * len(config.eval.shots)
     try:
@@ -181,12 +183,12 @@ def finetune(ref: ModelRef, task: Task, records: Sequence[Draft], store: Adapter
     t = clock()
     old_gguf = current.file("adapter.gguf") if current else None
     old_peft = current.path if current else None
-    before = _evaluate_with(ref, config.backend, old_gguf, old_peft, fmt, task, items, demos, config, convert_dir,
-                            progress, "eval-before")
+    before = evaluate_with(ref, config.backend, old_gguf, old_peft, fmt, task, items, demos, config, convert_dir,
+                           progress, "eval-before")
     seconds["eval_before"] = round(clock() - t, 2)
     t = clock()
-    after = _evaluate_with(ref, config.backend, Path(gguf.path), adapter_dir, fmt, task, items, demos, config,
-                           convert_dir, progress, "eval-after")
+    after = evaluate_with(ref, config.backend, Path(gguf.path), adapter_dir, fmt, task, items, demos, config,
+                          convert_dir, progress, "eval-after")
     seconds["eval_after"] = round(clock() - t, 2)
 
     k = config.eval.decide_on

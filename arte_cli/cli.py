@@ -117,6 +117,10 @@ from arte_cli import demo as _demo  # noqa: E402
 
 main.add_command(_demo.command())
 
+from arte_cli.experiment import experiment as _experiment  # noqa: E402
+
+main.add_command(_experiment)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

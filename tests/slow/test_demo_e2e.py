@@ -19,7 +19,7 @@ def test_reduced_demo_runs_the_whole_round(tmp_path: Path, default_model, bigben
     work = tmp_path / "demo"
     cmd = [sys.executable, "-m", "arte_cli.cli", "demo", "--task", str(bigbench_dir / "sports_understanding.json"),
            "--work-dir", str(work), "--devices", "2", "--examples-per-device", "12", "--questions", "4",
-           "--styles", "plain,expert", "--tailored", "4", "--dpo-epochs", "1", "--json"]
+           "--styles", "plain,expert", "--tailored", "10", "--dpo-epochs", "1", "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-4000:]
     doc = json.loads(r.stdout)
