@@ -292,12 +292,37 @@ class _TaskRun:
         cache.save({"results": results})
         return results
 
+    def training_data(self, fmt: Any, datasets: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """Each condition's training records, equal in number (see the module docstring), and the counts."""
+        from arte.sft_data import encode_records
+
+        max_length = self.s.sft.max_length
+        fit = {}
+        for c, recs in datasets.items():
+            too_long = set(encode_records(fmt, recs, max_length)[1])
+            fit[c] = [r for r in recs if r.id not in too_long]
+        data, n = equalize(fit, self.s.train_size)
+        if n == 0:
+            empty = [c for c, v in fit.items() if not v]
+            raise ConfigError("tailor_questions", f"{self.task.name}: no usable training examples from the "
+                                                  f"{' and '.join(empty) or 'capped'} teacher data; raise "
+                                                  f"--tailor-questions or --sft-max-length, or lower --check-samples")
+        info = {"kept": {c: len(v) for c, v in datasets.items()}, "fit": {c: len(v) for c, v in fit.items()},
+                "used": n, "dropped_too_long": {c: len(v) - len(fit[c]) for c, v in datasets.items()},
+                "truncated": {c: len(v) - n for c, v in fit.items()},
+                "identical": len({(r.question, r.rationale) for r in data["original"]}
+                                 & {(r.question, r.rationale) for r in data["arte"]}),
+                "note": f"both conditions train on {n} examples: each dataset filtered to the examples that fit "
+                        f"{max_length} tokens, then cut to the smaller size in file order; 'identical' counts "
+                        f"examples (question and rationale) the two datasets share"}
+        return data, info
+
     # ---- the whole task ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         from arte.backends.hf import load_hf
         from arte.drafts import read_drafts
-        from arte.sft_data import ChatFormat, encode_records, templated_records
+        from arte.sft_data import ChatFormat, templated_records
 
         t_task = time.perf_counter()
         t0 = time.perf_counter()
@@ -320,26 +345,7 @@ class _TaskRun:
         model, tok = load_hf(self.m.student, convert_dir=_convert_dir())
         del model
         fmt = ChatFormat(tok, self.task.instruction)
-        max_length = self.s.sft.max_length
-        fit = {}
-        for c, recs in (("original", original), ("arte", arte)):
-            too_long = set(encode_records(fmt, recs, max_length)[1])
-            fit[c] = [r for r in recs if r.id not in too_long]
-        data, n = equalize(fit, self.s.train_size)
-        if n == 0:
-            empty = [c for c, v in fit.items() if not v]
-            raise ConfigError("tailor_questions", f"{self.task.name}: no usable training examples from the "
-                                                  f"{' and '.join(empty) or 'capped'} teacher data; raise "
-                                                  f"--tailor-questions or --sft-max-length, or lower --check-samples")
-        data_info = {"kept": {"original": len(original), "arte": len(arte)},
-                     "fit": {c: len(v) for c, v in fit.items()}, "used": n,
-                     "dropped_too_long": {c: len(v) - len(fit[c]) for c, v in (("original", original), ("arte", arte))},
-                     "truncated": {c: len(v) - n for c, v in fit.items()},
-                     "identical": len({(r.question, r.rationale) for r in data["original"]}
-                                      & {(r.question, r.rationale) for r in data["arte"]}),
-                     "note": f"both conditions train on {n} examples: each dataset filtered to the examples "
-                             f"that fit {max_length} tokens, then cut to the smaller size in file order; "
-                             f"'identical' counts examples (question and rationale) the two datasets share"}
+        data, data_info = self.training_data(fmt, {"original": original, "arte": arte})
 
         runs: list[dict[str, Any]] = []
         t0 = time.perf_counter()
