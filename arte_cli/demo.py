@@ -101,12 +101,6 @@ class DemoConfig:
             raise ConfigError("dpo_epochs", f"must be > 0, got {self.dpo_epochs}")
         privacy_policy(self.privacy)
 
-    @property
-    def multiple_choice(self) -> bool:
-        from arte.tasks import load_task
-
-        return load_task(self.task).kind == "multiple_choice"
-
 
 def privacy_policy(spec: str) -> dict[str, Any]:
     """``none`` or ``MECHANISM:EPSILON`` → the cohort's privacy policy (``gaussian`` gets δ = 1e-5)."""
@@ -177,8 +171,8 @@ def _tail(path: Path, n: int = 3000) -> str:
 class _Fleet:
     """The server, its worker and the admin client; devices are ``edge-agent`` runs with their own state."""
 
-    def __init__(self, cfg: DemoConfig, env: dict[str, str], log: Callable[[str], None]) -> None:
-        self.cfg, self.env, self.log = cfg, env, log
+    def __init__(self, cfg: DemoConfig, env: dict[str, str]) -> None:
+        self.cfg, self.env = cfg, env
         self.dir = cfg.work_dir
         self.logs = self.dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -318,7 +312,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
                                       cfg.seed_examples, cfg.split_seed)
     mode = "loglik" if task.kind == "multiple_choice" else "generate"
     env = _env(cfg)
-    fleet = _Fleet(cfg, env, log)
+    fleet = _Fleet(cfg, env)
     seconds: dict[str, float] = {}
     prog = progress or (lambda _s, _f: None)
     doc: dict[str, Any] = {"config": {**asdict(cfg), "task": str(cfg.task), "work_dir": str(cfg.work_dir)},
