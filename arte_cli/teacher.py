@@ -225,7 +225,9 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
             write_drafts(out_path, res.drafts)
         except ArteError as e:
             _fail(e)
-    data = {"task": task.name, "out": str(out_path), **res.summary()}
+    from arte.tasks import label_counts
+
+    data = {"task": task.name, "out": str(out_path), **res.summary(), "labels": label_counts(res.drafts)}
     _emit(data, as_json, f"{len(res.drafts)} drafts for {len(res.questions)} questions -> {out_path}\n"
                          f"question rejections: {res.question_rejections}\n"
                          f"draft rejections: {res.draft_rejections}\nrepairs: {res.repairs}")
@@ -270,9 +272,11 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
             write_scores(out_path, task.name, mode, len(split.validation), scores, res.stats)
         except ArteError as e:
             _fail(e)
+    from arte.tasks import label_counts
+
     acc = [x.accuracy for x in res.scores]
     data = {"task": task.name, "out": str(out_path), "drafts": len(scores), "items": len(split.validation),
-            "mode": mode, "mean_accuracy": sum(acc) / len(acc), "seconds": round(res.stats["seconds"], 3)}
+            "labels": label_counts(split.validation), "mode": mode, "mean_accuracy": sum(acc) / len(acc), "seconds": round(res.stats["seconds"], 3)}
     _emit(data, as_json, f"scored {len(scores)} drafts on {len(split.validation)} items "
                          f"(mean accuracy {data['mean_accuracy']:.3f}) -> {out_path}")
 
@@ -423,7 +427,7 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
             _fail(e)
     m = res.manifest
     data = {"dataset": str(res.dataset_path), "manifest": str(res.manifest_path),
-            **{k: m[k] for k in ("n_examples", "sha256", "size", "counts", "teacher", "adapter")}}
+            **{k: m[k] for k in ("n_examples", "sha256", "size", "counts", "labels", "teacher", "adapter")}}
     _emit(data, as_json, f"{m['n_examples']} examples -> {res.dataset_path} (sha256 {m['sha256'][:12]}…)\n"
                          f"counts: {m['counts']}")
 

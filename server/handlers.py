@@ -316,7 +316,7 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
     with transaction(ctx.sessions) as s:
         ds = results.create_dataset(s, body, ctx.clock(), key)
         out = {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256,
-               "counts": result.manifest.get("counts", {})}
+               "counts": result.manifest.get("counts", {}), "labels": result.manifest.get("labels", {})}
     ctx.log(f"dataset {out['dataset_id']}: {out['n_examples']} examples, sha256 {out['sha256']}")
     return out
 
