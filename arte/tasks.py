@@ -320,9 +320,10 @@ def split_task(task: Task, *, seed: int = 0, n_seeds: int = 3, validation: int |
     ``validation``/``holdout`` are counts (int) or fractions of the examples left after the seeds (float).
     ``holdout=None`` takes everything that remains. With ``balanced`` (the default) the validation items
     (what drafts are scored on) are label-balanced where the data allow, in :func:`balanced_order` (so
-    any prefix of them is balanced too); the holdout takes what is left in hash-rank order, so it keeps
-    the rest's distribution (less the validation's share of each label). ``balanced=False``: plain
-    hash rank for both.
+    any prefix of them is balanced too), but take at most half of a label's items while other items can
+    fill the validation: the holdout (before/after evaluation) keeps at least as many items of each label
+    as the validation, instead of losing a rare label to it. The holdout takes what is left in hash-rank
+    order. ``balanced=False``: plain hash rank for both.
     """
     if n_seeds < 0:
         raise ConfigError("n_seeds", f"must be >= 0, got {n_seeds}")
@@ -337,10 +338,27 @@ def split_task(task: Task, *, seed: int = 0, n_seeds: int = 3, validation: int |
                                      f"examples left after {n_seeds} seeds")
     if not balanced:
         return TaskSplit(tuple(seeds), tuple(rest[:n_val]), tuple(rest[n_val:n_val + n_hold]), seed)
-    val = balanced_order(rest, seed, salt="validation")[:n_val]
+    val = _balanced_take(rest, n_val, seed)
     taken = {e.id for e in val}
     left = [e for e in rest if e.id not in taken]
     return TaskSplit(tuple(seeds), tuple(val), tuple(left[:n_hold]), seed)
+
+
+def _balanced_take(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """``n`` examples in :func:`balanced_order`, at most half of each label's items first, then (only if
+    that does not fill ``n``) the others in the same order."""
+    total = label_counts(examples)
+    taken: dict[str, int] = {}
+    first: list[Example] = []
+    later: list[Example] = []
+    for e in balanced_order(examples, seed, salt="validation"):
+        lab = label_of(e)
+        if len(first) < n and taken.get(lab, 0) < total[lab] // 2:
+            first.append(e)
+            taken[lab] = taken.get(lab, 0) + 1
+        else:
+            later.append(e)
+    return first + later[:n - len(first)]
 
 
 def partition(examples: Sequence[Example], n_parts: int, *, seed: int = 0) -> list[tuple[Example, ...]]:
