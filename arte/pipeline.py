@@ -258,8 +258,8 @@ class Pipeline:
         res = align(self.teacher_model, pairs, self.config.align, self.paths["adapter"], self._progress("align"),
                     convert_dir=self.convert_dir)
         m = res.metadata
-        return {"steps": m["steps"], "train_loss": m["train_loss"], "reward_margin": m["reward_margin"],
-                "train_tokens": m["train_tokens"], "seconds": m["seconds"]}
+        return {"steps": m["steps"], "train_loss": m["train_loss"], "pairs": m["pairs"], "reward": m["reward"],
+                "reward_margin": m["reward_margin"], "train_tokens": m["train_tokens"], "seconds": m["seconds"]}
 
     def _tailor(self) -> dict[str, Any]:
         teacher = self.open_teacher(self.paths["adapter"])

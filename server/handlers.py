@@ -217,7 +217,7 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
             progress=ctx.stage_progress,
             convert_dir=convert_dir(),
         )
-        ctx.log(f"DPO reward margin on the pairs: {result.margin_before} -> {result.margin_after}")
+        ctx.log(f"DPO reward margin on the {result.margin_on} pairs: {result.margin_before} -> {result.margin_after}")
     with transaction(ctx.sessions) as s:
         fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
     ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
@@ -233,7 +233,10 @@ def _align_summary(out_dir: Path) -> dict[str, Any]:
         meta = json.loads((out_dir / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {k: meta.get(k) for k in ("pairs", "steps", "train_loss", "losses", "reward_margin", "seconds")}
+    # reward: accuracy and margin before/after on the held-out pairs and on the training pairs (labelled);
+    # reward_margin: the headline (held-out when any pair was held out; "on" says which)
+    return {k: meta.get(k) for k in ("pairs", "steps", "warmup_steps", "train_loss", "losses", "reward",
+                                     "reward_margin", "seconds")}
 
 
 def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any], out_dir: Path) -> None:
