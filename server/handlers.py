@@ -150,6 +150,7 @@ def _open_teacher(settings: ServerSettings, adapter: str | None) -> Any:
 
 def run_elicit(ctx: JobContext) -> dict[str, Any]:
     from arte.elicit import ElicitConfig, elicit_drafts
+    from arte.tasks import label_counts
 
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
@@ -170,7 +171,8 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
     )
     with transaction(ctx.sessions) as s:   # (ctx.log opens its own transaction: never inside one)
         rnd = fleet.create_round(s, body, ctx.clock())
-        out = {"round_id": rnd.id, "n_drafts": rnd.n_drafts, "elicitation": res.summary()}
+        out = {"round_id": rnd.id, "n_drafts": rnd.n_drafts, "elicitation": res.summary(),
+               "labels": label_counts(res.drafts)}   # the drafts' answers
     ctx.log(f"round {out['round_id']} opened with {out['n_drafts']} drafts")
     return out
 

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from arte.prompts import question_block
+from arte.tasks import label_counts
 from server import handlers
 from server.worker import Worker
 from tests.server_support import Fleet
@@ -63,6 +64,7 @@ def test_elicit_opens_a_round_and_tailor_stores_a_dataset(fleet: Fleet, scripted
     assert (rnd["state"], rnd["mode"], rnd["min_items"], rnd["n_drafts"]) == ("open", "loglik", 5, 8)
     drafts = f.ok(f.client.get(f"/api/v1/rounds/{res['round_id']}/drafts", headers=f.admin))["drafts"]
     assert {d["question"] for d in drafts} == set(QUESTIONS[:4]) and all(d["answer"] in ("yes", "no") for d in drafts)
+    assert res["labels"] == label_counts(d["answer"] for d in drafts) and sum(res["labels"].values()) == 8
 
     job = _run(f, {"kind": "tailor", "cohort_id": cohort, "round_id": res["round_id"],
                    "params": {"config": {"n_questions": 6, "check_samples": 0, "batch_size": 4}}})
@@ -73,6 +75,7 @@ def test_elicit_opens_a_round_and_tailor_stores_a_dataset(fleet: Fleet, scripted
     r = f.client.get(f"/api/v1/datasets/{ds['dataset_id']}/content", headers=f.admin)
     lines = [json.loads(x) for x in r.text.splitlines()]
     assert len(lines) == 6 and {x["question"] for x in lines} <= set(QUESTIONS)
+    assert ds["labels"] == label_counts(x["answer"] for x in lines)            # the tailored data's labels
     assert all(t.closed for t in scripted) and [t.adapter for t in scripted] == [None, None]
 
 
