@@ -1,27 +1,38 @@
 """DPO alignment of the teacher: TRL ``DPOTrainer`` + a PEFT LoRA adapter, the base as reference.
 
-Contract: ``align(model_ref, pairs, config, out_dir, progress)`` trains a fresh LoRA adapter on the
-preference pairs and writes it to ``out_dir`` (PEFT format: ``adapter_config.json``,
+Contract: ``align(model_ref, pairs, config, out_dir, progress)`` holds out ``config.holdout_share`` of the
+pairs (:func:`split_pairs`, deterministic by ``config.seed``, never trained on), trains a fresh LoRA adapter
+on the rest and writes it to ``out_dir`` (PEFT format: ``adapter_config.json``,
 ``adapter_model.safetensors``, plus the tokenizer) with ``arte_align.json`` beside it: base model name and
-sha256, the config, pair counts, the loss curve, the chosen-over-rejected reward margin on the training
-pairs before and after training, tokens and time. Returns an :class:`AlignResult`.
+sha256, the config, pair counts and the held-out pair ids, the loss curve (loss, margin and learning rate
+per step), the DPO reward accuracy and margin before and after training on the held-out pairs and on the
+training pairs (``reward``, each labelled), tokens and time. Returns an :class:`AlignResult`.
 
 The objective (Rafailov et al., 2023), as TRL computes it with ``loss_type="sigmoid"``::
 
     L = -log σ( β [ (log π(y_c|x) - log π_ref(y_c|x)) - (log π(y_r|x) - log π_ref(y_r|x)) ] )
 
 π is the base with the adapter, π_ref the same weights with the adapter disabled, so no second copy of
-the model is held. The bracket times β is the *reward margin*: 0 for a fresh adapter, and it should rise.
-It is measured with TRL's own evaluation on (up to ``eval_pairs`` of) the training pairs.
+the model is held. The bracket times β is the *reward margin*: 0 for a fresh adapter, and it should rise;
+the *reward accuracy* is the share of pairs whose margin is positive. Both are measured with TRL's own
+evaluation (``trainer.evaluate``) before and after training, on the held-out pairs (what the adapter
+learnt beyond its training data: the judgement that matters) and on up to ``eval_pairs`` training pairs
+(labelled ``train``: rising there only shows the pairs were fitted). ``reward_margin`` in the metadata is
+the headline: the held-out numbers, or the training ones when no pair could be held out, with ``on``
+saying which.
 
 Runs on CPU (fp32; ``use_cpu``, no bf16, no gradient checkpointing for small models) and on CUDA (bf16
 autocast where supported). Under ``accelerate launch`` the same call trains data-parallel on every
-process; only the main process writes files. Learning rate: linear warm-up over ``warmup_ratio`` of the
-steps, then cosine decay (the paper's schedule).
+process; only the main process writes files. Learning rate (:func:`lr_factor`): linear warm-up over
+``floor(warmup_ratio × steps)`` steps, then cosine decay (the paper's schedule), shifted so that no step
+runs at learning rate 0: transformers' schedule starts its warm-up at 0, which spends the first step of a
+short run on nothing (2 steps with ``warmup_ratio`` 0.1: the first at lr 0, and a mean loss of exactly
+ln 2). Runs shorter than ``1 / warmup_ratio`` steps have no warm-up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +46,8 @@ from arte.models import ModelRef
 from arte.pairs import PreferencePair, pair_counts
 from arte.progress import Progress, report
 
-__all__ = ["AlignConfig", "AlignResult", "align", "METADATA_FILE", "lora_config", "dpo_args"]
+__all__ = ["AlignConfig", "AlignResult", "align", "METADATA_FILE", "lora_config", "dpo_args", "split_pairs",
+           "warmup_steps", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +66,8 @@ class AlignConfig:
         epochs: passes over the pairs (the paper: 1); ``max_steps`` > 0 overrides it.
         batch_size: pairs per device per step (the paper: 16, as batch × accumulation).
         grad_accum: gradient accumulation steps.
-        warmup_ratio: share of steps with linear warm-up (the paper: 0.1), then cosine decay.
+        warmup_ratio: share of steps with linear warm-up (the paper: 0.1; rounded down, see
+            :func:`lr_factor`), then cosine decay.
         max_length: prompt + completion tokens kept (TRL truncates the completion; pairs whose prompt
             alone fills it are dropped by TRL).
         lora_r, lora_alpha, lora_dropout, target_modules: the LoRA adapter.
@@ -62,7 +75,9 @@ class AlignConfig:
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 on CUDA when supported, else fp32), ``fp32`` or ``bf16``.
         gradient_checkpointing: trade compute for memory (off: the default, best for small models).
-        eval_pairs: how many training pairs the before/after reward margin is measured on (0: skip).
+        eval_pairs: how many training pairs the before/after reward is measured on (0: skip; the
+            held-out pairs are always measured).
+        holdout_share: share of the pairs held out of training to judge it (:func:`split_pairs`; 0: none).
         logging_steps: loss curve resolution, in optimizer steps.
     """
 
@@ -84,6 +99,7 @@ class AlignConfig:
     gradient_checkpointing: bool = False
     eval_pairs: int = 64
     logging_steps: int = 1
+    holdout_share: float = 0.2
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):   # configs built from JSON
@@ -110,6 +126,8 @@ class AlignConfig:
             raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_pairs < 0:
             raise ConfigError("eval_pairs", f"must be >= 0, got {self.eval_pairs}")
+        if not 0.0 <= self.holdout_share < 1.0:
+            raise ConfigError("holdout_share", f"must be in [0, 1), got {self.holdout_share}")
 
 
 @dataclass
@@ -121,11 +139,48 @@ class AlignResult:
 
     @property
     def margin_before(self) -> float | None:
+        """The headline reward margin before training (held-out pairs, else training pairs)."""
         return self.metadata.get("reward_margin", {}).get("before")
 
     @property
     def margin_after(self) -> float | None:
         return self.metadata.get("reward_margin", {}).get("after")
+
+    @property
+    def margin_on(self) -> str | None:
+        """Which pairs the headline margin was measured on: ``held_out``, ``train`` or None (not measured)."""
+        return self.metadata.get("reward_margin", {}).get("on")
+
+
+def split_pairs(pairs: Sequence[PreferencePair], share: float, seed: int
+                ) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(training pairs, held-out pairs): ``round(share × n)`` pairs held out, at least one when ``share``
+    > 0 and there are two pairs or more, and never all of them. Chosen by ``sha256(seed, pair id)``, so the
+    split is the same on every process and machine and does not depend on the pairs' order; both lists
+    keep the input order."""
+    n = len(pairs)
+    if share <= 0 or n < 2:
+        return list(pairs), []
+    k = min(n - 1, max(1, round(share * n)))
+    ranked = sorted(pairs, key=lambda p: hashlib.sha256(f"{seed}\x00heldout\x00{p.id}".encode()).hexdigest())
+    held = {id(p) for p in ranked[:k]}
+    return [p for p in pairs if id(p) not in held], [p for p in pairs if id(p) in held]
+
+
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    """Warm-up steps of a run: ``floor(warmup_ratio × total_steps)`` (none for runs shorter than
+    ``1 / warmup_ratio`` steps: a warm-up of less than a step only slows the first one)."""
+    return int(math.floor(warmup_ratio * total_steps + 1e-9))
+
+
+def lr_factor(step: int, warmup: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) as a share of the peak: ``(step + 1) /
+    (warmup + 1)`` during the warm-up (never 0), then cosine decay from the peak over the remaining
+    steps (the last step stays above 0)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def lora_config(config: AlignConfig) -> Any:
@@ -186,6 +241,17 @@ def _margin(trainer: Any, dataset: Any) -> dict[str, float] | None:
             "loss": m.get("eval_loss")}
 
 
+def _reward_summary(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline ``reward_margin``: held-out pairs when there are any, else the training pairs."""
+    on = "held_out" if evals["held_out"]["pairs"] else ("train" if evals["train"]["pairs"] else None)
+    if on is None:
+        return {"on": None, "pairs": 0, "before": None, "after": None, "accuracy_before": None,
+                "accuracy_after": None}
+    e = evals[on]
+    return {"on": on, "pairs": e["pairs"], "before": e["before"]["margin"], "after": e["after"]["margin"],
+            "accuracy_before": e["before"]["accuracy"], "accuracy_after": e["after"]["accuracy"]}
+
+
 def _versions() -> dict[str, str]:
     import peft
     import torch
@@ -208,49 +274,64 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
     if not pairs:
         raise ConfigError("pairs", "no preference pairs to train on")
     from datasets import Dataset
+    from torch.optim.lr_scheduler import LambdaLR
     from transformers import PrinterCallback
     from trl import DPOTrainer
 
     from arte.backends.hf import load_hf
 
+    class _Trainer(DPOTrainer):
+        """TRL's trainer with the schedule of :func:`lr_factor` (no step at learning rate 0)."""
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                w = warmup_steps(config.warmup_ratio, num_training_steps)
+                self.lr_scheduler = LambdaLR(optimizer if optimizer is not None else self.optimizer,
+                                             lambda step: lr_factor(step, w, num_training_steps))
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
     t0 = time.perf_counter()
     out = Path(out_dir)
+    train_pairs, held_out = split_pairs(pairs, config.holdout_share, config.seed)
     model, tok = load_hf(model_ref, convert_dir=convert_dir, device="cpu")
     model.train()
     load_s = time.perf_counter() - t0
-    train_ds = Dataset.from_list([p.to_trl() for p in pairs])
-    eval_ds = (Dataset.from_list([p.to_trl() for p in pairs[:config.eval_pairs]])
-               if config.eval_pairs > 0 else None)
+    train_ds = Dataset.from_list([p.to_trl() for p in train_pairs])
+    eval_sets = {"held_out": held_out, "train": train_pairs[:config.eval_pairs]}
+    eval_ds = {k: Dataset.from_list([p.to_trl() for p in v]) if v else None for k, v in eval_sets.items()}
     args = dpo_args(config, out / "trainer")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
-                         peft_config=lora_config(config), callbacks=[_progress_callback(progress)])
+    trainer = _Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
+                       peft_config=lora_config(config), callbacks=[_progress_callback(progress)])
     # With tqdm disabled, transformers adds a callback that print()s every log line to stdout; a library
     # must not write to stdout (the CLI's --json owns it), and the losses are kept in the metadata.
     trainer.remove_callback(PrinterCallback)
     if len(trainer.train_dataset) == 0:
         raise ConfigError("max_length", f"every pair's prompt is at least {config.max_length} tokens long; "
                                         f"TRL dropped them all")
-    before = _margin(trainer, eval_ds)
+    before = {k: _margin(trainer, ds) for k, ds in eval_ds.items()}
     t1, c1 = time.perf_counter(), time.process_time()
     train_out = trainer.train()
     train_s, train_cpu_s = time.perf_counter() - t1, time.process_time() - c1
-    after = _margin(trainer, eval_ds)
+    after = {k: _margin(trainer, ds) for k, ds in eval_ds.items()}
+    evals = {k: {"pairs": len(v), "before": before[k], "after": after[k]} for k, v in eval_sets.items()}
     history = trainer.state.log_history
-    losses = [{"step": h["step"], "loss": h["loss"], "margin": h.get("rewards/margins")}
+    losses = [{"step": h["step"], "loss": h["loss"], "margin": h.get("rewards/margins"),
+               "lr": h.get("learning_rate")}
               for h in history if "loss" in h and "eval_loss" not in h]
     tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h and "loss" in h), None)
     metadata = {
-        "format": "arte-align/1",
+        "format": "arte-align/2",
         "base_model": {"name": model_ref.name, "kind": model_ref.kind, "sha256": model_ref.sha256},
         "config": asdict(config),
-        "pairs": {"total": len(pairs), "trained": len(trainer.train_dataset), **pair_counts(pairs)},
+        "pairs": {"total": len(pairs), "trained": len(trainer.train_dataset), "held_out": len(held_out),
+                  **pair_counts(pairs), "held_out_ids": [p.id for p in held_out]},
         "steps": trainer.state.global_step,
+        "warmup_steps": warmup_steps(config.warmup_ratio, trainer.state.max_steps),
         "train_loss": train_out.training_loss,
         "losses": losses,
-        "reward_margin": {"before": before and before["margin"], "after": after and after["margin"],
-                          "accuracy_before": before and before["accuracy"],
-                          "accuracy_after": after and after["accuracy"],
-                          "eval_pairs": min(config.eval_pairs, len(pairs))},
+        "reward": evals,
+        "reward_margin": _reward_summary(evals),
         "train_tokens": tokens,
         "seconds": {"load": round(load_s, 3), "train": round(train_s, 3), "train_cpu": round(train_cpu_s, 3),
                     "total": round(time.perf_counter() - t0, 3)},
@@ -266,8 +347,10 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
             (out / "trainer").rmdir()
         _stable_base_name(out, model_ref.name)
         (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-    log.info("aligned on %d pairs in %d steps: margin %s -> %s", len(pairs), metadata["steps"],
-             metadata["reward_margin"]["before"], metadata["reward_margin"]["after"])
+    rm = metadata["reward_margin"]
+    log.info("aligned on %d pairs (%d held out) in %d steps: reward margin on the %s pairs %s -> %s, "
+             "accuracy %s -> %s", len(train_pairs), len(held_out), metadata["steps"], rm["on"], rm["before"],
+             rm["after"], rm["accuracy_before"], rm["accuracy_after"])
     return AlignResult(out, metadata)
 
 

@@ -5,6 +5,13 @@ outcomes (1 correct, 0 wrong) of any :class:`arte.student.Student` in the traini
 (:mod:`arte.sft_data`): k-shot puts the first k of ``demos`` (solved records) before the question as
 earlier turns of the conversation.
 
+Demonstrations (:func:`split_demos`): k label-balanced items taken out of the holdout, with a templated
+rationale (:func:`arte.sft_data.templated_records`), the same for every condition. They come from a pool
+no condition trains on and none was made from: not the training records (an adapter would be judged on
+its own training data), not the seed examples the teacher saw (its data copy them). Balanced because a
+small student copies the demonstrations' answer: with three demonstrations of one label, every
+condition's 3-shot answers would be that label.
+
 * ``generate`` (default, the paper's): the assistant turn starts with "Let's think step by step." and the
   student continues greedily until ``</ans>`` or the end of its turn; the text inside ``<ans>…</ans>`` is
   compared with the item's targets by normalized exact match (:func:`arte.answers.is_correct`).
@@ -32,11 +39,12 @@ import numpy as np
 from arte.answers import ANS_CLOSE, is_correct, parse_answer
 from arte.drafts import Draft
 from arte.errors import ConfigError, ScoringError
-from arte.sft_data import ChatFormat
+from arte.sft_data import ChatFormat, templated_records
 from arte.student import Student
-from arte.tasks import Example, Task, format_question
+from arte.tasks import Example, Task, balanced_order, format_question
 
-__all__ = ["EvalConfig", "EvalResult", "Decision", "evaluate", "keep_if_better", "mcnemar_p", "pick_demos"]
+__all__ = ["EvalConfig", "EvalResult", "Decision", "evaluate", "keep_if_better", "mcnemar_p", "pick_demos",
+           "split_demos"]
 
 MODES = ("generate", "loglik")
 
@@ -116,11 +124,25 @@ class Decision:
         return self.accuracy_new - self.accuracy_old
 
 
-def pick_demos(records: Sequence[Draft], k: int) -> list[Draft]:
-    """k demonstrations from the training records, chosen by id hash (deterministic, order-free)."""
-    import hashlib
+def pick_demos(pool: Sequence[Example], k: int, *, seed: int = 0) -> list[Example]:
+    """k label-balanced demonstration items from ``pool`` (:func:`arte.tasks.balanced_order`: labels take
+    turns), deterministic for ``seed`` and independent of the pool's order."""
+    if k < 0:
+        raise ConfigError("shots", f"must be >= 0, got {k}")
+    return balanced_order(pool, seed, salt="demos")[:k]
 
-    return sorted(records, key=lambda r: hashlib.sha256(r.id.encode()).hexdigest())[:k]
+
+def split_demos(task: Task, holdout: Sequence[Example], k: int, *, seed: int = 0
+                ) -> tuple[list[Draft], list[Example]]:
+    """The k-shot demonstrations and the items to evaluate, both from ``holdout``: :func:`pick_demos` takes
+    k items, which become solved records with a templated rationale and are never evaluated; the rest keep
+    their order. Raises :class:`ConfigError` when the holdout has no item left to evaluate."""
+    chosen = pick_demos(holdout, k, seed=seed)
+    if len(chosen) < k or len(holdout) <= k:
+        raise ConfigError("shots", f"{k}-shot evaluation takes {k} demonstrations out of the holdout, which has "
+                                   f"{len(holdout)} items; at least {k + 1} are needed")
+    taken = {e.id for e in chosen}
+    return templated_records(task, chosen), [e for e in holdout if e.id not in taken]
 
 
 def evaluate(student: Student, fmt: ChatFormat, task: Task, items: Sequence[Example], demos: Sequence[Draft],

@@ -9,7 +9,8 @@ the current one. Files are written only under ``work_dir`` and the store's direc
 
 The holdout is the part of ``task`` that :func:`arte.tasks.split_task` (``n_seeds=0``) leaves after the
 ``validation`` share used to score drafts, the same convention as ``edge-agent score``. k-shot
-demonstrations are k training records (:func:`arte.evaluate.pick_demos`).
+demonstrations are k label-balanced holdout items, taken out of the evaluated items
+(:func:`arte.evaluate.split_demos`): never the training records, which the new adapter was trained on.
 
 Training is resumable: ``work_dir`` holds its checkpoints, and a run that stops on its time budget (or
 ``should_stop``) returns ``status="incomplete"`` without evaluating; calling again with the same
@@ -29,12 +30,13 @@ from typing import Any, Callable, Sequence
 from arte.adapters import AdapterStore
 from arte.drafts import Draft
 from arte.errors import ConfigError, ModelError
-from arte.evaluate import EvalConfig, EvalResult, evaluate, keep_if_better, pick_demos
+from arte.evaluate import EvalConfig, EvalResult, evaluate, keep_if_better, split_demos
 from arte.models import ModelRef
 from arte.sft import SFTConfig
-from arte.tasks import Task, split_task
+from arte.tasks import Task, label_counts, split_task
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "holdout_items", "evaluate_with", "EVAL_BACKENDS"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "holdout_items", "eval_split", "evaluate_with",
+           "EVAL_BACKENDS"]
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +92,25 @@ class FinetuneResult:
     after: dict[int, dict[str, Any]] = field(default_factory=dict)
     decision: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)   # label distribution per dataset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def holdout_items(task: Task, config: FinetuneConfig) -> list[Any]:
-    """The device's holdout items for ``config``."""
+def eval_split(task: Task, config: FinetuneConfig) -> tuple[list[Draft], list[Any]]:
+    """The k-shot demonstrations (``max(config.eval.shots)`` label-balanced holdout items with a templated
+    rationale) and the holdout items evaluated (the rest, at most ``holdout_items``)."""
     split = split_task(task, seed=config.split_seed, n_seeds=0, validation=config.validation)
-    items = list(split.holdout)
-    return items[:config.holdout_items] if config.holdout_items else items
+    if not split.holdout:
+        raise ConfigError("validation", f"no holdout items are left in task {task.name!r}")
+    demos, items = split_demos(task, split.holdout, max(config.eval.shots), seed=config.split_seed)
+    return demos, items[:config.holdout_items] if config.holdout_items else items
+
+
+def holdout_items(task: Task, config: FinetuneConfig) -> list[Any]:
+    """The device's holdout items for ``config`` (without the demonstrations)."""
+    return eval_split(task, config)[1]
 
 
 def _open(ref: ModelRef, backend: str, gguf: Path | None, peft_dir: Path | None, config: FinetuneConfig,
@@ -146,12 +157,8 @@ def finetune(ref: ModelRef, task: Task, records: Sequence[Draft], store: Adapter
                          f"(use backend 'torch')")
     if not records:
         raise ConfigError("data", "the training data has no records")
-    items = holdout_items(task, config)
-    if not items:
-        raise ConfigError("validation", f"no holdout items are left in task {task.name!r}")
-    demos = pick_demos(records, max(config.eval.shots))
-    if len(demos) < max(config.eval.shots):
-        raise ConfigError("shots", f"{max(config.eval.shots)}-shot evaluation needs as many training records")
+    demos, items = eval_split(task, config)
+    labels = {"training": label_counts(records), "holdout": label_counts(items), "demos": label_counts(demos)}
     work = Path(work_dir)
     current = store.active()
     if current is not None and ref.sha256 and current.base_sha256 not in (None, ref.sha256):
@@ -170,7 +177,7 @@ def finetune(ref: ModelRef, task: Task, records: Sequence[Draft], store: Adapter
     gc.collect()
     result = FinetuneResult("incomplete", None, current.version if current else None,
                             current.version if current else None, len(records), len(items), sft.to_dict(),
-                            seconds=seconds)
+                            seconds=seconds, labels=labels)
     if sft.status != "done":
         return result
 
@@ -198,7 +205,7 @@ def finetune(ref: ModelRef, task: Task, records: Sequence[Draft], store: Adapter
     metrics = {"before": {s: r.summary() for s, r in before.items()},
                "after": {s: r.summary() for s, r in after.items()},
                "task": task.name, "holdout_items": len(items), "eval_mode": config.eval.mode,
-               "eval_backend": config.backend}
+               "eval_backend": config.backend, "labels": labels}
     version = store.add({"adapter.gguf": gguf.path,
                          "adapter_model.safetensors": adapter_dir / "adapter_model.safetensors",
                          "adapter_config.json": adapter_dir / "adapter_config.json"},

@@ -2,7 +2,12 @@
 
 The paper fits 2PL IRT over 5 models × 0–3 shots and keeps the 40 most discriminative of 100 items. Here
 the drafts themselves are the respondents: the draft × item outcome matrix from a first round is fitted,
-and the top-k items by discrimination are kept for later rounds (fewer items, same ranking of drafts).
+and the top-k items by |discrimination| are kept for later rounds (fewer items, same ranking of drafts),
+with a label-balance check when the items' labels are given (:func:`select_items`). Why both: with a
+student that copies the demonstration's answer, a draft's "ability" is the share of items carrying its
+answer's label, so the items of the drafts' majority label get a positive discrimination and the others a
+negative one; ranking by signed discrimination would keep one label only, and even |discrimination|
+favours the majority label (the prior pulls towards +1).
 
 Model: P(draft i answers item j correctly) = σ(a_j (θ_i − b_j)), θ_i the draft's ability, a_j the item's
 discrimination, b_j its difficulty. Fitted by joint maximum a-posteriori with Gaussian priors
@@ -86,11 +91,31 @@ def fit_2pl(outcomes: np.ndarray, *, sigma_a: float = 1.0, sigma_b: float = 2.0,
     return IRTFit(theta=params[0], a=params[1], b=params[2], log_posterior=float(prev), iterations=it)
 
 
-def select_items(fit: IRTFit, k: int) -> np.ndarray:
-    """Indices of the ``k`` most discriminative items (highest a), most discriminative first."""
+def select_items(fit: IRTFit, k: int, labels: Sequence[str] | None = None) -> np.ndarray:
+    """Indices of the ``k`` most discriminative items (highest |a|), most discriminative first.
+
+    With ``labels`` (one per item) the choice is label-balanced where the items allow: labels take turns,
+    each taking its most discriminative item not yet kept (the turn's labels in order of that item's
+    |a|), and a label with no item left drops out; so the kept labels' counts differ by at most one
+    unless a label has too few items.
+    """
     if not 1 <= k <= len(fit.a):
         raise ConfigError("k", f"must be in [1, {len(fit.a)}], got {k}")
-    return np.argsort(-fit.a, kind="stable")[:k]
+    order = np.argsort(-np.abs(fit.a), kind="stable")
+    if labels is None:
+        return order[:k]
+    if len(labels) != len(fit.a):
+        raise ConfigError("labels", f"need one label per item ({len(fit.a)}), got {len(labels)}")
+    queues: dict[str, list[int]] = {}
+    for i in order:
+        queues.setdefault(labels[i], []).append(int(i))
+    kept: list[int] = []
+    for turn in range(max(len(q) for q in queues.values())):
+        heads = [q[turn] for q in queues.values() if turn < len(q)]
+        kept += sorted(heads, key=lambda i: -abs(fit.a[i]))[:k - len(kept)]
+        if len(kept) == k:
+            break
+    return np.array(sorted(kept, key=lambda i: -abs(fit.a[i])), dtype=np.int64)
 
 
 def selection_agreement(outcomes: np.ndarray, keep: Sequence[int],

@@ -40,7 +40,7 @@ from arte.progress import Progress
 from arte.scoring import ScoringConfig, score_drafts
 from arte.student import Student
 from arte.tailor import DATASET_FILE, MANIFEST_FILE, TailorConfig, tailor_dataset
-from arte.tasks import Task, TaskSplit, split_task
+from arte.tasks import Task, TaskSplit, label_counts, split_task
 from arte.teacher import Teacher
 
 __all__ = ["PipelineConfig", "Pipeline", "STAGES", "write_scores", "read_scores", "SCORES_FORMAT"]
@@ -216,8 +216,9 @@ class Pipeline:
         if not res.drafts:
             raise ConfigError("elicit", f"the teacher produced no usable drafts: {res.summary()}")
         write_drafts(self.paths["drafts"], res.drafts)
-        self.paths["drafts_report"].write_text(json.dumps(res.summary(), indent=2))
-        return res.summary()
+        summary = {**res.summary(), "labels": label_counts(res.drafts)}
+        self.paths["drafts_report"].write_text(json.dumps(summary, indent=2))
+        return summary
 
     def _score(self) -> dict[str, Any]:
         drafts = read_drafts(self.paths["drafts"])
@@ -238,7 +239,7 @@ class Pipeline:
         scores = {s.draft_id: (float(s.n_items), float(s.n_correct)) for s in res.scores}
         write_scores(self.paths["scores"], self.task.name, res.mode, len(items), scores, res.stats)
         acc = [s.accuracy for s in res.scores]
-        return {"drafts": len(scores), "items": len(items), "mode": res.mode,
+        return {"drafts": len(scores), "items": len(items), "labels": label_counts(items), "mode": res.mode,
                 "mean_accuracy": round(sum(acc) / len(acc), 4) if acc else None,
                 "seconds": round(res.stats.get("seconds", 0.0), 3)}
 
@@ -257,8 +258,8 @@ class Pipeline:
         res = align(self.teacher_model, pairs, self.config.align, self.paths["adapter"], self._progress("align"),
                     convert_dir=self.convert_dir)
         m = res.metadata
-        return {"steps": m["steps"], "train_loss": m["train_loss"], "reward_margin": m["reward_margin"],
-                "train_tokens": m["train_tokens"], "seconds": m["seconds"]}
+        return {"steps": m["steps"], "train_loss": m["train_loss"], "pairs": m["pairs"], "reward": m["reward"],
+                "reward_margin": m["reward_margin"], "train_tokens": m["train_tokens"], "seconds": m["seconds"]}
 
     def _tailor(self) -> dict[str, Any]:
         teacher = self.open_teacher(self.paths["adapter"])
@@ -268,7 +269,7 @@ class Pipeline:
         finally:
             teacher.close()
         m = res.manifest
-        return {"n_examples": m["n_examples"], "sha256": m["sha256"], "counts": m["counts"]}
+        return {"n_examples": m["n_examples"], "sha256": m["sha256"], "counts": m["counts"], "labels": m["labels"]}
 
     def run(self, stages: Sequence[str] = STAGES, *, force: Sequence[str] = ()) -> dict[str, Any]:
         """Run ``stages`` in pipeline order, skipping current ones; returns the per-stage summaries."""
@@ -294,5 +295,5 @@ class Pipeline:
             self._save_state()
             report[stage] = {"skipped": False, **rec}
             log.info("%s: done in %.1fs", stage, rec["seconds"])
-        return {"work_dir": str(self.work), "task": self.task.name, "stages": report,
+        return {"work_dir": str(self.work), "task": self.task.name, "labels": self.split.label_counts(), "stages": report,
                 "seconds": round(time.perf_counter() - t0, 3), "files": {k: str(v) for k, v in self.paths.items()}}

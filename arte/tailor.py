@@ -7,7 +7,8 @@ Contract: ``tailor_dataset(teacher, task, seeds, config, out_dir, progress)`` wr
   (``id, question, rationale, answer, question_id, style, task, provenance``); the rationale ends in
   ``<ans>answer</ans>``. The device's SFT reads this format (:func:`arte.drafts.read_drafts` validates it).
 * ``manifest.json`` — ``format``, ``file``, ``sha256`` and ``size`` (bytes) of the JSONL, ``n_examples``,
-  ``task``, ``teacher``, ``adapter``, ``counts`` (flat ``{reason: n}``, see below), ``config``, ``seconds``.
+  ``task``, ``teacher``, ``adapter``, ``counts`` (flat ``{reason: n}``, see below), ``labels`` (the kept
+  examples' answers, :func:`arte.tasks.label_counts`), ``config``, ``seconds``.
 
 Steps (the paper's §3.3, plus a filter that is ours): questions as in elicitation
 (:func:`arte.questions.generate_questions`, T = ``question_temperature``, default 1.0), then one
@@ -48,7 +49,7 @@ from arte.errors import ConfigError
 from arte.progress import Progress
 from arte.prompts import PLAIN_STYLE
 from arte.questions import QuestionConfig, generate_questions
-from arte.tasks import Example, Task
+from arte.tasks import Example, Task, label_counts
 from arte.teacher import Teacher, teacher_id
 
 __all__ = ["TailorConfig", "TailorResult", "tailor_dataset", "DATASET_FILE", "MANIFEST_FILE", "FORMAT"]
@@ -185,6 +186,7 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     counts.update({f"repaired/{k}": v for k, v in sorted(repairs.items())})
     manifest = {"format": FORMAT, "file": DATASET_FILE, "sha256": hashlib.sha256(data).hexdigest(),
                 "size": len(data), "n_examples": len(examples), "task": task.name, **teacher_id(teacher),
-                "counts": counts, "config": asdict(config), "seconds": round(time.perf_counter() - t0, 3)}
+                "counts": counts, "labels": label_counts(examples), "config": asdict(config),
+                "seconds": round(time.perf_counter() - t0, 3)}
     _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
     return TailorResult(dataset_path, manifest_path, examples, manifest)

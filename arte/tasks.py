@@ -8,6 +8,13 @@ naming the file, the example index and the field. Nothing here touches the netwo
 
 Splits are deterministic for a seed and independent of the order of the file: each example is ranked by
 ``sha256(seed, example id)``. The same seed gives the same seeds/validation/holdout on every machine.
+
+Labels: an item's label (:func:`label_of`) is its canonical answer: the correct option of a
+multiple-choice item, the first accepted target of an exact-match item. A small student that copies the
+demonstration's answer turns a draft's score into "how many items share the draft's label", so the items
+drafts are scored on are label-balanced where the data allow (:func:`balanced_order`: labels take turns,
+so every prefix is as balanced as the data allow), and every part reports its label distribution
+(:func:`label_counts`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from typing import Any, Iterable, Sequence
 
 from arte.errors import ConfigError, TaskFormatError
 
-__all__ = ["Example", "Task", "TaskSplit", "load_task", "split_task", "partition", "format_question"]
+__all__ = ["Example", "Task", "TaskSplit", "load_task", "split_task", "partition", "format_question", "label_of",
+           "label_counts", "balanced_order"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,43 @@ class TaskSplit:
     holdout: tuple[Example, ...]
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """The label distribution of each part (see :func:`label_counts`)."""
+        return {"seeds": label_counts(self.seeds), "validation": label_counts(self.validation),
+                "holdout": label_counts(self.holdout)}
+
+
+def label_of(item: Any) -> str:
+    """The label of an item: the canonical answer of an :class:`Example` (the correct option of a
+    multiple-choice item, the first accepted target of an exact-match one); for anything else with an
+    ``answer`` (a draft, a training record) that answer. Surrounding whitespace is dropped."""
+    return item.answer.strip()
+
+
+def label_counts(items: Iterable[Any]) -> dict[str, int]:
+    """How many items carry each label (:func:`label_of`; strings count as labels themselves), the most
+    frequent first, ties by label: the label distribution every dataset reports."""
+    counts: dict[str, int] = {}
+    for x in items:
+        lab = x if isinstance(x, str) else label_of(x)
+        counts[lab] = counts.get(lab, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def balanced_order(examples: Sequence[Example], seed: int = 0, salt: str = "balanced") -> list[Example]:
+    """``examples`` reordered so that labels take turns: one item of each label per round (each label's
+    items in hash-rank order, the labels of a round in an order drawn from the seed, not the alphabet),
+    a label that runs out leaving the rounds. Every prefix is therefore as label-balanced as the data
+    allow. Deterministic for ``seed`` and independent of the input order."""
+    groups: dict[str, list[Example]] = {}
+    for e in _rank(examples, seed, salt):
+        groups.setdefault(label_of(e), []).append(e)
+    labels = sorted(groups, key=lambda lab: hashlib.sha256(f"{seed}\x00{salt}\x00label\x00{lab}".encode()).hexdigest())
+    out: list[Example] = []
+    for i in range(max((len(g) for g in groups.values()), default=0)):
+        out += [groups[lab][i] for lab in labels if i < len(groups[lab])]
+    return out
 
 
 def format_question(task: Task, example: Example) -> str:
@@ -269,11 +314,16 @@ def _count(value: int | float, n: int, field_name: str) -> int:
 
 
 def split_task(task: Task, *, seed: int = 0, n_seeds: int = 3, validation: int | float = 0.5,
-               holdout: int | float | None = None) -> TaskSplit:
+               holdout: int | float | None = None, balanced: bool = True) -> TaskSplit:
     """Split a task into seed examples, validation items and holdout items, deterministically by ``seed``.
 
     ``validation``/``holdout`` are counts (int) or fractions of the examples left after the seeds (float).
-    ``holdout=None`` takes everything that remains.
+    ``holdout=None`` takes everything that remains. With ``balanced`` (the default) the validation items
+    (what drafts are scored on) are label-balanced where the data allow, in :func:`balanced_order` (so
+    any prefix of them is balanced too), but take at most half of a label's items while other items can
+    fill the validation: the holdout (before/after evaluation) keeps at least as many items of each label
+    as the validation, instead of losing a rare label to it. The holdout takes what is left in hash-rank
+    order. ``balanced=False``: plain hash rank for both.
     """
     if n_seeds < 0:
         raise ConfigError("n_seeds", f"must be >= 0, got {n_seeds}")
@@ -286,12 +336,40 @@ def split_task(task: Task, *, seed: int = 0, n_seeds: int = 3, validation: int |
     if n_val + n_hold > len(rest):
         raise ConfigError("holdout", f"validation ({n_val}) + holdout ({n_hold}) exceed the {len(rest)} "
                                      f"examples left after {n_seeds} seeds")
-    return TaskSplit(tuple(seeds), tuple(rest[:n_val]), tuple(rest[n_val:n_val + n_hold]), seed)
+    if not balanced:
+        return TaskSplit(tuple(seeds), tuple(rest[:n_val]), tuple(rest[n_val:n_val + n_hold]), seed)
+    val = _balanced_take(rest, n_val, seed)
+    taken = {e.id for e in val}
+    left = [e for e in rest if e.id not in taken]
+    return TaskSplit(tuple(seeds), tuple(val), tuple(left[:n_hold]), seed)
+
+
+def _balanced_take(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """``n`` examples in :func:`balanced_order`, at most half of each label's items first, then (only if
+    that does not fill ``n``) the others in the same order."""
+    total = label_counts(examples)
+    taken: dict[str, int] = {}
+    first: list[Example] = []
+    later: list[Example] = []
+    for e in balanced_order(examples, seed, salt="validation"):
+        lab = label_of(e)
+        if len(first) < n and taken.get(lab, 0) < total[lab] // 2:
+            first.append(e)
+            taken[lab] = taken.get(lab, 0) + 1
+        else:
+            later.append(e)
+    return first + later[:n - len(first)]
 
 
 def partition(examples: Sequence[Example], n_parts: int, *, seed: int = 0) -> list[tuple[Example, ...]]:
-    """Deal examples into ``n_parts`` disjoint, near-equal parts (e.g. one private split per device)."""
+    """Deal examples into ``n_parts`` disjoint, near-equal parts (e.g. one private split per device),
+    stratified by label: each part gets a near-equal share of every label, so each can balance its own
+    validation items."""
     if n_parts < 1:
         raise ConfigError("n_parts", f"must be >= 1, got {n_parts}")
-    ranked = _rank(examples, seed, salt="partition")
-    return [tuple(ranked[i::n_parts]) for i in range(n_parts)]
+    groups: dict[str, list[Example]] = {}
+    for e in _rank(examples, seed, salt="partition"):
+        groups.setdefault(label_of(e), []).append(e)
+    # one label after the other, each in hash order: dealing this round-robin spreads every label evenly
+    dealt = [e for lab in sorted(groups) for e in groups[lab]]
+    return [tuple(dealt[i::n_parts]) for i in range(n_parts)]

@@ -102,7 +102,7 @@ def tasks_inspect(path: Path, seed: int, n_seeds: int, validation: float, as_jso
         fail(e)
     data = {"name": task.name, "kind": task.kind, "examples": len(task.examples),
             "instruction": task.instruction, "seeds": len(split.seeds), "validation": len(split.validation),
-            "holdout": len(split.holdout), "seed": seed}
+            "holdout": len(split.holdout), "seed": seed, "labels": split.label_counts()}
     emit(data, as_json, "\n".join(f"{k:12} {v}" for k, v in data.items()))
 
 

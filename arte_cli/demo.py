@@ -401,6 +401,12 @@ def _acc(d: dict[str, Any] | None, key: str) -> str:
     return f"{d[key]:.3f}" if d and d.get(key) is not None else "-"
 
 
+def _pairs_on(margin: dict[str, Any]) -> str:
+    """Which pairs the headline reward margin was measured on (arte.dpo's ``reward_margin["on"]``)."""
+    return {"held_out": f"{margin.get('pairs')} held-out pairs",
+            "train": f"{margin.get('pairs')} training pairs"}.get(margin.get("on") or "", "pairs")
+
+
 def render_summary(doc: dict[str, Any]) -> str:
     """The human summary table."""
     agg = doc.get("aggregate") or {}
@@ -413,8 +419,9 @@ def render_summary(doc: dict[str, Any]) -> str:
              f"{agg.get('n_devices', 0)} devices reported; pooled draft accuracy "
              + (f"mean {sum(scores) / len(scores):.3f}, min {min(scores):.3f}, max {max(scores):.3f}" if scores
                 else "-"),
-             f"  DPO: {al.get('n_pairs', '-')} pairs, {al.get('steps', '-')} steps, reward margin "
-             f"{margin.get('before', '-')} -> {margin.get('after', '-')}",
+             f"  DPO: {al.get('n_pairs', '-')} pairs, {al.get('steps', '-')} steps, reward margin on the "
+             f"{_pairs_on(margin)} {margin.get('before', '-')} -> {margin.get('after', '-')}, accuracy "
+             f"{margin.get('accuracy_before', '-')} -> {margin.get('accuracy_after', '-')}",
              f"  tailored dataset {ds.get('dataset_id', '-')}: {ds.get('n_examples', '-')} examples", "",
              f"  {'device':<16}{'0-shot before':>14}{'0-shot after':>14}{'3-shot before':>15}{'3-shot after':>14}"
              f"{'kept':>6}"]
@@ -467,7 +474,8 @@ def _figures(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         loss_ax.plot(steps, [x["loss"] for x in losses], marker="s", color="#DD8452")
         loss_ax.set_ylabel("DPO loss", color="#DD8452", fontsize=8)
     m = {k: _num(v) for k, v in (al.get("reward_margin") or {}).items()}
-    ax.set_title(f"DPO on the teacher: reward margin on the pairs {m.get('before')} -> {m.get('after')}", fontsize=9)
+    ax.set_title(f"DPO on the teacher: reward margin on the {_pairs_on(m)} {m.get('before')} -> {m.get('after')}",
+                 fontsize=9)
     figs.append(("dpo", "DPO reward margins", _png(fig)))
     plt.close(fig)
 

@@ -10,8 +10,9 @@ the student
    the validation split → pairs → DPO → tailored data),
 
 is evaluated on the same holdout items (:func:`arte.evaluate.evaluate`) at each shot count, with the same
-k-shot demonstrations for every condition: the task's seed examples with a templated rationale
-(:func:`arte.sft_data.templated_records`), which no condition trains on. Both fine-tuned conditions train
+k-shot demonstrations for every condition: k label-balanced holdout items with a templated rationale, taken
+out of the evaluated items (:func:`arte.evaluate.split_demos`); no condition trains on them and the teacher
+never saw them. Both fine-tuned conditions train
 on the same number of examples: the datasets are filtered to the examples that fit ``max_length`` and
 then truncated, in file order, to the smaller one (or ``--train-size``). **The seed** varies the student's
 SFT run: the LoRA initialization and the order of the training batches (:attr:`arte.sft.SFTConfig.seed`);
@@ -84,9 +85,6 @@ class ExperimentSettings:
             raise ConfigError("eval_mode", f"must be auto, loglik or generate, got {self.eval_mode!r}")
         if not self.shots or len(set(self.shots)) != len(self.shots) or min(self.shots) < 0:
             raise ConfigError("shots", f"must be distinct counts >= 0, got {self.shots!r}")
-        if max(self.shots) > self.pipeline.n_seeds:
-            raise ConfigError("shots", f"{max(self.shots)}-shot demonstrations come from the task's seed "
-                                       f"examples; raise n_seeds (now {self.pipeline.n_seeds}) or lower shots")
         if self.holdout < 1:
             raise ConfigError("holdout", f"must be >= 1, got {self.holdout}")
         if self.train_size is not None and self.train_size < 1:
@@ -322,7 +320,9 @@ class _TaskRun:
     def run(self) -> dict[str, Any]:
         from arte.backends.hf import load_hf
         from arte.drafts import read_drafts
-        from arte.sft_data import ChatFormat, templated_records
+        from arte.evaluate import split_demos
+        from arte.sft_data import ChatFormat
+        from arte.tasks import label_counts
 
         t_task = time.perf_counter()
         t0 = time.perf_counter()
@@ -331,11 +331,11 @@ class _TaskRun:
         _timed(self.seconds, "pipeline", t0)
         self.cached += [f"pipeline/{k}" for k, v in summary["stages"].items() if v["skipped"]]
         split = runner.split
-        items = list(split.holdout[:self.s.holdout])
-        if not items:
+        if not split.holdout:
             raise ConfigError("holdout", f"task {self.task.name} has no items left for the holdout after "
                                          f"{len(split.seeds)} seeds and {len(split.validation)} validation items")
-        demos = templated_records(self.task, split.seeds)[:max(self.s.shots)]
+        demos, rest = split_demos(self.task, split.holdout, max(self.s.shots), seed=self.s.pipeline.split_seed)
+        items = rest[:self.s.holdout]
 
         t0 = time.perf_counter()
         original, manifest = self.original_data(split.seeds)
@@ -377,6 +377,9 @@ class _TaskRun:
                 "holdout_ids": [e.id for e in items], "demo_ids": [d.id for d in demos],
                 "split": {"seeds": len(split.seeds), "validation": len(split.validation),
                           "holdout_available": len(split.holdout)},
+                "labels": {"seeds": label_counts(split.seeds), "validation": label_counts(split.validation),
+                           "demos": label_counts(demos), "holdout": label_counts(items),
+                           "original": label_counts(data["original"]), "arte": label_counts(data["arte"])},
                 "data": data_info, "pipeline": stages, "training": training, "runs": runs,
                 "seconds": self.seconds, "compute_seconds": {k: round(v, 1) for k, v in compute.items()},
                 "cached": self.cached, "work_dir": str(self.work)}

@@ -225,7 +225,9 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
             write_drafts(out_path, res.drafts)
         except ArteError as e:
             _fail(e)
-    data = {"task": task.name, "out": str(out_path), **res.summary()}
+    from arte.tasks import label_counts
+
+    data = {"task": task.name, "out": str(out_path), **res.summary(), "labels": label_counts(res.drafts)}
     _emit(data, as_json, f"{len(res.drafts)} drafts for {len(res.questions)} questions -> {out_path}\n"
                          f"question rejections: {res.question_rejections}\n"
                          f"draft rejections: {res.draft_rejections}\nrepairs: {res.repairs}")
@@ -270,9 +272,11 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
             write_scores(out_path, task.name, mode, len(split.validation), scores, res.stats)
         except ArteError as e:
             _fail(e)
+    from arte.tasks import label_counts
+
     acc = [x.accuracy for x in res.scores]
     data = {"task": task.name, "out": str(out_path), "drafts": len(scores), "items": len(split.validation),
-            "mode": mode, "mean_accuracy": sum(acc) / len(acc), "seconds": round(res.stats["seconds"], 3)}
+            "labels": label_counts(split.validation), "mode": mode, "mean_accuracy": sum(acc) / len(acc), "seconds": round(res.stats["seconds"], 3)}
     _emit(data, as_json, f"scored {len(scores)} drafts on {len(split.validation)} items "
                          f"(mean accuracy {data['mean_accuracy']:.3f}) -> {out_path}")
 
@@ -314,7 +318,10 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
 def _align_options(f: Callable) -> Callable:
     opts = [
         click.option("--eval-pairs", default=64, show_default=True, type=click.IntRange(min=0),
-                     help="Training pairs the before/after reward margin is measured on."),
+                     help="Training pairs the before/after reward is also measured on (labelled train)."),
+        click.option("--holdout-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+                     help="Share of the pairs held out of training (by --align-seed) to judge it: DPO reward "
+                          "accuracy and margin on them before and after."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="Training device."),
         click.option("--lora-alpha", default=16, show_default=True, type=click.IntRange(min=1),
@@ -340,12 +347,12 @@ def _align_options(f: Callable) -> Callable:
 
 def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size: int, grad_accum: int,
                   max_length: int, lora_r: int, lora_alpha: int, device: str, eval_pairs: int,
-                  align_seed: int) -> Any:
+                  holdout_share: float, align_seed: int) -> Any:
     from arte.dpo import AlignConfig
 
     return AlignConfig(learning_rate=lr, beta=beta, epochs=epochs, max_steps=steps, batch_size=batch_size,
                        grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
-                       device=device, eval_pairs=eval_pairs, seed=align_seed)
+                       device=device, eval_pairs=eval_pairs, holdout_share=holdout_share, seed=align_seed)
 
 
 @click.command()
@@ -373,10 +380,28 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
         except ArteError as e:
             _fail(e)
     m = res.metadata
-    data = {"adapter": str(res.adapter_dir), **{k: m[k] for k in ("steps", "train_loss", "reward_margin",
+    data = {"adapter": str(res.adapter_dir), **{k: m[k] for k in ("steps", "warmup_steps", "train_loss",
+                                                                   "losses", "reward", "reward_margin",
                                                                    "train_tokens", "seconds", "pairs")}}
-    _emit(data, as_json, f"adapter -> {res.adapter_dir}: {m['steps']} steps, reward margin "
-                         f"{m['reward_margin']['before']} -> {m['reward_margin']['after']}")
+    _emit(data, as_json, f"adapter -> {res.adapter_dir}: {m['steps']} steps on {m['pairs']['trained']} pairs\n"
+                         + "\n".join(_reward_lines(m["reward"])))
+
+
+def _reward_lines(reward: dict[str, Any]) -> list[str]:
+    """DPO reward accuracy and margin before -> after, per evaluated pair set (held-out first)."""
+    def f(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = []
+    for name, label in (("held_out", "held-out pairs"), ("train", "training pairs")):
+        e = reward.get(name) or {}
+        if not e.get("pairs"):
+            lines.append(f"{label}: none")
+            continue
+        b, a = e["before"] or {}, e["after"] or {}
+        lines.append(f"{label} ({e['pairs']}): reward accuracy {f(b.get('accuracy'))} -> {f(a.get('accuracy'))}, "
+                     f"margin {f(b.get('margin'))} -> {f(a.get('margin'))}")
+    return lines
 
 
 @click.command()
@@ -423,7 +448,7 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
             _fail(e)
     m = res.manifest
     data = {"dataset": str(res.dataset_path), "manifest": str(res.manifest_path),
-            **{k: m[k] for k in ("n_examples", "sha256", "size", "counts", "teacher", "adapter")}}
+            **{k: m[k] for k in ("n_examples", "sha256", "size", "counts", "labels", "teacher", "adapter")}}
     _emit(data, as_json, f"{m['n_examples']} examples -> {res.dataset_path} (sha256 {m['sha256'][:12]}…)\n"
                          f"counts: {m['counts']}")
 

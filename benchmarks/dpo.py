@@ -5,7 +5,8 @@ conversion, progress callback, metadata, stable adapter names). Is that wrapper 
 preference pairs, same model, same hyper-parameters, each path in its own fresh process (so peak memory
 is its own), alternating ``ours, trl, ours, trl, …`` for ``--repeats`` rounds:
 
-* **ours** — ``align(model_ref, pairs, AlignConfig(eval_pairs=0, …), out_dir)``: the whole call;
+* **ours** — ``align(model_ref, pairs, AlignConfig(eval_pairs=0, holdout_share=0, …), out_dir)``: the
+  whole call, on every pair as TRL;
 * **trl** — the plain recipe (RUNTIME-NOTES §6): ``load_hf``, ``Dataset.from_list``, ``DPOConfig``,
   ``DPOTrainer(peft_config=LoraConfig(…))``, ``train()``, ``save_model()``;
 * **ours + margins** (once) — ``align`` with its default before/after reward-margin evaluation on up to 64
@@ -127,7 +128,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
         cfg = AlignConfig(learning_rate=spec["lr"], beta=0.1, max_steps=spec["steps"], batch_size=spec["batch_size"],
                           warmup_ratio=0.1, max_length=spec["max_length"], device=spec["device"], seed=0,
-                          eval_pairs=64 if spec["path"] == "ours+margins" else 0)
+                          eval_pairs=64 if spec["path"] == "ours+margins" else 0,
+                          holdout_share=0.0)   # train on the same pairs as the plain TRL path
         res = align(ref, pairs, cfg, out, convert_dir=convert_dir())
         train_s, tokens = res.metadata["seconds"]["train"], res.metadata["train_tokens"]
         train_cpu_s = res.metadata["seconds"]["train_cpu"]

@@ -71,7 +71,7 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
     from arte.drafts import read_drafts
     from arte.models import resolve_model
     from arte.scoring import ScoringConfig, check_items, score_drafts
-    from arte.tasks import load_task, split_task
+    from arte.tasks import label_counts, load_task, split_task
     from arte_cli.home import convert_dir, model_dir
 
     try:
@@ -93,7 +93,7 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
     except ArteError as e:
         fail(e)
     data = {"task": task.name, "mode": mode, "model": ref.name, "backend": backend, "n_items": len(items),
-            "seconds": round(result.stats["seconds"], 3), "tokens_evaluated": tokens,
+            "labels": label_counts(items), "seconds": round(result.stats["seconds"], 3), "tokens_evaluated": tokens,
             "scores": [{"draft_id": s.draft_id, "n_items": s.n_items, "n_correct": s.n_correct,
                         "accuracy": round(s.accuracy, 4)} for s in result.scores]}
     lines = [f"{task.name}: {len(drafts)} drafts x {len(items)} items, mode {mode}, "

@@ -33,7 +33,7 @@ from arte.drafts import draft_from_dict, write_drafts, read_drafts
 from arte.errors import ArteError
 from arte.scoring import ScoringConfig, score_drafts
 from edge_agent.items import items_for_round, learn_from_round
-from arte.tasks import load_task, split_task
+from arte.tasks import label_counts, label_of, load_task, split_task
 from arte.wire import Accuracy, Metrics, Report, RoundInfo, to_wire
 from edge_agent.client import ServerClient
 from edge_agent.download import download_dataset, verify_file
@@ -87,7 +87,8 @@ class Iteration:
 
 
 def _private_split(agent: Agent) -> tuple[Any, tuple, tuple]:
-    """The private task and its validation and holdout items (the path is local only)."""
+    """The private task and its validation items (label-balanced, see :func:`arte.tasks.split_task`) and
+    holdout items (the path is local only)."""
     s = agent.state
     data = s.get("data_path")
     if not data:
@@ -136,7 +137,7 @@ def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> di
     finally:
         student.close()
     learn_from_round(agent.state.dir, result, [d.question_id for d in drafts], p.scoring.irt_keep_items,
-                     p.scoring.irt_min_drafts)
+                     p.scoring.irt_min_drafts, labels={e.id: label_of(e) for e in items})
     if not result.scores:
         reason = f"the time budget ({p.budget.score_seconds} s) ran out before one draft was scored"
         agent.state.set_journal(key, "skipped", {"reason": reason})
@@ -147,6 +148,7 @@ def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> di
                     agent_version=agent.agent_version)
     summary = {"round_id": rnd.round_id, "step": "queued", "idempotency_key": report.idempotency_key,
                "n_drafts": len(scores), "n_items": len(items), "complete": result.complete,
+               "labels": label_counts(items),   # local only: the report carries scores, not the items' labels
                "seconds": round(agent.clock() - t0, 3)}
     with agent.state.transaction():
         queue_report(agent.state, rnd.round_id, report)

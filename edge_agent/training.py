@@ -115,4 +115,4 @@ def train_step(req: TrainRequest) -> TrainResult:
     return TrainResult(adapter_path=path, adapter_format=fmt, before=_accuracy(result.before, result.n_holdout),
                        after=_accuracy(result.after, result.n_holdout), keep=result.status == "kept",
                        details={"version": result.version, "decision": result.decision, "sft": result.sft,
-                                "seconds": result.seconds, "n_records": result.n_records})
+                                "seconds": result.seconds, "n_records": result.n_records, "labels": result.labels})

@@ -150,6 +150,7 @@ def _open_teacher(settings: ServerSettings, adapter: str | None) -> Any:
 
 def run_elicit(ctx: JobContext) -> dict[str, Any]:
     from arte.elicit import ElicitConfig, elicit_drafts
+    from arte.tasks import label_counts
 
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
@@ -170,7 +171,8 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
     )
     with transaction(ctx.sessions) as s:   # (ctx.log opens its own transaction: never inside one)
         rnd = fleet.create_round(s, body, ctx.clock())
-        out = {"round_id": rnd.id, "n_drafts": rnd.n_drafts, "elicitation": res.summary()}
+        out = {"round_id": rnd.id, "n_drafts": rnd.n_drafts, "elicitation": res.summary(),
+               "labels": label_counts(res.drafts)}   # the drafts' answers
     ctx.log(f"round {out['round_id']} opened with {out['n_drafts']} drafts")
     return out
 
@@ -217,7 +219,7 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
             progress=ctx.stage_progress,
             convert_dir=convert_dir(),
         )
-        ctx.log(f"DPO reward margin on the pairs: {result.margin_before} -> {result.margin_after}")
+        ctx.log(f"DPO reward margin on the {result.margin_on} pairs: {result.margin_before} -> {result.margin_after}")
     with transaction(ctx.sessions) as s:
         fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
     ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
@@ -233,7 +235,10 @@ def _align_summary(out_dir: Path) -> dict[str, Any]:
         meta = json.loads((out_dir / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {k: meta.get(k) for k in ("pairs", "steps", "train_loss", "losses", "reward_margin", "seconds")}
+    # reward: accuracy and margin before/after on the held-out pairs and on the training pairs (labelled);
+    # reward_margin: the headline (held-out when any pair was held out; "on" says which)
+    return {k: meta.get(k) for k in ("pairs", "steps", "warmup_steps", "train_loss", "losses", "reward",
+                                     "reward_margin", "seconds")}
 
 
 def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any], out_dir: Path) -> None:
@@ -316,7 +321,7 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
     with transaction(ctx.sessions) as s:
         ds = results.create_dataset(s, body, ctx.clock(), key)
         out = {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256,
-               "counts": result.manifest.get("counts", {})}
+               "counts": result.manifest.get("counts", {}), "labels": result.manifest.get("labels", {})}
     ctx.log(f"dataset {out['dataset_id']}: {out['n_examples']} examples, sha256 {out['sha256']}")
     return out
 

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from arte.prompts import question_block
+from arte.tasks import label_counts
 from server import handlers
 from server.worker import Worker
 from tests.server_support import Fleet
@@ -63,6 +64,7 @@ def test_elicit_opens_a_round_and_tailor_stores_a_dataset(fleet: Fleet, scripted
     assert (rnd["state"], rnd["mode"], rnd["min_items"], rnd["n_drafts"]) == ("open", "loglik", 5, 8)
     drafts = f.ok(f.client.get(f"/api/v1/rounds/{res['round_id']}/drafts", headers=f.admin))["drafts"]
     assert {d["question"] for d in drafts} == set(QUESTIONS[:4]) and all(d["answer"] in ("yes", "no") for d in drafts)
+    assert res["labels"] == label_counts(d["answer"] for d in drafts) and sum(res["labels"].values()) == 8
 
     job = _run(f, {"kind": "tailor", "cohort_id": cohort, "round_id": res["round_id"],
                    "params": {"config": {"n_questions": 6, "check_samples": 0, "batch_size": 4}}})
@@ -73,6 +75,7 @@ def test_elicit_opens_a_round_and_tailor_stores_a_dataset(fleet: Fleet, scripted
     r = f.client.get(f"/api/v1/datasets/{ds['dataset_id']}/content", headers=f.admin)
     lines = [json.loads(x) for x in r.text.splitlines()]
     assert len(lines) == 6 and {x["question"] for x in lines} <= set(QUESTIONS)
+    assert ds["labels"] == label_counts(x["answer"] for x in lines)            # the tailored data's labels
     assert all(t.closed for t in scripted) and [t.adapter for t in scripted] == [None, None]
 
 
@@ -109,7 +112,15 @@ def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monk
     def fake_align(model, pairs, config, out_dir, **kw):
         seen["pairs"] = pairs
         out_dir.mkdir(parents=True)
-        return arte.dpo.AlignResult(out_dir, {"reward_margin": {"before": 0.0, "after": 0.1}})
+        held = {"pairs": 1, "before": {"margin": 0.0, "accuracy": 0.0, "loss": 0.69},
+                "after": {"margin": 0.1, "accuracy": 1.0, "loss": 0.64}}
+        meta = {"pairs": {"total": 2, "trained": 1, "held_out": 1}, "steps": 1, "warmup_steps": 0,
+                "train_loss": 0.69, "losses": [{"step": 1, "loss": 0.69, "margin": 0.0, "lr": 5e-5}],
+                "reward": {"held_out": held, "train": {"pairs": 1, "before": None, "after": None}},
+                "reward_margin": {"on": "held_out", "pairs": 1, "before": 0.0, "after": 0.1,
+                                  "accuracy_before": 0.0, "accuracy_after": 1.0}, "seconds": {"total": 1.0}}
+        (out_dir / arte.dpo.METADATA_FILE).write_text(json.dumps(meta))
+        return arte.dpo.AlignResult(out_dir, meta)
 
     monkeypatch.setattr(arte.dpo, "align", fake_align)
     monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: ref)
@@ -117,6 +128,10 @@ def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monk
                    "params": {"pairs": {"questions_per_block": 1}}})
     kinds = {p.kind: p for p in seen["pairs"]}
     assert job["result"]["n_pairs"] == len(seen["pairs"]) == 2 and job["result"]["n_devices"] == 2
+    # the job's result carries the DPO judgement on the held-out pairs (arte_align.json)
+    assert job["result"]["reward"]["held_out"]["after"]["accuracy"] == 1.0
+    assert job["result"]["reward_margin"]["on"] == "held_out" and job["result"]["warmup_steps"] == 0
+    assert job["result"]["pairs"]["held_out"] == 1 and job["result"]["losses"][0]["lr"] == 5e-5
     r = kinds["rationale"]
     assert (r.chosen_ids, r.rejected_ids, round(r.margin, 6)) == (("q0000-plain",), ("q0000-expert",), 0.7)
     assert kinds["question"].chosen_ids == ("q0000",)      # its mean score 0.55 beats the others' 0.5

@@ -50,3 +50,20 @@ def test_a_stale_selection_falls_back_to_all_items(tmp_path: Path) -> None:
     assert items_for_round(tmp_path, ITEMS, 30) == ITEMS[:30]
     (tmp_path / "irt.json").write_text("{broken")
     assert items_for_round(tmp_path, ITEMS, 5) == ITEMS[:5]
+
+
+def test_learnt_selection_is_label_balanced(tmp_path: Path) -> None:
+    # a label-copying student: most drafts answer "a"; a draft is right on the items labelled with its answer
+    items = [Example(f"j{k}", f"q{k}", ("a" if k < 15 else "b",), ("a", "b")) for k in range(30)]
+    rng = np.random.default_rng(0)
+    answers = np.array(["a"] * 9 + ["b"] * 3)
+    labels = np.array([e.answer for e in items])
+    y = ((answers[:, None] == labels[None, :]) ^ (rng.random((12, 30)) < 0.1)).astype(np.int8)
+    result = ScoreResult([DraftScore(f"d{i}", 30, int(y[i].sum())) for i in range(12)],
+                         [e.id for e in items], y, "generate", True)
+    rec = learn_from_round(tmp_path, result, [f"q{i // 3}" for i in range(12)], keep=10, min_drafts=8,
+                           labels={e.id: e.answer for e in items})
+    assert rec is not None and rec["labels"] == {"a": 5, "b": 5} and rec["labels_of_all"] == {"a": 15, "b": 15}
+    assert irt_status(tmp_path)["kept_labels"] == {"a": 5, "b": 5}
+    chosen = items_for_round(tmp_path, items, 30)
+    assert sorted(e.answer for e in chosen) == ["a"] * 5 + ["b"] * 5

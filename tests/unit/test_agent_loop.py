@@ -333,3 +333,19 @@ def test_run_forever_backs_off_while_idle_and_survives_the_network(tmp_path: Pat
     waits.clear()
     run_forever(agent, poll_seconds=10, max_poll_seconds=50, wait=waits.append, iterations=2)
     assert waits == [10]
+
+
+def test_a_label_copying_student_cannot_score_by_label_on_skewed_private_data(tmp_path: Path) -> None:
+    # The device's data sorted by label, 70% "yes": its validation items are balanced (taking at most half of
+    # the rare label), so on the profile's first items both drafts (one answers yes, one no) tie.
+    p = tmp_path / "private" / "skewed.jsonl"
+    p.parent.mkdir()
+    p.write_text("".join(json.dumps({"input": f"Is {i} small?", "choices": ["yes", "no"],
+                                     "answer": "yes" if i < 70 else "no"}) + "\n" for i in range(100)))
+    fleet = FakeFleet()
+    fleet.open_round(DRAFTS)
+    agent = make_agent(tmp_path, fleet, p, profile_id="raspberry-pi-5")   # scores on at most 24 items
+    it = run_once(agent)
+    assert it.round["step"] == "queued" and it.round["labels"] == {"no": 12, "yes": 12}
+    (report,) = fleet.report_bodies
+    assert {s["draft_id"]: s["n_correct"] for s in report["scores"]} == {"d-yes": 12, "d-no": 12}

@@ -80,7 +80,9 @@ def _doc() -> dict:
     return {"task": "sports_understanding", "mode": "loglik", "devices": [{"name": "demo-device-1"}] * 2,
             "round": {"round_id": "rnd_1", "n_drafts": 4},
             "aggregate": {"n_devices": 2, "drafts": {f"d{i}": {"score": s} for i, s in enumerate((0.2, 0.5, 0.5, 0.9))}},
-            "align": {"n_pairs": 3, "steps": 2, "reward_margin": {"before": 0.0, "after": 0.12},
+            "align": {"n_pairs": 3, "steps": 2, "reward_margin": {"on": "held_out", "pairs": 1, "before": 0.0,
+                                                                  "after": 0.12, "accuracy_before": 0.0,
+                                                                  "accuracy_after": 1.0},
                       "losses": [{"step": 1, "loss": 0.69, "margin": 0.01}, {"step": 2, "loss": 0.6, "margin": 0.1}]},
             "dataset": {"dataset_id": "ds_1", "n_examples": 8},
             "metrics": [{"device": "demo-device-1", "before": acc(0.5, 0.5), "after": acc(0.75, 0.5), "kept": True},
@@ -92,7 +94,8 @@ def _doc() -> dict:
 def test_summary_and_report(tmp_path: Path) -> None:
     doc = _doc()
     text = render_summary(doc)
-    assert "mean 0.525, min 0.200, max 0.900" in text and "margin 0.0 -> 0.12" in text
+    assert "mean 0.525, min 0.200, max 0.900" in text
+    assert "reward margin on the 1 held-out pairs 0.0 -> 0.12, accuracy 0.0 -> 1.0" in text
     assert re.search(r"demo-device-1\s+0\.500\s+0\.750\s+0\.500\s+0\.500\s+yes", text)
     assert re.search(r"demo-device-2\s+0\.500\s+0\.400\s+0\.600\s+0\.600\s+no", text)
     assert "demo-device-3: failed out of memory" in text and "total 100 s" in text

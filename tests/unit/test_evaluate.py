@@ -123,6 +123,59 @@ def test_pick_demos_is_deterministic_and_order_free() -> None:
     assert len(pick_demos(recs, 3)) == 3
 
 
+# A pool sorted by label, 4 of 5 items "yes": demonstrations by hash rank alone are all "yes" for most seeds.
+POOL = [Example(f"x{i}", f"pool {i}", ("yes" if i < 16 else "no",), ("yes", "no")) for i in range(20)]
+
+
+def test_demos_are_label_balanced() -> None:
+    import hashlib
+
+    from arte.tasks import label_counts
+
+    by_hash = sorted(POOL, key=lambda e: hashlib.sha256(e.id.encode()).hexdigest())[:3]   # the old rule
+    assert label_counts(by_hash) == {"yes": 3}
+    for seed in range(4):
+        demos = pick_demos(POOL, 3, seed=seed)
+        assert sorted(label_counts(demos).values()) == [1, 2]
+        assert label_counts(pick_demos(POOL, 4, seed=seed)) == {"no": 2, "yes": 2}
+    assert pick_demos(POOL, 0) == [] and pick_demos(POOL[:2], 5) == pick_demos(POOL[:2], 2)
+
+
+def test_split_demos_takes_them_out_of_the_holdout() -> None:
+    from arte.evaluate import split_demos
+    from arte.tasks import label_counts
+
+    demos, items = split_demos(TASK, POOL, 3, seed=1)
+    picked = pick_demos(POOL, 3, seed=1)
+    assert [d.id for d in demos] == [f"gold-{e.id}" for e in picked]           # templated records
+    assert all(d.rationale.endswith(f"<ans>{d.answer}</ans>") for d in demos)
+    assert sorted(label_counts(demos).values()) == [1, 2]
+    assert items == [e for e in POOL if e not in picked]                        # never evaluated, order kept
+    assert split_demos(TASK, POOL, 0) == ([], POOL)
+    with pytest.raises(ConfigError, match="shots"):
+        split_demos(TASK, POOL[:3], 3)
+
+
+def test_the_device_evaluation_never_shows_training_records(tmp_path) -> None:
+    import json
+
+    from arte.finetune import FinetuneConfig, eval_split
+    from arte.tasks import load_task, split_task
+
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n".join(json.dumps({"id": f"x{i}", "input": f"q{i}", "choices": ["yes", "no"],
+                                        "answer": 0 if i < 30 else 1}) for i in range(40)))
+    task = load_task(p)
+    config = FinetuneConfig(eval=EvalConfig(shots=(0, 3)), split_seed=2, holdout_items=10)
+    demos, items = eval_split(task, config)
+    split = split_task(task, seed=2, n_seeds=0, validation=0.5)
+    holdout = {e.id for e in split.holdout}
+    assert len(demos) == 3 and {d.provenance["example"] for d in demos} <= holdout
+    assert len({d.answer for d in demos}) == 2
+    assert len(items) == 10 and not {d.provenance["example"] for d in demos} & {e.id for e in items}
+    assert {e.id for e in items} <= holdout
+
+
 @pytest.mark.parametrize("kw, field", [({"mode": "vote"}, "mode"), ({"shots": ()}, "shots"),
                                        ({"shots": (0,), "decide_on": 3}, "decide_on"), ({"alpha": 0}, "alpha")])
 def test_eval_config_errors_name_the_field(kw: dict, field: str) -> None:

@@ -36,7 +36,6 @@ def _task_file(tmp_path: Path, name: str = "yesno", choices: bool = True) -> Pat
     (["--seeds", "0"], "--seeds"),
     (["--holdout", "0"], "--holdout"),
     (["--shots", "0,x"], "--shots"),
-    (["--shots", "0,5"], "--shots"),                   # more demonstrations than the 3 seed examples
     (["--shots", "0,0"], "--shots"),
     (["--sft-lr", "-1"], "--sft-lr"),
     (["--sft-max-length", "4"], "--sft-max-length"),

@@ -21,6 +21,10 @@ def test_tasks_inspect_json(bigbench_dir: Path) -> None:
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["examples"] == 1000 and data["seeds"] == 3 and data["kind"] == "multiple_choice"
+    assert {k: sum(v.values()) for k, v in data["labels"].items()} == {
+        "seeds": 3, "validation": data["validation"], "holdout": data["holdout"]}
+    counts = list(data["labels"]["validation"].values())
+    assert len(counts) == 2 and max(counts) - min(counts) <= 1       # navigate's validation is balanced
 
 
 def test_tasks_inspect_bad_file_exits_3_naming_the_field(tmp_path: Path) -> None:

@@ -55,3 +55,44 @@ def test_validation() -> None:
     fit = fit_2pl(np.array([[1, 0], [0, 1], [1, 1.0]]))
     with pytest.raises(ConfigError, match="k"):
         select_items(fit, 3)
+
+
+def _label_copying(seed: int = 0):
+    """Drafts of a label-copying student: a draft gets an item right when the item's label is the draft's
+    answer (10% noise). Most drafts answer A, so A items discriminate positively, B items negatively."""
+    rng = np.random.default_rng(seed)
+    labels = np.array(["A"] * 10 + ["B"] * 10)
+    answers = np.array(["A"] * 9 + ["B"] * 3)
+    y = (answers[:, None] == labels[None, :]).astype(float)
+    return np.where(rng.random(y.shape) < 0.1, 1 - y, y), labels
+
+
+def test_selection_is_label_balanced_for_a_label_copying_student() -> None:
+    y, labels = _label_copying()
+    fit = fit_2pl(y)
+    signed = np.argsort(-fit.a, kind="stable")[:8]
+    assert set(labels[signed]) == {"A"}                       # ranking by signed a keeps one label
+    kept = select_items(fit, 8, list(labels))
+    assert sorted(labels[kept].tolist()) == ["A"] * 4 + ["B"] * 4
+    assert len(set(kept.tolist())) == 8
+    a = np.abs(fit.a[kept])
+    assert np.all(a[:-1] >= a[1:])                            # most discriminative first
+    # within each label, the kept items are its most discriminative ones
+    for lab in ("A", "B"):
+        idx = np.flatnonzero(labels == lab)
+        best = set(idx[np.argsort(-np.abs(fit.a[idx]), kind="stable")[:4]].tolist())
+        assert set(kept[labels[kept] == lab].tolist()) == best
+
+
+def test_selection_ranks_by_absolute_discrimination_and_balances_where_items_allow() -> None:
+    from arte.irt import IRTFit
+
+    fit = IRTFit(theta=np.zeros(3), a=np.array([0.5, -3.0, 2.0, 1.0, -0.1, 0.2]), b=np.zeros(6),
+                 log_posterior=0.0, iterations=1)
+    assert select_items(fit, 3).tolist() == [1, 2, 3]
+    # labels: item 4 is the only "y"; "z" has two items
+    labels = ["x", "x", "x", "x", "y", "z"]
+    assert select_items(fit, 3, labels).tolist() == [1, 5, 4]
+    assert select_items(fit, 5, labels).tolist() == [1, 2, 3, 5, 4]
+    with pytest.raises(ConfigError, match="labels"):
+        select_items(fit, 3, ["x"])

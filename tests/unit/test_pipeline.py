@@ -73,6 +73,12 @@ def test_file_stages_run_resume_and_invalidate(tmp_path) -> None:
     assert {pr.kind for pr in pairs} == {"rationale"}       # every question has the same s_q: no question pairs
     assert all(pr.chosen_ids[0].endswith("-rules") for pr in pairs) and len(pairs) == 8
     assert out["stages"]["pairs"]["summary"]["rationale"] == 8
+    # label distributions: the drafts' answers, the validation items (one label: the data allow no balance)
+    assert out["stages"]["draft"]["summary"]["labels"] == {"implausible": 8, "plausible": 8}
+    assert json.loads(p.paths["drafts_report"].read_text())["labels"] == {"implausible": 8, "plausible": 8}
+    assert out["stages"]["score"]["summary"]["labels"] == {"implausible": 12}
+    assert out["labels"] == {"seeds": {"implausible": 3}, "validation": {"implausible": 12},
+                             "holdout": {"implausible": 25}}
     assert {e[0] for e in events} >= {"draft/questions", "draft/rationales", "score/items"}
     state = json.loads((tmp_path / "pipeline.json").read_text())
     assert set(state["stages"]) == {"draft", "score", "pairs"}

@@ -129,3 +129,104 @@ def test_partition_is_disjoint_and_covers(bigbench_dir: Path) -> None:
     assert sorted(len(p) for p in parts) == [33, 33, 34]
     assert sorted(e.id for p in parts for e in p) == sorted(e.id for e in ex)
     assert partition(ex, 3, seed=1) == parts and partition(ex, 3, seed=2) != parts
+
+
+# -- labels ---------------------------------------------------------------------------------------------------
+
+
+def _skewed(tmp_path: Path, n_a: int = 30, n_b: int = 10) -> Path:
+    """A multiple-choice JSONL sorted by label: all "plausible" items first, then the "implausible" ones."""
+    rows = [{"id": f"a{i}", "input": f"statement {i}", "choices": ["plausible", "implausible"], "answer": 0}
+            for i in range(n_a)]
+    rows += [{"id": f"b{i}", "input": f"claim {i}", "choices": ["plausible", "implausible"], "answer": 1}
+             for i in range(n_b)]
+    return _write(tmp_path, "skewed.jsonl", "\n".join(json.dumps(r) for r in rows))
+
+
+def test_label_of_and_label_counts() -> None:
+    from arte.drafts import Draft
+    from arte.tasks import label_counts, label_of
+
+    mc = Example("m", "q", ("b",), ("a", "b", "c"))
+    em = Example("e", "q", (" three ", "3"))
+    assert label_of(mc) == "b" and label_of(em) == "three"
+    assert label_of(Draft("d", "q", "r <ans>b</ans>", "b")) == "b"
+    # most frequent first, ties by label; strings count as labels
+    assert label_counts([mc, em, mc, "three", "a"]) == {"b": 2, "three": 2, "a": 1}
+    assert list(label_counts(["z", "y", "y"])) == ["y", "z"] and label_counts([]) == {}
+
+
+def test_validation_is_label_balanced_where_the_data_allow(tmp_path: Path) -> None:
+    from arte.tasks import label_counts
+
+    task = load_task(_skewed(tmp_path, 60, 20))
+    plain = split_task(task, seed=0, n_seeds=3, validation=12, balanced=False)
+    assert label_counts(plain.validation) != {"implausible": 6, "plausible": 6}   # the data fail without it
+    for seed in range(5):
+        split = split_task(task, seed=seed, n_seeds=3, validation=12)
+        assert label_counts(split.validation) == {"implausible": 6, "plausible": 6}
+        # every prefix is as balanced as it can be (a device scores on the first max_items)
+        for k in range(1, 13):
+            c = label_counts(split.validation[:k])
+            assert max(c.values()) - min(c.values(), default=0) <= 1 and len(c) == min(k, 2)
+        ids = [e.id for part in (split.seeds, split.validation, split.holdout) for e in part]
+        assert len(ids) == len(set(ids)) == 80
+        assert split.label_counts()["holdout"] == label_counts(split.holdout)
+
+
+def test_balanced_validation_leaves_the_holdout_every_label(tmp_path: Path) -> None:
+    from arte.tasks import label_counts
+
+    # A device's private data, 30 + 10, half for validation: a plain balanced take would be 10 + 10 and
+    # leave the holdout (the before/after evaluation) without a single "implausible" item.
+    split = split_task(load_task(_skewed(tmp_path, 30, 10)), seed=0, n_seeds=0, validation=0.5)
+    assert label_counts(split.validation) == {"plausible": 15, "implausible": 5}
+    assert label_counts(split.holdout) == {"plausible": 15, "implausible": 5}
+    assert label_counts(split.validation[:10]) == {"implausible": 5, "plausible": 5}   # the scored prefix
+    # the rare label gives the validation at most half of its items, the other label fills the rest
+    few = split_task(load_task(_skewed(tmp_path, 30, 4)), seed=0, n_seeds=0, validation=12)
+    assert label_counts(few.validation) == {"plausible": 10, "implausible": 2}
+    assert label_counts(few.holdout) == {"plausible": 20, "implausible": 2}
+    # labels of one item each (exact match with distinct answers) still fill the validation
+    rows = [{"id": f"e{i}", "input": f"{i}+0?", "target": str(i)} for i in range(10)]
+    em = load_task(_write(tmp_path, "em.jsonl", "\n".join(json.dumps(r) for r in rows)))
+    assert len(split_task(em, n_seeds=0, validation=4).validation) == 4
+
+
+def test_a_label_copying_student_cannot_score_drafts_by_their_label(tmp_path: Path) -> None:
+    from arte.drafts import Draft
+    from arte.scoring import ScoringConfig, score_drafts
+    from tests.fakes import CopyingStudent
+
+    task = load_task(_skewed(tmp_path, 60, 20), description="Is the statement plausible?")
+    drafts = [Draft("d-p", "Statement: x\nOptions: plausible, implausible", "r <ans>plausible</ans>", "plausible"),
+              Draft("d-i", "Statement: y\nOptions: plausible, implausible", "r <ans>implausible</ans>", "implausible")]
+
+    def scores(split):
+        res = score_drafts(CopyingStudent(), task, drafts, split.validation, ScoringConfig(mode="generate"))
+        return {s.draft_id: s.n_correct for s in res.scores}
+
+    unbalanced = scores(split_task(task, seed=0, n_seeds=0, validation=12, balanced=False))
+    assert unbalanced["d-p"] > unbalanced["d-i"]    # without balance, the label alone decides
+    for seed in range(3):
+        balanced = scores(split_task(task, seed=seed, n_seeds=0, validation=12))
+        assert balanced["d-p"] == balanced["d-i"] == 6
+
+
+def test_balanced_order_is_deterministic_and_order_free(tmp_path: Path) -> None:
+    from arte.tasks import balanced_order
+
+    ex = load_task(_skewed(tmp_path)).examples
+    a = balanced_order(ex, 1)
+    assert a == balanced_order(tuple(reversed(ex)), 1) and sorted(e.id for e in a) == sorted(e.id for e in ex)
+    assert [e.answer for e in a[:20]] in (["plausible", "implausible"] * 10, ["implausible", "plausible"] * 10)
+    assert balanced_order(ex, 2) != a
+
+
+def test_partition_is_stratified_by_label(tmp_path: Path) -> None:
+    from arte.tasks import label_counts
+
+    ex = load_task(_skewed(tmp_path, 8, 4)).examples   # sorted by label
+    for seed in range(4):
+        parts = partition(ex, 4, seed=seed)
+        assert [label_counts(p) for p in parts] == [{"plausible": 2, "implausible": 1}] * 4
