@@ -6,7 +6,9 @@ exit 2, that names the option), runs :func:`arte_cli.experiment_run.run_experime
 stderr, writes ``experiment.json`` (every per-seed, per-item outcome; :mod:`arte_cli.experiment_report`)
 and ``experiment.png`` into ``--out``, and prints the human table followed by a last line of JSON (where
 the files are and every interval); with ``--json`` it prints the whole document instead. Reruns with the
-same settings reuse every cached step under ``--work`` (default ``<out>/work``).
+same settings reuse every cached step under ``--work`` (default ``<out>/work``). A task whose drafts give
+no preference pair is reported as ``no_signal`` (one without training data as ``no_data``), with the
+numbers, and the other tasks still run.
 
 Defaults are sized for 2 CPU cores and the embedded 135M model (a few minutes per task and seed); the
 paper's scale is reached by flags (``--n-questions 250 --tailor-questions 250 --holdout 1000`` …).
