@@ -512,6 +512,8 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
             _fail(e)
     lines = [f"{name:7} {'skipped' if s['skipped'] else 'ran'} {s['seconds']:>8.1f}s  "
              f"{json.dumps(s['summary'], default=str)[:160]}" for name, s in summary["stages"].items()]
+    if summary.get("reason"):   # no signal: the later stages stopped
+        lines.append(summary["reason"])
     _emit(summary, as_json, "\n".join(lines + [f"total {summary['seconds']:.1f}s in {work_dir}"]))
 
 
