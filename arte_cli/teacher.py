@@ -462,6 +462,9 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @click.option("--check-samples", default=1, show_default=True, type=click.IntRange(0, 16),
               help="Consistency samples per tailored example.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option("--pair-confidence", default=0.9, show_default=True, type=float,
+              help="Level at which a pair's chosen must beat rejected beyond noise (0: point estimates); "
+                   "without any pair the run ends as no signal.")
 @click.option("--stages", default="draft,score,pairs,align,tailor", show_default=True,
               help="Stages to run, comma-separated.")
 @click.option("--force", default="", help="Stages to re-run even when up to date, comma-separated.")
@@ -472,8 +475,8 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
              endpoint_timeout: float, work_dir: Path, student: str,
              student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
              question_tokens: int,
-             rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, stages: str, force: str,
-             threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
+             rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, pair_confidence: float,
+             stages: str, force: str, threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
     """Run draft -> score -> pairs -> align -> tailor in a work directory, resuming finished stages."""
     from arte.elicit import ElicitConfig
     from arte.models import resolve_model
@@ -491,7 +494,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
             cfg = PipelineConfig(
                 elicit=ElicitConfig(n_questions=n_questions, styles=_styles(styles),
                                     rationale_max_new_tokens=rationale_tokens, **q),
-                scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=n_seeds),
+                scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=n_seeds, confidence=pair_confidence),
                 align=_align_config(**align_opts),
                 tailor=TailorConfig(n_questions=tailor_questions, check_samples=check_samples,
                                     rationale_max_new_tokens=rationale_tokens, **q),

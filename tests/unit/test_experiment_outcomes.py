@@ -147,3 +147,14 @@ def test_check_document_refuses_an_unknown_outcome_or_a_no_signal_task_without_n
         with pytest.raises(ConfigError) as e:
             check_document({**doc, "tasks": [{**task, **bad}]})
         assert e.value.field == field
+
+
+def test_pair_confidence_is_an_option_checked_before_anything_runs(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from arte_cli.cli import main
+
+    res = CliRunner().invoke(main, ["experiment", "--task", str(_task(tmp_path, "sharp", "Sharp.")), "--out",
+                                    str(tmp_path / "out"), "--pair-confidence", "1.5"])
+    assert res.exit_code == 2 and "--pair-confidence" in res.output and not (tmp_path / "out").exists()
+    assert "--pair-confidence" in CliRunner().invoke(main, ["pipeline", "--help"]).output
