@@ -222,7 +222,8 @@ class PairResult:
                             for k, v in self.skipped.items() if v) or "nothing"
         head = (f"{len(self.pairs)} pairs {pair_counts(self.pairs)}" if self.pairs
                 else "no signal: no preference pair passes")
-        return (f"{head} (confidence {self.criterion['confidence']}, {self.criterion['comparison']}): "
+        rules = ", ".join(f"{n} {r}" for r, n in self.comparisons.items() if n) or "none"
+        return (f"{head} (confidence {self.criterion['confidence']}; rationale comparisons: {rules}): "
                 f"{sig['scored_drafts']} of {sig['drafts']} drafts scored, {sig['questions']} questions, "
                 f"{items} items each; {spread}; answers {sig['answers']}; skipped {skipped}")
 

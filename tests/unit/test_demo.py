@@ -126,7 +126,7 @@ def test_fresh_deletes_only_an_earlier_demo(tmp_path: Path) -> None:
 def test_a_round_without_signal_is_reported_not_failed(tmp_path: Path) -> None:
     doc = _doc()
     doc["align"] = {"outcome": "no_signal", "n_pairs": 0, "adapter": None,
-                    "reason": "no signal: no preference pair passes (confidence 0.9, paired): 4 of 4 drafts scored, "
+                    "reason": "no signal: no preference pair passes (confidence 0.9; rationale comparisons: none): 4 of 4 drafts scored, "
                               "2 questions, 12 items each; scores 0.583-0.583 (1 distinct)",
                     "pair_selection": {"outcome": "no_signal", "skipped": {"rationale": {"tie": 2}}}}
     text = render_summary(doc)
