@@ -1,49 +1,68 @@
 """Preference pairs: students' scores of drafts → chosen/rejected pairs for DPO on the teacher.
 
-Contract: ``build_pairs(task, drafts, scores, seeds, config)`` returns :class:`PreferencePair` objects
-(``prompt`` messages, ``chosen`` and ``rejected`` texts, ``kind``, ``margin``, the draft/question ids
-behind each side); :func:`write_pairs` / :func:`read_pairs` keep them as JSONL. Pure: no model, no I/O
-beyond the paths given.
+Contract: :func:`select_pairs` ``(task, drafts, scores, seeds, config)`` returns a :class:`PairResult`:
+the :class:`PreferencePair` objects (``prompt`` messages, ``chosen`` and ``rejected`` texts, ``kind``,
+``margin``, the draft/question ids behind each side), what was skipped and why, and the numbers of the
+signal (score spread, the drafts' answers, items). ``outcome`` is ``pairs``, or ``no_signal`` when no
+pair passes: a result, not an error. :func:`build_pairs` returns just the pairs; :func:`write_pairs` /
+:func:`read_pairs` keep them as JSONL. Pure: no model, no I/O beyond the paths given.
 
-Scores (:func:`score_table`): ``scores[draft_id] = (n_items, n_correct)``, floats allowed (counts noised
-by local differential privacy). A draft is *scored* when ``n_items >= min_items``; its
-``s_r = clip(n_correct / n_items, 0, 1)`` (noise can push the ratio out of [0, 1]). ``s_q`` of a
-question = mean ``s_r`` of its scored rationales. Drafts without a score, with too few items, or with
-non-finite counts are left out and counted by reason.
+Scores (:func:`score_table`): ``scores[draft_id]`` is an :class:`arte.pair_rules.ScoreEstimate` (score,
+variance, the unit it was scored on, per-item outcomes when known) or plain ``(n_items, n_correct)``
+counts, floats allowed, read as a binomial estimate. A draft is *scored* when ``n_items >= min_items``;
+its ``s_r`` is the estimate's score (clipped to [0, 1]). ``s_q`` of a question = mean ``s_r`` of its
+scored rationales. Drafts without a score, with too few items, or with non-finite values are left out
+and counted by reason.
+
+Noise (:mod:`arte.pair_rules`): a pair needs chosen to beat rejected beyond noise at the two-sided level
+``confidence`` (0: point estimates), on top of ``min_margin``; equal scores never make a pair, and ties
+are never broken by id or item count.
 
 Question pairs (the paper: top vs bottom quartile of ``s_q``, on the question-generation prompt): the
-scored questions are ranked by ``s_q`` (ties by id); ``T`` = the top ``quartile`` share (at least one),
-``B`` = the bottom share. Questions of ``T`` that do not beat every question of ``B`` by more than
-``min_margin`` are dropped (ties carry no preference). ``T`` (best first) and ``B`` (worst first) are cut
-into blocks of ``questions_per_block``; block ``i`` of ``T`` is chosen over block ``i`` of ``B``, for as
-many blocks as both have. Prompt: :func:`arte.prompts.question_prompt` with the seeds (the first
-``n_seeds``) asking for as many questions as the block holds; completions:
-:func:`arte.prompts.question_block`. ``margin`` = mean ``s_q`` of chosen − of rejected.
+scored questions are ranked by ``s_q`` (equal ``s_q`` by id: it only decides which of equal questions
+are candidates, never a preference between them); ``T`` = the top ``quartile`` share (at least one),
+``B`` = the bottom share. A question of ``T`` is kept when its ``s_q`` is above every ``s_q`` of ``B`` by
+more than ``min_margin`` and its interval's lower bound is above every upper bound in ``B``; a
+question's standard deviation is the mean of its rationales' (an upper bound whatever their
+correlation: they share items). ``T`` (best first) and ``B`` (worst first) are cut into blocks of
+``questions_per_block``; block ``i`` of ``T`` is chosen over block ``i`` of ``B``, for as many blocks as
+both have. Prompt: :func:`arte.prompts.question_prompt` with the seeds (the first ``n_seeds``) asking for
+as many questions as the block holds; completions: :func:`arte.prompts.question_block`. ``margin`` =
+mean ``s_q`` of chosen − of rejected.
 
 Rationale pairs (the paper: argmax vs argmin ``s_r`` per question, on the plain prompt): for each
-question with at least two scored rationales, chosen = highest ``s_r``, rejected = lowest (ties between
-drafts broken by more items, then id); the pair is skipped when ``s_r`` max − min ``<= min_margin`` or
-the two rationale texts are identical. Prompt: ``rationale_prompt(task, question, "plain")``; completions:
-the rationales, ending in ``<ans>…</ans>``.
+question with at least two scored rationales, all scored on the same unit (same items), chosen = the
+unique highest ``s_r``, rejected = the unique lowest. Skipped (and counted by reason): a tie (all equal),
+a shared best or worst score (``tied_extreme``: picking one would break a tie by id), a difference not
+above ``min_margin``, identical texts, a difference within noise (``paired`` comparison when both drafts'
+per-item outcomes are known, else ``intervals``), rationales scored on different items. Prompt:
+``rationale_prompt(task, question, "plain")``; completions: the rationales, ending in ``<ans>…</ans>``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from arte.drafts import Draft
 from arte.errors import ConfigError, PairFormatError
+from arte.pair_rules import COMPARISONS, TIE_TOLERANCE, ScoreEstimate, binomial_estimate, separation, z_value
 from arte.prompts import PLAIN_STYLE, demo_rationale, question_block, question_prompt, rationale_prompt
 from arte.tasks import Example, Task
 
-__all__ = ["PairConfig", "PreferencePair", "ScoreTable", "score_table", "build_pairs", "write_pairs",
-           "read_pairs", "pair_from_dict", "pair_counts", "KINDS"]
+__all__ = ["PairConfig", "PreferencePair", "PairResult", "ScoreTable", "ScoreEstimate", "score_table",
+           "select_pairs", "build_pairs", "write_pairs", "read_pairs", "pair_from_dict", "pair_counts", "KINDS",
+           "OUTCOMES", "NO_SIGNAL", "SKIP_REASONS"]
 
 KINDS = ("question", "rationale")
+OUTCOMES = ("pairs", "no_signal")     # of a pair selection, the pipeline, the align job, the experiment
+NO_SIGNAL = "no_signal"
+SKIP_REASONS = ("too_few_questions", "single_rationale", "different_items", "tie", "tied_extreme",
+                "below_margin", "identical_texts", "below_noise")
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,11 @@ class PairConfig:
     Args:
         kinds: which pairs to build: ``question``, ``rationale`` or both.
         min_items: a draft needs at least this many scored items (a float: noised counts) to count.
-        min_margin: a pair needs chosen − rejected score strictly above this (0: skip exact ties).
+        min_margin: a pair needs chosen − rejected score strictly above this (0: any difference).
+        confidence: two-sided level of the noise rule (:mod:`arte.pair_rules`); 0 compares point
+            estimates (then only ``min_margin`` and ties stop a pair).
+        comparison: ``paired`` (rationales scored on the same items with known per-item outcomes are
+            compared item by item) or ``intervals`` (always interval separation).
         quartile: the top/bottom share of questions for question pairs (the paper: 0.25).
         questions_per_block: questions per chosen/rejected completion (the paper's prompt asks for 5).
         n_seeds: seed examples shown in the question prompt of a pair.
@@ -62,6 +85,8 @@ class PairConfig:
     kinds: tuple[str, ...] = KINDS
     min_items: float = 1.0
     min_margin: float = 0.0
+    confidence: float = 0.9
+    comparison: str = "paired"
     quartile: float = 0.25
     questions_per_block: int = 5
     n_seeds: int = 3
@@ -75,6 +100,11 @@ class PairConfig:
             raise ConfigError("min_items", f"must be a finite number > 0, got {self.min_items}")
         if not 0.0 <= self.min_margin < 1.0:
             raise ConfigError("min_margin", f"must be in [0, 1), got {self.min_margin}")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) \
+                or not 0.0 <= self.confidence < 1.0:
+            raise ConfigError("confidence", f"must be in [0, 1), got {self.confidence!r}")
+        if self.comparison not in COMPARISONS:
+            raise ConfigError("comparison", f"must be one of {', '.join(COMPARISONS)}, got {self.comparison!r}")
         if not 0.0 < self.quartile <= 0.5:
             raise ConfigError("quartile", f"must be in (0, 0.5], got {self.quartile}")
         if self.questions_per_block < 1 or self.n_seeds < 1:
@@ -109,22 +139,37 @@ class PreferencePair:
 
 @dataclass
 class ScoreTable:
-    """Per-draft ``s_r``, per-question ``s_q`` and the drafts left out, by reason."""
+    """Per-draft ``s_r`` (and its estimate), per-question ``s_q`` and the drafts left out, by reason."""
 
     s_r: dict[str, float]
     s_q: dict[str, float]
     items: dict[str, float]
     excluded: dict[str, int] = field(default_factory=dict)
+    estimates: dict[str, ScoreEstimate] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"scored_drafts": len(self.s_r), "scored_questions": len(self.s_q), "excluded": dict(self.excluded)}
 
 
-def score_table(drafts: Sequence[Draft], scores: Mapping[str, tuple[float, float]],
+def _estimate(value: Any) -> ScoreEstimate | None:
+    """A score as an estimate; None when it is not a usable number."""
+    if isinstance(value, ScoreEstimate):
+        return value
+    try:
+        n_items, n_correct = (float(x) for x in value)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(n_items) and math.isfinite(n_correct)) or n_items <= 0:
+        return None
+    return binomial_estimate(n_items, n_correct)
+
+
+def score_table(drafts: Sequence[Draft], scores: Mapping[str, ScoreEstimate | tuple[float, float]],
                 config: PairConfig = PairConfig()) -> ScoreTable:
     """Compute ``s_r`` and ``s_q`` (see the module docstring)."""
     s_r: dict[str, float] = {}
     items: dict[str, float] = {}
+    estimates: dict[str, ScoreEstimate] = {}
     excluded: dict[str, int] = {}
     by_q: dict[str, list[float]] = {}
 
@@ -135,36 +180,113 @@ def score_table(drafts: Sequence[Draft], scores: Mapping[str, tuple[float, float
         if d.id not in scores:
             skip("no_score")
             continue
-        try:
-            n_items, n_correct = (float(x) for x in scores[d.id])
-        except (TypeError, ValueError):
+        est = _estimate(scores[d.id])
+        if est is None:
             skip("bad_score")
             continue
-        if not (math.isfinite(n_items) and math.isfinite(n_correct)):
-            skip("bad_score")
-            continue
-        if n_items < config.min_items:
+        if est.n_items < config.min_items:
             skip("too_few_items")
             continue
-        s = min(1.0, max(0.0, n_correct / n_items))
-        s_r[d.id], items[d.id] = s, n_items
-        by_q.setdefault(d.question_id or d.id, []).append(s)
+        s_r[d.id], items[d.id], estimates[d.id] = est.score, est.n_items, est
+        by_q.setdefault(d.question_id or d.id, []).append(est.score)
     s_q = {q: sum(v) / len(v) for q, v in by_q.items()}
-    return ScoreTable(s_r, s_q, items, excluded)
+    return ScoreTable(s_r, s_q, items, excluded, estimates)
+
+
+@dataclass
+class PairResult:
+    """What :func:`select_pairs` made of the scores: the pairs, and everything needed to judge them.
+
+    ``skipped``: per kind, how many candidates were skipped, by reason (:data:`SKIP_REASONS`);
+    ``comparisons``: how many rationale comparisons each noise rule decided; ``criterion``: the rule's
+    settings; ``signal``: drafts, scored drafts, questions, item counts, the spread of the scores, the
+    drafts' answers and the drafts left out."""
+
+    pairs: list[PreferencePair]
+    skipped: dict[str, dict[str, int]]
+    comparisons: dict[str, int]
+    criterion: dict[str, Any]
+    signal: dict[str, Any]
+
+    @property
+    def outcome(self) -> str:
+        return "pairs" if self.pairs else NO_SIGNAL
+
+    def describe(self) -> str:
+        """One line for logs and summaries."""
+        sig = self.signal
+        sc, it = sig.get("scores"), sig.get("items")
+        spread = (f"scores {sc['min']:.3f}-{sc['max']:.3f} ({sc['distinct']} distinct)" if sc else "no scores")
+        items = "-" if not it else (f"{it['min']:g}" if it["min"] == it["max"] else f"{it['min']:g}-{it['max']:g}")
+        skipped = "; ".join(f"{k}: " + ", ".join(f"{r} {n}" for r, n in v.items())
+                            for k, v in self.skipped.items() if v) or "nothing"
+        head = (f"{len(self.pairs)} pairs {pair_counts(self.pairs)}" if self.pairs
+                else "no signal: no preference pair passes")
+        rules = ", ".join(f"{n} {r}" for r, n in self.comparisons.items() if n) or "none"
+        return (f"{head} (confidence {self.criterion['confidence']}; rationale comparisons: {rules}): "
+                f"{sig['scored_drafts']} of {sig['drafts']} drafts scored, {sig['questions']} questions, "
+                f"{items} items each; {spread}; answers {sig['answers']}; skipped {skipped}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "n_pairs": len(self.pairs), "counts": pair_counts(self.pairs),
+                "skipped": {k: dict(v) for k, v in self.skipped.items()}, "comparisons": dict(self.comparisons),
+                "criterion": dict(self.criterion), "signal": self.signal, "reason": self.describe()}
+
+
+def _signal(drafts: Sequence[Draft], table: ScoreTable) -> dict[str, Any]:
+    scores = list(table.s_r.values())
+    items = list(table.items.values())
+    ranked = sorted(Counter(d.answer for d in drafts).items(), key=lambda kv: (-kv[1], kv[0]))
+    answers = dict(ranked[:10])
+    if len(ranked) > 10:   # free-form tasks: one answer per draft
+        answers["(other answers)"] = sum(n for _, n in ranked[10:])
+    return {"drafts": len(drafts), "scored_drafts": len(scores), "questions": len(table.s_q),
+            "items": {"min": min(items), "max": max(items)} if items else None,
+            "scores": {"min": round(min(scores), 6), "max": round(max(scores), 6),
+                       "mean": round(sum(scores) / len(scores), 6), "spread": round(max(scores) - min(scores), 6),
+                       "distinct": len({round(s, 9) for s in scores})} if scores else None,
+            "answers": answers,
+            "excluded": dict(table.excluded)}
+
+
+class _Skips:
+    def __init__(self) -> None:
+        self.by_kind: dict[str, dict[str, int]] = {k: {} for k in KINDS}
+
+    def __call__(self, kind: str, reason: str) -> None:
+        self.by_kind[kind][reason] = self.by_kind[kind].get(reason, 0) + 1
 
 
 def _question_pairs(task: Task, drafts: Sequence[Draft], table: ScoreTable, seeds: Sequence[Example],
-                    config: PairConfig) -> list[PreferencePair]:
-    text = {}
+                    config: PairConfig, z: float, skip: _Skips) -> list[PreferencePair]:
+    text: dict[str, str] = {}
+    sds: dict[str, list[float]] = {}
     for d in drafts:
-        text.setdefault(d.question_id or d.id, d.question)
+        q = d.question_id or d.id
+        text.setdefault(q, d.question)
+        if d.id in table.estimates:
+            sds.setdefault(q, []).append(table.estimates[d.id].sd)
     ranked = sorted(table.s_q, key=lambda q: (-table.s_q[q], q))
     if len(ranked) < 2:
+        skip("question", "too_few_questions")
         return []
+    sd_q = {q: sum(v) / len(v) for q, v in sds.items()}
     k = max(1, int(len(ranked) * config.quartile))
     bottom = ranked[::-1][:k]                       # worst first
     best_bottom = max(table.s_q[q] for q in bottom)
-    top = [q for q in ranked[:k] if q not in bottom and table.s_q[q] > best_bottom + config.min_margin]
+    high_bottom = max(table.s_q[q] + z * sd_q[q] for q in bottom)
+    top = []
+    for q in ranked[:k]:
+        if q in bottom:
+            continue
+        if table.s_q[q] - best_bottom <= TIE_TOLERANCE:
+            skip("question", "tie")
+        elif table.s_q[q] - best_bottom <= config.min_margin:
+            skip("question", "below_margin")
+        elif table.s_q[q] - z * sd_q[q] <= high_bottom:
+            skip("question", "below_noise")
+        else:
+            top.append(q)
     size = config.questions_per_block
     t_blocks = [top[i:i + size] for i in range(0, len(top), size)]
     b_blocks = [bottom[i:i + size] for i in range(0, len(bottom), size)]
@@ -181,8 +303,8 @@ def _question_pairs(task: Task, drafts: Sequence[Draft], table: ScoreTable, seed
     return pairs
 
 
-def _rationale_pairs(task: Task, drafts: Sequence[Draft], table: ScoreTable,
-                     config: PairConfig) -> list[PreferencePair]:
+def _rationale_pairs(task: Task, drafts: Sequence[Draft], table: ScoreTable, config: PairConfig, z: float,
+                     skip: _Skips, comparisons: dict[str, int]) -> list[PreferencePair]:
     by_q: dict[str, list[Draft]] = {}
     for d in drafts:
         if d.id in table.s_r:
@@ -191,33 +313,66 @@ def _rationale_pairs(task: Task, drafts: Sequence[Draft], table: ScoreTable,
     for qid in sorted(by_q):
         group = by_q[qid]
         if len(group) < 2:
+            skip("rationale", "single_rationale")
             continue
-        best = min(group, key=lambda d: (-table.s_r[d.id], -table.items[d.id], d.id))
-        worst = min(group, key=lambda d: (table.s_r[d.id], -table.items[d.id], d.id))
-        margin = table.s_r[best.id] - table.s_r[worst.id]
-        chosen, rejected = demo_rationale(best), demo_rationale(worst)
-        if margin <= config.min_margin or chosen == rejected:
+        est = {d.id: table.estimates[d.id] for d in group}
+        if len({e.unit for e in est.values()}) > 1:   # different items: argmax/argmin would compare them
+            skip("rationale", "different_items")
+            continue
+        hi, lo = max(e.score for e in est.values()), min(e.score for e in est.values())
+        best = [d for d in group if est[d.id].score >= hi - TIE_TOLERANCE]
+        worst = [d for d in group if est[d.id].score <= lo + TIE_TOLERANCE]
+        if hi - lo <= TIE_TOLERANCE:
+            skip("rationale", "tie")
+            continue
+        if len(best) > 1 or len(worst) > 1:
+            skip("rationale", "tied_extreme")
+            continue
+        if hi - lo <= config.min_margin:
+            skip("rationale", "below_margin")
+            continue
+        (b,), (w,) = best, worst
+        chosen, rejected = demo_rationale(b), demo_rationale(w)
+        if chosen == rejected:
+            skip("rationale", "identical_texts")
+            continue
+        beats, rule = separation(est[b.id], est[w.id], z, config.comparison)
+        comparisons[rule] = comparisons.get(rule, 0) + 1
+        if not beats:
+            skip("rationale", "below_noise")
             continue
         pairs.append(PreferencePair(
-            id=f"rpair-{qid}", kind="rationale", prompt=tuple(rationale_prompt(task, best.question, PLAIN_STYLE)),
-            chosen=chosen, rejected=rejected, margin=round(margin, 6), chosen_ids=(best.id,),
-            rejected_ids=(worst.id,), task=task.name))
+            id=f"rpair-{qid}", kind="rationale", prompt=tuple(rationale_prompt(task, b.question, PLAIN_STYLE)),
+            chosen=chosen, rejected=rejected, margin=round(hi - lo, 6), chosen_ids=(b.id,),
+            rejected_ids=(w.id,), task=task.name))
     return pairs
 
 
-def build_pairs(task: Task, drafts: Sequence[Draft], scores: Mapping[str, tuple[float, float]],
-                seeds: Sequence[Example], config: PairConfig = PairConfig()) -> list[PreferencePair]:
-    """Question pairs then rationale pairs (see the module docstring). Stable entry point: the server's
-    job worker calls it by this name."""
+def select_pairs(task: Task, drafts: Sequence[Draft], scores: Mapping[str, ScoreEstimate | tuple[float, float]],
+                 seeds: Sequence[Example], config: PairConfig = PairConfig()) -> PairResult:
+    """Question pairs then rationale pairs, with what was skipped and the signal's numbers (see the module
+    docstring). The server's align job, the pipeline and ``arte pairs`` call it by this name."""
     if "question" in config.kinds and not seeds:
         raise ConfigError("seeds", "question pairs need the seed examples of the question prompt")
     table = score_table(drafts, scores, config)
+    z = z_value(config.confidence)
+    skip = _Skips()
+    comparisons = {c: 0 for c in COMPARISONS}
     pairs: list[PreferencePair] = []
     if "question" in config.kinds:
-        pairs += _question_pairs(task, drafts, table, seeds, config)
+        pairs += _question_pairs(task, drafts, table, seeds, config, z, skip)
     if "rationale" in config.kinds:
-        pairs += _rationale_pairs(task, drafts, table, config)
-    return pairs
+        pairs += _rationale_pairs(task, drafts, table, config, z, skip, comparisons)
+    criterion = {"confidence": config.confidence, "z": round(z, 4), "comparison": config.comparison,
+                 "min_margin": config.min_margin, "min_items": config.min_items}
+    return PairResult(pairs, {k: v for k, v in skip.by_kind.items() if k in config.kinds}, comparisons,
+                      criterion, _signal(drafts, table))
+
+
+def build_pairs(task: Task, drafts: Sequence[Draft], scores: Mapping[str, ScoreEstimate | tuple[float, float]],
+                seeds: Sequence[Example], config: PairConfig = PairConfig()) -> list[PreferencePair]:
+    """Just the pairs of :func:`select_pairs`."""
+    return select_pairs(task, drafts, scores, seeds, config).pairs
 
 
 def pair_counts(pairs: Iterable[PreferencePair]) -> dict[str, int]:

@@ -7,8 +7,9 @@ one teacher, each stage reading the previous stage's files and writing its own::
       pipeline.json        state: per stage its fingerprint, seconds and summary
       drafts.jsonl         draft:  arte.drafts format (elicit_drafts)
       drafts.report.json   draft:  question/draft rejections and repairs
-      scores.json          score:  {"format", "task", "mode", "items", "scores": [{draft_id, n_items, n_correct}]}
-      pairs.jsonl          pairs:  arte.pairs format (build_pairs)
+      scores.json          score:  {"format", "task", "mode", "items", "item_ids",
+                                    "scores": [{draft_id, n_items, n_correct, outcomes}]}
+      pairs.jsonl          pairs:  arte.pairs format (select_pairs); empty when the signal makes no pair
       adapter/             align:  PEFT LoRA adapter + arte_align.json (align)
       tailored/            tailor: dataset.jsonl + manifest.json (tailor_dataset)
 
@@ -17,6 +18,14 @@ its input files) matches and its outputs exist; otherwise it runs, and so does e
 inputs changed. ``force`` re-runs the named stages. Models are opened lazily through the callables the
 shell passes (``open_teacher(adapter_dir or None)``, ``open_student()``), only for stages that run, and
 closed after. Pure otherwise: files only under ``work_dir``.
+
+No signal: when the scores make no preference pair (every rationale ties, differences within noise, too
+few drafts), the ``pairs`` stage records ``outcome: no_signal`` with the numbers
+(:meth:`arte.pairs.PairResult.to_dict`: score spread, the drafts' answers, items, what was skipped and
+why) and the later stages stop cleanly: :meth:`Pipeline.run` returns ``outcome: no_signal`` with that
+``reason`` and ``signal``, and marks ``align`` and ``tailor`` as ``stopped``. It is a result, not an error.
+The scores file keeps each draft's per-item outcomes (``"0110…"``, in ``item_ids`` order) so that the
+rationales of a question, scored on the same items, are compared item by item (:mod:`arte.pair_rules`).
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from arte.dpo import METADATA_FILE, AlignConfig, align
 from arte.elicit import ElicitConfig, elicit_drafts
 from arte.errors import ConfigError, DraftFormatError
 from arte.models import ModelRef, sha256_file
-from arte.pairs import PairConfig, build_pairs, pair_counts, read_pairs, score_table, write_pairs
+from arte.pair_rules import ScoreEstimate, binomial_estimate
+from arte.pairs import NO_SIGNAL, PairConfig, pair_counts, read_pairs, select_pairs, write_pairs
 from arte.progress import Progress
 from arte.scoring import ScoringConfig, score_drafts
 from arte.student import Student
@@ -43,7 +53,8 @@ from arte.tailor import DATASET_FILE, MANIFEST_FILE, TailorConfig, tailor_datase
 from arte.tasks import Task, TaskSplit, label_counts, split_task
 from arte.teacher import Teacher
 
-__all__ = ["PipelineConfig", "Pipeline", "STAGES", "write_scores", "read_scores", "SCORES_FORMAT"]
+__all__ = ["PipelineConfig", "Pipeline", "STAGES", "write_scores", "read_scores", "read_score_estimates",
+           "SCORES_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +83,23 @@ class PipelineConfig:
 
 
 def write_scores(path: str | Path, task: str, mode: str, n_items: int,
-                 scores: Mapping[str, tuple[float, float]], stats: Mapping[str, Any] | None = None) -> None:
-    """Write per-draft scores as JSON (the file ``arte score`` writes and ``arte pairs`` reads)."""
-    doc = {"format": SCORES_FORMAT, "task": task, "mode": mode, "items": n_items,
-           "scores": [{"draft_id": k, "n_items": v[0], "n_correct": v[1]} for k, v in scores.items()],
-           "stats": dict(stats or {})}
+                 scores: Mapping[str, tuple[float, float]], stats: Mapping[str, Any] | None = None, *,
+                 outcomes: Mapping[str, Sequence[int]] | None = None, item_ids: Sequence[str] = ()) -> None:
+    """Write per-draft scores as JSON (the file ``arte score`` writes and ``arte pairs`` reads), with each
+    draft's per-item ``outcomes`` (a string of 0/1 in ``item_ids`` order) when given."""
+    out = outcomes or {}
+    rows = []
+    for k, v in scores.items():
+        row: dict[str, Any] = {"draft_id": k, "n_items": v[0], "n_correct": v[1]}
+        if k in out:
+            row["outcomes"] = "".join("1" if o else "0" for o in out[k])
+        rows.append(row)
+    doc = {"format": SCORES_FORMAT, "task": task, "mode": mode, "items": n_items, "item_ids": list(item_ids),
+           "scores": rows, "stats": dict(stats or {})}
     Path(path).write_text(json.dumps(doc, indent=1))
 
 
-def read_scores(path: str | Path) -> dict[str, tuple[float, float]]:
-    """Read a scores file: {draft_id: (n_items, n_correct)}; errors name the file and the entry."""
+def _scores_doc(path: str | Path) -> tuple[Path, dict[str, Any]]:
     p = Path(path)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
@@ -91,6 +109,12 @@ def read_scores(path: str | Path) -> dict[str, tuple[float, float]]:
         raise DraftFormatError(str(p), f"invalid JSON at line {e.lineno}: {e.msg}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("scores"), list):
         raise DraftFormatError(str(p), "expected an object with a list", None, "scores")
+    return p, doc
+
+
+def read_scores(path: str | Path) -> dict[str, tuple[float, float]]:
+    """Read a scores file: {draft_id: (n_items, n_correct)}; errors name the file and the entry."""
+    p, doc = _scores_doc(path)
     out: dict[str, tuple[float, float]] = {}
     for i, s in enumerate(doc["scores"]):
         if not isinstance(s, dict) or not isinstance(s.get("draft_id"), str):
@@ -99,6 +123,25 @@ def read_scores(path: str | Path) -> dict[str, tuple[float, float]]:
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in vals):
             raise DraftFormatError(str(p), "n_items and n_correct must be numbers", i, "scores")
         out[s["draft_id"]] = (float(vals[0]), float(vals[1]))
+    return out
+
+
+def read_score_estimates(path: str | Path) -> dict[str, ScoreEstimate]:
+    """Read a scores file as :class:`~arte.pair_rules.ScoreEstimate` per draft: binomial, with the per-item
+    outcomes where the file has them (they must be 0/1, one per item, as many 1s as ``n_correct``).
+    Every draft of one file was scored on the same items."""
+    counts = read_scores(path)
+    p, doc = _scores_doc(path)
+    out: dict[str, ScoreEstimate] = {}
+    for i, s in enumerate(doc["scores"]):
+        n, c = counts[s["draft_id"]]
+        raw = s.get("outcomes")
+        if raw is not None and not (isinstance(raw, str) and set(raw) <= {"0", "1"} and len(raw) == n
+                                    and raw.count("1") == c):
+            raise DraftFormatError(str(p), f"outcomes must be {n:g} characters 0/1 with {c:g} ones", i, "scores")
+        if n <= 0:
+            raise DraftFormatError(str(p), "n_items must be > 0", i, "scores")
+        out[s["draft_id"]] = binomial_estimate(n, c, outcomes=None if raw is None else [int(x) for x in raw])
     return out
 
 
@@ -167,7 +210,7 @@ class Pipeline:
         if not p.is_file():
             return None
         if key == "scores":   # the scores, not the file: its stats hold timings that differ run to run
-            return _sha(sorted(read_scores(p).items()))
+            return _sha(sorted((k, v.n_items, v.score, v.outcomes) for k, v in read_score_estimates(p).items()))
         return sha256_file(p)
 
     def _outputs(self, stage: str) -> list[Path]:
@@ -184,7 +227,7 @@ class Pipeline:
         deps: dict[str, Any] = {
             "draft": {"elicit": asdict(c.elicit), "teacher": self.identity.get("teacher")},
             "score": {"scoring": asdict(c.scoring), "student": self.identity.get("student"),
-                      "drafts": self._file_sha("drafts")},
+                      "drafts": self._file_sha("drafts"), "outcomes": True},
             "pairs": {"pairs": asdict(c.pairs), "drafts": self._file_sha("drafts"),
                       "scores": self._file_sha("scores")},
             "align": {"align": asdict(c.align), "model": asdict(self.teacher_model),
@@ -237,7 +280,9 @@ class Pipeline:
         finally:
             student.close()
         scores = {s.draft_id: (float(s.n_items), float(s.n_correct)) for s in res.scores}
-        write_scores(self.paths["scores"], self.task.name, res.mode, len(items), scores, res.stats)
+        outcomes = {s.draft_id: [int(x) for x in row] for s, row in zip(res.scores, res.outcomes)}
+        write_scores(self.paths["scores"], self.task.name, res.mode, len(items), scores, res.stats,
+                     outcomes=outcomes, item_ids=res.item_ids)
         acc = [s.accuracy for s in res.scores]
         return {"drafts": len(scores), "items": len(items), "labels": label_counts(items), "mode": res.mode,
                 "mean_accuracy": round(sum(acc) / len(acc), 4) if acc else None,
@@ -245,13 +290,17 @@ class Pipeline:
 
     def _pairs(self) -> dict[str, Any]:
         drafts = read_drafts(self.paths["drafts"])
-        scores = read_scores(self.paths["scores"])
-        pairs = build_pairs(self.task, drafts, scores, self.split.seeds, self.config.pairs)
-        if not pairs:
-            raise ConfigError("pairs", "no preference pairs: every score ties or too few drafts are scored "
-                                       f"({score_table(drafts, scores, self.config.pairs).summary()})")
-        write_pairs(self.paths["pairs"], pairs)
-        return {**pair_counts(pairs), **score_table(drafts, scores, self.config.pairs).summary()}
+        scores = read_score_estimates(self.paths["scores"])
+        res = select_pairs(self.task, drafts, scores, self.split.seeds, self.config.pairs)
+        write_pairs(self.paths["pairs"], res.pairs)   # empty without signal: the stage is done either way
+        if not res.pairs:
+            log.warning("pairs: %s", res.describe())
+        return {**pair_counts(res.pairs), **res.to_dict()}
+
+    def no_signal(self) -> dict[str, Any] | None:
+        """The recorded ``pairs`` summary when it found no signal (later stages stop), else None."""
+        summary = (self.state["stages"].get("pairs") or {}).get("summary") or {}
+        return summary if summary.get("outcome") == NO_SIGNAL else None
 
     def _align(self) -> dict[str, Any]:
         pairs = read_pairs(self.paths["pairs"])
@@ -283,6 +332,12 @@ class Pipeline:
         for stage in STAGES:
             if stage not in stages:
                 continue
+            stop = self.no_signal() if STAGES.index(stage) > STAGES.index("pairs") else None
+            if stop is not None:
+                report[stage] = {"skipped": True, "stopped": NO_SIGNAL, "seconds": 0.0,
+                                 "summary": {"reason": stop["reason"]}}
+                log.info("%s: stopped, no signal", stage)
+                continue
             if stage not in force and self.is_current(stage):
                 report[stage] = {"skipped": True, **self.state["stages"][stage]}
                 log.info("%s: up to date, skipped", stage)
@@ -295,5 +350,10 @@ class Pipeline:
             self._save_state()
             report[stage] = {"skipped": False, **rec}
             log.info("%s: done in %.1fs", stage, rec["seconds"])
-        return {"work_dir": str(self.work), "task": self.task.name, "labels": self.split.label_counts(), "stages": report,
-                "seconds": round(time.perf_counter() - t0, 3), "files": {k: str(v) for k, v in self.paths.items()}}
+        pairs = (self.state["stages"].get("pairs") or {}).get("summary") or {}
+        out = {"work_dir": str(self.work), "task": self.task.name, "labels": self.split.label_counts(),
+               "outcome": pairs.get("outcome"), "stages": report, "seconds": round(time.perf_counter() - t0, 3),
+               "files": {k: str(v) for k, v in self.paths.items()}}
+        if pairs.get("outcome") == NO_SIGNAL:
+            out.update(reason=pairs["reason"], signal=pairs["signal"])
+        return out

@@ -10,8 +10,9 @@ it with ``edge-agent enroll`` (laptop-CPU profile). Then one round, exactly as a
 2. every device runs ``edge-agent run --once``: fetches the drafts, scores them with its student on its
    private validation split, and reports only per-draft counts;
 3. ``align`` job: the server pools the reports, builds chosen/rejected pairs and aligns the teacher (DPO,
-   LoRA) for the cohort;
-4. ``tailor`` job: the aligned teacher writes the cohort's training set (a signed dataset);
+   LoRA) for the cohort; when the scores separate no pair beyond noise the job ends as ``no_signal``
+   (with the numbers: score spread, the drafts' answers, items) and the teacher stays unaligned;
+4. ``tailor`` job: the (aligned) teacher writes the cohort's training set (a signed dataset);
 5. every device runs ``edge-agent run --once`` again: downloads and verifies the dataset, fine-tunes its
    student with LoRA within its profile, evaluates before/after on its private holdout and keeps the
    adapter only if it is significantly better; the metrics (accuracies only) go back to the server.
@@ -366,8 +367,12 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
             lambda f: prog("align", f))
         doc["align"] = align["result"]
         seconds["align"] = done()
+        aligned = not _no_signal(doc["align"])
+        if not aligned:
+            log(f"  {doc['align'].get('reason')}; the round goes on with the unaligned teacher")
 
-        done = _stage(log, f"aligned teacher writes {cfg.tailored} tailored examples (tailor job)")
+        done = _stage(log, f"{'aligned' if aligned else 'unaligned'} teacher writes {cfg.tailored} tailored "
+                           f"examples (tailor job)")
         tailor = fleet.job("tailor", {"kind": "tailor", "cohort_id": cid, "round_id": round_id, "params": {
             "config": {"n_questions": cfg.tailored, "seed": cfg.split_seed + 1, "check_samples": 0,
                        "rationale_max_new_tokens": 128, "question_max_new_tokens": 256, "batch_size": 8}}},
@@ -391,6 +396,13 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
 
 
 # -- summary and report --------------------------------------------------------------------------------------------
+
+
+def _no_signal(align: dict[str, Any]) -> bool:
+    """Whether the align job ended without a preference pair (the teacher stayed unaligned)."""
+    from arte.pairs import NO_SIGNAL
+
+    return align.get("outcome") == NO_SIGNAL
 
 
 def _num(v: Any) -> Any:
@@ -419,9 +431,10 @@ def render_summary(doc: dict[str, Any]) -> str:
              f"{agg.get('n_devices', 0)} devices reported; pooled draft accuracy "
              + (f"mean {sum(scores) / len(scores):.3f}, min {min(scores):.3f}, max {max(scores):.3f}" if scores
                 else "-"),
-             f"  DPO: {al.get('n_pairs', '-')} pairs, {al.get('steps', '-')} steps, reward margin on the "
-             f"{_pairs_on(margin)} {margin.get('before', '-')} -> {margin.get('after', '-')}, accuracy "
-             f"{margin.get('accuracy_before', '-')} -> {margin.get('accuracy_after', '-')}",
+             (f"  DPO: {al.get('n_pairs', '-')} pairs, {al.get('steps', '-')} steps, reward margin on the "
+              f"{_pairs_on(margin)} {margin.get('before', '-')} -> {margin.get('after', '-')}, accuracy "
+              f"{margin.get('accuracy_before', '-')} -> {margin.get('accuracy_after', '-')}" if not _no_signal(al)
+              else f"  DPO: not run, {al.get('reason')}; the tailored data come from the unaligned teacher"),
              f"  tailored dataset {ds.get('dataset_id', '-')}: {ds.get('n_examples', '-')} examples", "",
              f"  {'device':<16}{'0-shot before':>14}{'0-shot after':>14}{'3-shot before':>15}{'3-shot after':>14}"
              f"{'kept':>6}"]
@@ -474,8 +487,12 @@ def _figures(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
         loss_ax.plot(steps, [x["loss"] for x in losses], marker="s", color="#DD8452")
         loss_ax.set_ylabel("DPO loss", color="#DD8452", fontsize=8)
     m = {k: _num(v) for k, v in (al.get("reward_margin") or {}).items()}
-    ax.set_title(f"DPO on the teacher: reward margin on the {_pairs_on(m)} {m.get('before')} -> {m.get('after')}",
-                 fontsize=9)
+    if _no_signal(al):
+        ax.text(0.5, 0.5, "no signal: the scores separate no preference pair\nbeyond noise; DPO did not run",
+                ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.set_axis_off()
+    ax.set_title(f"DPO on the teacher: reward margin on the {_pairs_on(m)} {m.get('before')} -> {m.get('after')}"
+                 if not _no_signal(al) else "DPO on the teacher: no signal", fontsize=9)
     figs.append(("dpo", "DPO reward margins", _png(fig)))
     plt.close(fig)
 

@@ -6,7 +6,9 @@ exit 2, that names the option), runs :func:`arte_cli.experiment_run.run_experime
 stderr, writes ``experiment.json`` (every per-seed, per-item outcome; :mod:`arte_cli.experiment_report`)
 and ``experiment.png`` into ``--out``, and prints the human table followed by a last line of JSON (where
 the files are and every interval); with ``--json`` it prints the whole document instead. Reruns with the
-same settings reuse every cached step under ``--work`` (default ``<out>/work``).
+same settings reuse every cached step under ``--work`` (default ``<out>/work``). A task whose drafts give
+no preference pair is reported as ``no_signal`` (one without training data as ``no_data``), with the
+numbers, and the other tasks still run.
 
 Defaults are sized for 2 CPU cores and the embedded 135M model (a few minutes per task and seed); the
 paper's scale is reached by flags (``--n-questions 250 --tailor-questions 250 --holdout 1000`` …).
@@ -28,6 +30,7 @@ __all__ = ["experiment"]
 SETTINGS_OPTIONS = {"seeds": "--seeds", "eval_mode": "--eval-mode", "shots": "--shots", "holdout": "--holdout",
                     "train_size": "--train-size"}
 PIPELINE_OPTIONS = {"n_seeds": "--n-seeds", "n_validation": "--validation"}
+PAIR_OPTIONS = {"confidence": "--pair-confidence", "n_seeds": "--n-seeds"}
 ELICIT_OPTIONS = {"n_questions": "--n-questions", "styles": "--styles", "question_max_new_tokens": "--question-tokens",
                   "rationale_max_new_tokens": "--rationale-tokens", "n_seeds": "--n-seeds"}
 TAILOR_OPTIONS = {"n_questions": "--tailor-questions", "check_samples": "--check-samples",
@@ -96,7 +99,8 @@ def _settings(o: dict[str, Any]) -> Any:
     align = _build(AlignConfig, ALIGN_OPTIONS, learning_rate=o["align_lr"], beta=o["align_beta"],
                    epochs=o["align_epochs"], max_steps=o["align_steps"], batch_size=o["align_batch_size"],
                    seed=o["align_seed"], eval_pairs=16)
-    pipeline = _build(PipelineConfig, PIPELINE_OPTIONS, elicit=elicit, pairs=PairConfig(n_seeds=o["n_seeds"]),
+    pairs = _build(PairConfig, PAIR_OPTIONS, n_seeds=o["n_seeds"], confidence=o["pair_confidence"])
+    pipeline = _build(PipelineConfig, PIPELINE_OPTIONS, elicit=elicit, pairs=pairs,
                       align=align, tailor=tailor, n_seeds=o["n_seeds"], n_validation=o["n_validation"],
                       split_seed=o["split_seed"])
     sft = _build(SFTConfig, SFT_OPTIONS, rank=o["sft_rank"], alpha=2.0 * o["sft_rank"], lr=o["sft_lr"],
@@ -141,6 +145,9 @@ def _int(minimum: int) -> click.IntRange:
               help="Rationale styles of the drafts, comma-separated.")
 @click.option("--validation", "n_validation", default=12, show_default=True, type=_int(1),
               help="Validation items the student scores drafts on.")
+@click.option("--pair-confidence", default=0.9, show_default=True, type=float,
+              help="Level at which a preference pair's chosen must beat rejected beyond noise (0: point "
+                   "estimates); a task whose drafts give no pair is reported as no signal.")
 @click.option("--n-seeds", default=3, show_default=True, type=_int(1),
               help="Seed examples of the task (teacher prompts and k-shot demonstrations).")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the task split.")

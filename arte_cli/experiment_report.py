@@ -11,13 +11,20 @@ Document (``format`` = ``arte-experiment/1``)::
 
     {"format", "created", "settings": {...}, "models": {"teacher", "student", "eval_backend"},
      "seed_varies": str, "bootstrap": {"n_boot", "level", "seed", "method"},
-     "tasks": [{"task", "source", "sha256", "kind", "eval_mode", "chance", "holdout_ids", "demo_ids",
+     "tasks": [{"task", "source", "sha256", "kind", "eval_mode", "outcome": "compared", "chance",
+                "holdout_ids", "demo_ids",
                 "data": {"kept", "fit", "used", "dropped_too_long", "truncated", "identical", "note"},
                 "pipeline": {stage: summary}, "runs": [...],
                 "accuracy": [{"condition", "shots", **interval}],
                 "differences": [{"a", "b", "shots", **interval}],
                 "seconds": {...}, "compute_seconds": {...}, "cached": [...]}],
      "seconds": float}
+
+A task that could not be compared has ``outcome`` ``no_signal`` (its drafts gave no preference pair; with
+the pipeline's ``signal``: score spread, the drafts' answers, items, what was skipped) or ``no_data`` (no
+training example left; with the ``data`` counts), a ``reason``, its ``pipeline`` and no ``runs``; the table,
+the machine line and the plot say so and show the other tasks. (Documents written before ``outcome``
+existed are all ``compared``.)
 
 ``seconds`` is what each part took in this invocation (near 0 for cached steps); ``compute_seconds`` what
 its steps took when they ran, cached or not (model loading excluded).
@@ -35,11 +42,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from arte.errors import ConfigError
+from arte.pairs import NO_SIGNAL
 from arte.stats import bootstrap_ci
 
-__all__ = ["FORMAT", "CONDITIONS", "COMPARISONS", "summarize", "check_document", "table", "plot", "brief"]
+__all__ = ["FORMAT", "CONDITIONS", "COMPARISONS", "TASK_OUTCOMES", "COMPARED", "NO_SIGNAL", "NO_DATA", "summarize",
+           "check_document", "table", "plot", "brief"]
 
 FORMAT = "arte-experiment/1"
+COMPARED, NO_DATA = "compared", "no_data"
+TASK_OUTCOMES = (COMPARED, NO_SIGNAL, NO_DATA)   # a task's outcome in the document
 CONDITIONS = ("untuned", "original", "arte")
 COMPARISONS = (("arte", "original"), ("arte", "untuned"), ("original", "untuned"))
 COLORS = {"untuned": "#9e9e9e", "original": "#4c78a8", "arte": "#f58518"}
@@ -81,6 +92,17 @@ def check_document(doc: Mapping[str, Any]) -> None:
     b = doc["bootstrap"]
     for i, t in enumerate(doc["tasks"]):
         where = f"tasks[{i}]"
+        outcome = t.get("outcome", COMPARED)
+        if outcome not in TASK_OUTCOMES:
+            raise ConfigError(f"{where}.outcome", f"must be one of {', '.join(TASK_OUTCOMES)}, got {outcome!r}")
+        if outcome != COMPARED:
+            numbers = "signal" if outcome == NO_SIGNAL else "data"
+            for key in ("task", "reason", "pipeline", numbers):
+                if not t.get(key):
+                    raise ConfigError(f"{where}.{key}", f"missing (a task with outcome {outcome})")
+            if t.get("runs"):
+                raise ConfigError(f"{where}.runs", f"a task with outcome {outcome} has no runs")
+            continue
         for key in ("task", "holdout_ids", "demo_ids", "data", "runs", "accuracy", "differences", "eval_mode"):
             if key not in t:
                 raise ConfigError(f"{where}.{key}", "missing")
@@ -99,6 +121,10 @@ def check_document(doc: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{where}.{key}", "does not match the intervals recomputed from the runs")
 
 
+def _compared(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [t for t in doc["tasks"] if t.get("outcome", COMPARED) == COMPARED]
+
+
 def _fmt(iv: Mapping[str, Any], signed: bool = False) -> str:
     f = "{:+.3f}" if signed else "{:.3f}"
     return f"{f.format(iv['estimate'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
@@ -111,7 +137,7 @@ def table(doc: Mapping[str, Any]) -> str:
     head = (f"{'task':24} {'shots':>5}  " + "  ".join(f"{c:24}" for c in CONDITIONS) + "  arte - original")
     lines = [f"accuracy on the holdout, mean [{level}% CI] over items x {doc['settings']['seeds']} seeds", head,
              "-" * len(head)]
-    for t in doc["tasks"]:
+    for t in _compared(doc):
         acc = {(a["condition"], a["shots"]): a for a in t["accuracy"]}
         diff = {(d["a"], d["b"], d["shots"]): d for d in t["differences"]}
         for k in sorted({a["shots"] for a in t["accuracy"]}):
@@ -119,6 +145,9 @@ def table(doc: Mapping[str, Any]) -> str:
             lines.append(f"{t['task'][:24]:24} {k:>5}  {cells}  {_fmt(diff['arte', 'original', k], True)}")
     lines.append("")
     for t in doc["tasks"]:
+        if t.get("outcome", COMPARED) != COMPARED:
+            lines.append(f"{t['task']}: {t['outcome'].replace('_', ' ')}, not compared: {t['reason']}")
+            continue
         d = t["data"]
         lines.append(f"{t['task']}: {len(t['holdout_ids'])} holdout items ({t['eval_mode']}), chance "
                      f"{t['chance']:.3f}; training examples kept {d['kept']}, used {d['used']} per condition "
@@ -131,12 +160,17 @@ def brief(doc: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     def iv(x: Mapping[str, Any]) -> list[float]:
         return [round(x["estimate"], 4), round(x["low"], 4), round(x["high"], 4)]
 
+    def task(t: Mapping[str, Any]) -> dict[str, Any]:
+        if t.get("outcome", COMPARED) != COMPARED:
+            return {"outcome": t["outcome"], "reason": t["reason"]}
+        return {"outcome": COMPARED,
+                "accuracy": {f"{a['condition']}@{a['shots']}": iv(a) for a in t["accuracy"]},
+                "arte-original": {str(d["shots"]): iv(d) for d in t["differences"]
+                                  if (d["a"], d["b"]) == ("arte", "original")},
+                "train_size": t["data"]["used"]}
+
     return {"format": FORMAT, "json": str(path), "seconds": doc["seconds"],
-            "tasks": {t["task"]: {"accuracy": {f"{a['condition']}@{a['shots']}": iv(a) for a in t["accuracy"]},
-                                  "arte-original": {str(d["shots"]): iv(d) for d in t["differences"]
-                                                    if (d["a"], d["b"]) == ("arte", "original")},
-                                  "train_size": t["data"]["used"]}
-                      for t in doc["tasks"]}}
+            "tasks": {t["task"]: task(t) for t in doc["tasks"]}}
 
 
 def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
@@ -146,7 +180,16 @@ def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = doc["tasks"]
+    tasks = _compared(doc)
+    out = Path(path)
+    if not tasks:   # every task without signal or data: say so instead of an empty grid
+        fig, ax = plt.subplots(figsize=(6, 2.4))
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "\n".join(f"{t['task']}: {t['outcome'].replace('_', ' ')}, not compared"
+                                     for t in doc["tasks"]) or "no tasks", ha="center", va="center")
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks) + 0.6, 6.4), squeeze=False,
                              gridspec_kw={"height_ratios": [2.2, 1]})
     width = 0.8 / len(CONDITIONS)
@@ -177,8 +220,10 @@ def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
         bottom.set_xlim(-0.6, len(shots) - 0.4)
         if col == 0:
             bottom.set_ylabel("arte − original")
+    skipped = [t["task"] for t in doc["tasks"] if t.get("outcome", COMPARED) != COMPARED]
+    if skipped:
+        fig.suptitle(f"not compared (no signal or no data): {', '.join(skipped)}", fontsize=8)
     fig.tight_layout()
-    out = Path(path)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

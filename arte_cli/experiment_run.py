@@ -19,6 +19,11 @@ SFT run: the LoRA initialization and the order of the training batches (:attr:`a
 the teacher data are made once per task. Intervals: :mod:`arte.stats` via
 :mod:`arte_cli.experiment_report`.
 
+A task whose drafts give no preference pair (``no_signal``: every rationale ties, or no difference beyond
+noise) or whose teacher data leave no training example (``no_data``) is reported with its ``outcome``,
+the ``reason`` and the numbers (the pipeline's ``signal``, or the data counts), without training or
+evaluation, and the experiment goes on with the other tasks. The others have ``outcome: compared``.
+
 Every step is cached under ``--work``, keyed by everything it depends on (a rerun with the same settings
 recomputes nothing; a changed setting reruns only the steps that depend on it)::
 
@@ -291,7 +296,8 @@ class _TaskRun:
         return results
 
     def training_data(self, fmt: Any, datasets: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-        """Each condition's training records, equal in number (see the module docstring), and the counts."""
+        """Each condition's training records, equal in number (see the module docstring), and the counts;
+        with none to train on, the counts carry the ``problem``."""
         from arte.sft_data import encode_records
 
         max_length = self.s.sft.max_length
@@ -300,12 +306,13 @@ class _TaskRun:
             too_long = set(encode_records(fmt, recs, max_length)[1])
             fit[c] = [r for r in recs if r.id not in too_long]
         data, n = equalize(fit, self.s.train_size)
+        info: dict[str, Any] = {}
         if n == 0:
             empty = [c for c, v in fit.items() if not v]
-            raise ConfigError("tailor_questions", f"{self.task.name}: no usable training examples from the "
-                                                  f"{' and '.join(empty) or 'capped'} teacher data; raise "
-                                                  f"--tailor-questions or --sft-max-length, or lower --check-samples")
-        info = {"kept": {c: len(v) for c, v in datasets.items()}, "fit": {c: len(v) for c, v in fit.items()},
+            info["problem"] = (f"{self.task.name}: no usable training examples from the "
+                               f"{' and '.join(empty) or 'capped'} teacher data; raise --tailor-questions or "
+                               f"--sft-max-length, or lower --check-samples")
+        info |= {"kept": {c: len(v) for c, v in datasets.items()}, "fit": {c: len(v) for c, v in fit.items()},
                 "used": n, "dropped_too_long": {c: len(v) - len(fit[c]) for c, v in datasets.items()},
                 "truncated": {c: len(v) - n for c, v in fit.items()},
                 "identical": len({(r.question, r.rationale) for r in data["original"]}
@@ -317,6 +324,19 @@ class _TaskRun:
 
     # ---- the whole task ------------------------------------------------------------------------------
 
+    def _not_compared(self, outcome: str, reason: str, stages: dict[str, Any], split: Any,
+                      **numbers: Any) -> dict[str, Any]:
+        """The record of a task that cannot be compared (``no_signal``, ``no_data``): why, with the numbers."""
+        log.warning("task %s: %s: %s", self.task.name, outcome, reason)
+        _timed(self.seconds, "total", self._t_task)
+        return {"task": self.task.name, "source": str(self.task.source), "sha256": self.task_sha,
+                "kind": self.task.kind, "eval_mode": self.mode, "outcome": outcome, "reason": reason, **numbers,
+                "split": {"seeds": len(split.seeds), "validation": len(split.validation),
+                          "holdout_available": len(split.holdout)},
+                "pipeline": stages, "runs": [], "seconds": self.seconds,
+                "compute_seconds": {"pipeline": round(sum(v["seconds"] for v in stages.values()), 1)},
+                "cached": self.cached, "work_dir": str(self.work)}
+
     def run(self) -> dict[str, Any]:
         from arte.backends.hf import load_hf
         from arte.drafts import read_drafts
@@ -324,13 +344,20 @@ class _TaskRun:
         from arte.sft_data import ChatFormat
         from arte.tasks import label_counts
 
-        t_task = time.perf_counter()
+        from arte_cli.experiment_report import COMPARED, NO_DATA, NO_SIGNAL
+
+        t_task = self._t_task = time.perf_counter()
         t0 = time.perf_counter()
         runner = self.pipeline()
         summary = runner.run()
         _timed(self.seconds, "pipeline", t0)
-        self.cached += [f"pipeline/{k}" for k, v in summary["stages"].items() if v["skipped"]]
+        self.cached += [f"pipeline/{k}" for k, v in summary["stages"].items() if v["skipped"] and "stopped" not in v]
         split = runner.split
+        stages = {k: {"skipped": v["skipped"], "seconds": v["seconds"], "summary": v["summary"],
+                      **({"stopped": v["stopped"]} if "stopped" in v else {})}
+                  for k, v in summary["stages"].items()}
+        if summary["outcome"] == NO_SIGNAL:
+            return self._not_compared(NO_SIGNAL, summary["reason"], stages, split, signal=summary["signal"])
         if not split.holdout:
             raise ConfigError("holdout", f"task {self.task.name} has no items left for the holdout after "
                                          f"{len(split.seeds)} seeds and {len(split.validation)} validation items")
@@ -346,6 +373,8 @@ class _TaskRun:
         del model
         fmt = ChatFormat(tok, self.task.instruction)
         data, data_info = self.training_data(fmt, {"original": original, "arte": arte})
+        if data_info["used"] == 0:
+            return self._not_compared(NO_DATA, data_info["problem"], stages, split, data=data_info)
 
         runs: list[dict[str, Any]] = []
         t0 = time.perf_counter()
@@ -370,10 +399,8 @@ class _TaskRun:
                    "sft": sum(v["seconds"] for v in training.values()),
                    "eval": sum(r["seconds"] for r in runs)}
         chance = (sum(1 / len(e.choices) for e in items) / len(items)) if self.task.kind == "multiple_choice" else 0.0
-        stages = {k: {"skipped": v["skipped"], "seconds": v["seconds"], "summary": v["summary"]}
-                  for k, v in summary["stages"].items()}
         return {"task": self.task.name, "source": str(self.task.source), "sha256": self.task_sha,
-                "kind": self.task.kind, "eval_mode": self.mode, "chance": round(chance, 4),
+                "kind": self.task.kind, "eval_mode": self.mode, "outcome": COMPARED, "chance": round(chance, 4),
                 "holdout_ids": [e.id for e in items], "demo_ids": [d.id for d in demos],
                 "split": {"seeds": len(split.seeds), "validation": len(split.validation),
                           "holdout_available": len(split.holdout)},
@@ -394,7 +421,7 @@ def _convert_dir() -> Path:
 def run_experiment(task_paths: Sequence[Path], s: ExperimentSettings, work: Path, bars: Bars) -> dict[str, Any]:
     """Run every task (see the module docstring) and return the result document
     (:mod:`arte_cli.experiment_report`)."""
-    from arte_cli.experiment_report import FORMAT, summarize
+    from arte_cli.experiment_report import COMPARED, FORMAT, summarize
 
     t0 = time.perf_counter()
     m = _models(s)
@@ -405,7 +432,8 @@ def run_experiment(task_paths: Sequence[Path], s: ExperimentSettings, work: Path
         except ArteError:
             log.error("task %s failed; the steps it finished stay cached under %s for a rerun", path, work)
             raise
-        t.update(summarize(t["runs"], s.shots, n_boot=s.n_boot, level=s.level, seed=0))
+        if t["outcome"] == COMPARED:
+            t.update(summarize(t["runs"], s.shots, n_boot=s.n_boot, level=s.level, seed=0))
         tasks.append(t)
     return {"format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "settings": {**s.to_dict(), "tasks": [str(p) for p in task_paths]},

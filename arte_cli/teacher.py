@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from arte.errors import ArteError
+from arte.pair_rules import COMPARISONS
 
 __all__ = ["COMMANDS"]
 
@@ -269,7 +270,9 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
             finally:
                 s.close()
             scores = {x.draft_id: (float(x.n_items), float(x.n_correct)) for x in res.scores}
-            write_scores(out_path, task.name, mode, len(split.validation), scores, res.stats)
+            write_scores(out_path, task.name, mode, len(split.validation), scores, res.stats,
+                         outcomes={x.draft_id: list(row) for x, row in zip(res.scores, res.outcomes)},
+                         item_ids=res.item_ids)
         except ArteError as e:
             _fail(e)
     from arte.tasks import label_counts
@@ -290,29 +293,35 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
 @click.option("--kinds", default="question,rationale", show_default=True, help="Pair kinds, comma-separated.")
 @click.option("--min-items", default=1.0, show_default=True, type=float, help="Items a score needs to count.")
 @click.option("--min-margin", default=0.0, show_default=True, type=float,
-              help="A pair's score difference must exceed this (0: skip ties).")
+              help="A pair's score difference must exceed this, on top of the noise rule.")
+@click.option("--confidence", default=0.9, show_default=True, type=float,
+              help="Two-sided level at which chosen must beat rejected beyond noise (0: point estimates).")
+@click.option("--comparison", type=click.Choice(COMPARISONS), default="paired", show_default=True,
+              help="paired: rationales scored on the same items are compared item by item (needs the "
+                   "outcomes `arte score` writes); intervals: chosen's lower bound above rejected's upper bound.")
 @_common
 def pairs(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, drafts_path: Path, scores_path: Path,
-          out_path: Path, kinds: str, min_items: float, min_margin: float, threads: int | None, verbose: bool,
-          as_json: bool) -> None:
-    """Build DPO preference pairs from drafts and their scores (writes pairs JSONL)."""
+          out_path: Path, kinds: str, min_items: float, min_margin: float, confidence: float, comparison: str,
+          threads: int | None, verbose: bool, as_json: bool) -> None:
+    """Build DPO preference pairs from drafts and their scores (writes pairs JSONL; none without signal)."""
     from arte.drafts import read_drafts
-    from arte.pairs import PairConfig, build_pairs, pair_counts, score_table, write_pairs
-    from arte.pipeline import read_scores
+    from arte.pairs import PairConfig, pair_counts, score_table, select_pairs, write_pairs
+    from arte.pipeline import read_score_estimates
 
     with _session(verbose):
         try:
-            cfg = PairConfig(kinds=_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=n_seeds)
+            cfg = PairConfig(kinds=_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=n_seeds,
+                             confidence=confidence, comparison=comparison)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             drafts = read_drafts(drafts_path)
-            scores = read_scores(scores_path)
-            built = build_pairs(task, drafts, scores, split.seeds, cfg)
-            write_pairs(out_path, built)
+            scores = read_score_estimates(scores_path)
+            res = select_pairs(task, drafts, scores, split.seeds, cfg)
+            write_pairs(out_path, res.pairs)
         except ArteError as e:
             _fail(e)
-    data = {"task": task.name, "out": str(out_path), "pairs": len(built), **pair_counts(built),
-            **score_table(drafts, scores, cfg).summary()}
-    _emit(data, as_json, f"{len(built)} pairs ({pair_counts(built)}) -> {out_path}")
+    data = {"task": task.name, "out": str(out_path), "pairs": len(res.pairs), **pair_counts(res.pairs),
+            **score_table(drafts, scores, cfg).summary(), "selection": res.to_dict()}
+    _emit(data, as_json, f"{res.describe()} -> {out_path}")
 
 
 def _align_options(f: Callable) -> Callable:
@@ -478,6 +487,9 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @click.option("--check-samples", default=1, show_default=True, type=click.IntRange(0, 16),
               help="Consistency samples per tailored example.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option("--pair-confidence", default=0.9, show_default=True, type=float,
+              help="Level at which a pair's chosen must beat rejected beyond noise (0: point estimates); "
+                   "without any pair the run ends as no signal.")
 @click.option("--stages", default="draft,score,pairs,align,tailor", show_default=True,
               help="Stages to run, comma-separated.")
 @click.option("--force", default="", help="Stages to re-run even when up to date, comma-separated.")
@@ -488,8 +500,8 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
              endpoint_timeout: float, work_dir: Path, student: str,
              student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
              question_tokens: int,
-             rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, stages: str, force: str,
-             threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
+             rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, pair_confidence: float,
+             stages: str, force: str, threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
     """Run draft -> score -> pairs -> align -> tailor in a work directory, resuming finished stages."""
     from arte.elicit import ElicitConfig
     from arte.models import resolve_model
@@ -507,7 +519,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
             cfg = PipelineConfig(
                 elicit=ElicitConfig(n_questions=n_questions, styles=_styles(styles),
                                     rationale_max_new_tokens=rationale_tokens, **q),
-                scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=n_seeds),
+                scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=n_seeds, confidence=pair_confidence),
                 align=_align_config(**align_opts),
                 tailor=TailorConfig(n_questions=tailor_questions, check_samples=check_samples,
                                     rationale_max_new_tokens=rationale_tokens, **q),
@@ -528,6 +540,8 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
             _fail(e)
     lines = [f"{name:7} {'skipped' if s['skipped'] else 'ran'} {s['seconds']:>8.1f}s  "
              f"{json.dumps(s['summary'], default=str)[:160]}" for name, s in summary["stages"].items()]
+    if summary.get("reason"):   # no signal: the later stages stopped
+        lines.append(summary["reason"])
     _emit(summary, as_json, "\n".join(lines + [f"total {summary['seconds']:.1f}s in {work_dir}"]))
 
 

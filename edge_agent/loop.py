@@ -7,6 +7,11 @@ killed at any point resumes where it was and never reports twice:
 
 * ``round:<id>``   ``drafts`` (saved to the state dir) -> ``queued`` (report + privacy charge + journal in
   ONE transaction; the outbox delivers it) or ``skipped`` (with the reason);
+
+A device scores a question's rationales together, on the same items: when the round has more drafts than
+the profile's ``max_drafts``, it samples whole questions (:func:`sample_by_question`), never single drafts,
+and when its time budget stops scoring inside a question, that question's scores are left out of the
+report. The server compares the rationales of a question only when the same devices scored them.
 * ``dataset:<id>`` ``downloaded`` (verified) -> ``trained`` (adapter recorded, kept if better, metrics
   queued, in one transaction) or ``failed`` after :data:`MAX_TRAIN_FAILURES` failures.
 
@@ -20,6 +25,7 @@ tests and other trainers plug in without touching the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -45,7 +51,7 @@ from edge_agent.sync import deliver, queue_metrics, queue_report
 from edge_agent.training import TrainingIncomplete, TrainRequest, TrainResult
 from firmware_profiles import Profile
 
-__all__ = ["Agent", "Iteration", "run_once", "run_forever", "TrainStep", "MAX_TRAIN_FAILURES"]
+__all__ = ["Agent", "Iteration", "run_once", "run_forever", "sample_by_question", "TrainStep", "MAX_TRAIN_FAILURES"]
 
 log = logging.getLogger(__name__)
 MAX_TRAIN_FAILURES = 3
@@ -112,6 +118,43 @@ def _fetch_drafts(agent: Agent, rnd: RoundInfo, key: str) -> None:
     agent.state.set_journal(key, "drafts", {"path": str(path), "n_drafts": len(drafts)})
 
 
+def _question(d: Any) -> str:
+    return d.question_id or d.id
+
+
+def sample_by_question(drafts: list[Any], max_drafts: int, rng: random.Random) -> list[Any]:
+    """At most ``max_drafts`` drafts made of whole questions (all rationales of each), questions in random
+    order; a question with more rationales than the budget left is passed over. Ordered by question, so a
+    time budget that stops scoring cuts at most one question."""
+    groups: dict[str, list[Any]] = {}
+    for d in drafts:
+        groups.setdefault(_question(d), []).append(d)
+    order = sorted(groups)
+    if sum(len(g) for g in groups.values()) > max_drafts:
+        rng.shuffle(order)
+        chosen, n = [], 0
+        for q in order:
+            if n + len(groups[q]) <= max_drafts:
+                chosen.append(q)
+                n += len(groups[q])
+        order = sorted(chosen)
+    return [d for q in order for d in sorted(groups[q], key=lambda d: d.id)]
+
+
+def _whole_questions(result: Any, drafts: list[Any]) -> tuple[Any, list[Any]]:
+    """The scores of the questions whose every rationale was scored (a time budget may stop inside one)."""
+    question = {d.id: _question(d) for d in drafts}
+    scored = {s.draft_id for s in result.scores}
+    partial = {question[d.id] for d in drafts if d.id not in scored}
+    keep = [i for i, s in enumerate(result.scores) if question[s.draft_id] not in partial]
+    if len(keep) == len(result.scores):
+        return result, drafts
+    kept = [result.scores[i] for i in keep]
+    ids = {s.draft_id for s in kept}
+    return (dataclasses.replace(result, scores=kept, outcomes=result.outcomes[keep], complete=False),
+            [d for d in drafts if d.id in ids])
+
+
 def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> dict[str, Any]:
     """Score, then queue the report with its journal step in one transaction."""
     p = agent.profile
@@ -122,11 +165,13 @@ def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> di
                   f"needs {rnd.min_items}")
         agent.state.set_journal(key, "skipped", {"reason": reason})
         return {"round_id": rnd.round_id, "step": "skipped", "reason": reason}
-    drafts = read_drafts(drafts_path)
-    if len(drafts) > p.scoring.max_drafts:
-        # Each device scores its own sample, so together the fleet covers every draft.
-        rng = random.Random(f"{agent.state.get('device_id')}:{rnd.round_id}")
-        drafts = sorted(rng.sample(drafts, p.scoring.max_drafts), key=lambda d: d.id)
+    # Each device scores its own sample of whole questions, so together the fleet covers every draft.
+    rng = random.Random(f"{agent.state.get('device_id')}:{rnd.round_id}")
+    drafts = sample_by_question(read_drafts(drafts_path), p.scoring.max_drafts, rng)
+    if not drafts:
+        reason = f"no question of the round fits the profile's max_drafts ({p.scoring.max_drafts})"
+        agent.state.set_journal(key, "skipped", {"reason": reason})
+        return {"round_id": rnd.round_id, "step": "skipped", "reason": reason}
     cfg = ScoringConfig(mode=rnd.mode, max_new_tokens=min(rnd.max_new_tokens, p.scoring.max_new_tokens))
     active = agent.state.active_adapter()
     student = agent.open_student(p, active["path"] if active else None)
@@ -138,6 +183,7 @@ def _score_round(agent: Agent, rnd: RoundInfo, key: str, drafts_path: str) -> di
         student.close()
     learn_from_round(agent.state.dir, result, [d.question_id for d in drafts], p.scoring.irt_keep_items,
                      p.scoring.irt_min_drafts, labels={e.id: label_of(e) for e in items})
+    result, drafts = _whole_questions(result, drafts)
     if not result.scores:
         reason = f"the time budget ({p.budget.score_seconds} s) ran out before one draft was scored"
         agent.state.set_journal(key, "skipped", {"reason": reason})

@@ -21,7 +21,12 @@ distinct devices).
 
 Threshold: :func:`arte.privacy.cohort_threshold` decides ``may_align`` (at least k distinct devices
 reported and at least one draft was scored by k of them); only eligible drafts may enter preference
-pairs (:meth:`CohortAggregate.alignment_scores`). ``meets_k`` (k devices reported at all) is kept for
+pairs (:meth:`CohortAggregate.alignment_scores`). They reach :func:`arte.pairs.select_pairs` as
+:class:`arte.pair_rules.ScoreEstimate` (:meth:`CohortAggregate.alignment_estimates`): the pooled score
+and its pooled ``variance`` (item sampling plus local-DP noise), so a pair needs a margin beyond that
+noise; the estimate's ``unit`` is the set of devices that scored the draft (each device scores all its
+drafts of a round on the same items), so rationales of a question are compared only when the same
+devices scored them. ``meets_k`` (k devices reported at all) is kept for
 older readers. A device whose stored rows its declared mechanism cannot have produced (possible only for
 rows stored before the server checked reports on arrival) is left out and listed in ``excluded``.
 """
@@ -38,6 +43,7 @@ import numpy as np
 
 from arte import wire
 from arte.errors import ReportContentError
+from arte.pair_rules import ScoreEstimate
 from arte.privacy import cohort_threshold, estimate_report, pool_estimates
 
 __all__ = ["ScoreRow", "DraftAggregate", "CohortAggregate", "aggregate", "stored_decision"]
@@ -69,6 +75,7 @@ class DraftAggregate:
     ci_low: float | None = None  # 95% normal interval of ``accuracy``
     ci_high: float | None = None
     eligible: bool = False  # scored by at least k distinct devices
+    devices: tuple[str, ...] = ()  # the devices whose reports it was pooled from (not stored)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,10 +116,16 @@ class CohortAggregate:
             return {}
         return {d: a.score for d, a in self.drafts.items() if a.eligible and a.score is not None}
 
-    def alignment_counts(self) -> dict[str, tuple[float, float]]:
-        """The same drafts as (n_items, n_correct) for :func:`arte.pairs.build_pairs`: the pooled item
-        count and ``score × n_items``, so the pairs rank drafts by exactly the pooled score."""
-        return {d: (self.drafts[d].n_items, s * self.drafts[d].n_items) for d, s in self.alignment_scores().items()}
+    def alignment_estimates(self) -> dict[str, ScoreEstimate]:
+        """The same drafts as :class:`~arte.pair_rules.ScoreEstimate` for :func:`arte.pairs.select_pairs`:
+        the pooled score, its pooled variance (noise included) and, as the unit, the devices that scored it.
+        Drafts without a finite variance are left out."""
+        out = {}
+        for d, s in self.alignment_scores().items():
+            a = self.drafts[d]
+            if a.variance is not None and a.n_items > 0:
+                out[d] = ScoreEstimate(a.n_items, s, a.variance, unit=",".join(sorted(a.devices)))
+        return out
 
 
 def _finite(x: float) -> float | None:
@@ -150,9 +163,11 @@ def aggregate(rows: Iterable[ScoreRow], min_devices: int) -> CohortAggregate:
     pooled = pool_estimates(estimates.values())
     decision = cohort_threshold({d: [e.draft_id for e in ests] for d, ests in estimates.items()}, min_devices)
     correct: dict[str, float] = {}
-    for ests in estimates.values():
+    devices: dict[str, list[str]] = {}
+    for device_id, ests in estimates.items():
         for e in ests:
             correct[e.draft_id] = correct.get(e.draft_id, 0.0) + e.correct
+            devices.setdefault(e.draft_id, []).append(device_id)
     drafts: dict[str, DraftAggregate] = {}
     for draft_id in order:
         p = pooled.get(draft_id)
@@ -171,6 +186,7 @@ def aggregate(rows: Iterable[ScoreRow], min_devices: int) -> CohortAggregate:
             ci_low=_finite(p.ci_low),
             ci_high=_finite(p.ci_high),
             eligible=draft_id in decision.drafts,
+            devices=tuple(devices[draft_id]),
         )
     return CohortAggregate(
         n_devices=len(estimates),

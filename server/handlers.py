@@ -9,9 +9,12 @@ cancelled or taken away; it raises :class:`~server.errors.JobError` for a failur
 * ``elicit`` — the teacher writes drafts for the cohort's task (``arte.elicit.elicit_drafts``); they
   become a new open round.
 * ``align`` — refuses unless the cohort may align (``arte.privacy.cohort_threshold``: k distinct
-  devices reported); builds chosen/rejected pairs from the drafts that k devices scored
-  (``arte.pairs.build_pairs``) and aligns the teacher with DPO (``arte.dpo.align``) into a
-  LoRA adapter for the cohort, in the worker or under ``accelerate launch`` (``align_launcher``).
+  devices reported); builds chosen/rejected pairs from the drafts that k devices scored, each pair
+  beyond the noise of the pooled scores (``arte.pairs.select_pairs``), and aligns the teacher with DPO
+  (``arte.dpo.align``) into a LoRA adapter for the cohort, in the worker or under ``accelerate launch``
+  (``align_launcher``). When no pair passes, the job *succeeds* with ``outcome: no_signal`` (retrying
+  cannot change the reports), the numbers in ``pair_selection`` and the cohort's adapter unchanged;
+  with pairs, ``outcome: pairs``.
 * ``tailor`` — the (aligned) teacher writes a tailored dataset (``arte.tailor.tailor_dataset``), stored
   as the cohort's newest dataset.
 
@@ -190,17 +193,19 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         task, seeds = _arte_task(s, rnd.cohort_id)
         drafts_raw = fleet.round_drafts(s, rnd).drafts
         cohort = fleet.get_cohort(s, rnd.cohort_id)
-    from arte.pairs import PairConfig, build_pairs
+    from arte.pairs import NO_SIGNAL, PairConfig, select_pairs
 
     from arte.drafts import draft_from_dict
 
-    scores = agg.alignment_counts()  # only drafts scored by at least k distinct devices
+    scores = agg.alignment_estimates()  # only drafts scored by at least k distinct devices
     drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
     ctx.log(f"{len(drafts)} of {len(drafts_raw)} drafts were scored by at least k={agg.min_devices} devices")
-    pairs = build_pairs(task, drafts, scores, seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
-    if not pairs:
-        raise JobError("no preference pairs: the drafts' scores do not separate (ties or too few items)",
-                       retry=False)
+    selection = select_pairs(task, drafts, scores, seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
+    pairs = selection.pairs
+    ctx.log(f"pairs: {selection.describe()}", "info" if pairs else "warning")
+    if not pairs:   # a result, not a failure: the teacher stays as it is
+        return {"outcome": NO_SIGNAL, "reason": selection.describe(), "adapter": None, "n_pairs": 0,
+                "n_devices": agg.n_devices, "pair_selection": selection.to_dict()}
     out_dir = Path(ctx.settings.data_dir) / "adapters" / rnd.cohort_id / ctx.claim.job_id
     config = ctx.claim.params.get("config", {})
     if ctx.settings.align_launcher == "accelerate":
@@ -223,8 +228,8 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
     with transaction(ctx.sessions) as s:
         fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
     ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
-    return {"adapter": str(out_dir), "n_pairs": len(pairs), "n_devices": agg.n_devices,
-            **_align_summary(out_dir)}
+    return {"outcome": selection.outcome, "adapter": str(out_dir), "n_pairs": len(pairs),
+            "n_devices": agg.n_devices, "pair_selection": selection.to_dict(), **_align_summary(out_dir)}
 
 
 def _align_summary(out_dir: Path) -> dict[str, Any]:

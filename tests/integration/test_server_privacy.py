@@ -170,8 +170,8 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
     f = fleet
     cohort = f.cohort(k=2)
     rnd = f.round(cohort, n_drafts=3)
-    _, a = f.device(cohort)
-    _, b = f.device(cohort)
+    a_id, a = f.device(cohort)
+    b_id, b = f.device(cohort)
     f.ok(f.report(rnd, a, [("d0", 10, 9), ("d1", 10, 2)]))
     f.ok(f.report(rnd, b, [("d2", 10, 5)]))
     job = {"kind": "align", "cohort_id": cohort, "round_id": rnd}
@@ -186,12 +186,12 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
     f.ok(f.report(rnd, b, [("d0", 10, 7), ("d2", 10, 5)]))
     seen: dict[str, Any] = {}
 
-    def build_pairs(task, drafts, scores, seeds, config):  # records what alignment would be built from
+    def select_pairs(task, drafts, scores, seeds, config):  # records what alignment would be built from
         seen.update(drafts=[d.id for d in drafts], scores=dict(scores))
         raise JobError("stop after the pairs' inputs", retry=False)
 
     fake = types.ModuleType("arte.pairs")
-    fake.build_pairs, fake.PairConfig = build_pairs, lambda **kw: kw
+    fake.select_pairs, fake.PairConfig, fake.NO_SIGNAL = select_pairs, lambda **kw: kw, "no_signal"
     monkeypatch.setitem(sys.modules, "arte.pairs", fake)
     made = f.ok(f.client.post(f"{API}/jobs", json={**job, "round_id": rnd}, headers=f.admin), 201)
     Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once()
@@ -199,8 +199,12 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
         "stop after the pairs' inputs"
         in f.ok(f.client.get(f"{API}/jobs/{made['job_id']}", headers=f.admin))["error"]
     )
-    # (n_items, n_correct) as arte.pairs reads them: the pooled 20 items at the pooled score 0.8
-    assert seen == {"drafts": ["d0"], "scores": {"d0": pytest.approx((20.0, 16.0))}}
+    # as arte.pairs reads them: the pooled 20 items at the pooled score 0.8 with its pooled (binomial)
+    # variance, scored by devices a and b
+    assert seen["drafts"] == ["d0"] and list(seen["scores"]) == ["d0"]
+    est = seen["scores"]["d0"]
+    assert (est.n_items, est.score, est.variance) == (20.0, pytest.approx(0.8), pytest.approx(0.8 * 0.2 / 20))
+    assert est.unit == ",".join(sorted([a_id, b_id]))
 
 
 def test_aggregates_stored_before_estimates_existed_still_read(fleet: Fleet) -> None:

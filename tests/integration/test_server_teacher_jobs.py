@@ -93,8 +93,9 @@ def test_a_teacher_with_no_usable_drafts_fails_the_job_without_a_round(fleet: Fl
 
 
 def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monkeypatch, tmp_path) -> None:
-    """The reports' pooled scores reach arte.pairs as counts: the best and worst rationale of a question
-    become a pair, and the best and worst questions a question pair (DPO is captured, not run)."""
+    """The reports' pooled scores reach arte.pairs with their pooled variance: the best and worst rationale
+    of a question become a pair, the best and worst questions a question pair, each beyond noise; equal
+    rationales make none (DPO is captured, not run)."""
     import arte.dpo
 
     f = fleet
@@ -103,7 +104,7 @@ def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monk
     rnd = _run(f, {"kind": "elicit", "cohort_id": cohort, "params": {"config": config}})["result"]["round_id"]
     ids = [d["id"] for d in f.ok(f.client.get(f"/api/v1/rounds/{rnd}/drafts", headers=f.admin))["drafts"]]
     assert ids[:2] == ["q0000-plain", "q0000-expert"]
-    correct = {d: 5 for d in ids} | {"q0000-plain": 9, "q0000-expert": 2}
+    correct = {d: 5 for d in ids} | {"q0000-plain": 9, "q0000-expert": 2, "q0003-plain": 1, "q0003-expert": 1}
     for _ in range(2):   # two devices, the same counts
         _, dev = f.device(cohort)
         f.ok(f.report(rnd, dev, [(d, 10, correct[d]) for d in ids]))
@@ -134,4 +135,35 @@ def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monk
     assert job["result"]["pairs"]["held_out"] == 1 and job["result"]["losses"][0]["lr"] == 5e-5
     r = kinds["rationale"]
     assert (r.chosen_ids, r.rejected_ids, round(r.margin, 6)) == (("q0000-plain",), ("q0000-expert",), 0.7)
-    assert kinds["question"].chosen_ids == ("q0000",)      # its mean score 0.55 beats the others' 0.5
+    assert kinds["question"].chosen_ids == ("q0000",)      # its mean score 0.55 beats q0003's 0.1
+    assert kinds["question"].rejected_ids == ("q0003",)
+    sel = job["result"]["pair_selection"]
+    assert job["result"]["outcome"] == sel["outcome"] == "pairs"
+    assert sel["skipped"]["rationale"] == {"tie": 3} and sel["comparisons"] == {"paired": 0, "intervals": 1}
+    assert sel["signal"]["items"] == {"min": 20.0, "max": 20.0} and sel["criterion"]["confidence"] == 0.9
+
+
+def test_align_without_signal_succeeds_as_no_signal_and_keeps_the_teacher(fleet: Fleet, scripted, monkeypatch) -> None:
+    """Every draft scored alike: no pair. The job ends once, as "no signal" with the numbers, not as a
+    failure to retry; DPO never runs and the cohort keeps its adapter (none)."""
+    import arte.dpo
+
+    f = fleet
+    cohort = f.cohort(k=2)
+    config = {"n_questions": 4, "styles": ["plain", "expert"], "batch_size": 4}
+    rnd = _run(f, {"kind": "elicit", "cohort_id": cohort, "params": {"config": config}})["result"]["round_id"]
+    ids = [d["id"] for d in f.ok(f.client.get(f"/api/v1/rounds/{rnd}/drafts", headers=f.admin))["drafts"]]
+    for _ in range(2):
+        _, dev = f.device(cohort)
+        f.ok(f.report(rnd, dev, [(d, 6, 4) for d in ids]))
+    monkeypatch.setattr(arte.dpo, "align", lambda *a, **kw: pytest.fail("DPO must not run without pairs"))
+    job = _run(f, {"kind": "align", "cohort_id": cohort, "round_id": rnd, "max_attempts": 3})
+    res = job["result"]
+    assert job["state"] == "succeeded" and job["attempts"] == 1 and job["error"] is None
+    assert res["outcome"] == "no_signal" and res["n_pairs"] == 0 and res["adapter"] is None
+    sel = res["pair_selection"]
+    assert sel["skipped"] == {"question": {"tie": 1}, "rationale": {"tie": 4}}
+    assert sel["signal"]["scores"]["spread"] == 0.0 and sel["signal"]["items"] == {"min": 12.0, "max": 12.0}
+    assert sum(sel["signal"]["answers"].values()) == 8
+    assert "no signal" in res["reason"] and any("no signal" in m for m in job["logs"])
+    assert f.ok(f.client.get(f"/api/v1/cohorts/{cohort}", headers=f.admin)).get("adapter") is None

@@ -58,6 +58,24 @@ def test_draft_via_endpoint_then_pairs(tmp_path: Path, task_file: Path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["rationale"] == 6 and doc["pairs"] == len(read_pairs(pairs_path)) == doc["rationale"] + doc["question"]
+    sel = doc["selection"]
+    assert sel["outcome"] == "pairs" and sel["n_pairs"] == doc["pairs"] and sel["comparisons"]["intervals"] == 6
+    assert sel["signal"]["drafts"] == 12 and sel["criterion"] == {"confidence": 0.9, "z": 1.6449,
+                                                                  "comparison": "paired", "min_margin": 0.0,
+                                                                  "min_items": 1.0}
+
+    # every draft alike: no pair is a result (exit 0, an empty file, the numbers in --json)
+    write_scores(scores_path, "sports", "loglik", 10, {d.id: (10.0, 5.0) for d in drafts},
+                 outcomes={d.id: [1] * 5 + [0] * 5 for d in drafts}, item_ids=[f"i{k}" for k in range(10)])
+    res = runner.invoke(main, ["pairs", "--task", str(task_file), "--drafts", str(drafts_path), "--scores",
+                               str(scores_path), "--out", str(pairs_path), "--json"])
+    assert res.exit_code == 0, res.output
+    sel = json.loads(res.stdout)["selection"]
+    assert sel["outcome"] == "no_signal" and read_pairs(pairs_path) == []
+    assert sel["skipped"]["rationale"] == {"tie": 6} and sel["signal"]["scores"]["spread"] == 0.0
+    res = runner.invoke(main, ["pairs", "--task", str(task_file), "--drafts", str(drafts_path), "--scores",
+                               str(scores_path), "--out", str(pairs_path), "--comparison", "vibes"])
+    assert res.exit_code == 2 and "--comparison" in res.output
 
 
 def test_bad_inputs_exit_with_input_code(tmp_path: Path, task_file: Path) -> None:

@@ -1,5 +1,6 @@
 """`arte pipeline` end to end on the embedded model (teacher and student), tiny settings: every stage's
-files exist and are well-formed, and a second run resumes (skips every stage)."""
+files exist and are well-formed (or the run ends as "no signal", with its numbers), and a second run
+resumes (skips every stage)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.slow
 ARGS = ["--n-questions", "10", "--styles", "plain,eliminate", "--validation", "12", "--question-tokens", "160",
         "--rationale-tokens", "64", "--tailor-questions", "4", "--check-samples", "0", "--steps", "2",
         "--batch-size", "2", "--max-length", "256", "--lr", "1e-4", "--eval-pairs", "2",
-        "--threads", "1", "--json"]   # one thread: two spin-wait each other on a shared 2-core machine
+        "--threads", "1", "--json",   # one thread: two spin-wait each other on a shared 2-core machine
+        "--pair-confidence", "0"]     # point estimates: ten drafts rarely separate beyond noise (unit-tested)
 
 
 def test_pipeline_end_to_end_and_resume(tmp_path: Path, default_model, bigbench_dir: Path) -> None:
@@ -31,7 +33,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, default_model, bigbench_
     doc = json.loads(res.stdout)
     stages = doc["stages"]
     assert list(stages) == ["draft", "score", "pairs", "align", "tailor"]
-    assert not any(s["skipped"] for s in stages.values())
+    assert not any(s["skipped"] for k, s in stages.items() if k in ("draft", "score", "pairs"))
 
     drafts = read_drafts(work / "drafts.jsonl")
     assert drafts and {d.style for d in drafts} <= {"plain", "eliminate"}
@@ -41,15 +43,24 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, default_model, bigbench_
     scores = read_scores(work / "scores.json")
     assert set(scores) == {d.id for d in drafts} and {n for n, _ in scores.values()} == {12.0}
     pairs = read_pairs(work / "pairs.jsonl")
-    assert pairs and all(p.margin > 0 for p in pairs)
-    meta = json.loads((work / "adapter" / "arte_align.json").read_text())
-    assert meta["steps"] == 2 and meta["pairs"]["total"] == len(pairs)
-    manifest = json.loads((work / "tailored" / "manifest.json").read_text())
-    data = (work / "tailored" / "dataset.jsonl").read_bytes()
-    assert manifest["sha256"] == hashlib.sha256(data).hexdigest() and manifest["size"] == len(data)
-    assert manifest["adapter"] == "aligned" and 1 <= manifest["counts"]["questions"] <= 4
-    if manifest["n_examples"]:
-        assert len(read_drafts(work / "tailored" / "dataset.jsonl")) == manifest["n_examples"]
+    sel = stages["pairs"]["summary"]
+    assert sel["n_pairs"] == len(pairs) and sel["signal"]["drafts"] == len(drafts)
+    # Either outcome is well formed (which one depends on the 135M student's answers on this CPU).
+    assert doc["outcome"] == sel["outcome"] in ("pairs", "no_signal")
+    if doc["outcome"] == "no_signal":
+        assert pairs == [] and "no signal" in doc["reason"] and doc["signal"] == sel["signal"]
+        assert all(stages[k]["stopped"] == "no_signal" for k in ("align", "tailor"))
+        assert not (work / "adapter").exists() and not (work / "tailored").exists()
+    else:
+        assert pairs and all(p.margin > 0 for p in pairs)
+        meta = json.loads((work / "adapter" / "arte_align.json").read_text())
+        assert meta["steps"] == 2 and meta["pairs"]["total"] == len(pairs)
+        manifest = json.loads((work / "tailored" / "manifest.json").read_text())
+        data = (work / "tailored" / "dataset.jsonl").read_bytes()
+        assert manifest["sha256"] == hashlib.sha256(data).hexdigest() and manifest["size"] == len(data)
+        assert manifest["adapter"] == "aligned" and 1 <= manifest["counts"]["questions"] <= 4
+        if manifest["n_examples"]:
+            assert len(read_drafts(work / "tailored" / "dataset.jsonl")) == manifest["n_examples"]
 
     again = CliRunner().invoke(main, ["pipeline", "--task", task, "--work", str(work), *ARGS])
     assert again.exit_code == 0, again.output + again.stderr

@@ -349,3 +349,61 @@ def test_a_label_copying_student_cannot_score_by_label_on_skewed_private_data(tm
     assert it.round["step"] == "queued" and it.round["labels"] == {"no": 12, "yes": 12}
     (report,) = fleet.report_bodies
     assert {s["draft_id"]: s["n_correct"] for s in report["scores"]} == {"d-yes": 12, "d-no": 12}
+
+
+def _questions(n_questions: int, per_question: int) -> list[dict]:
+    return [{"id": f"q{q:02d}-r{r}", "question": f"Is {q} even?", "question_id": f"q{q:02d}",
+             "rationale": f"Style {r}: {q} is {'even' if q % 2 == 0 else 'odd'}. <ans>{'yes' if q % 2 == 0 else 'no'}</ans>",
+             "answer": "yes" if q % 2 == 0 else "no"} for q in range(n_questions) for r in range(per_question)]
+
+
+class ItemRecordingStudent(CopyingStudent):
+    """Records, per scored draft, the items it was scored on."""
+
+    seen: list[list[bytes]] = []
+
+    def loglik_batch(self, requests):
+        ItemRecordingStudent.seen.append([bytes(t for t in p if t < 256).split(b"\nAnswer:")[-1] for p, _ in requests])
+        return super().loglik_batch(requests)
+
+
+def test_a_device_scores_all_rationales_of_a_question_on_the_same_items(tmp_path: Path, private_data: Path) -> None:
+    """30 questions x 3 rationales = 90 drafts, over the laptop profile's 64: the device samples whole
+    questions (21 of them, 63 drafts), never single drafts, and scores every one on the same items."""
+    fleet = FakeFleet()
+    fleet.open_round(_questions(30, 3))
+    ItemRecordingStudent.seen = []
+    it = run_once(make_agent(tmp_path, fleet, private_data, student=ItemRecordingStudent))
+    reported = [s["draft_id"] for s in fleet.report_bodies[0]["scores"]]
+    by_q: dict[str, int] = {}
+    for d in reported:
+        by_q[d.split("-")[0]] = by_q.get(d.split("-")[0], 0) + 1
+    assert it.round["n_drafts"] == len(reported) == 63 and set(by_q.values()) == {3}
+    assert len(ItemRecordingStudent.seen) == 63 and all(s == ItemRecordingStudent.seen[0] for s in ItemRecordingStudent.seen)
+    assert {s["n_items"] for s in fleet.report_bodies[0]["scores"]} == {len(ItemRecordingStudent.seen[0])}
+
+
+def test_a_time_budget_inside_a_question_leaves_that_question_out(tmp_path: Path, private_data: Path) -> None:
+    fleet = FakeFleet()
+    fleet.open_round(_questions(2, 2))
+    ticks = iter(range(0, 100_000, 170))     # the 600 s budget runs out after the third draft
+    it = run_once(make_agent(tmp_path, fleet, private_data, clock=lambda: float(next(ticks))))
+    assert it.round["complete"] is False and it.round["n_drafts"] == 2
+    assert [s["draft_id"] for s in fleet.report_bodies[0]["scores"]] == ["q00-r0", "q00-r1"]
+
+
+def test_sample_by_question_takes_whole_questions_within_the_budget() -> None:
+    import random
+
+    from arte.drafts import draft_from_dict
+    from edge_agent.loop import sample_by_question
+
+    drafts = [draft_from_dict(d) for d in _questions(5, 3)] + [draft_from_dict(
+        {"id": f"big-r{r}", "question": "Big?", "question_id": "big", "rationale": "x <ans>yes</ans>", "answer": "yes"})
+        for r in range(8)]
+    assert sample_by_question(drafts, 100, random.Random(0)) == sorted(drafts, key=lambda d: (d.question_id, d.id))
+    for seed in range(20):
+        got = sample_by_question(drafts, 7, random.Random(seed))
+        qs = {d.question_id for d in got}
+        assert len(got) <= 7 and "big" not in qs and len(got) == 3 * len(qs) and len(qs) == 2
+    assert sample_by_question(drafts, 2, random.Random(0)) == []

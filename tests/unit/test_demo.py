@@ -124,3 +124,16 @@ def test_fresh_deletes_only_an_earlier_demo(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="work_dir.*notes.txt"):
         clean_work_dir(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_round_without_signal_is_reported_not_failed(tmp_path: Path) -> None:
+    doc = _doc()
+    doc["align"] = {"outcome": "no_signal", "n_pairs": 0, "adapter": None,
+                    "reason": "no signal: no preference pair passes (confidence 0.9; rationale comparisons: none): 4 of 4 drafts scored, "
+                              "2 questions, 12 items each; scores 0.583-0.583 (1 distinct)",
+                    "pair_selection": {"outcome": "no_signal", "skipped": {"rationale": {"tie": 2}}}}
+    text = render_summary(doc)
+    assert "DPO: not run, no signal: no preference pair passes" in text and "0.583-0.583" in text
+    assert "unaligned teacher" in text and "ds_1" in text and "demo-device-1" in text
+    page = write_report(doc, tmp_path / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 3 and "no signal" in page

@@ -12,7 +12,7 @@ from arte.elicit import ElicitConfig
 from arte.errors import ConfigError, DraftFormatError
 from arte.models import ModelRef
 from arte.pairs import read_pairs
-from arte.pipeline import Pipeline, PipelineConfig, read_scores, write_scores
+from arte.pipeline import Pipeline, PipelineConfig, read_score_estimates, read_scores, write_scores
 from arte.prompts import RATIONALE_STYLES, question_block
 from arte.tasks import Example, Task
 from tests.teacher_fakes import LastAnswerCopyingStudent, ScriptedTeacher, is_question_prompt
@@ -72,7 +72,7 @@ def test_file_stages_run_resume_and_invalidate(tmp_path) -> None:
     pairs = read_pairs(p.paths["pairs"])
     assert {pr.kind for pr in pairs} == {"rationale"}       # every question has the same s_q: no question pairs
     assert all(pr.chosen_ids[0].endswith("-rules") for pr in pairs) and len(pairs) == 8
-    assert out["stages"]["pairs"]["summary"]["rationale"] == 8
+    assert out["stages"]["pairs"]["summary"]["rationale"] == 8 and out["outcome"] == "pairs"
     # label distributions: the drafts' answers, the validation items (one label: the data allow no balance)
     assert out["stages"]["draft"]["summary"]["labels"] == {"implausible": 8, "plausible": 8}
     assert json.loads(p.paths["drafts_report"].read_text())["labels"] == {"implausible": 8, "plausible": 8}
@@ -103,15 +103,62 @@ def test_file_stages_run_resume_and_invalidate(tmp_path) -> None:
     assert out5["stages"]["draft"]["skipped"] is False
 
 
-def test_unknown_stage_and_no_pairs(tmp_path) -> None:
+def test_unknown_stage(tmp_path) -> None:
     p, _ = make_pipeline(tmp_path)
     with pytest.raises(ConfigError, match="unknown stage"):
         p.run(["draft", "distill"])
+
+
+def test_no_signal_is_a_result_that_stops_the_later_stages(tmp_path, monkeypatch) -> None:
+    import arte.pipeline as pipeline_mod
+
+    def no_align(*a, **kw):
+        raise AssertionError("align must not run without pairs")
+
+    monkeypatch.setattr(pipeline_mod, "align", no_align)
+    p, opened = make_pipeline(tmp_path)
     p.run(["draft"])
-    write_scores(p.paths["scores"], "sports", "loglik", 12, {d.id: (12.0, 6.0) for d in read_drafts(p.paths["drafts"])})
+    # every draft 6/12 on the same items with the same outcomes: nothing separates
+    same = [1] * 6 + [0] * 6
+    drafts = read_drafts(p.paths["drafts"])
+    write_scores(p.paths["scores"], "sports", "loglik", 12, {d.id: (12.0, 6.0) for d in drafts},
+                 outcomes={d.id: same for d in drafts}, item_ids=[f"e{i}" for i in range(12)])
     p.state["stages"]["score"] = {"fingerprint": p.fingerprint("score")}
-    with pytest.raises(ConfigError, match="no preference pairs"):
-        p.run(["score", "pairs"])
+    out = p.run()
+    assert out["outcome"] == "no_signal"
+    pairs = out["stages"]["pairs"]["summary"]
+    assert pairs["outcome"] == "no_signal" and pairs["n_pairs"] == 0 and pairs["skipped"]["rationale"] == {"tie": 8}
+    assert out["signal"]["scores"]["spread"] == 0.0 and out["signal"]["items"] == {"min": 12.0, "max": 12.0}
+    assert out["signal"]["answers"] == {"implausible": 8, "plausible": 8}
+    assert "no signal" in out["reason"] and "8 questions" in out["reason"]
+    for stage in ("align", "tailor"):
+        assert out["stages"][stage] == {"skipped": True, "stopped": "no_signal", "seconds": 0.0,
+                                        "summary": {"reason": out["reason"]}}
+    assert read_pairs(p.paths["pairs"]) == [] and opened == ["teacher:None"]   # the tailoring teacher never opened
+    # a rerun finds the pairs stage current and stops again, without opening anything
+    p2, opened2 = make_pipeline(tmp_path)
+    again = p2.run()
+    assert again["outcome"] == "no_signal" and again["stages"]["pairs"]["skipped"] is True and opened2 == []
+    assert again["stages"]["tailor"]["stopped"] == "no_signal"
+
+
+def test_scores_keep_per_item_outcomes_for_paired_comparisons(tmp_path) -> None:
+    p, _ = make_pipeline(tmp_path)
+    p.run(["draft", "score"])
+    doc = json.loads(p.paths["scores"].read_text())
+    assert doc["item_ids"] == [e.id for e in p.split.validation]
+    est = read_score_estimates(p.paths["scores"])
+    rules = [v for k, v in est.items() if k.endswith("-rules")]
+    assert rules and all(e.outcomes == (1,) * 12 and e.score == 1.0 for e in rules)
+    out = p.run(["pairs"])
+    assert out["outcome"] == "pairs" and out["stages"]["pairs"]["summary"]["comparisons"] == {"paired": 8,
+                                                                                               "intervals": 0}
+    bad = json.loads(p.paths["scores"].read_text())
+    bad["scores"][1]["outcomes"] = "1" * 11
+    p.paths["scores"].write_text(json.dumps(bad))
+    with pytest.raises(DraftFormatError) as e:
+        read_score_estimates(p.paths["scores"])
+    assert e.value.index == 1 and e.value.field == "scores"
 
 
 def test_read_scores_accepts_edge_agent_output_and_rejects_junk(tmp_path) -> None:

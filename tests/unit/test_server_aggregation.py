@@ -164,3 +164,28 @@ def test_exact_counts_give_the_micro_average_and_the_threshold_of_arte_privacy(r
     # a stored aggregate (its to_dict counts) gives the same decision
     stored = stored_decision(agg.n_devices, k, {d: a.to_dict() for d, a in agg.drafts.items()})
     assert stored == (decision.allowed, decision.reason, set(decision.drafts) if decision.allowed else set())
+
+
+def test_alignment_estimates_carry_the_pooled_noise_and_the_devices_as_the_unit() -> None:
+    """What alignment reads: the pooled score with its pooled variance (local-DP noise included) and, as
+    the unit, the devices that scored the draft. Under Laplace noise two drafts whose true scores are far
+    apart still make no rationale pair when the noise covers the gap; without noise they do."""
+    from arte.drafts import Draft
+    from arte.pairs import PairConfig, select_pairs
+    from arte.tasks import Example, Task
+
+    def rows(privacy: dict) -> list[ScoreRow]:
+        return [ScoreRow(dev, d, 12, c, privacy) for dev in ("a", "b") for d, c in (("d0", 9), ("d1", 4), ("d2", 9))]
+
+    plain = aggregate(rows({}), min_devices=2).alignment_estimates()
+    noisy = aggregate(rows(LAPLACE), min_devices=2).alignment_estimates()
+    assert plain["d0"].variance == pytest.approx(0.75 * 0.25 / 24) and plain["d0"].unit == "a,b"
+    assert noisy["d0"].variance > 5 * plain["d0"].variance and noisy["d0"].score == pytest.approx(0.75)
+    task = Task("t", "", (Example("s", "x", ("yes",), ("yes", "no")),))
+    drafts = [Draft(f"d{i}", "Q?", f"R{i} <ans>yes</ans>", "yes", question_id="q") for i in range(2)]
+    cfg = PairConfig(kinds=("rationale",))
+    assert [p.chosen_ids for p in select_pairs(task, drafts, plain, (), cfg).pairs] == [("d0",)]
+    assert select_pairs(task, drafts, noisy, (), cfg).skipped == {"rationale": {"below_noise": 1}}
+    # a third device that scored d2 only makes d2's unit differ from d0's
+    more = aggregate(rows({}) + [ScoreRow("c", "d2", 12, 9)], min_devices=2).alignment_estimates()
+    assert more["d2"].unit == "a,b,c" and more["d0"].unit == "a,b"
