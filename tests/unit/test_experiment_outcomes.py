@@ -62,8 +62,9 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         calls["align"].append(len(pairs))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "adapter_model.safetensors").write_bytes(b"fake")
-        meta = {"steps": 1, "train_loss": 0.6, "reward_margin": {"before": 0.0, "after": 0.1}, "train_tokens": 10,
-                "seconds": 0.0}
+        meta = {"steps": 1, "train_loss": 0.6, "pairs": {"total": len(pairs), "held_out": 0},
+                "reward": {"train": {"pairs": len(pairs), "before": {"margin": 0.0}, "after": {"margin": 0.1}}},
+                "reward_margin": {"before": 0.0, "after": 0.1, "on": "train"}, "train_tokens": 10, "seconds": 0.0}
         (out_dir / arte.dpo.METADATA_FILE).write_text(json.dumps(meta))
         return arte.dpo.AlignResult(out_dir, meta)
 
