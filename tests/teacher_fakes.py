@@ -9,6 +9,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Sequence
 
+from arte.constrain import check_formats
+from arte.grammar import Format
 from arte.teacher import Message, check_conversations, check_sampling
 
 
@@ -28,12 +30,15 @@ class ScriptedTeacher:
         return self._adapter
 
     def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0) -> list[str]:
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
+             formats: Sequence[Format | None] | None = None, counts: dict[str, int] | None = None) -> list[str]:
+        """Scripted replies; ``formats`` are recorded, not enforced (like an endpoint without structured
+        output): what parsing does with free text stays testable."""
         convs = check_conversations(conversations)
         check_sampling(temperature, max_new_tokens, top_p)
         kw = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "stop": tuple(stop),
               "top_p": top_p}
-        self.calls.append({"conversations": convs, **kw})
+        self.calls.append({"conversations": convs, **kw, "formats": check_formats(formats, len(convs))})
         return [self.reply(c, kw, i) for i, c in enumerate(convs)]
 
     def close(self) -> None:
