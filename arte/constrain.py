@@ -7,10 +7,12 @@ does with grammars): the sampled token's bytes are fed to the format's byte auto
 (:class:`arte.grammar.Matcher`), and
 
 * a token that stays inside the format is kept (the common case: one automaton step per byte);
-* a token that would leave it is replaced by one drawn from the valid tokens among the ``top_k`` best
-  (softmax(logits / T) over them, restricted to the ``top_p`` mass; the best one at T = 0), else the
-  best-scoring valid token of the whole vocabulary. Sampling, then resampling among valid tokens when the
-  sample is invalid, draws from the model's distribution renormalized to the valid tokens;
+* a token that would leave it is replaced by one drawn from the valid tokens (softmax(logits / T) over
+  them, restricted to the ``top_p`` mass; the best one at T = 0). Sampling, then resampling among valid
+  tokens when the sample is invalid, draws from the model's distribution renormalized to the valid
+  tokens. The candidates are the tokens whose first byte the format allows; when there are more than
+  ``pool`` (free text, where most tokens are valid) only the ``top_k`` best of them are tried, and if none
+  of those is valid, the best valid token of the whole vocabulary is taken;
 * the end of generation is allowed only where the format may end; once the format is complete the end
   is emitted.
 
@@ -106,7 +108,8 @@ class TokenGuard:
     """Keeps one generation inside ``fmt`` (see the module docstring)."""
 
     def __init__(self, fmt: Format, vocab: Vocabulary, *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, counts: dict[str, int] | None = None, top_k: int = 64) -> None:
+                 top_p: float = 1.0, counts: dict[str, int] | None = None, top_k: int = 64,
+                 pool: int = 1024) -> None:
         self.format = fmt
         self.matcher: Matcher = fmt.matcher()
         self.vocab = vocab
@@ -114,6 +117,7 @@ class TokenGuard:
         self.temperature = temperature
         self.top_p = top_p
         self.top_k = top_k
+        self.pool = pool
         self.reserve = fmt.finish_bytes()
         self.counts = counts if counts is not None else {}
         self.kernel: Kernel = self.matcher.start
@@ -185,26 +189,40 @@ class TokenGuard:
         return token
 
     def _resample(self, logits: np.ndarray, rng: np.random.Generator | None, accepting: bool) -> int:
+        """A valid token instead of an invalid sample: drawn from the valid candidates (see the module
+        docstring), the best one at T = 0."""
         x = np.asarray(logits, dtype=np.float64)
-        k = min(self.top_k, x.size)
-        top = np.argpartition(-x, k - 1)[:k]
-        top = top[np.argsort(-x[top], kind="stable")]
-        valid = [int(t) for t in top if self._valid(int(t), accepting)]
+        cands = self._candidates(accepting)
+        if cands.size > self.pool:              # free text: most tokens are valid, the best ones suffice
+            cands = cands[np.argpartition(-x[cands], self.top_k - 1)[:self.top_k]]
+        cands = cands[np.argsort(-x[cands], kind="stable")]
+        if self.temperature <= 0.0 or rng is None:
+            return self._first_valid(cands, accepting) or self._best_valid(x, accepting)
+        valid = [int(t) for t in cands if self._valid(int(t), accepting)]
         if valid:
             return valid[sample(x[valid], self.temperature, self.top_p, rng)]
         return self._best_valid(x, accepting)
 
-    def _best_valid(self, x: np.ndarray, accepting: bool) -> int:
-        """The best-scoring valid token of the whole vocabulary (only tokens whose first byte the format
-        allows are tried)."""
-        firsts = self.matcher.next_bytes(self.kernel, self.finishing)
-        groups = [self.vocab.by_first_byte(b) for b in firsts]
-        cands = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
-        for t in cands[np.argsort(-x[cands], kind="stable")]:
+    def _candidates(self, accepting: bool) -> np.ndarray:
+        """Tokens whose first byte the format allows next (and the end tokens where it may end)."""
+        groups = [self.vocab.by_first_byte(b) for b in self.matcher.next_bytes(self.kernel, self.finishing)]
+        if accepting:
+            groups.append(np.asarray(sorted(self.vocab.eog), dtype=np.int64))
+        return np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
+
+    def _first_valid(self, ordered: np.ndarray, accepting: bool) -> int | None:
+        for t in ordered:
             if self._valid(int(t), accepting):
                 return int(t)
+        return None
+
+    def _best_valid(self, x: np.ndarray, accepting: bool) -> int:
+        """The best-scoring valid token of the whole vocabulary."""
+        cands = self._candidates(accepting)
+        best = self._first_valid(cands[np.argsort(-x[cands], kind="stable")], accepting)
+        if best is not None:
+            return best
         # No token continues the format (a vocabulary without some needed byte): end, and let the reply
         # be rejected downstream.
         self._count("incomplete")
         return self.vocab.eos
-

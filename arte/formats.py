@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from arte.answers import ANS_CLOSE, ANS_OPEN
-from arte.grammar import DIGITS, LOWER, UPPER, Alt, CharClass, Chars, Format, Lit, Node, Opt, Seq
+from arte.grammar import CONTROL, DIGITS, LOWER, UPPER, Alt, CharClass, Chars, Format, Lit, Node, Opt, Seq
 from arte.prompts import OPTIONS_LABEL, seed_question
 from arte.tasks import Example, Task
 
@@ -38,10 +38,10 @@ __all__ = ["question_format", "rationale_format", "option_shape", "options_node"
 QUESTION_FORMAT = "question"
 RATIONALE_FORMAT = "rationale"
 
-_TEXT = CharClass("\n<", negate=True)           # a line of text
-_FIRST = CharClass("\n< \t", negate=True)       # its first byte: not blank
-_REASONING = CharClass("<", negate=True)        # reasoning, any lines
-_OPTION = CharClass(",\n<", negate=True)        # an option without a shape
+_TEXT = CharClass("\n<" + CONTROL, negate=True)           # a line of text
+_FIRST = CharClass("\n< \t" + CONTROL, negate=True)       # its first character: not blank
+_REASONING = CharClass("<" + CONTROL, negate=True)        # reasoning, any lines
+_OPTION = CharClass(",\n<" + CONTROL, negate=True)        # an option without a shape
 
 
 def shared_options(seeds: Sequence[Example]) -> tuple[str, ...] | None:

@@ -19,8 +19,9 @@ decoder must finish (its token budget is nearly spent, or the model wanted to st
 asked with ``finishing=True``: a soft run takes no byte beyond its minimum and an optional part is not
 entered, so only what the format still requires remains (e.g. ``<ans>``, then one of the options).
 
-Matching is on UTF-8 bytes: a class lists ASCII characters only; bytes >= 0x80 (inside multi-byte
-characters) belong to a negated class (``[^<\\n]``) and to no positive one. ``min``/``max`` count bytes.
+Matching is on UTF-8 bytes: a class lists ASCII characters only; non-ASCII characters belong to a
+negated class (``[^<\\n]``) and to no positive one, and a run takes them only whole and well-formed.
+``min``/``max`` count bytes.
 Rendered as text patterns, a ``max`` above :data:`UNBOUNDED_ABOVE` is written as unbounded (a token
 budget bounds the run anyway, and engines compile large counted repetitions slowly).
 """
@@ -34,9 +35,10 @@ from typing import Union
 from arte.errors import ConfigError
 
 __all__ = ["CharClass", "Lit", "Chars", "Seq", "Alt", "Opt", "Node", "Format", "Matcher", "DIGITS", "UPPER",
-           "LOWER", "UNBOUNDED_ABOVE"]
+           "LOWER", "CONTROL", "UNBOUNDED_ABOVE", "FINISH_CAP"]
 
 UNBOUNDED_ABOVE = 255
+FINISH_CAP = 24     # bytes a hard run may still take while finishing (see Matcher)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class CharClass:
 
 
 DIGITS = CharClass("0123456789")
+CONTROL = "".join(chr(c) for c in range(32) if chr(c) not in "\t\n") + "\x7f"   # never in text
 UPPER = CharClass("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 LOWER = CharClass("abcdefghijklmnopqrstuvwxyz")
 
@@ -128,7 +131,7 @@ class Format:
         """The format as a GBNF grammar with one rule, ``root`` (for llama-server's ``grammar``)."""
         return f"root ::= {_gbnf(self.root)}\n"
 
-    def finish_bytes(self, cap: int = 24) -> int:
+    def finish_bytes(self, cap: int = FINISH_CAP) -> int:
         """At most how many bytes finishing can still require from any point: soft runs at their minimum,
         optional parts skipped, the longest alternative, hard runs counted up to ``cap`` bytes. Decoders
         start finishing when their remaining tokens reach this (a token has at least one byte)."""
@@ -220,23 +223,44 @@ def _finish(node: Node, cap: int) -> int:
 #   ("byte", value, next)           consumes the one byte ``value``
 #   ("split", targets, soft)        epsilon moves; a soft split (an Opt) follows only targets[0] (skip)
 #                                   when finishing
-#   ("run", table, min, max, soft, next)  a counted run of bytes allowed by table (256 bools); the count
-#                                   lives in the configuration
+#   ("run", table, min, max, soft, next)  a counted run of bytes allowed by table (256 bools)
 #   ("accept",)
-# A configuration is a frozenset of (state, count) pairs *before* epsilon moves (its kernel): the closure
-# depends on whether the decoder is finishing, which can change between two bytes.
+# A configuration is a frozenset of (state, count, pending) triples *before* epsilon moves (its kernel:
+# the closure depends on whether the decoder is finishing, which can change between two bytes). In a run,
+# ``count`` is its bytes so far and ``pending`` the continuation bytes its last UTF-8 character still
+# needs: a run takes whole, well-formed characters only, so a constrained reply always decodes.
+
+
+def _utf8_length(byte: int) -> int:
+    """Bytes of the UTF-8 character this byte starts (0: it cannot start one)."""
+    if byte < 0x80:
+        return 1
+    if 0xC2 <= byte <= 0xDF:
+        return 2
+    if 0xE0 <= byte <= 0xEF:
+        return 3
+    if 0xF0 <= byte <= 0xF4:
+        return 4
+    return 0
+
+
+_CONTINUATION = frozenset(range(0x80, 0xC0))
 
 Kernel = frozenset
 
 
 class Matcher:
-    """Consumes bytes of a reply and says what the format still allows (see the module docstring)."""
+    """Consumes bytes of a reply and says what the format still allows (see the module docstring).
 
-    def __init__(self, fmt: Format) -> None:
+    While finishing, a run takes no byte beyond its minimum when soft, beyond ``max(min, min(max,
+    finish_cap))`` bytes when hard (the bound :meth:`Format.finish_bytes` assumes)."""
+
+    def __init__(self, fmt: Format, finish_cap: int = FINISH_CAP) -> None:
         self.format = fmt
+        self.finish_cap = finish_cap
         self.states: list[tuple] = []
         accept = self._add(("accept",))
-        self.start: Kernel = frozenset({(self._compile(fmt.root, accept), 0)})
+        self.start: Kernel = frozenset({(self._compile(fmt.root, accept), 0, 0)})
         self._closures: dict[tuple[Kernel, bool], frozenset] = {}
         self._steps: dict[tuple[Kernel, int, bool], Kernel] = {}
 
@@ -264,13 +288,20 @@ class Matcher:
             return self._add(("split", (nxt, self._compile(node.part, nxt)), True))
         raise TypeError(f"not a format node: {node!r}")
 
+    def _room(self, state: tuple, n: int, finishing: bool) -> bool:
+        """Whether a run at count ``n`` may start another character."""
+        _, _, lo, hi, soft, _ = state
+        if finishing:
+            hi = min(hi, lo if soft else max(lo, self.finish_cap))
+        return n < hi
+
     def closure(self, kernel: Kernel, finishing: bool = False) -> frozenset:
-        """Every (state, count) reachable from ``kernel`` without consuming a byte."""
+        """Every (state, count, pending) reachable from ``kernel`` without consuming a byte."""
         key = (kernel, finishing)
         hit = self._closures.get(key)
         if hit is not None:
             return hit
-        seen: set[tuple[int, int]] = set()
+        seen: set[tuple[int, int, int]] = set()
         todo = list(kernel)
         while todo:
             item = todo.pop()
@@ -280,9 +311,9 @@ class Matcher:
             state = self.states[item[0]]
             if state[0] == "split":
                 targets = state[1][:1] if state[2] and finishing else state[1]
-                todo += [(t, 0) for t in targets]
-            elif state[0] == "run" and item[1] >= state[2]:
-                todo.append((state[5], 0))
+                todo += [(t, 0, 0) for t in targets]
+            elif state[0] == "run" and item[1] >= state[2] and item[2] == 0:
+                todo.append((state[5], 0, 0))
         out = frozenset(seen)
         self._closures[key] = out
         return out
@@ -293,14 +324,18 @@ class Matcher:
         hit = self._steps.get(key)
         if hit is not None:
             return hit
-        out: set[tuple[int, int]] = set()
-        for s, n in self.closure(kernel, finishing):
+        out: set[tuple[int, int, int]] = set()
+        for s, n, pending in self.closure(kernel, finishing):
             state = self.states[s]
             if state[0] == "byte" and state[1] == byte:
-                out.add((state[2], 0))
-            elif state[0] == "run" and state[1][byte] and n < state[3] and not (finishing and state[4]
-                                                                                  and n >= state[2]):
-                out.add((s, n + 1))
+                out.add((state[2], 0, 0))
+            elif state[0] != "run":
+                continue
+            elif pending:
+                if byte in _CONTINUATION:
+                    out.add((s, n + 1, pending - 1))
+            elif state[1][byte] and _utf8_length(byte) and self._room(state, n, finishing):
+                out.add((s, n + 1, _utf8_length(byte) - 1))
         result = frozenset(out)
         if len(self._steps) < 200_000:   # counted runs make kernels many; the cache only saves time
             self._steps[key] = result
@@ -316,17 +351,19 @@ class Matcher:
 
     def accepting(self, kernel: Kernel, finishing: bool = False) -> bool:
         """Whether the reply may end here."""
-        return any(self.states[s][0] == "accept" for s, _ in self.closure(kernel, finishing))
+        return any(self.states[s][0] == "accept" for s, _, _ in self.closure(kernel, finishing))
 
     def next_bytes(self, kernel: Kernel, finishing: bool = False) -> frozenset[int]:
         """The bytes that may come next (empty: only the end may)."""
         out: set[int] = set()
-        for s, n in self.closure(kernel, finishing):
+        for s, n, pending in self.closure(kernel, finishing):
             state = self.states[s]
             if state[0] == "byte":
                 out.add(state[1])
-            elif state[0] == "run" and n < state[3] and not (finishing and state[4] and n >= state[2]):
-                out.update(i for i, ok in enumerate(state[1]) if ok)
+            elif state[0] == "run" and pending:
+                out |= _CONTINUATION
+            elif state[0] == "run" and self._room(state, n, finishing):
+                out.update(i for i, ok in enumerate(state[1]) if ok and _utf8_length(i))
         return frozenset(out)
 
     def matches(self, text: str) -> bool:
