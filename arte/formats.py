@@ -9,12 +9,15 @@ Contract:
   - a *fixed-option* task (every seed has the same option set, :func:`shared_options`): exactly the
     task's line, e.g. ``Options: plausible, implausible``;
   - otherwise ``Options: a, b, c`` with as many options as the seeds have (their minimum to their
-    maximum), each in the seeds' common *shape* when they share one (:func:`option_shape`: e.g.
-    ``05/01/2021`` gives two digits, ``/``, two digits, ``/``, four digits), else any text without
-    ``,``, ``<`` or a line break, up to twice the seeds' longest option.
+    maximum), pairwise distinct (where the automaton decides; a regex cannot say it), each in the seeds'
+    common *shape* when they share one (:func:`option_shape`: e.g. ``05/01/2021`` gives two digits,
+    ``/``, two digits, ``/``, four digits), else any text without ``,``, ``<`` or a line break, up to
+    twice the seeds' longest option.
 
-  The stem is one line of ``min_chars`` to ``max_chars`` bytes (several lines, no blank one, when a seed's
-  stem has several), without ``<`` (``<ans>`` in a question would be cut by the question filter).
+  The stem is one line (several lines, no blank one, when a seed's stem has several), without ``<``
+  (``<ans>`` in a question would be cut by the question filter), of ``min_chars`` bytes up to twice the
+  seeds' longest stem (at least 200 bytes), and never so long that the question would pass
+  ``max_chars``: a teacher that rambles is made to close the question.
 * :func:`rationale_format` — a rationale: free reasoning without ``<``, then ``<ans>{answer}</ans>`` and
   the end. The answer is one of the question's options, written as listed (multiple choice), or any
   non-empty text without ``<`` or a line break of up to ``max_answer_chars`` bytes (exact match).
@@ -28,7 +31,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from arte.answers import ANS_CLOSE, ANS_OPEN
-from arte.grammar import CONTROL, DIGITS, LOWER, UPPER, Alt, CharClass, Chars, Format, Lit, Node, Opt, Seq
+from arte.grammar import CONTROL, DIGITS, LOWER, UPPER, Alt, CharClass, Chars, Format, Items, Lit, Node, Opt, Seq
 from arte.prompts import OPTIONS_LABEL, seed_question
 from arte.tasks import Example, Task
 
@@ -100,25 +103,22 @@ def options_node(seeds: Sequence[Example]) -> Node | None:
     every = [o for e in seeds for o in e.choices]
     one = option_shape(every) or Chars(_OPTION, 1, 2 * max(len(o.encode("utf-8")) for o in every))
     counts = [len(e.choices) for e in seeds]
-    n_min, n_max = max(2, min(counts)), max(counts)
-    more: Node | None = None
-    for _ in range(n_max - n_min):             # optional further options, nested: ", x" (", y" ...)?
-        more = Opt(Seq((Lit(", "), one) + ((more,) if more is not None else ())))
-    parts: list[Node] = [Lit(f"\n{OPTIONS_LABEL} "), one]
-    parts += [Seq((Lit(", "), one))] * (n_min - 1)
-    if more is not None:
-        parts.append(more)
-    return Seq(tuple(parts))
+    return Seq((Lit(f"\n{OPTIONS_LABEL} "), Items(one, ", ", max(2, min(counts)), max(counts))))
 
 
 def _stem(task: Task, seeds: Sequence[Example], min_chars: int, max_chars: int) -> Node:
-    first = Seq((Chars(_FIRST, 1, 1), Chars(_TEXT, max(0, min_chars - 1), max(0, max_chars - 1), soft=True)))
-    lines = max(_stem_text(task, e).count("\n") + 1 for e in seeds)
+    stems = [_stem_text(task, e) for e in seeds]
+    options = max(len(seed_question(task, e).encode("utf-8")) - len(t.encode("utf-8"))
+                  for e, t in zip(seeds, stems))
+    longest = min(max(200, 2 * max(len(t.encode("utf-8")) for t in stems)), max_chars - 2 * options)
+    longest = max(longest, min_chars, 1)
+    first = Seq((Chars(_FIRST, 1, 1), Chars(_TEXT, max(0, min_chars - 1), longest - 1, soft=True)))
+    lines = max(t.count("\n") + 1 for t in stems)
     if lines == 1:
         return first
     more: Node | None = None
     for _ in range(lines):                     # up to one line more than the longest seed
-        more = Opt(Seq((Lit("\n"), Chars(_FIRST, 1, 1), Chars(_TEXT, 0, max_chars, soft=True))
+        more = Opt(Seq((Lit("\n"), Chars(_FIRST, 1, 1), Chars(_TEXT, 0, longest, soft=True))
                        + ((more,) if more is not None else ())))
     return Seq((first, more))
 

@@ -5,7 +5,10 @@ Contract: a format is a tree of four node kinds —
 * :class:`Lit` — exact text;
 * :class:`Chars` — a run of ``min``..``max`` bytes from a :class:`CharClass` (e.g. ``[^<\\n]``, digits);
 * :class:`Seq` — parts in order; :class:`Alt` — one of several parts;
-* :class:`Opt` — an optional part.
+* :class:`Opt` — an optional part;
+* :class:`Items` — ``min``..``max`` items separated by a literal, pairwise *distinct* (compared without
+  case, spacing or punctuation) where the automaton decides; a text pattern cannot say "distinct", so
+  there it is only a list (not nested in another :class:`Items`).
 
 wrapped in a :class:`Format` (the whole reply must match it). The same :class:`Format` is
 
@@ -28,13 +31,14 @@ budget bounds the run anyway, and engines compile large counted repetitions slow
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Union
 
 from arte.errors import ConfigError
 
-__all__ = ["CharClass", "Lit", "Chars", "Seq", "Alt", "Opt", "Node", "Format", "Matcher", "DIGITS", "UPPER",
+__all__ = ["CharClass", "Lit", "Chars", "Seq", "Alt", "Opt", "Items", "Node", "Format", "Matcher", "DIGITS", "UPPER",
            "LOWER", "CONTROL", "UNBOUNDED_ABOVE", "FINISH_CAP"]
 
 UNBOUNDED_ABOVE = 255
@@ -113,7 +117,21 @@ class Opt:
     part: "Node"
 
 
-Node = Union[Lit, Chars, Seq, Alt, Opt]
+@dataclass(frozen=True)
+class Items:
+    item: "Node"
+    sep: str
+    min: int = 1
+    max: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.max:
+            raise ConfigError("max", f"need 1 <= min <= max items, got {self.min} and {self.max}")
+        if not self.sep:
+            raise ConfigError("sep", "items need a separator")
+
+
+Node = Union[Lit, Chars, Seq, Alt, Opt, Items]
 
 
 @dataclass(frozen=True)
@@ -183,6 +201,10 @@ def _regex(node: Node) -> str:
         return "(" + "|".join(_regex(o) for o in node.options) + ")"
     if isinstance(node, Opt):
         return "(" + _regex(node.part) + ")?"
+    if isinstance(node, Items):
+        one = _regex(node.item)
+        more = _count(node.min - 1, node.max - 1) if node.max > 1 else ""
+        return one + (f"({_regex(Lit(node.sep))}{one}){more}" if node.max > 1 else "")
     raise TypeError(f"not a format node: {node!r}")
 
 
@@ -200,6 +222,10 @@ def _gbnf(node: Node) -> str:
         return "(" + " | ".join(_gbnf(o) for o in node.options) + ")"
     if isinstance(node, Opt):
         return "(" + _gbnf(node.part) + ")?"
+    if isinstance(node, Items):
+        one = _gbnf(node.item)
+        more = _count(node.min - 1, node.max - 1) if node.max > 1 else ""
+        return one + (f" ({_gbnf(Lit(node.sep))} {one}){more}" if node.max > 1 else "")
     raise TypeError(f"not a format node: {node!r}")
 
 
@@ -214,6 +240,8 @@ def _finish(node: Node, cap: int) -> int:
         return max(_finish(o, cap) for o in node.options)
     if isinstance(node, Opt):
         return 0
+    if isinstance(node, Items):
+        return node.min * _finish(node.item, cap) + (node.min - 1) * len(node.sep.encode("utf-8"))
     raise TypeError(f"not a format node: {node!r}")
 
 
@@ -224,11 +252,17 @@ def _finish(node: Node, cap: int) -> int:
 #   ("split", targets, soft)        epsilon moves; a soft split (an Opt) follows only targets[0] (skip)
 #                                   when finishing
 #   ("run", table, min, max, soft, next)  a counted run of bytes allowed by table (256 bools)
+#   ("items", first)                opens a list of items: a fresh item context, then ``first``
+#   ("item", entry)                 an item starts: its bytes are recorded from here
+#   ("item_end", min, max, sep, exit)  an item ended: it must differ from the earlier ones; then the
+#                                   separator and another item (below max; not while finishing once at
+#                                   min) or the exit (at min or more)
 #   ("accept",)
-# A configuration is a frozenset of (state, count, pending) triples *before* epsilon moves (its kernel:
-# the closure depends on whether the decoder is finishing, which can change between two bytes). In a run,
-# ``count`` is its bytes so far and ``pending`` the continuation bytes its last UTF-8 character still
-# needs: a run takes whole, well-formed characters only, so a constrained reply always decodes.
+# A configuration is a frozenset of (state, count, pending, items) tuples *before* epsilon moves (its
+# kernel: the closure depends on whether the decoder is finishing, which can change between two bytes).
+# In a run, ``count`` is its bytes so far and ``pending`` the continuation bytes its last UTF-8 character
+# still needs: a run takes whole, well-formed characters only, so a constrained reply always decodes.
+# ``items`` is None outside a list, else (keys of the finished items, the current item's bytes, count).
 
 
 def _utf8_length(byte: int) -> int:
@@ -245,6 +279,13 @@ def _utf8_length(byte: int) -> int:
 
 
 _CONTINUATION = frozenset(range(0x80, 0xC0))
+_NOT_WORD = re.compile(rb"[^0-9a-z\x80-\xff]+")
+
+
+def _item_key(item: bytes) -> bytes:
+    """What makes two items the same: case, spacing and punctuation ignored."""
+    return _NOT_WORD.sub(b" ", item.lower()).strip()
+
 
 Kernel = frozenset
 
@@ -260,7 +301,7 @@ class Matcher:
         self.finish_cap = finish_cap
         self.states: list[tuple] = []
         accept = self._add(("accept",))
-        self.start: Kernel = frozenset({(self._compile(fmt.root, accept), 0, 0)})
+        self.start: Kernel = frozenset({(self._compile(fmt.root, accept), 0, 0, None)})
         self._closures: dict[tuple[Kernel, bool], frozenset] = {}
         self._steps: dict[tuple[Kernel, int, bool], Kernel] = {}
 
@@ -286,6 +327,12 @@ class Matcher:
             return self._add(("split", tuple(self._compile(o, nxt) for o in node.options), False))
         if isinstance(node, Opt):
             return self._add(("split", (nxt, self._compile(node.part, nxt)), True))
+        if isinstance(node, Items):
+            end = self._add(("item_end", node.min, node.max, -1, nxt))
+            first = self._add(("item", self._compile(node.item, end)))
+            sep = self._compile(Lit(node.sep), first)
+            self.states[end] = ("item_end", node.min, node.max, sep, nxt)
+            return self._add(("items", first))
         raise TypeError(f"not a format node: {node!r}")
 
     def _room(self, state: tuple, n: int, finishing: bool) -> bool:
@@ -296,24 +343,41 @@ class Matcher:
         return n < hi
 
     def closure(self, kernel: Kernel, finishing: bool = False) -> frozenset:
-        """Every (state, count, pending) reachable from ``kernel`` without consuming a byte."""
+        """Every (state, count, pending, items) reachable from ``kernel`` without consuming a byte."""
         key = (kernel, finishing)
         hit = self._closures.get(key)
         if hit is not None:
             return hit
-        seen: set[tuple[int, int, int]] = set()
+        seen: set[tuple] = set()
         todo = list(kernel)
         while todo:
             item = todo.pop()
             if item in seen:
                 continue
             seen.add(item)
-            state = self.states[item[0]]
-            if state[0] == "split":
+            s, n, pending, ctx = item
+            state = self.states[s]
+            kind = state[0]
+            if kind == "split":
                 targets = state[1][:1] if state[2] and finishing else state[1]
-                todo += [(t, 0, 0) for t in targets]
-            elif state[0] == "run" and item[1] >= state[2] and item[2] == 0:
-                todo.append((state[5], 0, 0))
+                todo += [(t, 0, 0, ctx) for t in targets]
+            elif kind == "run" and n >= state[2] and pending == 0:
+                todo.append((state[5], 0, 0, ctx))
+            elif kind == "items":
+                todo.append((state[1], 0, 0, (frozenset(), b"", 0)))
+            elif kind == "item":
+                todo.append((state[1], 0, 0, (ctx[0], b"", ctx[2])))
+            elif kind == "item_end":
+                done, cur, count = ctx
+                k = _item_key(cur)
+                if not k or k in done:
+                    continue                      # an empty or repeated item: this path is dead
+                done, count = done | {k}, count + 1
+                _, lo, hi, sep, exit_ = state
+                if count < hi and not (finishing and count >= lo):
+                    todo.append((sep, 0, 0, (done, b"", count)))
+                if count >= lo:
+                    todo.append((exit_, 0, 0, None))
         out = frozenset(seen)
         self._closures[key] = out
         return out
@@ -324,18 +388,19 @@ class Matcher:
         hit = self._steps.get(key)
         if hit is not None:
             return hit
-        out: set[tuple[int, int, int]] = set()
-        for s, n, pending in self.closure(kernel, finishing):
+        out: set[tuple] = set()
+        for s, n, pending, ctx in self.closure(kernel, finishing):
             state = self.states[s]
+            grown = ctx if ctx is None else (ctx[0], ctx[1] + bytes([byte]), ctx[2])
             if state[0] == "byte" and state[1] == byte:
-                out.add((state[2], 0, 0))
+                out.add((state[2], 0, 0, grown))
             elif state[0] != "run":
                 continue
             elif pending:
                 if byte in _CONTINUATION:
-                    out.add((s, n + 1, pending - 1))
+                    out.add((s, n + 1, pending - 1, grown))
             elif state[1][byte] and _utf8_length(byte) and self._room(state, n, finishing):
-                out.add((s, n + 1, _utf8_length(byte) - 1))
+                out.add((s, n + 1, _utf8_length(byte) - 1, grown))
         result = frozenset(out)
         if len(self._steps) < 200_000:   # counted runs make kernels many; the cache only saves time
             self._steps[key] = result
@@ -351,12 +416,12 @@ class Matcher:
 
     def accepting(self, kernel: Kernel, finishing: bool = False) -> bool:
         """Whether the reply may end here."""
-        return any(self.states[s][0] == "accept" for s, _, _ in self.closure(kernel, finishing))
+        return any(self.states[e[0]][0] == "accept" for e in self.closure(kernel, finishing))
 
     def next_bytes(self, kernel: Kernel, finishing: bool = False) -> frozenset[int]:
         """The bytes that may come next (empty: only the end may)."""
         out: set[int] = set()
-        for s, n, pending in self.closure(kernel, finishing):
+        for s, n, pending, _ in self.closure(kernel, finishing):
             state = self.states[s]
             if state[0] == "byte":
                 out.add(state[1])

@@ -10,7 +10,7 @@ import pytest
 from arte.constrain import TokenGuard, Vocabulary, check_formats, sample
 from arte.errors import ConfigError
 from arte.formats import option_shape, options_node, question_format, rationale_format, shared_options
-from arte.grammar import DIGITS, Alt, CharClass, Chars, Format, Lit, Opt, Seq
+from arte.grammar import DIGITS, Alt, CharClass, Chars, Format, Items, Lit, Opt, Seq
 from arte.prompts import seed_question
 from arte.tasks import Example, Task
 
@@ -109,6 +109,21 @@ def test_options_lines() -> None:
     assert run(fmt, "x\nOptions: 01/02/2020, 01/03/2020, 01/04/2020, 01/05/2020, 01/06/2020, 01/07/2020")
     assert not run(fmt, "x\nOptions: 01/02/2020, 01/03/2020, 01/04/2020, 01/05/2020")                  # 4
     assert not run(fmt, "x\nOptions: 1/2/2020, 01/03/2020, 01/04/2020, 01/05/2020, 01/06/2020")       # shape
+    m = fmt.matcher()                                # options must differ (the automaton; a regex cannot say it)
+    assert not m.matches("x\nOptions: 01/02/2020, 01/03/2020, 01/02/2020, 01/05/2020, 01/06/2020")
+
+
+def test_items_are_distinct_ignoring_case_and_spacing() -> None:
+    fmt = Format(Items(Chars(CharClass(",\n", negate=True), 1, 20), ", ", 2, 3))
+    assert fmt.regex() == "[^\\n,]{1,20}(, [^\\n,]{1,20}){1,2}"
+    assert fmt.gbnf() == 'root ::= [^\\n,]{1,20} (", " [^\\n,]{1,20}){1,2}\n'
+    m = fmt.matcher()
+    assert m.matches("a cat, a dog") and m.matches("a cat, a dog, a cow") and not m.matches("a cat")
+    assert not m.matches("a cat, A  Cat!") and not m.matches("a cat, a dog, a cat")
+    assert re.fullmatch(fmt.regex(), "a cat, a cat")                   # the rendered pattern cannot tell
+    k = m.advance(m.start, b"a cat, a dog")
+    assert m.next_bytes(k, finishing=True) == frozenset(b for b in range(256) if b not in b",\n"
+                                                        and (b < 0x80 or 0xC2 <= b <= 0xF4))   # no third
     assert options_node(()) is None and options_node((Example("e", "q", ("a",)),)) is None
 
 
