@@ -401,10 +401,19 @@ class Matcher:
                     out.add((s, n + 1, pending - 1, grown))
             elif state[1][byte] and _utf8_length(byte) and self._room(state, n, finishing):
                 out.add((s, n + 1, _utf8_length(byte) - 1, grown))
-        result = frozenset(out)
+        # Drop what leads nowhere (e.g. an item that just ended as a repeat of an earlier one), so that a
+        # byte is valid only if the reply can still go on or end after it.
+        result = frozenset(e for e in out if self._alive(e, finishing))
         if len(self._steps) < 200_000:   # counted runs make kernels many; the cache only saves time
             self._steps[key] = result
         return result
+
+    def _alive(self, element: tuple, finishing: bool) -> bool:
+        for s, n, pending, _ in self.closure(frozenset({element}), finishing):
+            state = self.states[s]
+            if state[0] in ("byte", "accept") or (state[0] == "run" and (pending or self._room(state, n, finishing))):
+                return True
+        return False
 
     def advance(self, kernel: Kernel, data: bytes, finishing: bool = False) -> Kernel:
         """The kernel after ``data`` (empty when some byte leaves the format)."""

@@ -111,6 +111,8 @@ def test_options_lines() -> None:
     assert not run(fmt, "x\nOptions: 1/2/2020, 01/03/2020, 01/04/2020, 01/05/2020, 01/06/2020")       # shape
     m = fmt.matcher()                                # options must differ (the automaton; a regex cannot say it)
     assert not m.matches("x\nOptions: 01/02/2020, 01/03/2020, 01/02/2020, 01/05/2020, 01/06/2020")
+    near = m.advance(m.start, b"x\nOptions: 01/02/2020, 01/02/202")
+    assert near and not m.step(near, ord("2")) and m.step(near, ord("3"))    # the repeat dies at its last byte
 
 
 def test_items_are_distinct_ignoring_case_and_spacing() -> None:
