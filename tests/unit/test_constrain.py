@@ -112,7 +112,7 @@ def test_options_lines() -> None:
     m = fmt.matcher()                                # options must differ (the automaton; a regex cannot say it)
     assert not m.matches("x\nOptions: 01/02/2020, 01/03/2020, 01/02/2020, 01/05/2020, 01/06/2020")
     near = m.advance(m.start, b"x\nOptions: 01/02/2020, 01/02/202")
-    assert near and not m.step(near, ord("2")) and m.step(near, ord("3"))    # the repeat dies at its last byte
+    assert near and not m.step(near, ord("0")) and m.step(near, ord("3"))    # the repeat dies at its last byte
 
 
 def test_items_are_distinct_ignoring_case_and_spacing() -> None:
