@@ -197,7 +197,8 @@ class TokenGuard:
             cands = cands[np.argpartition(-x[cands], self.top_k - 1)[:self.top_k]]
         cands = cands[np.argsort(-x[cands], kind="stable")]
         if self.temperature <= 0.0 or rng is None:
-            return self._first_valid(cands, accepting) or self._best_valid(x, accepting)
+            best = self._first_valid(cands, accepting)
+            return best if best is not None else self._best_valid(x, accepting)
         valid = [int(t) for t in cands if self._valid(int(t), accepting)]
         if valid:
             return valid[sample(x[valid], self.temperature, self.top_p, rng)]

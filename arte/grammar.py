@@ -1,6 +1,6 @@
 """A small output-format language: one description, rendered for every decoder.
 
-Contract: a format is a tree of four node kinds —
+Contract: a format is a tree of these node kinds —
 
 * :class:`Lit` — exact text;
 * :class:`Chars` — a run of ``min``..``max`` bytes from a :class:`CharClass` (e.g. ``[^<\\n]``, digits);
@@ -17,10 +17,11 @@ wrapped in a :class:`Format` (the whole reply must match it). The same :class:`F
 * a **byte automaton** (:class:`Matcher`) that local decoders consult token by token
   (:mod:`arte.constrain`).
 
-Two parts are *soft*: free text (``Chars(..., soft=True)``) and optional parts (:class:`Opt`). When a
-decoder must finish (its token budget is nearly spent, or the model wanted to stop early), the matcher is
-asked with ``finishing=True``: a soft run takes no byte beyond its minimum and an optional part is not
-entered, so only what the format still requires remains (e.g. ``<ans>``, then one of the options).
+Some parts are *soft*: free text (``Chars(..., soft=True)``), optional parts (:class:`Opt`) and items
+beyond the minimum. When a decoder must finish (its token budget is nearly spent, or the model wanted to
+stop early), the matcher is asked with ``finishing=True``: a soft run takes no byte beyond its minimum
+(a hard one none beyond :data:`FINISH_CAP`), optional parts and further items are not entered, so only
+what the format still requires remains (e.g. ``<ans>``, then one of the options).
 
 Matching is on UTF-8 bytes: a class lists ASCII characters only; non-ASCII characters belong to a
 negated class (``[^<\\n]``) and to no positive one, and a run takes them only whole and well-formed.
@@ -38,8 +39,8 @@ from typing import Union
 
 from arte.errors import ConfigError
 
-__all__ = ["CharClass", "Lit", "Chars", "Seq", "Alt", "Opt", "Items", "Node", "Format", "Matcher", "DIGITS", "UPPER",
-           "LOWER", "CONTROL", "UNBOUNDED_ABOVE", "FINISH_CAP"]
+__all__ = ["CharClass", "Lit", "Chars", "Seq", "Alt", "Opt", "Items", "Node", "Format", "Matcher", "DIGITS",
+           "UPPER", "LOWER", "CONTROL", "UNBOUNDED_ABOVE", "FINISH_CAP"]
 
 UNBOUNDED_ABOVE = 255
 FINISH_CAP = 24     # bytes a hard run may still take while finishing (see Matcher)
