@@ -9,7 +9,11 @@ Steps (the paper's, §3.1):
 1. Questions: :func:`arte.questions.generate_questions` (3 seeds → 5 new questions at T = 1.0, repeated
    to ``n_questions``; parsing, cleaning, de-duplication and its rejection reasons are documented there).
 2. Rationales: each question is sent with each of the ``styles`` (K rationale prompts, the paper's four
-   by default: :data:`arte.prompts.RATIONALE_STYLES`) at ``rationale_temperature``.
+   by default: :data:`arte.prompts.RATIONALE_STYLES`) at ``rationale_temperature``. With ``constrain``
+   (the default) the teacher decodes inside :func:`arte.formats.rationale_format`: reasoning, then
+   ``<ans>`` one of the question's options (exact match: a non-empty answer) ``</ans>``; a teacher that
+   wants to stop early or runs low on tokens is made to finish with ``<ans>`` and the option it scores
+   highest (:mod:`arte.constrain`). How often the constraint acted is in the summary (``constraint``).
 3. Answer extraction (``extract_answers``, on by default; ours, after Kojima et al., 2022): a reply
    without a complete ``<ans>…</ans>`` is continued greedily as the teacher's own message
    ``{reply}\nTherefore, the answer is`` (up to ``answer_max_new_tokens``, to the end of the line). The
@@ -18,7 +22,8 @@ Steps (the paper's, §3.1):
    trailing period; the rationale becomes ``{reply}\nTherefore, the answer is <ans>{answer}</ans>``.
    Small teachers reason but rarely write the tag (the embedded 135M model never does); this recovers
    their answer instead of losing the draft. Counted as the repair ``answer_extracted`` (replies that
-   yielded an answer) and marked in the draft's provenance.
+   yielded an answer) and marked in the draft's provenance. Constrained replies have their tag, so this
+   only acts on the rare reply the token budget cut short.
 4. A reply is kept up to and including its first ``</ans>``; it becomes a draft when it passes
    :func:`check_rationale`, else it is rejected with one reason: ``empty``, ``no_answer`` (no complete,
    non-empty ``<ans>…</ans>``, also after extraction), ``answer_too_long``, ``rationale_too_long``,
@@ -29,6 +34,11 @@ question's ``Options:`` line after :func:`arte.answers.normalize_answer` (case, 
 trailing punctuation ignored; nothing more lenient: no option letters, no substrings); the draft's
 ``answer`` is then that option as the question spells it. Exact-match questions accept any non-empty
 answer up to ``max_answer_chars``.
+
+Summary (:meth:`ElicitResult.summary`): counts by reason and repair, ``question_prompts`` sent,
+``question_prompts_with_questions`` and ``question_prompts_with_drafts`` (prompts that gave at least one
+accepted question / usable draft), ``rationale_prompts``, and ``constraint`` — ``{"questions": counts,
+"rationales": counts}`` with the keys of :data:`arte.constrain.COUNT_KEYS` (empty when not constrained).
 
 Ids: question ``{id_prefix}q0007``, draft ``{id_prefix}q0007-{style}``. Provenance per draft: teacher,
 adapter, question prompt id, seed example ids, both samplings (temperature, top_p, max_new_tokens, seed,
@@ -45,6 +55,8 @@ from typing import Any, Sequence
 from arte.answers import ANS_CLOSE, ANS_OPEN, normalize_answer, parse_answer
 from arte.drafts import Draft
 from arte.errors import ConfigError
+from arte.formats import rationale_format
+from arte.grammar import Format
 from arte.progress import Progress, report
 from arte.prompts import ANSWER_EXTRACTION, RATIONALE_STYLES, answer_extraction_prompt, rationale_prompt
 from arte.questions import Question, QuestionConfig, generate_questions, parse_options
@@ -52,7 +64,7 @@ from arte.tasks import Example, Task
 from arte.teacher import Teacher, teacher_id
 
 __all__ = ["ElicitConfig", "ElicitResult", "elicit_drafts", "check_rationale", "trim_rationale",
-           "write_rationales", "extract_answers", "extracted_answer"]
+           "write_rationales", "extract_answers", "extracted_answer", "rationale_formats"]
 
 _CLOSE = re.compile(re.escape(ANS_CLOSE), re.IGNORECASE)
 
@@ -180,12 +192,22 @@ def extract_answers(teacher: Teacher, conversations: Sequence[Sequence[dict[str,
     return out
 
 
+def rationale_formats(questions: Sequence[Question], *, multiple_choice: bool, min_chars: int = 0,
+                      max_chars: int = 4000, max_answer_chars: int = 200) -> list[Format]:
+    """Each question's rationale format (:func:`arte.formats.rationale_format`): its own options for a
+    multiple-choice task, a free non-empty answer otherwise."""
+    return [rationale_format(parse_options(q.text) if multiple_choice else None, min_chars=min_chars,
+                             max_chars=max_chars, max_answer_chars=max_answer_chars) for q in questions]
+
+
 def write_rationales(teacher: Teacher, task: Task, questions: Sequence[Question], styles: Sequence[str], *,
                      temperature: float, max_new_tokens: int, seed: int, batch_size: int, top_p: float = 1.0,
                      extract: bool = False, answer_max_new_tokens: int = 16, progress: Progress | None = None,
-                     stage: str = "rationales") -> tuple[list[list[str]], set[tuple[int, int]]]:
+                     stage: str = "rationales", formats: Sequence[Format] | None = None,
+                     counts: dict[str, int] | None = None) -> tuple[list[list[str]], set[tuple[int, int]]]:
     """The teacher's reply for every (question, style), as ``replies[question][style index]``, and the
-    (question, style index) pairs whose answer was extracted (with ``extract``)."""
+    (question, style index) pairs whose answer was extracted (with ``extract``). ``formats[qi]``
+    constrains the replies to question ``qi`` (what the constraint did is added to ``counts``)."""
     jobs = [(qi, si) for qi in range(len(questions)) for si in range(len(styles))]
     replies: list[list[str]] = [[""] * len(styles) for _ in questions]
     extracted: set[tuple[int, int]] = set()
@@ -193,8 +215,10 @@ def write_rationales(teacher: Teacher, task: Task, questions: Sequence[Question]
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         convs = [rationale_prompt(task, questions[qi].text, styles[si]) for qi, si in chunk]
+        constraint = ({"formats": [formats[qi] for qi, _ in chunk], "counts": counts if counts is not None else {}}
+                      if formats is not None else {})
         texts = teacher.chat(convs, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                             seed=seed + start)
+                             seed=seed + start, **constraint)
         if extract:
             opts = [parse_options(questions[qi].text) for qi, _ in chunk]
             completed = extract_answers(teacher, convs, texts, opts, max_new_tokens=answer_max_new_tokens,
@@ -220,14 +244,20 @@ def elicit_drafts(teacher: Teacher, task: Task, seeds: Sequence[Example], config
     qres = generate_questions(teacher, task, seeds, config, progress)
     multiple_choice = bool(seeds) and all(e.is_multiple_choice for e in seeds)
     rationale_seed = config.seed + 1_000_000
+    counts: dict[str, int] = {}
+    formats = (rationale_formats(qres.questions, multiple_choice=multiple_choice,
+                                 max_chars=config.max_rationale_chars, max_answer_chars=config.max_answer_chars)
+               if config.constrain else None)
     replies, extracted = write_rationales(teacher, task, qres.questions, config.styles,
                                           temperature=config.rationale_temperature,
                                           max_new_tokens=config.rationale_max_new_tokens, seed=rationale_seed,
                                           batch_size=config.batch_size, top_p=config.top_p,
                                           extract=config.extract_answers,
-                                          answer_max_new_tokens=config.answer_max_new_tokens, progress=progress)
+                                          answer_max_new_tokens=config.answer_max_new_tokens, progress=progress,
+                                          formats=formats, counts=counts)
     drafts: list[Draft] = []
     rejections: dict[str, int] = {}
+    with_drafts: set[str] = set()
     k = len(config.styles)
     for qi, (q, texts) in enumerate(zip(qres.questions, replies)):
         for si, (style, text) in enumerate(zip(config.styles, texts)):
@@ -246,10 +276,13 @@ def elicit_drafts(teacher: Teacher, task: Task, seeds: Sequence[Example], config
                     "answer_extracted": (qi, si) in extracted}
             drafts.append(Draft(id=f"{q.id}-{style}", question=q.text, rationale=rationale, answer=answer,
                                 question_id=q.id, style=style, task=task.name, provenance=prov))
+            with_drafts.add(q.provenance["question_prompt"])
     repairs = dict(qres.repairs)
     if extracted:
         repairs["answer_extracted"] = len(extracted)
-    stats = {"question_prompts": qres.prompts, "question_shortfall": qres.shortfall,
-             "rationale_prompts": len(qres.questions) * k, "seconds": round(time.perf_counter() - t0, 3),
-             **teacher_id(teacher)}
+    stats = {"question_prompts": qres.prompts, "question_prompts_with_questions": qres.productive_prompts,
+             "question_prompts_with_drafts": len(with_drafts), "question_shortfall": qres.shortfall,
+             "rationale_prompts": len(qres.questions) * k,
+             "constraint": {"questions": qres.constraint, "rationales": counts} if config.constrain else {},
+             "seconds": round(time.perf_counter() - t0, 3), **teacher_id(teacher)}
     return ElicitResult(drafts, qres.questions, qres.rejections, rejections, repairs, stats)

@@ -43,6 +43,7 @@ __all__ = [
     "QUESTIONS_PER_PROMPT",
     "OPTIONS_LABEL",
     "question_block",
+    "seed_question",
     "ANSWER_EXTRACTION",
     "answer_extraction_prompt",
 ]
@@ -112,12 +113,23 @@ def question_block(questions: Sequence[str]) -> str:
     return "\n\n".join(f"Question {i}: {q.strip()}" for i, q in enumerate(questions, start=1))
 
 
+def seed_question(task: Task, example: Example) -> str:
+    """A seed example's question as the teacher sees it: :func:`arte.tasks.format_question`, ending in
+    its ``Options:`` line for a multiple-choice example (added when the input lists the options itself,
+    so that every shown question has the line the teacher's questions must end with)."""
+    text = format_question(task, example)
+    line = f"\n{OPTIONS_LABEL} {', '.join(example.choices)}"
+    if example.choices and not text.endswith(line):
+        text += line
+    return text
+
+
 def question_prompt(task: Task, seeds: Sequence[Example], n: int = QUESTIONS_PER_PROMPT) -> list[Message]:
     """Ask the teacher for ``n`` new questions like the seed examples (the paper uses 3 seeds, 5 new).
 
     For multiple-choice seeds the teacher is told to keep the ``Options:`` line, since students answer
     with one of the listed options."""
-    shown = question_block([format_question(task, e) for e in seeds])
+    shown = question_block([seed_question(task, e) for e in seeds])
     about = f" The task: {task.instruction}" if task.instruction else ""
     options = (f" End each question with its '{OPTIONS_LABEL} …' line, like the examples."
                if any(e.is_multiple_choice for e in seeds) else "")

@@ -7,6 +7,18 @@ questions with provenance plus a count of every rejection by reason. Each teache
 ``batch_size`` prompts: as many as the missing questions need at the acceptance rate seen so far.
 Elicitation (:mod:`arte.elicit`) and tailoring (:mod:`arte.tailor`) both use it.
 
+Seeds (:func:`draw_seeds`): when more seeds are given than a prompt shows, each prompt's seeds are
+stratified by label (the answer) and rotate across prompts: prompt ``i`` fills its ``n_seeds`` slots
+``i·n_seeds …`` from the labels in turn (a shuffled label order), each label from its own shuffled seeds
+in turn, so every prompt covers ``min(n_seeds, labels)`` labels and consecutive prompts see different
+seeds. With no more seeds than a prompt shows, every prompt shows them all.
+
+Constrained decoding (``constrain``, on by default): the teacher decodes inside
+:func:`arte.formats.question_format` — ``Question k:`` markers, and for a multiple-choice task the options
+line (the task's own for a fixed-option task) — so the repairs and most rejections below cannot happen;
+how often the constraint acted is counted (:mod:`arte.constrain`). The parsing below still runs: it is
+what an unconstrained teacher (``constrain=False``) relies on, and it checks what a format cannot say.
+
 Parsing (:func:`split_questions`) survives malformed output: a reply is split at lines that start with a
 question marker (``Question 3:``, ``**Question 3.**``, ``Q3)``, ``Q:``; if there is none, at numbered
 lines ``3.``/``3)``); text before the first marker is preamble. Each block is cleaned and checked
@@ -43,12 +55,14 @@ from typing import Any, Sequence
 
 from arte.errors import ConfigError
 from arte.progress import Progress, report
-from arte.prompts import OPTIONS_LABEL, question_prompt
-from arte.tasks import Example, Task, format_question
+from arte.answers import normalize_answer
+from arte.formats import question_format, shared_options
+from arte.prompts import OPTIONS_LABEL, question_prompt, seed_question
+from arte.tasks import Example, Task
 from arte.teacher import Teacher, teacher_id
 
 __all__ = ["QuestionConfig", "Question", "QuestionResult", "QuestionFilter", "generate_questions",
-           "split_questions", "normalize_question", "parse_options", "shared_options"]
+           "split_questions", "normalize_question", "parse_options", "shared_options", "draw_seeds"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +80,8 @@ class QuestionConfig:
     Args:
         n_questions: accepted questions wanted (the paper: 250 per task).
         questions_per_prompt: new questions each prompt asks for (the paper: 5).
-        n_seeds: seed examples shown per prompt (the paper: 3); drawn per prompt when more are given.
+        n_seeds: seed examples shown per prompt (the paper: 3); stratified by label and rotated across
+            prompts when more are given (:func:`draw_seeds`).
         question_temperature, top_p: sampling of question prompts (the paper: T = 1.0).
         question_max_new_tokens: reply budget per question prompt.
         min_question_chars, max_question_chars: length bounds of an accepted question.
@@ -74,6 +89,7 @@ class QuestionConfig:
         batch_size: conversations per teacher call (the backend decodes them together).
         seed: base of every sampling seed and of the seed-example draws.
         id_prefix: prepended to question and draft ids (e.g. a round id).
+        constrain: decode the teacher's replies inside the draft formats (:mod:`arte.formats`).
     """
 
     n_questions: int = 250
@@ -88,6 +104,7 @@ class QuestionConfig:
     batch_size: int = 16
     seed: int = 0
     id_prefix: str = ""
+    constrain: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_questions", "questions_per_prompt", "n_seeds", "question_max_new_tokens", "batch_size"):
@@ -126,13 +143,16 @@ class Question:
 
 @dataclass
 class QuestionResult:
-    """Accepted questions, rejections by reason, repairs by kind, and how many prompts it took."""
+    """Accepted questions, rejections by reason, repairs by kind, how many prompts it took and how many
+    of them gave at least one accepted question, and what the constraint did (:mod:`arte.constrain`)."""
 
     questions: list[Question]
     rejections: dict[str, int]
     repairs: dict[str, int]
     prompts: int
     shortfall: int
+    productive_prompts: int = 0
+    constraint: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_question(text: str) -> str:
@@ -147,15 +167,6 @@ def parse_options(question: str) -> tuple[str, ...] | None:
     if not found:
         return None
     return tuple(o.strip() for o in found[-1].split(", ") if o.strip())
-
-
-def shared_options(seeds: Sequence[Example]) -> tuple[str, ...] | None:
-    """The option set every seed shares (in the first seed's order), or None when they differ or a seed
-    is not multiple-choice."""
-    if not seeds or not all(e.is_multiple_choice for e in seeds):
-        return None
-    first = seeds[0].choices
-    return first if all(set(e.choices) == set(first) for e in seeds) else None
 
 
 def split_questions(text: str) -> tuple[list[str], bool]:
@@ -176,7 +187,7 @@ class QuestionFilter:
         self.config = config
         self.multiple_choice = bool(seeds) and all(e.is_multiple_choice for e in seeds)
         self.fixed_options = shared_options(seeds)
-        seed_texts = [format_question(task, e) for e in seeds]
+        seed_texts = [seed_question(task, e) for e in seeds]
         self.cut_at_blank = not any("\n\n" in t.strip() for t in seed_texts)
         self.seen_seeds = {normalize_question(t) for t in seed_texts}
         self.seen: set[str] = set()
@@ -246,11 +257,36 @@ class QuestionFilter:
         return q[:last.end()].strip()
 
 
-def _seed_draw(seeds: Sequence[Example], k: int, seed: int, index: int) -> list[Example]:
+def draw_seeds(seeds: Sequence[Example], k: int, seed: int, index: int) -> list[Example]:
+    """The ``k`` seeds shown in prompt ``index``: stratified by label, rotating across prompts (see the
+    module docstring); deterministic for ``seed``. All of them, in a per-prompt order, when
+    ``len(seeds) <= k``."""
+    order = random.Random(seed * 1_000_003 + index)
     if len(seeds) <= k:
-        return list(seeds)
-    rng = random.Random(seed * 1_000_003 + index)
-    return sorted(rng.sample(list(seeds), k), key=lambda e: seeds.index(e))
+        shown = list(seeds)
+        order.shuffle(shown)
+        return shown
+    rng = random.Random(seed)
+    groups: dict[str, list[Example]] = {}
+    for e in seeds:
+        groups.setdefault(normalize_answer(e.answer), []).append(e)
+    labels = sorted(groups)
+    rng.shuffle(labels)
+    for label in labels:
+        rng.shuffle(groups[label])
+    shown = []
+    slot = index * k
+    # Slot s takes label s mod L, that label's (s div L)-th seed in turn; a seed already shown (a label
+    # with fewer seeds than its turns) is skipped. Ends within k·|seeds| slots: by then every seed came up.
+    while len(shown) < k and slot < (index + 1) * k * len(seeds):
+        label = labels[slot % len(labels)]
+        group = groups[label]
+        e = group[(slot // len(labels)) % len(group)]
+        if e not in shown:
+            shown.append(e)
+        slot += 1
+    order.shuffle(shown)
+    return shown
 
 
 def generate_questions(teacher: Teacher, task: Task, seeds: Sequence[Example], config: QuestionConfig,
@@ -261,6 +297,10 @@ def generate_questions(teacher: Teacher, task: Task, seeds: Sequence[Example], c
     filt = QuestionFilter(task, seeds, config)
     questions: list[Question] = []
     sampling = config.question_sampling()
+    fmt = (question_format(task, seeds, config.questions_per_prompt, min_chars=config.min_question_chars,
+                           max_chars=config.max_question_chars) if config.constrain else None)
+    counts: dict[str, int] = {}
+    productive: set[str] = set()
     sent = 0
     limit = config.prompt_limit
     report(progress, stage, 0, config.n_questions)
@@ -270,11 +310,12 @@ def generate_questions(teacher: Teacher, task: Task, seeds: Sequence[Example], c
         # weak teacher's rejections are made up in one parallel call rather than many small ones.
         per_prompt = len(questions) / sent if sent else config.questions_per_prompt
         n_prompts = min(config.batch_size, limit - sent, math.ceil(missing / max(per_prompt, 0.5)))
-        draws = [_seed_draw(seeds, config.n_seeds, config.seed, sent + i) for i in range(n_prompts)]
+        draws = [draw_seeds(seeds, config.n_seeds, config.seed, sent + i) for i in range(n_prompts)]
         convs = [question_prompt(task, d, config.questions_per_prompt) for d in draws]
         call_seed = config.seed + sent
+        constraint = {"formats": [fmt] * len(convs), "counts": counts} if fmt is not None else {}
         replies = teacher.chat(convs, temperature=config.question_temperature, top_p=config.top_p,
-                               max_new_tokens=config.question_max_new_tokens, seed=call_seed)
+                               max_new_tokens=config.question_max_new_tokens, seed=call_seed, **constraint)
         for i, (reply, drawn) in enumerate(zip(replies, draws)):
             prompt_id = f"qp{sent + i:04d}"
             if not reply.strip():
@@ -289,6 +330,7 @@ def generate_questions(teacher: Teacher, task: Task, seeds: Sequence[Example], c
                 if text is None or len(questions) >= config.n_questions:
                     continue
                 qid = f"{config.id_prefix}q{len(questions):04d}"
+                productive.add(prompt_id)
                 prov = {**teacher_id(teacher), "question_prompt": prompt_id,
                         "seed_examples": [e.id for e in drawn],
                         "question_sampling": {**sampling, "seed": call_seed, "index": i}}
@@ -299,4 +341,5 @@ def generate_questions(teacher: Teacher, task: Task, seeds: Sequence[Example], c
     if shortfall:
         log.warning("%s: %d of %d questions after %d prompts (limit reached); rejections: %s", task.name,
                     len(questions), config.n_questions, sent, filt.rejections)
-    return QuestionResult(questions, dict(filt.rejections), dict(filt.repairs), sent, shortfall)
+    return QuestionResult(questions, dict(filt.rejections), dict(filt.repairs), sent, shortfall,
+                          len(productive), counts)

@@ -13,7 +13,9 @@ Contract: ``tailor_dataset(teacher, task, seeds, config, out_dir, progress)`` wr
 Steps (the paper's §3.3, plus a filter that is ours): questions as in elicitation
 (:func:`arte.questions.generate_questions`, T = ``question_temperature``, default 1.0), then one
 rationale per question on the plain step-by-step prompt at ``rationale_temperature`` (default 0: greedy).
-An example is kept when:
+With ``constrain`` (the default) questions, rationales and check samples are decoded inside the draft
+formats (:mod:`arte.formats`: options lines, reasoning of at least ``min_rationale_chars`` bytes ending in
+``<ans>`` one of the options ``</ans>``), as in elicitation. An example is kept when:
 
 1. its answer parses and is well-formed (:func:`arte.elicit.check_rationale`: a complete
    ``<ans>…</ans>``, bounded lengths; for multiple-choice questions the answer is one of the question's
@@ -26,10 +28,13 @@ An example is kept when:
 3. its question is not a duplicate of a seed or of another kept question (normalized text), and is within
    the length bounds (both checked while generating questions).
 
-``counts`` keys: ``questions`` (accepted), ``kept``, ``question_prompts``, ``rejected/question/<reason>``,
+``counts`` keys: ``questions`` (accepted), ``kept``, ``question_prompts``, ``question_prompts_with_questions``
+(prompts that gave at least one accepted question), ``rejected/question/<reason>``,
 ``rejected/example/<reason>`` (``empty``, ``no_answer``, ``answer_too_long``, ``rationale_too_long``,
 ``rationale_too_short``, ``answer_not_an_option``, ``inconsistent``) and ``repaired/<kind>`` (the question
-repairs, and ``answer_extracted``: kept-rationale replies whose answer was extracted).
+repairs, and ``answer_extracted``: kept-rationale replies whose answer was extracted), and what the
+constraint did: ``constraint/questions/<key>`` and ``constraint/rationales/<key>`` (the keys of
+:data:`arte.constrain.COUNT_KEYS`; the rationales' include the check samples).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from typing import Any, Sequence
 
 from arte.answers import normalize_answer, parse_answer
 from arte.drafts import Draft
-from arte.elicit import check_rationale, trim_rationale, write_rationales
+from arte.elicit import check_rationale, rationale_formats, trim_rationale, write_rationales
 from arte.errors import ConfigError
 from arte.progress import Progress
 from arte.prompts import PLAIN_STYLE
@@ -132,7 +137,11 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     multiple_choice = bool(seeds) and all(e.is_multiple_choice for e in seeds)
     seed = config.seed + 1_000_000
     extraction = {"extract": config.extract_answers, "answer_max_new_tokens": config.answer_max_new_tokens}
-    main, extracted = write_rationales(teacher, task, questions, [PLAIN_STYLE],
+    constrained: dict[str, int] = {}
+    formats = (rationale_formats(questions, multiple_choice=multiple_choice, min_chars=config.min_rationale_chars,
+                                 max_chars=config.max_rationale_chars, max_answer_chars=config.max_answer_chars)
+               if config.constrain else None)
+    main, extracted = write_rationales(teacher, task, questions, [PLAIN_STYLE], formats=formats, counts=constrained,
                                        temperature=config.rationale_temperature,
                                        max_new_tokens=config.rationale_max_new_tokens, seed=seed,
                                        batch_size=config.batch_size, top_p=config.top_p, progress=progress,
@@ -152,7 +161,9 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     agreed = {qi: 0 for qi, _, _ in candidates}
     for k in range(config.check_samples):
         checked = [questions[qi] for qi, _, _ in candidates]
+        checked_formats = [formats[qi] for qi, _, _ in candidates] if formats is not None else None
         extra, _ = write_rationales(teacher, task, checked, [PLAIN_STYLE], temperature=config.check_temperature,
+                                    formats=checked_formats, counts=constrained,
                                     max_new_tokens=config.rationale_max_new_tokens,
                                     seed=seed + (k + 1) * 100_000, batch_size=config.batch_size,
                                     top_p=config.top_p, progress=progress, stage="checks", **extraction)
@@ -179,11 +190,14 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     data = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
     dataset_path, manifest_path = out / DATASET_FILE, out / MANIFEST_FILE
     _atomic_write(dataset_path, data)
-    counts: dict[str, int] = {"questions": len(questions), "kept": len(examples), "question_prompts": qres.prompts}
+    counts: dict[str, int] = {"questions": len(questions), "kept": len(examples), "question_prompts": qres.prompts,
+              "question_prompts_with_questions": qres.productive_prompts}
     counts.update({f"rejected/question/{k}": v for k, v in sorted(qres.rejections.items())})
     counts.update({f"rejected/example/{k}": v for k, v in sorted(rejected.items())})
     repairs = {**qres.repairs, **({"answer_extracted": len(extracted)} if extracted else {})}
     counts.update({f"repaired/{k}": v for k, v in sorted(repairs.items())})
+    counts.update({f"constraint/questions/{k}": v for k, v in sorted(qres.constraint.items())})
+    counts.update({f"constraint/rationales/{k}": v for k, v in sorted(constrained.items())})
     manifest = {"format": FORMAT, "file": DATASET_FILE, "sha256": hashlib.sha256(data).hexdigest(),
                 "size": len(data), "n_examples": len(examples), "task": task.name, **teacher_id(teacher),
                 "counts": counts, "labels": label_counts(examples), "config": asdict(config),

@@ -11,6 +11,13 @@ prefix is not repeated), the way answer extraction prefills ``… <ans>``. ``nam
 identifies the base model and ``adapter`` the adapter in use (None: the base model); both go into draft
 and dataset provenance.
 
+Constrained decoding: ``formats[i]`` (an :class:`arte.grammar.Format`, or None) is the format reply ``i``
+must have (:mod:`arte.formats` builds the draft formats). Local backends keep each token inside it
+(:class:`arte.constrain.TokenGuard`) and add what the constraint did to ``counts``
+(:data:`arte.constrain.COUNT_KEYS`); an OpenAI-compatible endpoint is sent the format as its structured
+output (a regex or a GBNF grammar) and counts only ``generations``. Callers that do not constrain pass
+neither argument.
+
 Backends (each imports its runtime lazily):
 
 * :class:`arte.backends.hf_teacher.TorchTeacher` — transformers (the GGUF dequantized, or an HF dir);
@@ -26,9 +33,12 @@ This module also holds what the backends share: message validation and chat-temp
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 from arte.errors import ConfigError
+
+if TYPE_CHECKING:   # only for annotations: the protocol does not need the format language at run time
+    from arte.grammar import Format
 
 __all__ = ["Message", "Teacher", "ROLES", "check_conversations", "check_sampling", "render_chat",
            "teacher_id"]
@@ -48,9 +58,11 @@ class Teacher(Protocol):
         """The adapter in use (a name or path), or None for the base model."""
 
     def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (),
-             top_p: float = 1.0) -> list[str]:
-        """One reply per conversation, in order (see the module docstring for sampling and stops)."""
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
+             formats: Sequence[Format | None] | None = None,
+             counts: dict[str, int] | None = None) -> list[str]:
+        """One reply per conversation, in order (see the module docstring for sampling, stops and
+        formats)."""
 
     def close(self) -> None:
         """Free the runtime's resources (idempotent)."""

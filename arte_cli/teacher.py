@@ -114,6 +114,24 @@ def _teacher_options(f: Callable) -> Callable:
     return f
 
 
+def _draft_format_options(f: Callable) -> Callable:
+    """Options of the commands that elicit questions and rationales (``draft``, ``tailor``)."""
+    from arte.backends.openai import STRUCTURED_OUTPUTS
+
+    f = click.option("--endpoint-structured-output", type=click.Choice(STRUCTURED_OUTPUTS),
+                     default=STRUCTURED_OUTPUTS[0], show_default=True,
+                     help="How --endpoint is told the draft format: vLLM structured_outputs regex (vllm), "
+                          "vLLM < 0.12 guided_regex (vllm-guided), a GBNF grammar (llama-server), or not "
+                          "at all (none).")(f)
+    f = click.option("--seeds-per-prompt", default=3, show_default=True, type=click.IntRange(min=1),
+                     help="Seed examples shown per question prompt, stratified by label and rotated over "
+                          "the --n-seeds set aside (rotation needs --n-seeds above this).")(f)
+    f = click.option("--constrain/--no-constrain", default=True, show_default=True,
+                     help="Decode the teacher inside the draft format (questions with the task's options "
+                          "line, rationales ending in <ans>one of the options</ans>).")(f)
+    return f
+
+
 def _common(f: Callable) -> Callable:
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
     f = click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")(f)
@@ -130,8 +148,8 @@ def _split(task_path: Path, split_seed: int, n_seeds: int, n_validation: int) ->
 
 
 def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_model: str | None,
-                    threads: int | None, *, endpoint_retries: int = 4,
-                    endpoint_timeout: float = 120.0) -> tuple[Callable[[Path | None], Any], str]:
+                    threads: int | None, *, endpoint_retries: int = 4, endpoint_timeout: float = 120.0,
+                    structured_output: str = "vllm") -> tuple[Callable[[Path | None], Any], str]:
     """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string."""
     from arte.models import resolve_model
     from arte_cli.home import convert_dir, model_dir
@@ -147,7 +165,8 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
                 raise click.UsageError("a local adapter cannot be applied to a remote --endpoint teacher; serve "
                                        "it there (e.g. vLLM --lora-modules) and pass its name as --endpoint-model")
             return OpenAITeacher(endpoint, endpoint_model, api_key=os.environ.get(API_KEY_ENV),
-                                 max_retries=endpoint_retries, timeout=endpoint_timeout)
+                                 max_retries=endpoint_retries, timeout=endpoint_timeout,
+                                 structured_output=structured_output)
 
         return open_remote, f"openai:{endpoint}:{endpoint_model}"
     ref = resolve_model(teacher, model_dir())
@@ -199,12 +218,14 @@ def _styles(value: str) -> tuple[str, ...]:
 @click.option("--rationale-temperature", default=0.0, show_default=True, type=click.FloatRange(0.0, 10.0),
               help="Sampling temperature of rationales.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@_draft_format_options
 @_common
 def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
           endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
           out_path: Path, n_questions: int, styles: str,
           max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
-          rationale_temperature: float, seed: int, threads: int | None, verbose: bool, as_json: bool) -> None:
+          rationale_temperature: float, seed: int, constrain: bool, seeds_per_prompt: int,
+          endpoint_structured_output: str, threads: int | None, verbose: bool, as_json: bool) -> None:
     """Elicit draft questions and rationales from the teacher (writes drafts JSONL)."""
     from arte.drafts import write_drafts
     from arte.elicit import ElicitConfig, elicit_drafts
@@ -214,10 +235,12 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
             cfg = ElicitConfig(n_questions=n_questions, styles=_styles(styles), seed=seed,
                                max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
                                rationale_max_new_tokens=rationale_tokens,
-                               rationale_temperature=rationale_temperature, n_seeds=n_seeds)
+                               rationale_temperature=rationale_temperature, n_seeds=seeds_per_prompt,
+                               constrain=constrain)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
-                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout)
+                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout,
+                                        structured_output=endpoint_structured_output)
             t = opener(None)
             try:
                 res = elicit_drafts(t, task, split.seeds, cfg, bars)
@@ -230,8 +253,11 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
 
     data = {"task": task.name, "out": str(out_path), **res.summary(), "labels": label_counts(res.drafts)}
     _emit(data, as_json, f"{len(res.drafts)} drafts for {len(res.questions)} questions -> {out_path}\n"
+                         f"question prompts with drafts: {data['question_prompts_with_drafts']}/"
+                         f"{data['question_prompts']}\n"
                          f"question rejections: {res.question_rejections}\n"
-                         f"draft rejections: {res.draft_rejections}\nrepairs: {res.repairs}")
+                         f"draft rejections: {res.draft_rejections}\nrepairs: {res.repairs}\n"
+                         f"constraint: {data['constraint']}")
 
 
 @click.command()
@@ -431,23 +457,27 @@ def _reward_lines(reward: dict[str, Any]) -> list[str]:
 @click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
               help="Reply budget per rationale.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@_draft_format_options
 @_common
 def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
            endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
            adapter: Path | None, out_dir: Path, n_questions: int,
            check_samples: int, max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
-           seed: int, threads: int | None, verbose: bool, as_json: bool) -> None:
+           seed: int, constrain: bool, seeds_per_prompt: int, endpoint_structured_output: str,
+           threads: int | None, verbose: bool, as_json: bool) -> None:
     """Write tailored training data with the (aligned) teacher: dataset.jsonl + manifest.json."""
     from arte.tailor import TailorConfig, tailor_dataset
 
     with _session(verbose) as bars:
         try:
-            cfg = TailorConfig(n_questions=n_questions, check_samples=check_samples, seed=seed, n_seeds=n_seeds,
-                               max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
-                               rationale_max_new_tokens=rationale_tokens)
+            cfg = TailorConfig(n_questions=n_questions, check_samples=check_samples, seed=seed,
+                               n_seeds=seeds_per_prompt, max_question_prompts=max_question_prompts,
+                               question_max_new_tokens=question_tokens, rationale_max_new_tokens=rationale_tokens,
+                               constrain=constrain)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
-                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout)
+                                        endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout,
+                                        structured_output=endpoint_structured_output)
             t = opener(adapter)
             try:
                 res = tailor_dataset(t, task, split.seeds, cfg, out_dir, bars)

@@ -9,6 +9,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Sequence
 
+from arte.constrain import check_formats
+from arte.grammar import Format
 from arte.teacher import Message, check_conversations, check_sampling
 
 
@@ -28,12 +30,15 @@ class ScriptedTeacher:
         return self._adapter
 
     def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0) -> list[str]:
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
+             formats: Sequence[Format | None] | None = None, counts: dict[str, int] | None = None) -> list[str]:
+        """Scripted replies; ``formats`` are recorded, not enforced (like an endpoint without structured
+        output): what parsing does with free text stays testable."""
         convs = check_conversations(conversations)
         check_sampling(temperature, max_new_tokens, top_p)
         kw = {"temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed, "stop": tuple(stop),
               "top_p": top_p}
-        self.calls.append({"conversations": convs, **kw})
+        self.calls.append({"conversations": convs, **kw, "formats": check_formats(formats, len(convs))})
         return [self.reply(c, kw, i) for i, c in enumerate(convs)]
 
     def close(self) -> None:
@@ -148,3 +153,91 @@ def serve_chat() -> Iterator[ChatServer]:
         srv.shutdown()
         srv.server_close()
         thread.join()
+
+
+class FakeLMTeacher:
+    """A fake *model* teacher for constrained decoding: a byte-level vocabulary (256 byte tokens, a few
+    word tokens, an end token) and logits that prefer ``prefer(messages, text_so_far)`` (a string to
+    continue with, or None for the end), plus small deterministic noise so every token has a rank.
+    Decoding samples token by token and, for a conversation with a format, passes each token through
+    :class:`arte.constrain.TokenGuard` exactly as the real local backends do. Its preferences are written
+    to break the draft formats, so only the constraint can make its replies parse."""
+
+    WORDS = ("Question", " plausible", "<ans>", "</ans>", "Options: ", "\n\n")
+
+    def __init__(self, prefer: Callable[[list[Message], str], str | None], *, name: str = "fake-lm") -> None:
+        from arte.constrain import Vocabulary
+
+        self.prefer = prefer
+        self.name = name
+        pieces = [bytes([b]) for b in range(256)] + [w.encode() for w in self.WORDS] + [b""]
+        self.eos = len(pieces) - 1
+        self.vocab = Vocabulary(pieces, frozenset({self.eos}), self.eos)
+        self.calls: list[dict[str, Any]] = []
+
+    @property
+    def adapter(self) -> str | None:
+        return None
+
+    def _logits(self, messages: list[Message], text: str, noise: Any) -> Any:
+        import numpy as np
+
+        x = noise.normal(0.0, 1.0, len(self.vocab.pieces))
+        want = self.prefer(messages, text)
+        if want is None:
+            x[self.eos] += 20.0
+            return x
+        data = want.encode()
+        best = max((t for t, p in enumerate(self.vocab.pieces) if p and data.startswith(p)),
+                   key=lambda t: len(self.vocab.pieces[t]), default=None)
+        if best is not None:
+            x[best] += 20.0
+        return np.asarray(x)
+
+    def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
+             formats: Sequence[Any] | None = None, counts: dict[str, int] | None = None) -> list[str]:
+        import numpy as np
+
+        from arte.constrain import TokenGuard, check_formats, sample
+
+        convs = check_conversations(conversations)
+        check_sampling(temperature, max_new_tokens, top_p)
+        fmts = check_formats(formats, len(convs))
+        self.calls.append({"conversations": convs, "formats": fmts, "temperature": temperature, "seed": seed})
+        tally = counts if counts is not None else {}
+        out = []
+        for i, (msgs, fmt) in enumerate(zip(convs, fmts)):
+            rng = np.random.default_rng([seed, i])
+            noise = np.random.default_rng([seed, i, 7])
+            guard = (TokenGuard(fmt, self.vocab, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, counts=tally) if fmt is not None else None)
+            text = b""
+            for _ in range(max_new_tokens):
+                logits = self._logits(msgs, text.decode("utf-8", "replace"), noise)
+                t = sample(logits, temperature, top_p, rng)
+                if guard is not None:
+                    t = guard.choose(t, logits, rng)
+                if t == self.eos:
+                    break
+                text += self.vocab.pieces[t]
+            out.append(text.decode("utf-8", "replace"))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def scripted_preference(script: str, ramble: str) -> Callable[[str], str | None]:
+    """A preference that writes ``script`` and then ends; once the text has left the script (the
+    constraint changed something) it rambles: ``ramble`` over and over, from where the text's length
+    points into it, never ending by itself."""
+
+    def prefer(text: str) -> str | None:
+        if script.startswith(text):
+            rest = script[len(text):]
+            return rest or None
+        at = len(text) % len(ramble)
+        return ramble[at:] + ramble * 3
+
+    return prefer

@@ -7,6 +7,12 @@ base, with every adapter disabled). Conversations are rendered with the tokenize
 generated in left-padded batches of ``batch_size``; a batch samples from one torch generator seeded from
 ``(seed, batch start)``, so a call is reproducible for the same seed and batch size, on the same device.
 
+``formats`` constrain decoding: a batch with a constrained conversation is decoded with a logits processor
+that draws each row's token itself (softmax(logits / T), top-p, a numpy stream per conversation from
+``(seed, index)``), passes it through the row's :class:`arte.constrain.TokenGuard`, and leaves
+transformers only that token to pick. The guard needs each token's bytes: read from the tokenizer's
+byte-level (GPT-2 style) or SentencePiece (``▁``, ``<0xNN>``) vocabulary.
+
 :meth:`TorchTeacher.completion_logprobs` gives log p(completion | conversation) under the active adapter
 (or the base), the quantity DPO's implicit reward is built from.
 """
@@ -17,7 +23,11 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from arte.constrain import TokenGuard, Vocabulary, check_formats, sample
 from arte.errors import ConfigError, ModelError
+from arte.grammar import Format
 from arte.models import ModelRef
 from arte.teacher import Message, check_conversations, check_sampling
 
@@ -42,6 +52,7 @@ class TorchTeacher:
         self.batch_size = batch_size
         self._adapters: dict[str, str] = {}
         self._active: str | None = None
+        self._vocab: Vocabulary | None = None
 
     @classmethod
     def from_ref(cls, ref: ModelRef, *, convert_dir: str | Path | None = None, device: str = "cpu",
@@ -116,12 +127,22 @@ class TorchTeacher:
     def close(self) -> None:
         pass
 
+    def vocabulary(self) -> Vocabulary:
+        """Every token's bytes and the end-of-generation ids, for constrained decoding (read once)."""
+        if self._vocab is None:
+            n_logits = int(self.base.get_output_embeddings().weight.shape[0])
+            self._vocab = hf_vocabulary(self.tok, n_logits, self.base.generation_config.eos_token_id)
+        return self._vocab
+
     def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (),
-             top_p: float = 1.0) -> list[str]:
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
+             formats: Sequence[Format | None] | None = None,
+             counts: dict[str, int] | None = None) -> list[str]:
         torch = self._torch
         convs = check_conversations(conversations)
         check_sampling(temperature, max_new_tokens, top_p)
+        fmts = check_formats(formats, len(convs))
+        tally = counts if counts is not None else {}
         prompts = self._encode([self.render(m) for m in convs])
         device = self.base.device
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
@@ -139,6 +160,16 @@ class TorchTeacher:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             if stop:
                 kwargs.update(stop_strings=list(stop), tokenizer=self.tok)
+            batch_formats = fmts[start:start + self.batch_size]
+            if any(f is not None for f in batch_formats):
+                from transformers import LogitsProcessorList
+
+                vocab = self.vocabulary()
+                guards = [TokenGuard(f, vocab, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                     counts=tally) if f is not None else None for f in batch_formats]
+                rngs = [np.random.default_rng([seed, start + i]) for i in range(len(batch))]
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                              logits_processor=LogitsProcessorList([_Guarded(guards, rngs, temperature, top_p)]))
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), torch.no_grad(), self._context():
                 torch.manual_seed(hash((seed, start)) & 0x7FFFFFFF)
@@ -179,3 +210,51 @@ class TorchTeacher:
             lp = torch.gather(logits.log_softmax(-1), 2, ids[:, 1:, None])[..., 0]
             out += (lp * sel[:, 1:]).sum(-1).tolist()
         return out
+
+
+class _Guarded:
+    """A logits processor that picks each row's token (sampled, then passed through the row's guard) and
+    leaves transformers' greedy search only that token."""
+
+    def __init__(self, guards: list[TokenGuard | None], rngs: list[np.random.Generator], temperature: float,
+                 top_p: float) -> None:
+        self.guards, self.rngs, self.temperature, self.top_p = guards, rngs, temperature, top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        rows = scores.detach().float().cpu().numpy()
+        out = scores.new_full(scores.shape, float("-inf"))
+        for i, (x, guard, rng) in enumerate(zip(rows, self.guards, self.rngs)):
+            token = sample(x, self.temperature, self.top_p, rng)
+            if guard is not None:
+                token = guard.choose(token, x, rng)
+            out[i, token] = 0.0
+        return out
+
+
+def hf_vocabulary(tok: Any, n_logits: int, eos: int | Sequence[int] | None = None) -> Vocabulary:
+    """Each token's bytes for a transformers tokenizer (byte-level BPE, or SentencePiece with byte
+    fallback), padded with empty pieces to ``n_logits``; special tokens are empty. The end-of-generation
+    ids are the tokenizer's EOS and ``eos`` (the generation config's)."""
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    special = set(tok.all_special_ids)
+    names = tok.convert_ids_to_tokens(list(range(len(tok))))
+    byte_level = all(all(c in byte_of for c in n) for t, n in enumerate(names) if n and t not in special)
+    pieces: list[bytes] = []
+    for t, name in enumerate(names):
+        if t in special or not name:
+            pieces.append(b"")
+        elif byte_level:
+            pieces.append(bytes(byte_of[c] for c in name))
+        elif len(name) == 6 and name.startswith("<0x") and name.endswith(">"):
+            pieces.append(bytes([int(name[3:5], 16)]))
+        else:
+            pieces.append(name.replace("\u2581", " ").encode("utf-8"))
+    pieces += [b""] * max(0, n_logits - len(pieces))
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    eog = frozenset(i for i in [tok.eos_token_id, *ids] if i is not None and 0 <= i < len(pieces))
+    if not eog:
+        raise ModelError("the tokenizer has no EOS token; it cannot be constrained")
+    first = tok.eos_token_id if tok.eos_token_id in eog else min(eog)
+    return Vocabulary(pieces, eog, first)

@@ -38,7 +38,7 @@ import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -380,18 +380,24 @@ class LlamaCppStudent:
         return _score([rows[len(prompt) - 1 + i] for i in range(len(cont))], cont)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
-                 temperature: float = 0.0, seed: int = 0, top_p: float = 1.0) -> list[Generation]:
+                 temperature: float = 0.0, seed: int = 0, top_p: float = 1.0,
+                 guards: Sequence[Any] | None = None) -> list[Generation]:
+        """``guards[i]`` (optional, an :class:`arte.constrain.TokenGuard` or None) keeps prompt ``i``'s
+        generation inside a format: each sampled token is passed to its ``choose``, which returns the one
+        to emit."""
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens", f"must be >= 1, got {max_new_tokens}")
         out: list[Generation] = []
         for start in range(0, len(prompts), self.n_parallel):
             wave = [list(p) for p in prompts[start:start + self.n_parallel]]
             rngs = [np.random.default_rng([seed, start + i]) for i in range(len(wave))]
-            out += self._generate_wave(wave, max_new_tokens, list(stop), temperature, top_p, rngs)
+            wave_guards = list(guards[start:start + len(wave)]) if guards is not None else None
+            out += self._generate_wave(wave, max_new_tokens, list(stop), temperature, top_p, rngs, wave_guards)
         return out
 
     def _generate_wave(self, wave: list[list[int]], max_new: int, stop: list[str], temperature: float,
-                       top_p: float, rngs: list[np.random.Generator]) -> list[Generation]:
+                       top_p: float, rngs: list[np.random.Generator],
+                       guards: list[Any] | None = None) -> list[Generation]:
         common = _common_prefix(wave)
         needed = common + sum(len(p) - common + max_new for p in wave)
         if needed > self._n_ctx:
@@ -423,6 +429,8 @@ class LlamaCppStudent:
                     if s in done:
                         continue
                     t = _pick(logits[s], temperature, top_p, rngs[s - 1])
+                    if guards is not None and guards[s - 1] is not None:   # constrained decoding
+                        t = guards[s - 1].choose(t, logits[s], rngs[s - 1])
                     if self.is_eog(t):
                         done[s] = Generation(text[s].decode("utf-8", "replace"), "eos", len(toks[s]))
                         continue

@@ -7,6 +7,10 @@ and tokenized with special tokens parsed, so ``<|im_start|>`` and friends become
 Up to ``n_parallel`` conversations decode together; fewer when their prompts plus ``max_new_tokens``
 would not fit the context. Conversation ``i`` samples with the stream ``(seed, i)``.
 
+``formats`` constrain decoding: each constrained conversation gets a :class:`arte.constrain.TokenGuard`
+over the GGUF vocabulary (every token's bytes, read once per teacher), consulted by the decode loop after
+each sampled token.
+
 One GGUF LoRA adapter may be applied at load (``lora_path``); switching adapters means opening another
 teacher (adapters trained by :mod:`arte.dpo` are PEFT adapters: use the torch teacher for those, since
 a Q4 base hides small DPO deltas, see RUNTIME-NOTES §7b).
@@ -17,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from arte.constrain import TokenGuard, Vocabulary, check_formats
 from arte.errors import BackendError, ModelError
+from arte.grammar import Format
 from arte.teacher import Message, check_conversations, check_sampling, render_chat
 
 __all__ = ["LlamaCppTeacher"]
@@ -43,6 +49,7 @@ class LlamaCppTeacher:
         self.chat_template = template
         self._bos = self._special("tokenizer.ggml.bos_token_id")
         self._eos = self._special("tokenizer.ggml.eos_token_id")
+        self._vocab: Vocabulary | None = None
 
     def _special(self, key: str) -> str:
         value = self._llm.metadata(key)
@@ -76,11 +83,32 @@ class LlamaCppTeacher:
         bos = not (self._bos and text.startswith(self._bos))
         return self._llm.tokenize(text, bos=bos, special=True)
 
+    def vocabulary(self) -> Vocabulary:
+        """Every token's bytes and the end-of-generation ids, for constrained decoding (read once)."""
+        if self._vocab is None:
+            llm = self._llm
+            pieces = [b"" if llm.is_eog(t) else llm.piece(t) for t in range(llm.n_vocab)]
+            eog = frozenset(t for t in range(llm.n_vocab) if llm.is_eog(t))
+            if not eog:
+                raise ModelError(f"{self.name} has no end-of-generation token; it cannot be constrained")
+            value = llm.metadata("tokenizer.ggml.eos_token_id")
+            eos = int(value) if value is not None and value.isdigit() and int(value) in eog else min(eog)
+            self._vocab = Vocabulary(pieces, eog, eos)
+        return self._vocab
+
     def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (),
-             top_p: float = 1.0) -> list[str]:
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
+             formats: Sequence[Format | None] | None = None,
+             counts: dict[str, int] | None = None) -> list[str]:
         convs = check_conversations(conversations)
         check_sampling(temperature, max_new_tokens, top_p)
+        fmts = check_formats(formats, len(convs))
+        guards = None
+        if any(f is not None for f in fmts):
+            vocab = self.vocabulary()
+            tally = counts if counts is not None else {}
+            guards = [TokenGuard(f, vocab, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 counts=tally) if f is not None else None for f in fmts]
         prompts = [self.prompt_tokens(m) for m in convs]
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.n_ctx:
@@ -90,5 +118,5 @@ class LlamaCppTeacher:
         # random stream a conversation uses, so results do not depend on it).
         self._llm.n_parallel = max(1, min(self.n_parallel, self.n_ctx // (longest + max_new_tokens)))
         gens = self._llm.generate(prompts, max_new_tokens=max_new_tokens, stop=list(stop),
-                                  temperature=temperature, seed=seed, top_p=top_p)
+                                  temperature=temperature, seed=seed, top_p=top_p, guards=guards)
         return [g.text for g in gens]

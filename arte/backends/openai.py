@@ -8,6 +8,18 @@ assistant message is sent with vLLM's ``continue_final_message: true, add_genera
 (llama-server continues a final assistant message on its own). Up to ``concurrency``
 requests are in flight at once (threads; the endpoint batches them); results keep the input order.
 
+Constrained decoding uses the endpoint's structured output, chosen by ``structured_output``
+(:data:`STRUCTURED_OUTPUTS`): a conversation with a format is sent with
+
+* ``vllm`` (default): ``"structured_outputs": {"regex": format.regex()}`` (vLLM >= 0.10.2; the only
+  spelling from 0.12);
+* ``vllm-guided``: ``"guided_regex": format.regex()`` (older vLLM);
+* ``llama-server``: ``"grammar": format.gbnf()`` (llama.cpp's server, GBNF);
+* ``none``: nothing (the endpoint decodes freely; replies are parsed and repaired as before).
+
+The endpoint cannot be made to finish early (:mod:`arte.constrain`'s finishing is local): a reply the
+token budget cuts is rejected downstream. ``counts["generations"]`` counts constrained requests.
+
 Failures: connection errors, timeouts, HTTP 408/409/429 and 5xx are retried up to ``max_retries`` times
 with exponential backoff and full jitter (``backoff * 2**attempt``, capped at ``max_backoff``, times a
 uniform draw); a ``Retry-After`` header in seconds is honoured as a lower bound. Other 4xx and malformed
@@ -24,14 +36,29 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
+from arte.constrain import add_counts, check_formats
 from arte.errors import ConfigError, TeacherHTTPError
+from arte.grammar import Format
 from arte.teacher import Message, check_conversations, check_sampling
 
-__all__ = ["OpenAITeacher", "RETRY_STATUSES"]
+__all__ = ["OpenAITeacher", "RETRY_STATUSES", "STRUCTURED_OUTPUTS"]
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+# How a format is sent (see the module docstring); the first is the default.
+STRUCTURED_OUTPUTS = ("vllm", "vllm-guided", "llama-server", "none")
+
+
+def _structured(mode: str, fmt: Format) -> dict[str, Any]:
+    if mode == "vllm":
+        return {"structured_outputs": {"regex": fmt.regex()}}
+    if mode == "vllm-guided":
+        return {"guided_regex": fmt.regex()}
+    if mode == "llama-server":
+        return {"grammar": fmt.gbnf()}
+    return {}
 
 
 class OpenAITeacher:
@@ -46,15 +73,20 @@ class OpenAITeacher:
         max_retries: retries after the first attempt for retryable failures.
         backoff, max_backoff: the exponential backoff base and cap, in seconds.
         concurrency: requests in flight at once.
+        structured_output: how formats are sent, one of :data:`STRUCTURED_OUTPUTS`.
         transport: an httpx transport (``httpx.MockTransport`` in tests).
         sleep, random: injectable wait and uniform [0, 1) draw for the backoff.
     """
 
     def __init__(self, base_url: str, model: str, *, adapter: str | None = None, api_key: str | None = None,
                  timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 30.0,
-                 concurrency: int = 8, transport: Any = None, sleep: Callable[[float], None] = time.sleep,
-                 random: Callable[[], float] = _random.random) -> None:
+                 concurrency: int = 8, structured_output: str = STRUCTURED_OUTPUTS[0], transport: Any = None,
+                 sleep: Callable[[float], None] = time.sleep, random: Callable[[], float] = _random.random) -> None:
         import httpx
+
+        if structured_output not in STRUCTURED_OUTPUTS:
+            raise ConfigError("structured_output", f"must be one of {', '.join(STRUCTURED_OUTPUTS)}, got "
+                                                   f"{structured_output!r}")
 
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError("base_url", f"must start with http:// or https://, got {base_url!r}")
@@ -77,6 +109,7 @@ class OpenAITeacher:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.concurrency = concurrency
+        self.structured_output = structured_output
         self._sleep = sleep
         self._random = random
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -97,12 +130,14 @@ class OpenAITeacher:
         self.close()
 
     def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (),
-             top_p: float = 1.0) -> list[str]:
+             max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
+             formats: Sequence[Format | None] | None = None,
+             counts: dict[str, int] | None = None) -> list[str]:
         convs = check_conversations(conversations)
         check_sampling(temperature, max_new_tokens, top_p)
+        fmts = check_formats(formats, len(convs))
         bodies = []
-        for i, msgs in enumerate(convs):
+        for i, (msgs, fmt) in enumerate(zip(convs, fmts)):
             body: dict[str, Any] = {"model": self._adapter or self.name, "messages": msgs,
                                     "temperature": temperature, "top_p": top_p,
                                     "max_tokens": max_new_tokens, "seed": seed + i, "n": 1}
@@ -110,6 +145,10 @@ class OpenAITeacher:
                 body["stop"] = list(stop)
             if msgs[-1]["role"] == "assistant":   # continue it (vLLM's parameters; llama-server does it anyway)
                 body.update(continue_final_message=True, add_generation_prompt=False)
+            if fmt is not None and self.structured_output != "none":
+                body.update(_structured(self.structured_output, fmt))
+                if counts is not None:
+                    add_counts(counts, {"generations": 1})
             bodies.append(body)
         if self.concurrency == 1 or len(bodies) == 1:
             return [self._post(b) for b in bodies]

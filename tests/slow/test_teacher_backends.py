@@ -119,3 +119,40 @@ def test_torch_teacher_stop_strings(torch_teacher) -> None:
     word = full.split()[1]
     cut = torch_teacher.chat([USER_ONLY], temperature=0.0, max_new_tokens=16, stop=[word])[0]
     assert cut == full[:full.index(word)]
+
+
+def _constrained_elicitation(teacher, data_dir) -> None:
+    """Constrained elicitation on the six-option date sample: every question carries a well-formed options
+    line and every rationale ends in <ans> one of its options, whatever the model prefers to write."""
+    import re
+
+    from arte.elicit import ElicitConfig, elicit_drafts
+    from arte.questions import parse_options
+    from arte.tasks import load_task, split_task
+
+    task = load_task(data_dir / "bigbench_sample" / "date_understanding.json")
+    seeds = split_task(task, seed=0, n_seeds=3, validation=0).seeds
+    cfg = ElicitConfig(n_questions=4, questions_per_prompt=2, batch_size=2, max_question_prompts=2,
+                       styles=("plain",), question_max_new_tokens=200, rationale_max_new_tokens=64)
+    res = elicit_drafts(teacher, task, seeds, cfg)
+    # What a format cannot say may still reject a question: a duplicate, or an option listed twice.
+    assert set(res.question_rejections) <= {"duplicate", "duplicate_of_seed", "bad_options"}
+    assert res.questions, res.question_rejections
+    for q in res.questions:
+        opts = parse_options(q.text)
+        assert opts and 5 <= len(opts) <= 6 and all(re.fullmatch(r"\d\d/\d\d/\d{4}", o) for o in opts)
+    assert res.draft_rejections == {} and len(res.drafts) == len(res.questions)
+    for d in res.drafts:
+        assert d.answer in parse_options(d.question) and d.rationale.endswith(f"<ans>{d.answer}</ans>")
+    c = res.stats["constraint"]
+    assert c["questions"]["generations"] == res.stats["question_prompts"] == 2
+    assert c["rationales"]["generations"] == len(res.questions) and c["rationales"].get("incomplete", 0) == 0
+
+
+def test_llama_teacher_constrained_elicitation(llama_teacher, data_dir) -> None:
+    _constrained_elicitation(llama_teacher, data_dir)
+
+
+def test_torch_teacher_constrained_elicitation(torch_teacher, data_dir) -> None:
+    torch_teacher.set_adapter(None)
+    _constrained_elicitation(torch_teacher, data_dir)

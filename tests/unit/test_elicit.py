@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import zlib
+
 import pytest
 
 from arte.drafts import read_drafts, write_drafts
 from arte.elicit import ElicitConfig, check_rationale, elicit_drafts, extracted_answer, trim_rationale
 from arte.errors import ConfigError
 from arte.prompts import question_block
-from arte.questions import (QuestionConfig, QuestionFilter, normalize_question, parse_options, shared_options,
-                            split_questions)
+from arte.questions import (QuestionConfig, QuestionFilter, draw_seeds, normalize_question, parse_options,
+                            shared_options, split_questions)
 from arte.tasks import Example, Task, format_question
-from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
+from tests.teacher_fakes import (FakeLMTeacher, ScriptedTeacher, asked_question, is_question_prompt,
+                                 scripted_preference)
 
 OPTS = ("plausible", "implausible")
 SPORTS = Task("sports", "Judge whether the sentence is plausible.", tuple(
@@ -154,7 +158,7 @@ def test_elicit_counts_every_rejection_and_builds_drafts() -> None:
     assert d.rationale == "It fits the sport. <ans>Plausible</ans>"
     p = d.provenance
     assert p["teacher"] == "scripted" and p["adapter"] is None and p["question_prompt"] == "qp0000"
-    assert p["seed_examples"] == ["s0", "s1", "s2"] and p["rationale_prompt"] == "plain"
+    assert sorted(p["seed_examples"]) == ["s0", "s1", "s2"] and p["rationale_prompt"] == "plain"
     assert p["question_sampling"]["temperature"] == 1.0 and p["rationale_sampling"]["temperature"] == 0.0
     assert res.stats["question_prompts"] == 4 and res.stats["question_shortfall"] == 0
     assert ("questions", 4, 4) in progress and ("rationales", 16, 16) in progress
@@ -255,3 +259,99 @@ def test_config_from_json_lists() -> None:
 def test_no_seeds_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="seeds"):
         elicit_drafts(ScriptedTeacher(lambda m, kw, i: ""), SPORTS, (), ElicitConfig(n_questions=1))
+
+
+# ---- constrained decoding with a fake model that breaks the format -----------------------------------
+
+LETTERS = ("(a)", "(b)", "(c)", "(d)")
+ABCD = Task("abcd", "Pick the fruit.", tuple(
+    Example(f"a{i}", f"Which is a fruit? (a) apple (b) car (c) rock (d) pen #{i}", (LETTERS[i % 4],), LETTERS)
+    for i in range(4)))
+DATES = Task("dates", "Infer the date.", tuple(
+    Example(f"d{i}", f"Yesterday was 0{i + 1}/1{i}/2020. What is today in MM/DD/YYYY?", (f"0{i + 1}/1{i + 1}/2020",),
+            tuple(f"0{i + 1}/1{i + k}/2020" for k in range(1, 7))) for i in range(3)))
+
+
+def format_breaking_teacher() -> FakeLMTeacher:
+    """A fake model whose own choices never parse: questions as a bulleted list with the answer in an
+    ``<ans>`` tag and no options line, rationales without a tag that stop early or ramble with '<' and
+    line breaks."""
+
+    def prefer(messages, text):
+        if is_question_prompt(messages):
+            script = "Sure!\n- Is it true? <ans>yes</ans>\n- Another one, no options\n"
+            tag = zlib.crc32(messages[-1]["content"].encode()) % 1000      # prompts differ by their seeds
+            return scripted_preference(script, f"Did player {tag} score a goal, <b>yes</b>?\n\n")(text)
+        if "Pick" in messages[-1]["content"] or "plausible" in messages[-1]["content"]:
+            return scripted_preference("It is obvious, I think.", "x")(text)        # stops early, no tag
+        return scripted_preference("", "so 3 < 4,\nthen ")(text)                 # rambles to the budget
+
+    return FakeLMTeacher(prefer)
+
+
+@pytest.mark.parametrize("task", [SPORTS, ABCD, DATES], ids=["two-options", "letters-in-input", "six-dates"])
+def test_constrained_teacher_always_gives_questions_with_options_and_valid_answers(task) -> None:
+    t = format_breaking_teacher()
+    free = elicit_drafts(t, task, task.examples, ElicitConfig(n_questions=4, questions_per_prompt=2, batch_size=4,
+                                                             max_question_prompts=4, constrain=False,
+                                                             extract_answers=False, question_max_new_tokens=96,
+                                                             rationale_max_new_tokens=48))
+    assert free.drafts == []                                       # unconstrained, nothing parses
+    cfg = ElicitConfig(n_questions=4, questions_per_prompt=2, batch_size=4, max_question_prompts=4,
+                       question_max_new_tokens=160, rationale_max_new_tokens=48, extract_answers=False)
+    res = elicit_drafts(t, task, task.examples, cfg)
+    assert len(res.questions) == 4 and res.question_rejections.get("no_options", 0) == 0
+    want = shared_options(task.examples)
+    for q in res.questions:
+        opts = parse_options(q.text)
+        assert opts is not None and "<" not in q.text
+        if want is not None:
+            assert opts == want                                       # exactly the task's options
+        else:
+            assert 5 <= len(opts) <= 6 and all(re.fullmatch(r"\d\d/\d\d/\d{4}", o) for o in opts)
+    assert len(res.drafts) == 4 * len(cfg.styles) and res.draft_rejections == {}
+    for d in res.drafts:
+        assert d.rationale.endswith(f"<ans>{d.answer}</ans>") and d.answer in parse_options(d.question)
+        assert not d.provenance["answer_extracted"]
+    c = res.stats["constraint"]
+    assert c["questions"]["generations"] == res.stats["question_prompts"] and c["questions"]["replaced"] > 0
+    assert c["rationales"]["generations"] == 4 * len(cfg.styles) and c["rationales"]["generations_acted"] > 0
+    assert c["rationales"].get("finished_early", 0) + c["rationales"].get("finished_at_budget", 0) > 0
+    assert res.stats["question_prompts_with_questions"] == res.stats["question_prompts_with_drafts"] > 0
+
+
+def test_exact_match_answers_are_constrained_to_a_non_empty_tag() -> None:
+    t = format_breaking_teacher()
+    res = elicit_drafts(t, COUNT, COUNT.examples, ElicitConfig(n_questions=2, questions_per_prompt=2,
+                                                               styles=("plain",), question_max_new_tokens=96,
+                                                               rationale_max_new_tokens=40,
+                                                               extract_answers=False))
+    assert len(res.questions) == 2 and len(res.drafts) == 2
+    assert all(d.answer.strip() and "\n" not in d.answer for d in res.drafts)
+
+
+def test_seeds_are_stratified_by_label_and_rotate() -> None:
+    # 6 seeds of 2 labels, sorted by label: any draw of the first three would show one label only.
+    seeds = tuple(Example(f"s{i}", f"Player {i} scored", (OPTS[i // 3],), OPTS) for i in range(6))
+    draws = [draw_seeds(seeds, 3, seed=0, index=i) for i in range(4)]
+    for d in draws:
+        assert len(d) == 3 and len(set(d)) == 3
+        assert {e.answer for e in d} == set(OPTS)                 # every prompt sees both labels
+    assert len({frozenset(e.id for e in d) for d in draws}) >= 2     # prompts see different seeds
+    assert {e.id for d in draws[:2] for e in d} == {e.id for e in seeds}   # two prompts cover the pool
+    assert draw_seeds(seeds, 3, seed=0, index=1) == draws[1]          # deterministic
+    few = draw_seeds(seeds[:2], 3, seed=0, index=5)
+    assert sorted(e.id for e in few) == ["s0", "s1"]                  # all of them when there are few
+    lopsided = seeds[:5]                                              # 3 of one label, 2 of the other
+    assert all({e.answer for e in draw_seeds(lopsided, 2, 0, i)} == set(OPTS) for i in range(6))
+
+
+def test_elicitation_prompts_rotate_stratified_seeds() -> None:
+    seeds = tuple(Example(f"s{i}", f"Player {i} scored", (OPTS[i // 3],), OPTS) for i in range(6))
+    task = SPORTS.with_examples(seeds)
+    t = ScriptedTeacher(lambda m, kw, i: "" if is_question_prompt(m) else "<ans>plausible</ans>")
+    res = elicit_drafts(t, task, seeds, ElicitConfig(n_questions=5, max_question_prompts=4, batch_size=4))
+    prompts = [conv for c in t.calls for conv in c["conversations"] if is_question_prompt(conv)]
+    shown = [[e.id for e in seeds if f"Player {e.id[1:]} scored" in p[-1]["content"]] for p in prompts]
+    assert all({OPTS[int(s[1:]) // 3] for s in ids} == set(OPTS) for ids in shown)
+    assert len({tuple(sorted(ids)) for ids in shown}) >= 2 and res.stats["question_prompts"] == 4

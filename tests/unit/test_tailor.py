@@ -63,7 +63,9 @@ def test_tailor_filters_writes_jsonl_and_manifest(tmp_path) -> None:
     assert res.examples[2].provenance["answer_extracted"] and not res.examples[0].provenance["answer_extracted"]
     m = res.manifest
     # 7 questions need ceil(7/5) = 2 prompts; both replies list the same 8 blocks: 9 duplicates.
-    assert m["counts"] == {"questions": 7, "kept": 3, "question_prompts": 2, "rejected/question/duplicate": 9,
+    # The scripted teacher ignores formats (like an endpoint without structured output): nothing counted.
+    assert m["counts"] == {"questions": 7, "kept": 3, "question_prompts": 2, "question_prompts_with_questions": 1,
+                           "rejected/question/duplicate": 9,
                            "rejected/example/answer_not_an_option": 1, "rejected/example/no_answer": 1,
                            "rejected/example/rationale_too_short": 1, "rejected/example/inconsistent": 1,
                            "repaired/answer_extracted": 1}

@@ -177,3 +177,37 @@ def test_bad_messages_never_reach_the_server() -> None:
     t, _ = make(handler)
     with pytest.raises(ConfigError):
         t.chat([[{"role": "user", "content": None}]])
+
+
+@pytest.mark.parametrize("mode", ["vllm", "vllm-guided", "llama-server", "none"])
+def test_formats_are_sent_as_the_chosen_structured_output(mode) -> None:
+    from arte.formats import rationale_format
+
+    fmt = rationale_format(["plausible", "implausible"])
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json=completion("Fits. <ans>plausible</ans>"))
+
+    t, _ = make(handler, structured_output=mode, concurrency=1)
+    counts: dict[str, int] = {}
+    out = t.chat([USER, USER], formats=[fmt, None], counts=counts)
+    assert out == ["Fits. <ans>plausible</ans>"] * 2
+    constrained, free = bodies
+    expected = {"vllm": {"structured_outputs": {"regex": fmt.regex()}}, "vllm-guided": {"guided_regex": fmt.regex()},
+                "llama-server": {"grammar": fmt.gbnf()}, "none": {}}[mode]
+    keys = {"structured_outputs", "guided_regex", "grammar"}
+    assert {k: v for k, v in constrained.items() if k in keys} == expected
+    assert not keys & set(free)                                   # an unconstrained conversation sends none
+    assert counts == ({} if mode == "none" else {"generations": 1})
+    assert t.structured_output == mode
+
+
+def test_structured_output_mode_and_formats_are_checked() -> None:
+    with pytest.raises(ConfigError) as e:
+        make(lambda r: httpx.Response(200), structured_output="outlines")
+    assert e.value.field == "structured_output"
+    t, _ = make(lambda r: httpx.Response(200, json=completion("x")))
+    with pytest.raises(ConfigError, match="formats"):
+        t.chat([USER], formats=[None, None])
