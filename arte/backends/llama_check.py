@@ -29,10 +29,11 @@ from typing import Any, Sequence
 from arte.procs import ChildResult, describe_exit, run_child, signal_name
 
 __all__ = ["BASELINE_CMAKE_ARGS", "SelfCheck", "baseline_cmake_args", "build_features", "cpu_flags",
-           "machine_features", "parse_system_info", "rebuild_command", "self_check"]
+           "installed_build_record", "machine_features", "parse_system_info", "rebuild_command", "self_check"]
 
 LLAMA_CPP_VERSION = "0.3.36"
 TIMEOUT_S = 180.0
+BUILD_RECORD = "llama-cpp-build.json"   # what `make install` writes into the venv: flags, build CPU, time
 _MARK = "ARTE-SELF-CHECK "
 
 # The portable baselines (keep equal to the Makefile's LLAMA_BASELINE*; tests/unit/test_llama_check.py).
@@ -66,6 +67,11 @@ FEATURE_FLAGS = {
 # GGUF general.file_type -> the quantization names firmware profiles use.
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 14: "Q4_K_S",
               15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
+
+
+def installed_build_record() -> Path:
+    """Where ``make install`` records how the installed wheel was built (may not exist: pip installs)."""
+    return Path(sys.prefix) / BUILD_RECORD
 
 
 def parse_system_info(text: str) -> dict[str, dict[str, str]]:

@@ -129,3 +129,33 @@ def test_native_wheels_are_keyed_by_the_cpu_and_the_versions_agree() -> None:
     assert wheels(LLAMA_CMAKE_ARGS=native, CPU_FLAGS="avx2") != wheels(LLAMA_CMAKE_ARGS=native, CPU_FLAGS="avx2 amx_int8")
     assert wheels(CPU_FLAGS="avx2 fma f16c bmi2") == wheels(CPU_FLAGS="avx2 fma f16c bmi2 amx_int8")   # portable
     assert f"llama-cpp-python=={lc.LLAMA_CPP_VERSION}" in (ROOT / "constraints.txt").read_text()
+
+
+# -- `arte models check` --------------------------------------------------------------------------------------
+
+
+def test_models_check_exits_5_naming_the_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from arte_cli.cli import main as arte
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    real = lc.run_child
+    monkeypatch.setattr(lc, "run_child", lambda cmd, **kw: real([sys.executable, "-c", BUILD_THEN_DIE], **kw))
+    r = CliRunner().invoke(arte, ["models", "check", "--model", str(model), "--json"])
+    assert r.exit_code == 5, r.output
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and doc["signal"] == "SIGILL" and doc["build"]["cpu_features"][-1] == "AMX_INT8"
+    assert "error: llama.cpp self-check failed on m.gguf: the child process was killed by signal SIGILL" in r.stderr
+    r = CliRunner().invoke(arte, ["models", "check", "--model", str(model)])
+    assert r.exit_code == 5 and r.stdout == "" and "rebuild: make install" in r.stderr
+
+
+def test_models_check_refuses_a_missing_model(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from arte_cli.cli import main as arte
+
+    r = CliRunner().invoke(arte, ["models", "check", "--model", str(tmp_path / "none.gguf")])
+    assert r.exit_code == 4 and "not found" in r.stderr
