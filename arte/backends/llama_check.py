@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -199,7 +200,9 @@ def self_check(model_path: str | Path, *, n_threads: int = 1, n_gpu_layers: int 
     cmd = list(command) if command is not None else [
         sys.executable, "-X", "faulthandler", "-m", "arte.backends.llama_check", str(model_path),
         "--threads", str(n_threads), "--gpu-layers", str(n_gpu_layers)]
-    child = run_child(cmd, timeout_s=timeout_s)
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # a shared device: threads sleep rather than spin when waiting
+    child = run_child(cmd, timeout_s=timeout_s, env=env)
     return _explain(child, timeout_s, machine, flags, record, rebuild_args or baseline_cmake_args(arch, flags),
                     Path(model_path).name)
 
