@@ -213,14 +213,14 @@ def _llama_build(profile: Profile | None, model: str, llama_check: Callable[...,
         return [Check(name, "fail" if uses_llama else "warn", r.message, r.rebuild, data)]
     fix = ""
     if mismatches and profile is not None:
-        fix = f"make install LLAMA_CMAKE_ARGS=\"{profile.build.llama_cmake_args}\"" if profile.build.llama_cmake_args \
-            else "make install (the portable baseline)"
+        args = profile.build.llama_cmake_args
+        fix = f'make install LLAMA_CMAKE_ARGS="{args}"' if args else "make install (the portable baseline)"
     checks = [Check(name, "warn" if mismatches else "ok", "\n         ".join([r.message, *mismatches]), fix, data)]
     quant = r.result.get("quantization")
-    if rt is not None and quant:
+    if rt is not None and profile is not None and quant:
         same = quant == rt.quantization
         checks.append(Check("model.quantization", "ok" if same else "warn",
-                            f"the model is {quant}; profile {profile.id} expects {rt.quantization}"  # type: ignore[union-attr]
+                            f"the model is {quant}; profile {profile.id} expects {rt.quantization}"
                             + ("" if same else " (it runs, at another speed and accuracy)"),
                             "" if same else f"use a {rt.quantization} GGUF: edge-agent config set model PATH"))
     return checks

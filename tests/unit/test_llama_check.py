@@ -72,7 +72,8 @@ def test_a_child_that_exits_non_zero(tmp_path: Path) -> None:
 
 
 def test_a_child_that_hangs_is_killed_at_the_timeout(tmp_path: Path) -> None:
-    code = "print('ARTE-SELF-CHECK {\"stage\": \"build\", \"cpu_features\": []}', flush=True)\nimport time; time.sleep(60)"
+    code = ("print('ARTE-SELF-CHECK {\"stage\": \"build\", \"cpu_features\": []}', flush=True)\n"
+            "import time; time.sleep(60)")
     r = _check(tmp_path, code, timeout_s=1.5)
     assert not r.ok and r.timed_out and r.returncode is None
     assert "did not finish within 1.5 s and was killed while loading the model" in r.message
@@ -126,7 +127,8 @@ def test_native_wheels_are_keyed_by_the_cpu_and_the_versions_agree() -> None:
         return dict(line.split(":", 1) for line in out.splitlines())["wheels"].strip()
 
     native = "-DGGML_NATIVE=ON"
-    assert wheels(LLAMA_CMAKE_ARGS=native, CPU_FLAGS="avx2") != wheels(LLAMA_CMAKE_ARGS=native, CPU_FLAGS="avx2 amx_int8")
+    one_cpu = wheels(LLAMA_CMAKE_ARGS=native, CPU_FLAGS="avx2")
+    assert one_cpu != wheels(LLAMA_CMAKE_ARGS=native, CPU_FLAGS="avx2 amx_int8")
     assert wheels(CPU_FLAGS="avx2 fma f16c bmi2") == wheels(CPU_FLAGS="avx2 fma f16c bmi2 amx_int8")   # portable
     assert f"llama-cpp-python=={lc.LLAMA_CPP_VERSION}" in (ROOT / "constraints.txt").read_text()
 

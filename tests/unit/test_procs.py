@@ -69,4 +69,5 @@ def test_run_child_reports_a_non_zero_exit_with_stderr() -> None:
 def test_log_tail_keeps_the_last_lines() -> None:
     text = "\n".join(f"line {i}" for i in range(100))
     assert log_tail(text, lines=2) == "line 98\nline 99"
-    assert log_tail(tmp := Path("/nonexistent/log")) == "" and death_message("x", 1, tmp).endswith("is empty or unreadable")
+    missing = Path("/nonexistent/log")
+    assert log_tail(missing) == "" and death_message("x", 1, missing).endswith("is empty or unreadable")
