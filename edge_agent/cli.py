@@ -227,7 +227,8 @@ def enroll(ctx: click.Context, server_url: str, token: str, profile_id: str | No
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
-    """Check this device: hardware and profile, runtimes, model, disk, memory, state, data, server."""
+    """Check this device: hardware and profile, runtimes, the llama.cpp build (a real batch in a child
+    process, compared with the profile), model, disk, memory, state, data, server."""
     from edge_agent.doctor import Check, run_checks
     from edge_agent.hardware import detect
 
