@@ -55,6 +55,7 @@ class FinetuneConfig:
         holdout_items: evaluate on at most this many holdout items (None: all).
         gguf_dtype: ``f32`` (exact) or ``f16`` tensors in the exported adapter.
         n_threads: CPU threads for evaluation (training uses ``sft.threads``).
+        n_gpu_layers: layers llama.cpp offloads to the GPU for evaluation (-1: all; needs a GPU build).
     """
 
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -65,6 +66,7 @@ class FinetuneConfig:
     holdout_items: int | None = None
     gguf_dtype: str = "f32"
     n_threads: int | None = None
+    n_gpu_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in EVAL_BACKENDS:
@@ -73,6 +75,8 @@ class FinetuneConfig:
             raise ConfigError("validation", f"must be in [0, 1), got {self.validation}")
         if self.holdout_items is not None and self.holdout_items < 1:
             raise ConfigError("holdout_items", f"must be >= 1, got {self.holdout_items}")
+        if self.n_gpu_layers < -1:
+            raise ConfigError("n_gpu_layers", f"must be >= -1 (-1: all layers), got {self.n_gpu_layers}")
         if self.gguf_dtype not in ("f32", "f16"):
             raise ConfigError("gguf_dtype", f"must be f32 or f16, got {self.gguf_dtype!r}")
 
@@ -118,7 +122,8 @@ def _open(ref: ModelRef, backend: str, gguf: Path | None, peft_dir: Path | None,
     if backend == "llama":
         from arte.backends import open_student
 
-        return open_student(ref, "llama", n_threads=config.n_threads, lora_path=gguf)
+        return open_student(ref, "llama", n_threads=config.n_threads, n_gpu_layers=config.n_gpu_layers,
+                            lora_path=gguf)
     from arte.backends.hf import TorchStudent, load_hf
 
     model, tok = load_hf(ref, convert_dir=convert_dir)

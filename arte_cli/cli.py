@@ -80,6 +80,34 @@ def models_path(ref: str, as_json: bool) -> None:
     emit({"name": m.name, "kind": m.kind, "path": str(m.path), "sha256": m.sha256}, as_json, str(m.path))
 
 
+@models.command("check")
+@click.option("--model", default="default", show_default=True, help="'default' or a GGUF file to evaluate.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads.")
+@click.option("--gpu-layers", type=click.IntRange(min=-1), default=0, show_default=True,
+              help="Layers to offload to the GPU (-1: all; needs a CUDA build).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=180.0, show_default=True,
+              help="Seconds before the check is killed and reported as hung.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def models_check(model: str, threads: int, gpu_layers: int, timeout_s: float, as_json: bool) -> None:
+    """Prove the installed llama.cpp build runs here: a real batch in a child process. A crash (e.g. SIGILL
+    from a build for another CPU) is reported with the signal, the CPU features and the rebuild command."""
+    from arte.backends.llama_check import installed_build_record, self_check
+    from arte.models import resolve_model
+
+    try:
+        ref = resolve_model(model, model_dir())
+        if ref.kind != "gguf":
+            raise ModelError(f"the self-check runs llama.cpp and needs a GGUF file; {ref.path} is a {ref.kind} model")
+    except ArteError as e:
+        fail(e)
+    r = self_check(ref.path, n_threads=threads, n_gpu_layers=gpu_layers, timeout_s=timeout_s,
+                   build_record=installed_build_record())
+    if as_json or r.ok:
+        emit({"model": str(ref.path), **r.to_dict()}, as_json, r.message)
+    if not r.ok:
+        fail(BackendError(r.message))
+
+
 @main.group()
 def tasks() -> None:
     """Task files: BIG-bench task.json or JSONL."""

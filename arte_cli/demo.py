@@ -19,8 +19,10 @@ it with ``edge-agent enroll`` (laptop-CPU profile). Then one round, exactly as a
 
 Everything the demo shows comes from the server's API (aggregates, job results, metrics) and the agents'
 ``--json`` output, as an operator would see it. Files go under ``work_dir`` (kept; the report is
-``work_dir/report.html``). Child processes are stopped on return or error. A step that fails raises
-:class:`DemoError` naming the step, with the tail of the child's log.
+``work_dir/report.html``). Before any process starts, :func:`preflight` proves that llama.cpp runs a real
+batch on this CPU (:mod:`arte.backends.llama_check`). Children run with faulthandler on and unbuffered
+output, and are stopped on return or error. A step that fails raises :class:`DemoError` naming the step and
+how its process ended (the signal by name, or the exit status; :mod:`arte.procs`), with its log's last lines.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import base64
 import html
 import io
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -41,8 +42,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from arte.errors import ArteError, ConfigError
+from arte.procs import child_env, death_message, log_tail
 
-__all__ = ["DemoConfig", "DemoError", "run_demo", "render_summary", "write_report"]
+__all__ = ["DemoConfig", "DemoError", "preflight", "run_demo", "render_summary", "write_report"]
 
 API = "/api/v1"
 
@@ -162,13 +164,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
 class _Fleet:
     """The server, its worker and the admin client; devices are ``edge-agent`` runs with their own state."""
 
@@ -178,6 +173,7 @@ class _Fleet:
         self.logs = self.dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.names: list[tuple[str, str]] = []   # (log name, what it is) of each process, for messages
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_key = ""
@@ -195,39 +191,47 @@ class _Fleet:
                                timeout=timeout or self.cfg.timeout_s, check=False)
         out = p.stdout.decode("utf-8", errors="replace")
         if p.returncode != 0:
-            raise DemoError(f"step {step!r} failed (exit {p.returncode}): {out.strip()[-2000:]}\n"
-                            f"--- {logf}:\n{_tail(logf)}")
+            said = f"\nit printed: {out.strip()[-2000:]}" if out.strip() else ""
+            raise DemoError(death_message(f"step {step!r} ({module})", p.returncode, logf) + said)
         try:
             return json.loads(out)
         except ValueError:
             raise DemoError(f"step {step!r} printed no JSON document: {out[-2000:]!r}") from None
 
-    def spawn(self, name: str, module: str, *args: str) -> None:
+    def spawn(self, name: str, what: str, module: str, *args: str) -> None:
+        """Start a long-running child (``what`` names it in messages); its output goes to ``logs/<name>.log``."""
         logf = open(self.logs / f"{name}.log", "ab")   # noqa: SIM115 - closed with the process
         self.procs.append(subprocess.Popen(self._cmd(module, *args), stdout=logf, stderr=subprocess.STDOUT,
                                            env=self.env, start_new_session=True))
+        self.names.append((name, what))
+
+    def check_alive(self, during: str) -> None:
+        """Raise :class:`DemoError` saying how a spawned child ended (the signal by name, or the status)
+        with the last lines of its log."""
+        for (name, what), p in zip(self.names, self.procs):
+            if p.poll() is not None:
+                raise DemoError(death_message(f"{what} (during {during})", p.returncode, self.logs / f"{name}.log"))
 
     def start(self) -> None:
         import httpx
 
         init = self.run("server-init", "server.cli", "init", "--json")
         self.admin_key = init["admin_key"]
-        self.spawn("server", "server.cli", "serve", "--port", str(self.port), "--no-access-log")
-        self.spawn("worker", "server.cli", "worker")
+        self.spawn("server", "arte-server", "server.cli", "serve", "--port", str(self.port), "--no-access-log")
+        self.spawn("worker", "the job worker", "server.cli", "worker")
         self.http = httpx.Client(base_url=self.url + API, timeout=30.0,
                                  headers={"Authorization": f"Bearer {self.admin_key}"})
         deadline = time.monotonic() + 60
         while True:
-            if self.procs[0].poll() is not None:
-                raise DemoError(f"arte-server exited at start:\n{_tail(self.logs / 'server.log')}")
+            self.check_alive("start-up")
             try:
                 if self.http.get("/health").status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise DemoError(f"arte-server did not answer on {self.url} within 60 s:\n"
-                                f"{_tail(self.logs / 'server.log')}")
+                raise DemoError(f"arte-server did not answer on {self.url} within 60 s; last lines of its log:\n"
+                                f"{log_tail(self.logs / 'server.log')}")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -255,8 +259,7 @@ class _Fleet:
         job = self.api("POST", "/jobs", json=body)
         deadline = time.monotonic() + self.cfg.timeout_s
         while job["state"] in ("queued", "running"):
-            if self.procs[1].poll() is not None:
-                raise DemoError(f"the job worker exited during {step}:\n{_tail(self.logs / 'worker.log')}")
+            self.check_alive(step)
             if time.monotonic() > deadline:
                 raise DemoError(f"job {step} ({job['job_id']}) still {job['state']} after {self.cfg.timeout_s} s")
             time.sleep(1.0)
@@ -273,15 +276,33 @@ class _Fleet:
 
 
 def _env(cfg: DemoConfig) -> dict[str, str]:
-    env = dict(os.environ)
+    env = child_env()   # faulthandler on, unbuffered: a child's log holds everything up to its death
     env.update({"ARTE_SERVER_DATA_DIR": str(cfg.work_dir / "server"), "ARTE_SERVER_TEACHER_MODEL": cfg.model,
                 "ARTE_SERVER_DATASET_SIGNING_KEY": env.get("ARTE_DEMO_SIGNING_KEY", secrets.token_hex(32)),
                 "ARTE_SERVER_WORKER_POLL_S": "0.5", "ARTE_SERVER_JOB_HEARTBEAT_S": "5",
-                "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"})
+                "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")})
     env.pop("ARTE_SERVER_DATABASE_URL", None)   # the demo's own SQLite database
     if cfg.threads is not None:
         env["OMP_NUM_THREADS"] = str(cfg.threads)
     return env
+
+
+def preflight(model: str, threads: int | None = None) -> dict[str, Any] | None:
+    """Before any process starts: prove the installed llama.cpp build runs a real batch on this CPU (in a
+    child process), or raise :class:`DemoError` with the signal, the CPU features and the rebuild command.
+    Returns the check's summary; None when ``model`` is not a GGUF file (llama.cpp is not used)."""
+    from arte.backends.llama_check import installed_build_record, self_check
+    from arte.models import resolve_model
+    from arte_cli.home import model_dir
+
+    ref = resolve_model(model, model_dir())
+    if ref.kind != "gguf":
+        return None
+    r = self_check(ref.path, n_threads=threads or 1, build_record=installed_build_record())
+    if not r.ok:
+        raise DemoError(r.message)
+    return {"ok": True, "message": r.message, "cpu_features": r.build.get("cpu_features"),
+            "gpu_offload": r.build.get("gpu_offload"), "seconds": r.seconds}
 
 
 def _stage(log: Callable[[str], None], name: str) -> Callable[[], float]:
@@ -318,6 +339,9 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
     prog = progress or (lambda _s, _f: None)
     doc: dict[str, Any] = {"config": {**asdict(cfg), "task": str(cfg.task), "work_dir": str(cfg.work_dir)},
                            "task": task.name, "mode": mode, "seconds": seconds}
+    done = _stage(log, "checking that llama.cpp runs on this CPU (a real batch, in a child process)")
+    doc["llama_cpp"] = preflight(cfg.model, cfg.threads)
+    seconds["preflight"] = done()
     try:
         done = _stage(log, "starting arte-server and its job worker")
         fleet.start()

@@ -227,7 +227,8 @@ def enroll(ctx: click.Context, server_url: str, token: str, profile_id: str | No
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
-    """Check this device: hardware and profile, runtimes, model, disk, memory, state, data, server."""
+    """Check this device: hardware and profile, runtimes, the llama.cpp build (a real batch in a child
+    process, compared with the profile), model, disk, memory, state, data, server."""
     from edge_agent.doctor import Check, run_checks
     from edge_agent.hardware import detect
 
@@ -246,9 +247,11 @@ def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
                                      f"(cohort {info.cohort_id}, profile {info.profile_id})")
 
     hw = detect(settings.root)
-    checks = run_checks(hw=hw, state_dir=settings.state_dir, probe_server=None if offline else probe)
+    checks = run_checks(hw=hw, state_dir=settings.state_dir, probe_server=None if offline else probe,
+                        llama_check=_llama_check(Path(settings.root)))
     failed = [c for c in checks if c.status == "fail"]
-    data = {"ok": not failed, "hardware": hw.to_dict(), "checks": [c.to_dict() for c in checks]}
+    llama = next((c.data for c in checks if c.name == "llama_cpp.build" and c.data), None)
+    data = {"ok": not failed, "hardware": hw.to_dict(), "llama_cpp": llama, "checks": [c.to_dict() for c in checks]}
     mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
     lines = []
     for c in checks:
@@ -259,6 +262,15 @@ def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
     emit(data, as_json, "\n".join(lines))
     if failed:
         sys.exit(int(ExitCode.CHECKS))
+
+
+def _llama_check(root: Path) -> Any:
+    """The llama.cpp self-check, reading this device's cpuinfo under ``root`` and the installed build record."""
+    import functools
+
+    from arte.backends.llama_check import installed_build_record, self_check
+
+    return functools.partial(self_check, cpuinfo_path=root / "proc" / "cpuinfo", build_record=installed_build_record())
 
 
 # -- run ------------------------------------------------------------------------------------------------------
@@ -318,14 +330,9 @@ def run(ctx: click.Context, once: bool, iterations: int | None, ignore_condition
 
 def _student_opener(model: str) -> Any:
     def open_student(profile: Any, adapter: str | None) -> Any:
-        from arte.backends import open_student as _open
-        from arte.models import resolve_model
-        from arte_cli.home import convert_dir, model_dir
+        from edge_agent.student import open_profile_student
 
-        ref = resolve_model(model, model_dir())
-        lora = adapter if profile.runtime.backend == "llama" else None
-        return _open(ref, profile.runtime.backend, n_threads=profile.runtime.threads, convert_dir=convert_dir(),
-                     **({"lora_path": lora} if lora else {}))
+        return open_profile_student(model, profile, adapter)
 
     return open_student
 

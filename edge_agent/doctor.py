@@ -5,14 +5,22 @@ it (with the reason), runtimes (llama.cpp, torch), the model (resolved and sha25
 against the profile's budget, the state dir and device key, enrollment, the private data, the "when work
 may run" rules right now, the fine-tuning module and, when enrolled and asked, the server. ``fail`` means
 the agent cannot work until the ``fix`` is applied; ``warn`` means it works with a limitation.
+
+Given ``llama_check`` (:func:`arte.backends.llama_check.self_check`), the ``llama_cpp.build`` check runs a
+real batch on the model in a child process with the profile's threads and GPU layers: a build that crashes
+(SIGILL from instructions this CPU cannot execute, ...) fails, never "ok", with the signal, the features and
+the rebuild command. Its ``data`` (the build's CPU features, GPU offload, the batch result, this CPU's
+features, and whether the build matches the profile: GPU offload for a ``cuda`` profile, the profile's
+``[build]`` flags, the model's quantization) is what ``doctor --json`` shows as ``llama_cpp``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,9 +39,12 @@ class Check:
     status: str                 # ok | warn | fail
     detail: str
     fix: str = ""
+    data: dict[str, Any] = field(default_factory=dict, compare=False)   # structured facts, for --json
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("data")
+        return d
 
 
 def _hardware(hw: Hardware) -> Check:
@@ -86,7 +97,7 @@ def _runtimes(profile: Profile | None) -> list[Check]:
     try:
         torch = importlib.import_module("torch")
         cuda = torch.cuda.is_available()
-        need_cuda = profile is not None and profile.runtime.device == "cuda"
+        need_cuda = profile is not None and profile.runtime.device == "cuda" and backend == "torch"
         status = "fail" if need_cuda and not cuda else "ok"
         out.append(Check("runtime.torch", status, f"torch {torch.__version__}, CUDA "
                          f"{'available' if cuda else 'not available'}",
@@ -162,13 +173,71 @@ def _state(state_dir: Path) -> tuple[Any, list[Check]]:
     return st, checks
 
 
-def run_checks(*, hw: Hardware, state_dir: Path, probe_server: Callable[[Any], Check] | None = None) -> list[Check]:
-    """Every check, in the order a user should fix them."""
+def _llama_build(profile: Profile | None, model: str, llama_check: Callable[..., Any]) -> list[Check]:
+    """Run the llama.cpp self-check with the profile's runtime and compare the build with the profile."""
+    from arte.errors import ModelError
+    from arte.models import resolve_model
+    from arte_cli.home import model_dir
+
+    name = "llama_cpp.build"
+    if importlib.util.find_spec("llama_cpp") is None:
+        return []   # runtime.llama_cpp already says so
+    uses_llama = profile is None or profile.runtime.backend == "llama"
+    try:
+        ref = resolve_model(model, model_dir())
+    except ModelError as e:
+        return [Check(name, "warn", f"batch check not run: {e}", "arte models fetch")]
+    if ref.kind != "gguf":
+        return [Check(name, "warn", f"batch check not run: {ref.path} is not a GGUF model")]
+    rt = profile.runtime if profile is not None and uses_llama else None
+    r = llama_check(ref.path, n_threads=rt.threads if rt else 1, n_gpu_layers=rt.n_gpu_layers if rt else 0,
+                    rebuild_args=(profile.build.llama_cmake_args or None) if profile else None)
+    mismatches: list[str] = []
+    if profile is not None and uses_llama:
+        if profile.runtime.device == "cuda" and not r.build.get("gpu_offload", False):
+            mismatches.append(f"profile {profile.id} offloads to the GPU (runtime.device = cuda), but this build "
+                              "is CPU-only: the student runs on the CPU cores")
+        recorded = (r.record or {}).get("cmake_args")
+        wanted = profile.build.llama_cmake_args
+        if wanted and recorded is not None and recorded.split() != wanted.split():
+            mismatches.append(f"built with {recorded!r}; profile {profile.id} builds with {wanted!r}")
+    if r.not_reported:
+        mismatches.append(f"built for features this CPU does not report ({' '.join(r.not_reported)}): the batch "
+                          "ran, but other kernels may trap")
+    data = {"build": r.build, "machine": r.machine, "record": r.record, "profile": profile.id if profile else None,
+            "matches_profile": (not mismatches) if r.ok and profile is not None and uses_llama else None,
+            "mismatches": mismatches,
+            "batch_check": {k: getattr(r, k) for k in ("ok", "stage", "exit", "signal", "timed_out", "seconds",
+                                                          "result", "message")}}
+    if not r.ok:
+        return [Check(name, "fail" if uses_llama else "warn", r.message, r.rebuild, data)]
+    fix = ""
+    if mismatches and profile is not None:
+        args = profile.build.llama_cmake_args
+        fix = f'make install LLAMA_CMAKE_ARGS="{args}"' if args else "make install (the portable baseline)"
+    checks = [Check(name, "warn" if mismatches else "ok", "\n         ".join([r.message, *mismatches]), fix, data)]
+    quant = r.result.get("quantization")
+    if rt is not None and profile is not None and quant:
+        same = quant == rt.quantization
+        checks.append(Check("model.quantization", "ok" if same else "warn",
+                            f"the model is {quant}; profile {profile.id} expects {rt.quantization}"
+                            + ("" if same else " (it runs, at another speed and accuracy)"),
+                            "" if same else f"use a {rt.quantization} GGUF: edge-agent config set model PATH"))
+    return checks
+
+
+def run_checks(*, hw: Hardware, state_dir: Path, probe_server: Callable[[Any], Check] | None = None,
+               llama_check: Callable[..., Any] | None = None) -> list[Check]:
+    """Every check, in the order a user should fix them. ``llama_check``: the llama.cpp self-check
+    (:func:`arte.backends.llama_check.self_check` with the device's cpuinfo and build record bound)."""
     checks = [_hardware(hw)]
     st, state_checks = _state(state_dir)
     settings = st.settings() if st is not None else {}
     profile, prof_checks = _profile(hw, settings.get("profile"))
-    checks += prof_checks + _runtimes(profile) + [_model(settings.get("model", "default"))]
+    model = settings.get("model", "default")
+    checks += prof_checks + _runtimes(profile) + [_model(model)]
+    if llama_check is not None:
+        checks += _llama_build(profile, model, llama_check)
     checks += [_disk(state_dir, "state"), _memory(hw, profile)] + state_checks
     if "device_id" in settings:
         checks.append(Check("enrollment", "ok", f"device {settings['device_id']} in cohort "

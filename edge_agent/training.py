@@ -11,6 +11,7 @@ and activates the adapter only when it is kept, so a step never changes what the
 
 * ``training.lora_rank/lora_alpha/batch_size/max_seq_len`` set the adapter and the batches,
   ``training.max_examples`` caps the records used, ``runtime.threads`` the CPU threads;
+  ``runtime.device``/``gpu_layers`` the llama.cpp layers evaluation offloads (as in :mod:`edge_agent.student`);
 * ``budget.memory_mib`` bounds the trainer's memory (micro-batches and checkpointing are chosen to fit) and
   ``budget.train_seconds`` its wall time: a run that reaches it checkpoints and raises
   :class:`TrainingIncomplete`; the next call with the same request resumes from the checkpoint;
@@ -100,7 +101,8 @@ def train_step(req: TrainRequest) -> TrainResult:
     ref = resolve_model(req.model, model_dir())
     backend = "llama" if p.runtime.backend == "llama" and ref.kind == "gguf" else "torch"
     config = FinetuneConfig(sft=sft, eval=ev, backend=backend, split_seed=req.split_seed,
-                            validation=req.validation, n_threads=p.runtime.threads)
+                            validation=req.validation, n_threads=p.runtime.threads,
+                            n_gpu_layers=p.runtime.n_gpu_layers if backend == "llama" else 0)
     store = AdapterStore(req.store_dir or req.out_dir / "store")
     # keyed by the training settings: a run resumes only its own trajectory (an upgrade starts afresh)
     work = (req.work_dir or req.out_dir / "work") / sft.fingerprint()

@@ -10,7 +10,10 @@ A file has these tables (every key is required unless it has a default below)::
     id, name, description
     [match]     how auto-detection recognises the device (all given conditions must hold):
                 device_tree (substrings of /proc/device-tree/model), arch, nvidia_gpu, min_memory_gib
-    [runtime]   backend (llama | torch | onnx), quantization, threads, device (cpu | cuda)
+    [runtime]   backend (llama | torch | onnx), quantization, threads, device (cpu | cuda),
+                gpu_layers (llama on cuda: layers to offload; default all)
+    [build]     llama_cmake_args: the llama.cpp build this class needs (``make install LLAMA_CMAKE_ARGS=``);
+                empty: the Makefile's portable baseline. Only for the llama backend.
     [budget]    memory_mib, score_seconds, train_seconds
     [training]  lora_rank, lora_alpha, batch_size, max_seq_len, max_examples
     [scoring]   max_items, max_drafts, mode (loglik | generate), max_new_tokens
@@ -32,8 +35,8 @@ else:  # pragma: no cover - Python 3.10
 
 from arte.errors import ArteError, ConfigError
 
-__all__ = ["PROFILE_DIR", "BACKENDS", "QUANTIZATIONS", "Match", "Runtime", "Budget", "Training", "Scoring",
-           "When", "Profile", "ProfileError", "load_profile", "load_profiles"]
+__all__ = ["PROFILE_DIR", "BACKENDS", "QUANTIZATIONS", "DEVICES", "Match", "Runtime", "Build", "Budget", "Training",
+           "Scoring", "When", "Profile", "ProfileError", "load_profile", "load_profiles"]
 
 PROFILE_DIR = Path(__file__).resolve().parent
 BACKENDS = ("llama", "torch", "onnx")
@@ -44,6 +47,7 @@ QUANTIZATIONS = {
     "onnx": ("fp32", "int8"),
 }
 ARCHES = ("x86_64", "aarch64")
+DEVICES = ("cpu", "cuda")
 SCORING_MODES = ("loglik", "generate")
 
 
@@ -103,12 +107,14 @@ class Match:
 @dataclass(frozen=True)
 class Runtime:
     """The student's runtime: ``backend``, the model's ``quantization`` (valid for that backend), CPU
-    ``threads`` and the compute ``device``."""
+    ``threads`` and the compute ``device``. On ``cuda``, the llama backend offloads ``gpu_layers`` layers
+    (None: all of them) and needs a CUDA build of llama.cpp (see ``[build]``); torch moves the whole model."""
 
     backend: str
     quantization: str
     threads: int
     device: str = "cpu"
+    gpu_layers: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
@@ -116,9 +122,38 @@ class Runtime:
         _check(self.quantization in allowed, "quantization",
                f"{self.quantization!r} is not a {self.backend} quantization; one of {', '.join(allowed)}")
         _positive_int(self.threads, "threads", 256)
-        _check(self.device in ("cpu", "cuda"), "device", f"must be cpu or cuda, got {self.device!r}")
-        _check(not (self.device == "cuda" and self.backend == "llama"), "device",
-               "the llama backend in this build is CPU-only; use backend torch for cuda")
+        _check(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(not (self.device == "cuda" and self.backend == "onnx"), "device",
+               "the onnx backend runs on the CPU here; use backend llama or torch for cuda")
+        if self.gpu_layers is not None:
+            _check(self.backend == "llama" and self.device == "cuda", "gpu_layers",
+                   "only the llama backend on device = \"cuda\" offloads layers")
+            _positive_int(self.gpu_layers, "gpu_layers", 100000)
+
+    @property
+    def n_gpu_layers(self) -> int:
+        """What llama.cpp's ``n_gpu_layers`` gets: 0 on the CPU, -1 (all) or ``gpu_layers`` on cuda."""
+        if self.device != "cuda":
+            return 0
+        return -1 if self.gpu_layers is None else self.gpu_layers
+
+
+@dataclass(frozen=True)
+class Build:
+    """How llama.cpp is built for this device class: the CMake flags for ``make install LLAMA_CMAKE_ARGS=...``
+    (or ``CMAKE_ARGS=... pip install llama-cpp-python``). Empty: the Makefile's portable baseline for the
+    architecture. Flags for a class of devices, so never ``-DGGML_NATIVE=ON`` (tied to one CPU)."""
+
+    llama_cmake_args: str = ""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.llama_cmake_args, str), "llama_cmake_args", "must be a string")
+        _check(not self.llama_cmake_args or "-DGGML_NATIVE=OFF" in self.llama_cmake_args.split(), "llama_cmake_args",
+               "a device class needs a portable build: include -DGGML_NATIVE=OFF")
+
+    @property
+    def cuda(self) -> bool:
+        return any(a.upper() in ("-DGGML_CUDA=ON", "-DGGML_CUDA=1") for a in self.llama_cmake_args.split())
 
 
 @dataclass(frozen=True)
@@ -210,12 +245,18 @@ class Profile:
     training: Training
     scoring: Scoring
     when: When = field(default_factory=When)
+    build: Build = field(default_factory=Build)
     path: str = ""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.id, str) and self.id.replace("-", "").isalnum() and self.id == self.id.lower(),
                "id", f"must be lowercase letters, digits and '-', got {self.id!r}")
         _check(isinstance(self.name, str) and bool(self.name.strip()), "name", "must be a non-empty string")
+        llama = self.runtime.backend == "llama"
+        _check(llama or not self.build.llama_cmake_args, "build.llama_cmake_args",
+               f"only the llama backend uses llama.cpp; this profile's backend is {self.runtime.backend}")
+        _check(not (llama and self.runtime.device == "cuda") or self.build.cuda, "build.llama_cmake_args",
+               "runtime.device = \"cuda\" with the llama backend needs a CUDA build: include -DGGML_CUDA=on")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -224,7 +265,7 @@ class Profile:
 
 
 _SECTIONS = {"match": Match, "runtime": Runtime, "budget": Budget, "training": Training, "scoring": Scoring,
-             "when": When}
+             "when": When, "build": Build}
 
 
 def _build(cls: type, data: Any, path: Path, prefix: str) -> Any:

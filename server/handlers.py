@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from arte.procs import child_env, death_message
 from server import fleet, queue, results
 from server.db import transaction
 from server.errors import JobError, ServerError
@@ -270,8 +271,9 @@ def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any],
         str(spec),
     ]
     ctx.log("running " + " ".join(cmd))
-    with open(ctx.work_dir() / "align.log", "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+    log_path = ctx.work_dir() / "align.log"
+    with open(log_path, "ab") as logf:   # faulthandler on, unbuffered: a crash leaves its stack in the log
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=child_env())
         ctx.children.append(proc)
         while True:
             try:
@@ -285,8 +287,7 @@ def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any],
                     proc.wait()
                     raise
     if rc != 0:
-        tail = (ctx.work_dir() / "align.log").read_text(errors="replace")[-4000:]
-        raise JobError(f"accelerate launch exited with {rc}:\n{tail}", retry=True)
+        raise JobError(death_message("accelerate launch (the align job's DPO)", rc, log_path, lines=40), retry=True)
 
 
 def run_tailor(ctx: JobContext) -> dict[str, Any]:

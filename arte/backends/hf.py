@@ -110,8 +110,12 @@ class TorchStudent:
 
     @classmethod
     def from_ref(cls, ref: ModelRef, *, convert_dir: str | Path | None = None, device: str = "cpu",
-                 reuse: bool = True) -> "TorchStudent":
-        model, tok = load_hf(ref, convert_dir=convert_dir, device=device)
+                 dtype: str | None = None, reuse: bool = True) -> "TorchStudent":
+        """Load ``ref`` on ``device``; ``dtype`` names a torch dtype (``float16``...; default float32)."""
+        import torch
+
+        model, tok = load_hf(ref, convert_dir=convert_dir, device=device,
+                             dtype=getattr(torch, dtype) if dtype else None)
         return cls(model, tok, name=ref.name, reuse=reuse)
 
     @property

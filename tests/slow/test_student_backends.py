@@ -51,22 +51,49 @@ def test_prefix_reuse_is_bit_identical_to_naive(students, sports, data_dir: Path
     assert exact.generate(prompts, max_new_tokens=16) == naive.generate(prompts, max_new_tokens=16)
 
 
+# Largest |trie - naive| log-probability allowed per continuation token (see the test below).
+TRIE_NOISE_PER_TOKEN = 0.1
+
+
 def test_trie_batches_agree_with_naive_within_the_quantization_noise(students, sports, data_dir: Path) -> None:
+    """Trie batches interleave other sequences' KV cells with a sequence's own, so attention sums round
+    differently, and Q4_1's 8-bit activation quantization amplifies that; near ties between two options can
+    flip. The tolerance is measured across builds (sports_understanding, drafts [::5] x 16 validation items,
+    6-token options; AMD EPYC, 1 and 2 threads give identical numbers):
+
+    ============================  ==========================  ===============  ========================
+    llama.cpp build               max |trie - naive| (nats)   decisions that   this test's 2 x 8 items
+                                  per option / per token      flip, of 64      agreeing
+    ============================  ==========================  ===============  ========================
+    portable (AVX2, the default)  0.310 / 0.052               4 (margin<=0.12) 13 of 16
+    native (AVX-512)              0.327 / 0.055               1 (margin 0.064) 16 of 16
+    ============================  ==========================  ===============  ========================
+
+    The two builds' naive log-probs differ from each other by up to 0.39 nats (6 of 64 naive decisions
+    differ), and an Intel Xeon with the portable build also agreed on 13 of 16: a fixed share of agreeing
+    decisions cannot hold on every CPU. What the code guarantees is the bound: every log-prob within
+    ``TRIE_NOISE_PER_TOKEN`` (0.1, about twice the largest measured) per token of naive, so a decision flips
+    only where naive's margin between the two options is within that noise. A wrong position or a token
+    attending to another item's cells costs whole nats per token.
+    """
     fast, _, naive = students
     task, items = sports
     drafts = read_drafts(data_dir / "drafts_sports_understanding.jsonl")[::5][:2]
-    agree = total = 0
+    flips = total = 0
     for d in drafts:
         reqs = _requests(fast, task, d, items)
         got, want = fast.loglik_batch(reqs), [naive.loglik(p, c) for p, c in reqs]
         for g, w in zip(got, want):
             assert [x.n_tokens for x in g] == [x.n_tokens for x in w]
-            # Q4_1 activation-quantization noise is ~0.05 nats/token; a wrong position or a token
-            # attending to another item's cells would cost whole nats.
-            assert [x.logprob for x in g] == pytest.approx([x.logprob for x in w], abs=0.3)
-            agree += int(np.argmax([x.logprob for x in g]) == np.argmax([x.logprob for x in w]))
+            for x, y in zip(g, w):
+                assert abs(x.logprob - y.logprob) <= TRIE_NOISE_PER_TOKEN * x.n_tokens, (x, y)
+            pick, want_pick = int(np.argmax([x.logprob for x in g])), int(np.argmax([x.logprob for x in w]))
+            if pick != want_pick:   # only a near tie may flip
+                margin = w[want_pick].logprob - w[pick].logprob
+                assert margin <= TRIE_NOISE_PER_TOKEN * (w[want_pick].n_tokens + w[pick].n_tokens), margin
+                flips += 1
             total += 1
-    assert agree >= 0.9 * total
+    assert total == 16 and flips < total
 
 
 def test_scores_equal_naive_in_both_modes(students, sports, data_dir: Path) -> None:

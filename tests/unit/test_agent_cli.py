@@ -16,7 +16,14 @@ import edge_agent.cli as cli
 from edge_agent.client import RetryPolicy, ServerClient
 from edge_agent.errors import ExitCode
 from tests.fake_fleet import FakeFleet
+from tests.llama_check_fakes import child_code, fake_llama_check
 from tests.unit.test_agent_hardware import ARM_CPUINFO, fake_root
+
+
+@pytest.fixture(autouse=True)
+def passing_llama_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """doctor's llama.cpp self-check with a child that passes (tests/unit/test_agent_doctor.py covers it)."""
+    monkeypatch.setattr(cli, "_llama_check", fake_llama_check(child_code()))
 
 
 @pytest.fixture

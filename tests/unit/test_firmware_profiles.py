@@ -65,7 +65,32 @@ def test_missing_section_and_bad_toml(tmp_path: Path) -> None:
         load_profile(tmp_path / "nope.toml")
 
 
-def test_cuda_needs_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old,new,field", [
+    # llama on cuda needs a CUDA build named in [build]
+    ("threads = 2", 'threads = 2\ndevice = "cuda"', "build.llama_cmake_args"),
+    ("threads = 2", 'threads = 2\ndevice = "tpu"', "runtime.device"),
+    # offloading layers is for llama on cuda only
+    ("threads = 2", "threads = 2\ngpu_layers = 12", "runtime.gpu_layers"),
+    ("threads = 2", 'threads = 2\ndevice = "cuda"\ngpu_layers = 0\n[build]\n'
+                    'llama_cmake_args = "-DGGML_NATIVE=OFF -DGGML_CUDA=on"', "runtime.gpu_layers"),
+    # a device class gets a portable build; only llama uses one
+    ("[budget]", '[build]\nllama_cmake_args = "-DGGML_NATIVE=ON"\n\n[budget]', "build.llama_cmake_args"),
+    ('backend = "llama"\nquantization = "Q4_1"', 'backend = "torch"\nquantization = "fp32"', None),
+])
+def test_device_and_build_rules(tmp_path: Path, old: str, new: str, field: str | None) -> None:
+    text = GOOD.replace(old, new, 1)
+    if field is None:   # a torch profile with llama build flags: nothing would read them
+        text = text.replace("[budget]", '[build]\nllama_cmake_args = "-DGGML_NATIVE=OFF"\n\n[budget]', 1)
+        field = "build.llama_cmake_args"
     with pytest.raises(ProfileError) as exc:
-        load_profile(_write(tmp_path, GOOD.replace("threads = 2", 'threads = 2\ndevice = "cuda"')))
-    assert exc.value.field == "runtime.device"
+        load_profile(_write(tmp_path, text))
+    assert exc.value.field == field
+
+
+def test_llama_on_cuda_with_a_cuda_build_loads(tmp_path: Path) -> None:
+    text = GOOD.replace("threads = 2", 'threads = 2\ndevice = "cuda"\ngpu_layers = 20', 1).replace(
+        "[budget]", '[build]\nllama_cmake_args = "-DGGML_NATIVE=OFF -DGGML_CUDA=on"\n\n[budget]', 1)
+    p = load_profile(_write(tmp_path, text))
+    assert p.runtime.n_gpu_layers == 20 and p.build.cuda
+    assert load_profile(PROFILE_DIR / "laptop-cpu.toml").runtime.n_gpu_layers == 0
+    assert load_profile(PROFILE_DIR / "jetson-orin-nano.toml").runtime.n_gpu_layers == -1
