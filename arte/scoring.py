@@ -45,12 +45,16 @@ from arte.prompts import option_continuation, scoring_item, scoring_prefix
 from arte.student import Student
 from arte.tasks import Example, Task
 
-__all__ = ["MODES", "DEFAULT_MODE", "REASONING_MODES", "ScoringConfig", "DraftScore", "ScoreResult", "score_drafts",
+__all__ = ["MODES", "DEFAULT_MODE", "REASONING_MODES", "MODE_HELP", "ScoringConfig", "DraftScore", "ScoreResult", "score_drafts",
            "check_items", "option_norms", "choose_option", "GENERATE_STOP", "REASONING_STOP"]
 
 MODES = ("cot-choice", "generate", "loglik")
 DEFAULT_MODE = "cot-choice"
 REASONING_MODES = ("cot-choice", "generate")
+MODE_HELP = ("cot-choice: the student reasons, then its answer is the likeliest option (items without options: "
+             "exact match, as generate); generate: the student reasons and writes its answer (exact match); "
+             "loglik: answer-first option log-probability, cheap but it ignores the rationale's reasoning "
+             "(multiple choice only).")
 LENGTH_NORMS = ("bytes", "tokens", "none")
 # Reasoning ends where a small student starts inventing the next question.
 REASONING_STOP = ("\nQuestion:",)

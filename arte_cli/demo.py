@@ -310,7 +310,9 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
         raise ConfigError("work_dir", f"{cfg.work_dir} holds an earlier demo; give a new or empty directory")
     task, seeds, shards = make_shards(cfg.task, cfg.work_dir, cfg.devices, cfg.examples_per_device,
                                       cfg.seed_examples, cfg.split_seed)
-    mode = "loglik" if task.kind == "multiple_choice" else "generate"
+    from arte.scoring import DEFAULT_MODE
+
+    mode = DEFAULT_MODE   # the student reasons (cot-choice serves exact-match tasks too)
     env = _env(cfg)
     fleet = _Fleet(cfg, env)
     seconds: dict[str, float] = {}
