@@ -24,8 +24,9 @@ Three evaluation strategies, one code path each:
 * ``parallel=True`` (default): the trie / parallel decoding above. Other sequences' cells now sit between
   a sequence's own cells; attention sums then round differently in the last bits, and the 8-bit
   activation quantization of Q4 weights amplifies that to a few hundredths of a nat (the same noise
-  floor as any other change of input, RUNTIME-NOTES §7b). Decisions agree with naive on nearly every
-  item (measured by ``tests/slow`` and ``benchmarks/scoring.py``).
+  floor as any other change of input, RUNTIME-NOTES §7b), and a greedy reasoning may take the other
+  token at a near-tie. Decisions agree with naive on nearly every item (measured by ``tests/slow`` and
+  ``benchmarks/scoring.py``).
 
 Flash attention is off by default: on the CPU it makes logits depend on how tokens are split into
 batches (up to 0.2 nats on the default model), which even naive evaluation cannot control.
