@@ -30,7 +30,7 @@ def test_experiment_end_to_end_then_cached(tmp_path: Path, default_model, bigben
     assert doc == json.loads((out / "experiment.json").read_text())
     check_document(doc)   # schema, and every interval recomputed from the per-item outcomes
     (t,) = doc["tasks"]
-    assert t["task"] == "sports_understanding" and t["eval_mode"] == "loglik" and t["chance"] == 0.5
+    assert t["task"] == "sports_understanding" and t["eval_mode"] == "cot-choice" and t["chance"] == 0.5
     assert len(t["holdout_ids"]) == 6 and len(t["demo_ids"]) == 1
     runs = {(r["condition"], r["seed"], r["shots"]) for r in t["runs"]}
     assert runs == {("untuned", None, 0), ("untuned", None, 1)} | {
