@@ -12,11 +12,17 @@ its own training data), not the seed examples the teacher saw (its data copy the
 small student copies the demonstrations' answer: with three demonstrations of one label, every
 condition's 3-shot answers would be that label.
 
-* ``generate`` (default, the paper's): the assistant turn starts with "Let's think step by step." and the
-  student continues greedily until ``</ans>`` or the end of its turn; the text inside ``<ans>…</ans>`` is
-  compared with the item's targets by normalized exact match (:func:`arte.answers.is_correct`).
-* ``loglik`` (multiple choice only): the assistant turn starts with ``<ans>``; the option whose
-  ``{option}</ans>`` has the highest log-probability per UTF-8 byte is the answer (as in scoring).
+The modes are scoring's (:data:`arte.scoring.MODES`). In the reasoning modes the assistant turn starts
+with "Let's think step by step." (as in training) and the student continues greedily:
+
+* ``cot-choice`` (default): until it writes ``<ans>`` (or ends its turn, or reaches ``max_new_tokens``:
+  then ``<ans>`` is appended); on a multiple-choice item the option whose ``{option}</ans>`` then has the
+  highest log-probability per UTF-8 byte is its answer (it cannot fail to parse); an exact-match item
+  continues to ``</ans>`` and is matched exactly, as in ``generate``;
+* ``generate``: until ``</ans>`` or the end of its turn; the text inside ``<ans>…</ans>`` is compared with
+  the item's targets by normalized exact match (:func:`arte.answers.is_correct`);
+* ``loglik`` (multiple choice only; cheap, and it skips the reasoning the student was trained to write): the
+  assistant turn starts with ``<ans>``; the likeliest ``{option}</ans>`` per UTF-8 byte is the answer.
 
 ``keep_if_better(old, new)`` is the deployment rule on paired outcomes of the same items: the one-sided
 exact McNemar test on the discordant items. With ``wins`` items only the new adapter gets right and
@@ -36,9 +42,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from arte.answers import ANS_CLOSE, is_correct, parse_answer
+from arte.answers import ANS_CLOSE, ANS_OPEN, is_correct, parse_answer
 from arte.drafts import Draft
 from arte.errors import ConfigError, ScoringError
+from arte.scoring import DEFAULT_MODE, MODES, choose_option, option_norms
 from arte.sft_data import ChatFormat, templated_records
 from arte.student import Student
 from arte.tasks import Example, Task, balanced_order, format_question
@@ -46,23 +53,23 @@ from arte.tasks import Example, Task, balanced_order, format_question
 __all__ = ["EvalConfig", "EvalResult", "Decision", "evaluate", "keep_if_better", "mcnemar_p", "pick_demos",
            "split_demos"]
 
-MODES = ("generate", "loglik")
-
 
 @dataclass(frozen=True)
 class EvalConfig:
     """How the holdout is evaluated and how the keep rule decides.
 
     Args:
-        mode: ``generate`` (exact match on the generated ``<ans>``) or ``loglik`` (multiple choice).
+        mode: one of :data:`arte.scoring.MODES`: ``cot-choice`` (default: reasoning, then the likeliest
+            option), ``generate`` (reasoning, exact match on the generated ``<ans>``) or ``loglik``
+            (answer-first, multiple choice only, ignores reasoning).
         shots: the shot counts to evaluate (each a separate pass over the items).
         decide_on: the shot count whose outcomes the keep rule uses (must be in ``shots``).
-        max_new_tokens: generation budget per item.
+        max_new_tokens: generation budget per item (in ``cot-choice``: the reasoning budget).
         alpha: significance level of the one-sided exact McNemar test.
         min_gain: accuracy gain (fraction) the new adapter must exceed, besides significance.
     """
 
-    mode: str = "generate"
+    mode: str = DEFAULT_MODE
     shots: tuple[int, ...] = (0, 3)
     decide_on: int = 0
     max_new_tokens: int = 128
@@ -158,31 +165,37 @@ def evaluate(student: Student, fmt: ChatFormat, task: Task, items: Sequence[Exam
         bad = [e.id for e in items if not e.is_multiple_choice]
         if bad:
             raise ScoringError(f"loglik evaluation needs multiple-choice items; {len(bad)} have no choices "
-                               f"(first: {bad[0]!r}); use mode 'generate'")
+                               f"(first: {bad[0]!r}); use mode 'cot-choice' or 'generate'")
     questions = [format_question(task, e) for e in items]
+    # Items answered by choosing an option, and by exact match (see the module docstring).
+    chosen = [j for j, e in enumerate(items) if config.mode != "generate" and e.is_multiple_choice]
+    matched = [j for j, e in enumerate(items) if config.mode == "generate" or not e.is_multiple_choice]
+    opt_toks = {j: [fmt.encode(f"{c}{ANS_CLOSE}") for c in items[j].choices] for j in chosen}
+    norms = {j: option_norms(items[j].choices, opt_toks[j], "bytes") for j in chosen}
     results: dict[int, EvalResult] = {}
     for k in config.shots:
         t0 = time.perf_counter()
         shown = list(demos[:k])
-        answers: list[str | None] = []
-        outcomes: list[int] = []
-        if config.mode == "generate":
-            prompts = [fmt.eval_prompt(q, shown) for q in questions]
-            gens = student.generate(prompts, max_new_tokens=config.max_new_tokens, stop=(ANS_CLOSE,))
-            for e, g in zip(items, gens):
-                ans = parse_answer(g.text + ANS_CLOSE if g.stop == ANS_CLOSE else g.text)
-                answers.append(ans)
-                outcomes.append(int(is_correct(ans, e.targets)))
-        else:
-            requests = []
-            for q, e in zip(questions, items):
-                conts = [fmt.encode(f"{c}{ANS_CLOSE}") for c in e.choices]
-                requests.append((fmt.answer_prompt(q, shown), conts))
-            for e, res in zip(items, student.loglik_batch(requests)):
-                per_byte = [r.logprob / len(f"{c}{ANS_CLOSE}".encode()) for r, c in zip(res, e.choices)]
-                ans = e.choices[int(np.argmax(per_byte))]
-                answers.append(ans)
-                outcomes.append(int(ans in e.targets))
+        answers: list[str | None] = [None] * len(items)
+        outcomes = [0] * len(items)
+        logprobs: list[list[float]] = []
+        if config.mode == "loglik" and chosen:
+            res = student.loglik_batch([(fmt.answer_prompt(questions[j], shown), opt_toks[j]) for j in chosen])
+            logprobs = [[r.logprob for r in conts] for conts in res]
+        elif chosen:
+            res = student.reason_loglik([fmt.eval_prompt(questions[j], shown) for j in chosen],
+                                        [opt_toks[j] for j in chosen], cue=ANS_OPEN,
+                                        max_new_tokens=config.max_new_tokens)
+            logprobs = [[r.logprob for r in x.continuations] for x in res]
+        for j, lp in zip(chosen, logprobs):
+            answers[j] = items[j].choices[choose_option(lp, norms[j])]
+            outcomes[j] = int(answers[j] in items[j].targets)
+        if matched:
+            gens = student.generate([fmt.eval_prompt(questions[j], shown) for j in matched],
+                                    max_new_tokens=config.max_new_tokens, stop=(ANS_CLOSE,))
+            for j, g in zip(matched, gens):
+                answers[j] = parse_answer(g.text + ANS_CLOSE if g.stop == ANS_CLOSE else g.text)
+                outcomes[j] = int(is_correct(answers[j], items[j].targets))
         results[k] = EvalResult(k, [e.id for e in items], outcomes, answers, time.perf_counter() - t0)
         if progress is not None:
             progress(len(items))

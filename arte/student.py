@@ -7,6 +7,15 @@ Backends are expected to reuse work: ``loglik`` evaluates ``prompt`` once for al
 keeps the evaluated prompt so that the next call with a common prefix only evaluates the new tokens
 (the engine orders calls draft by draft to exploit it). ``generate`` decodes several prompts together when
 it can. Results must equal evaluating every (prompt + continuation) from scratch; ``tests`` check it.
+
+``reason_loglik`` is chain-of-thought followed by a choice (the ``cot-choice`` scoring mode): each prompt
+is continued greedily until the ``cue`` (``<ans>``), then every continuation (``{option}</ans>``) is scored
+after ``prompt + tokenize(reasoning + cue)``, where the reasoning is the generated text before the cue (or
+before another stop string, the end of the turn, or the token budget: then the cue is appended). The
+context is defined on text, not on the generated tokens, so every backend, and every way of decoding,
+scores the same token sequence. :func:`reason_then_loglik` implements it with ``generate`` and
+``loglik_batch``; a backend may do better (llama.cpp scores the options in the generated sequences'
+own KV cells).
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
-__all__ = ["Continuation", "Generation", "Student", "longest_common_prefix"]
+__all__ = ["Continuation", "Generation", "Reasoned", "Student", "longest_common_prefix", "reason_then_loglik",
+           "reasoning_context"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,15 @@ class Generation:
     text: str
     stop: str
     n_tokens: int
+
+
+@dataclass(frozen=True)
+class Reasoned:
+    """The reasoning generated for one prompt and the log-probability of each continuation after it
+    (see :meth:`Student.reason_loglik`). ``generation.stop`` is the cue when the student wrote it."""
+
+    generation: Generation
+    continuations: tuple[Continuation, ...]
 
 
 @runtime_checkable
@@ -65,6 +84,12 @@ class Student(Protocol):
         """Complete each prompt: greedy at ``temperature`` 0, else sampled with ``seed``. Stops at EOS,
         at the first stop string, or after ``max_new_tokens``."""
 
+    def reason_loglik(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], *,
+                      cue: str, max_new_tokens: int, stop: Sequence[str] = ()) -> list[Reasoned]:
+        """For each prompt, greedy reasoning until ``cue`` (or a ``stop`` string, EOS, ``max_new_tokens``),
+        then the log-probability of each of its continuations after
+        :func:`reasoning_context` (see the module docstring)."""
+
     def close(self) -> None:
         """Free the runtime's native resources."""
 
@@ -76,3 +101,22 @@ def longest_common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def reasoning_context(student: Student, generation: Generation, cue: str) -> list[int]:
+    """The tokens that follow the prompt before a continuation is scored in ``reason_loglik``: the
+    reasoning text (``generation.text``: what was generated before the cue or another stop string, or
+    everything at EOS or at the budget) followed by the cue, tokenized together."""
+    return student.tokenize(generation.text + cue)
+
+
+def reason_then_loglik(student: Student, prompts: Sequence[Sequence[int]],
+                       continuations: Sequence[Sequence[Sequence[int]]], *, cue: str, max_new_tokens: int,
+                       stop: Sequence[str] = ()) -> list[Reasoned]:
+    """``reason_loglik`` from the student's ``generate`` and ``loglik_batch`` (two passes: the reasoning,
+    then every prompt + reasoning + cue evaluated again for its continuations)."""
+    if len(continuations) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} lists of continuations")
+    gens = student.generate(prompts, max_new_tokens=max_new_tokens, stop=(cue, *stop))
+    requests = [(list(p) + reasoning_context(student, g, cue), c) for p, g, c in zip(prompts, gens, continuations)]
+    return [Reasoned(g, tuple(r)) for g, r in zip(gens, student.loglik_batch(requests))]

@@ -84,7 +84,7 @@ class RoundInfo:
     cohort_id: str
     task_name: str
     n_drafts: int
-    mode: str                          # scoring mode devices must use: loglik | generate
+    mode: str                          # scoring mode devices must use: one of arte.scoring.MODES
     max_new_tokens: int
     min_items: int                     # a device scoring fewer items should not report
     privacy: PrivacyInfo

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import click
 
 from arte.errors import ArteError, ConfigError
+from arte.scoring import MODE_HELP, MODES
 
 __all__ = ["experiment"]
 
@@ -77,7 +78,7 @@ def _check_tasks(paths: tuple[Path, ...], eval_mode: str) -> None:
         names[task.name] = p
         if eval_mode == "loglik" and task.kind != "multiple_choice":
             raise click.BadParameter(f"loglik scores multiple-choice items; {p} is {task.kind} "
-                                     f"(use generate or auto)", param_hint="'--eval-mode'")
+                                     f"(use auto, cot-choice or generate)", param_hint="'--eval-mode'")
 
 
 def _settings(o: dict[str, Any]) -> Any:
@@ -134,8 +135,8 @@ def _int(minimum: int) -> click.IntRange:
               show_default=True, help="Runtime that scores drafts and evaluates (auto: llama for GGUF).")
 @click.option("--seeds", default=3, show_default=True, type=_int(1),
               help="SFT runs per fine-tuned condition (the seed varies LoRA init and data order).")
-@click.option("--eval-mode", type=click.Choice(["auto", "loglik", "generate"]), default="auto",
-              show_default=True, help="Evaluation and draft scoring (auto: loglik for multiple choice).")
+@click.option("--eval-mode", type=click.Choice(["auto", *MODES]), default="auto", show_default=True,
+              help=f"Evaluation and draft scoring (auto: cot-choice for multiple choice, else generate). {MODE_HELP}")
 @click.option("--shots", default="0,3", show_default=True, help="Shot counts to evaluate, comma-separated.")
 @click.option("--holdout", default=100, show_default=True, type=_int(1), help="Holdout items evaluated per task.")
 @click.option("--train-size", type=_int(1), default=None,
@@ -173,7 +174,7 @@ def _int(minimum: int) -> click.IntRange:
 @click.option("--sft-max-length", default=384, show_default=True, type=_int(8),
               help="Tokens per packed row; longer examples are left out of both conditions.")
 @click.option("--max-new-tokens", default=128, show_default=True, type=_int(1),
-              help="Generation budget per item (generate mode).")
+              help="Generation budget per item in the reasoning modes (cot-choice: the reasoning budget).")
 @click.option("--bootstrap", default=2000, show_default=True, type=_int(100), help="Bootstrap replicates.")
 @click.option("--level", default=0.95, show_default=True, type=click.FloatRange(0.5, 0.999),
               help="Confidence level of the intervals.")

@@ -62,8 +62,9 @@ Bars = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """Everything that shapes the results (stored in the document). ``eval_mode`` ``auto``: ``loglik`` for
-    multiple-choice tasks, ``generate`` otherwise; ``student_backend`` ``auto``: llama for a GGUF student
+    """Everything that shapes the results (stored in the document). ``eval_mode``: one of
+    :data:`arte.scoring.MODES`, or ``auto``: ``cot-choice`` (the student reasons, then the likeliest option)
+    for multiple-choice tasks, ``generate`` otherwise; ``student_backend`` ``auto``: llama for a GGUF student
     (the adapter exported to GGUF), torch for an HF directory. ``pipeline``'s scoring mode follows
     ``eval_mode`` per task."""
 
@@ -86,8 +87,10 @@ class ExperimentSettings:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ConfigError("seeds", f"must be >= 1, got {self.seeds}")
-        if self.eval_mode not in ("auto", "loglik", "generate"):
-            raise ConfigError("eval_mode", f"must be auto, loglik or generate, got {self.eval_mode!r}")
+        from arte.scoring import MODES
+
+        if self.eval_mode not in ("auto", *MODES):
+            raise ConfigError("eval_mode", f"must be auto or one of {', '.join(MODES)}, got {self.eval_mode!r}")
         if not self.shots or len(set(self.shots)) != len(self.shots) or min(self.shots) < 0:
             raise ConfigError("shots", f"must be distinct counts >= 0, got {self.shots!r}")
         if self.holdout < 1:
@@ -184,10 +187,10 @@ class _TaskRun:
         self.work = work_root / f"{self.task.name}-{self.task_sha[:12]}"
         self.mode = s.eval_mode
         if self.mode == "auto":
-            self.mode = "loglik" if self.task.kind == "multiple_choice" else "generate"
+            self.mode = "cot-choice" if self.task.kind == "multiple_choice" else "generate"
         if self.mode == "loglik" and self.task.kind != "multiple_choice":
             raise ConfigError("eval_mode", f"loglik needs a multiple-choice task; {self.task.name} is "
-                                           f"{self.task.kind} (use generate or auto)")
+                                           f"{self.task.kind} (use auto, cot-choice or generate)")
         self.bars = lambda stage, done, total: bars(f"{self.task.name} {stage}", done, total)
         self.seconds: dict[str, float] = {}
         self.cached: list[str] = []

@@ -22,6 +22,7 @@ import click
 
 from arte.errors import ArteError
 from arte.pair_rules import COMPARISONS
+from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
 
 __all__ = ["COMMANDS"]
 
@@ -267,8 +268,7 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
               help="Student model: 'default', a .gguf file or an HF directory.")
 @click.option("--backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama", show_default=True,
               help="Student runtime.")
-@click.option("--mode", type=click.Choice(["loglik", "generate"]), default="loglik", show_default=True,
-              help="Scoring mode (loglik: multiple-choice items by log-probability).")
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Scores JSON to write.")
 @_common
 def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, drafts_path: Path, student: str,
@@ -500,8 +500,7 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @click.option("--student", default="default", show_default=True, help="Student model.")
 @click.option("--student-backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama",
               show_default=True, help="Student runtime.")
-@click.option("--mode", type=click.Choice(["loglik", "generate"]), default="loglik", show_default=True,
-              help="Scoring mode.")
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
 @click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),
               help="Draft questions to elicit.")
 @click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from arte.errors import ArteError, ConfigError
+from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
 from edge_agent.errors import AgentError, ExitCode, exit_code_for
 
 
@@ -50,9 +51,7 @@ def main(ctx: click.Context, state_dir: Path | None, verbose: bool) -> None:
               help="'default', a .gguf file or a Hugging Face model directory.")
 @click.option("--backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama", show_default=True,
               help="Model runtime.")
-@click.option("--mode", type=click.Choice(["loglik", "generate"]), default="loglik", show_default=True,
-              help="loglik: best option by log-probability (multiple choice); generate: the paper's greedy "
-                   "answer + exact match.")
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
 @click.option("--items", "n_items", type=click.IntRange(min=1), default=None,
               help="Score on at most this many validation items (default: all).")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the validation/holdout split.")
@@ -60,7 +59,7 @@ def main(ctx: click.Context, state_dir: Path | None, verbose: bool) -> None:
               help="Share of the data used for scoring; the rest is the holdout.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all).")
 @click.option("--max-new-tokens", default=96, show_default=True, type=click.IntRange(1, 4096),
-              help="Generation budget per item (generate mode).")
+              help="Generation budget per item in the reasoning modes (cot-choice: the reasoning budget).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: str, n_items: int | None,
           split_seed: int, validation: float, threads: int | None, max_new_tokens: int, as_json: bool) -> None:
@@ -564,8 +563,7 @@ def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_f
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the validation/holdout split.")
 @click.option("--validation", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Share of the task used for scoring drafts; the rest is the holdout.")
-@click.option("--eval-mode", type=click.Choice(["generate", "loglik"]), default="generate", show_default=True,
-              help="generate: greedy rationale + exact match on <ans>; loglik: likeliest option (multiple choice).")
+@click.option("--eval-mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
 @click.option("--shots", default="0,3", show_default=True, help="Comma-separated shot counts to evaluate.")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 4096),
               help="Generation budget per holdout item.")

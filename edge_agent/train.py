@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from arte.scoring import DEFAULT_MODE
+
 __all__ = ["TrainOptions", "run_train"]
 
 
@@ -48,7 +50,7 @@ class TrainOptions:
     holdout: int | None = None
     split_seed: int = 0
     validation: float = 0.5
-    eval_mode: str = "generate"
+    eval_mode: str = DEFAULT_MODE
     shots: tuple[int, ...] = (0, 3)
     max_new_tokens: int = 128
     significance: float = 0.05

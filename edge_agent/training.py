@@ -16,7 +16,8 @@ and activates the adapter only when it is kept, so a step never changes what the
   ``budget.train_seconds`` its wall time: a run that reaches it checkpoints and raises
   :class:`TrainingIncomplete`; the next call with the same request resumes from the checkpoint;
 * evaluation runs on the runtime the device serves with (llama.cpp + the GGUF adapter for ``llama``
-  profiles), 0- and 3-shot, in ``loglik`` mode for multiple-choice tasks and ``generate`` otherwise;
+  profiles), 0- and 3-shot, in the profile's ``scoring.mode`` (default ``cot-choice``: the student reasons;
+  ``loglik`` on exact-match items falls back to ``generate``);
 * the keep rule is :func:`arte.evaluate.keep_if_better` (one-sided exact McNemar test on the 0-shot
   holdout outcomes, the same rule as ``edge-agent train``), compared with the adapter active before.
 
@@ -96,8 +97,10 @@ def train_step(req: TrainRequest) -> TrainResult:
     sft = SFTConfig(rank=p.training.lora_rank, alpha=float(p.training.lora_alpha), batch_size=p.training.batch_size,
                     max_length=p.training.max_seq_len, threads=p.runtime.threads,
                     memory_budget_mb=p.budget.memory_mib, time_budget_s=p.budget.train_seconds)
-    ev = EvalConfig(mode="loglik" if multiple_choice else "generate", shots=(0, 3), decide_on=0,
-                    max_new_tokens=p.scoring.max_new_tokens)
+    # The profile's scoring mode (default cot-choice: the student reasons); answer-first loglik cannot
+    # evaluate exact-match items, which are then generated and matched.
+    mode = "generate" if p.scoring.mode == "loglik" and not multiple_choice else p.scoring.mode
+    ev = EvalConfig(mode=mode, shots=(0, 3), decide_on=0, max_new_tokens=p.scoring.max_new_tokens)
     ref = resolve_model(req.model, model_dir())
     backend = "llama" if p.runtime.backend == "llama" and ref.kind == "gguf" else "torch"
     config = FinetuneConfig(sft=sft, eval=ev, backend=backend, split_seed=req.split_seed,

@@ -16,7 +16,7 @@ A file has these tables (every key is required unless it has a default below)::
                 empty: the Makefile's portable baseline. Only for the llama backend.
     [budget]    memory_mib, score_seconds, train_seconds
     [training]  lora_rank, lora_alpha, batch_size, max_seq_len, max_examples
-    [scoring]   max_items, max_drafts, mode (loglik | generate), max_new_tokens
+    [scoring]   max_items, max_drafts, mode (arte.scoring.MODES: cot-choice | generate | loglik), max_new_tokens
     [when]      only_when_idle, max_load_per_core, only_on_ac_power, max_temperature_c
 """
 
@@ -34,6 +34,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from arte.errors import ArteError, ConfigError
+from arte.scoring import DEFAULT_MODE
+from arte.scoring import MODES as SCORING_MODES
 
 __all__ = ["PROFILE_DIR", "BACKENDS", "QUANTIZATIONS", "DEVICES", "Match", "Runtime", "Build", "Budget", "Training",
            "Scoring", "When", "Profile", "ProfileError", "load_profile", "load_profiles"]
@@ -48,7 +50,6 @@ QUANTIZATIONS = {
 }
 ARCHES = ("x86_64", "aarch64")
 DEVICES = ("cpu", "cuda")
-SCORING_MODES = ("loglik", "generate")
 
 
 class ProfileError(ArteError, ValueError):
@@ -192,11 +193,12 @@ class Training:
 @dataclass(frozen=True)
 class Scoring:
     """Scoring limits: validation items and drafts per round, the mode, the generation budget, and item
-    selection by IRT (``irt_keep_items``)."""
+    selection by IRT (``irt_keep_items``). A round's mode is the server's; ``mode`` is the device's own
+    (its before/after evaluation, and local scoring). ``max_new_tokens`` caps a round's generation budget."""
 
     max_items: int
     max_drafts: int
-    mode: str = "loglik"
+    mode: str = DEFAULT_MODE
     max_new_tokens: int = 96
     # After a round scored on all items, keep only this many items (the most discriminative by a 2PL IRT fit
     # on the device's own outcomes) for later rounds; 0 keeps every item.

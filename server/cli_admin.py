@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
 from server.cli_common import _load_json_file, _run, _table, json_option
 
 PRIVACY_MECHANISMS = ("none", "randomized_response", "laplace", "gaussian")
@@ -302,13 +303,14 @@ def rounds_show(obj: Any, round_id: str, as_json: bool) -> None:
 )
 @click.option(
     "--mode",
-    type=click.Choice(["loglik", "generate"]),
-    default="loglik",
+    type=click.Choice(MODES),
+    default=DEFAULT_MODE,
     show_default=True,
-    help="Scoring mode devices must use.",
+    help=f"Scoring mode devices must use. {MODE_HELP}",
 )
 @click.option(
-    "--max-new-tokens", type=int, default=256, show_default=True, help="Generation budget (generate)."
+    "--max-new-tokens", type=int, default=256, show_default=True,
+    help="Generation budget per item in the reasoning modes (devices cap it by their profile).",
 )
 @click.option(
     "--min-items", type=int, default=10, show_default=True, help="Fewest items a device must score."

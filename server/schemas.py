@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from arte.scoring import DEFAULT_MODE, MODES
 from server.models import ID_PATTERN
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 MAX_COUNT = 1e9  # no device scores a billion items; noised counts stay far below this too
-MODES = ("loglik", "generate")
 MECHANISMS = ("none", "randomized_response", "laplace", "gaussian")
 JOB_KINDS = ("aggregate", "elicit", "align", "tailor")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -159,7 +159,7 @@ class DraftScoreIn(_In):
 class ReportIn(_In):
     idempotency_key: Name
     scores: Annotated[list[DraftScoreIn], Field(min_length=1, max_length=10_000)]
-    mode: Literal["loglik", "generate"]
+    mode: Literal[MODES]  # type: ignore[valid-type]
     privacy: PrivacyIn = Field(default_factory=PrivacyIn)
     agent_version: ShortText = ""
 
@@ -264,7 +264,7 @@ class TokenInfo(BaseModel):
 class RoundIn(_In):
     cohort_id: Id
     drafts: Annotated[list[JsonObject], Field(min_length=1, max_length=10_000)]
-    mode: Literal["loglik", "generate"] = "loglik"
+    mode: Literal[MODES] = DEFAULT_MODE  # type: ignore[valid-type]
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 256
     min_items: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     privacy: PrivacyIn | None = Field(default=None, description="Defaults to the cohort's privacy policy.")

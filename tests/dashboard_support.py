@@ -60,7 +60,7 @@ def seed_fleet(client: Any, admin: dict[str, str], clock: Clock, settings: Any, 
         out.devices[name] = (r["device_id"], {"Authorization": f"Bearer {r['device_key']}"})
 
     def report(round_id: str, device: str, n_correct: float) -> None:
-        body = {"idempotency_key": f"{round_id}-{device}", "mode": "loglik",
+        body = {"idempotency_key": f"{round_id}-{device}", "mode": "cot-choice",
                 "scores": [{"draft_id": "d0", "n_items": 10, "n_correct": n_correct},
                            {"draft_id": "d1", "n_items": 10, "n_correct": 10 - n_correct}]}
         post(f"/rounds/{round_id}/reports", body, headers=out.devices[device][1], status=200)

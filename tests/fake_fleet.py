@@ -83,7 +83,7 @@ class FakeFleet:
 
     # -- helpers for tests ----------------------------------------------------------------------------------
 
-    def open_round(self, drafts: list[dict[str, Any]], *, round_id: str = "r1", mode: str = "loglik",
+    def open_round(self, drafts: list[dict[str, Any]], *, round_id: str = "r1", mode: str = "cot-choice",
                    min_items: int = 1, privacy: PrivacyInfo | None = None) -> RoundInfo:
         self.drafts = drafts
         self.round = RoundInfo(round_id=round_id, cohort_id=self.cohort_id, task_name="t", n_drafts=len(drafts),

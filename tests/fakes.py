@@ -1,15 +1,19 @@
-"""A fake student for unit tests: bytes as tokens, and a "model" that copies the demonstration's answer.
+"""Fake students for unit tests: bytes as tokens.
 
-It answers every item with the answer of the first ``<ans>…</ans>`` in its prompt (the draft's), so a
-draft's expected accuracy is exactly the share of items whose answer equals the draft's answer.
+``CopyingStudent`` answers every item with the answer of the first ``<ans>…</ans>`` in its prompt (the
+draft's), so a draft's expected accuracy is exactly the share of items whose answer equals the draft's
+answer. ``RationaleStudent`` reasons the way the demonstration's rationale tells it to, so in the reasoning
+modes a draft's score depends on its rationale, and answer-first (``loglik``) only on its answer label.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import re
+
 from arte.answers import parse_answer
-from arte.student import Continuation, Generation
+from arte.student import Continuation, Generation, Reasoned, reason_then_loglik
 
 
 class CopyingStudent:
@@ -18,6 +22,7 @@ class CopyingStudent:
     def __init__(self) -> None:
         self.loglik_calls = 0
         self.generate_calls = 0
+        self.reason_calls = 0
 
     @property
     def n_ctx(self) -> int:
@@ -57,5 +62,59 @@ class CopyingStudent:
             out.append(Generation(text[:cut[0]], cut[1], 10) if cut else Generation(text, "length", 10))
         return out
 
+    def reason_loglik(self, prompts, continuations, *, cue: str, max_new_tokens: int, stop=()) -> list[Reasoned]:
+        self.reason_calls += 1
+        return reason_then_loglik(self, prompts, continuations, cue=cue, max_new_tokens=max_new_tokens, stop=stop)
+
     def close(self) -> None:
         pass
+
+
+def _cut(text: str, stop: Sequence[str]) -> Generation:
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if hits:
+        pos, s = min(hits)
+        return Generation(text[:pos], s, len(text[:pos].split()))
+    return Generation(text, "length", len(text.split()))
+
+
+class RationaleStudent(CopyingStudent):
+    """A student that follows the demonstration's rationale, not its answer label.
+
+    Reasoning (``generate``, ``reason_loglik``): if the demonstration's rationale says to "check the
+    sport", it does so and reasons its way to the item's true answer (``truth``: question text -> answer);
+    any other rationale leaves it guessing ``guess``. It writes "… so the answer is X. <ans>X</ans>", and
+    after its own reasoning and ``<ans>`` the option X is the likeliest. Answer-first (``loglik``: the
+    prompt ends in "Answer: <ans>", no reasoning) it copies the demonstration's label, like
+    :class:`CopyingStudent`."""
+
+    name = "rationale-fake"
+
+    def __init__(self, truth: dict[str, str], guess: str = "yes") -> None:
+        super().__init__()
+        self.truth = truth
+        self.guess = guess
+
+    def _reasoned(self, text: str) -> str:
+        demo = text.split("\nAnswer:", 1)[-1].split("<ans>", 1)[0]
+        question = re.findall(r"Question: (.*)", text)[-1].strip()
+        if "check the sport" in demo:
+            ans = self.truth[question]
+            return f" I check the sport, so the answer is {ans}. <ans>{ans}</ans>"
+        return f" It sounds fine, so the answer is {self.guess}. <ans>{self.guess}</ans>"
+
+    def generate(self, prompts, *, max_new_tokens: int, stop=(), temperature: float = 0.0, seed: int = 0):
+        self.generate_calls += 1
+        return [_cut(self._reasoned(self._text(p)), stop) for p in prompts]
+
+    def loglik(self, prompt, continuations):
+        self.loglik_calls += 1
+        text = self._text(prompt)
+        own = re.findall(r"so the answer is (.*?)\. <ans>$", text)
+        # After its own reasoning it answers what it reasoned; answer-first it copies the demonstration.
+        want = own[-1] if own else (self._demo_answer(prompt) or "")
+        out = []
+        for c in continuations:
+            per_byte = -0.1 if self._text(c) == f"{want}</ans>" else -2.0
+            out.append(Continuation(per_byte * len(c), len(c), per_byte > -1))
+        return out

@@ -228,7 +228,7 @@ def queue_reports(agents: list[AgentBox], rounds: list[str], n_drafts: int) -> i
         with State(a.dir) as st:
             for r in rounds:
                 scores = [DraftScoreMsg(f"d{j}", 10.0, float((j + n) % 11)) for j in range(n_drafts)]
-                queue_report(st, r, Report(idempotency_key=f"{r}:{a.device_id}", scores=scores, mode="loglik"))
+                queue_report(st, r, Report(idempotency_key=f"{r}:{a.device_id}", scores=scores, mode="cot-choice"))
                 n += 1
     return n
 

@@ -198,7 +198,7 @@ class Fleet:
     ) -> Any:
         body = {
             "idempotency_key": key or f"k{self._n()}",
-            "mode": "loglik",
+            "mode": "cot-choice",
             "scores": [{"draft_id": d, "n_items": n, "n_correct": c} for d, n, c in scores],
             **kw,
         }

@@ -92,6 +92,12 @@ class LastAnswerCopyingStudent:
     def generate(self, prompts, *, max_new_tokens, stop=(), temperature=0.0, seed=0):  # pragma: no cover
         raise NotImplementedError("loglik mode only")
 
+    def reason_loglik(self, prompts, continuations, *, cue, max_new_tokens, stop=()):
+        """It writes no reasoning: the options after the cue are scored as in ``loglik`` (label copying)."""
+        from arte.student import Generation, Reasoned
+
+        return [Reasoned(Generation("", cue, 0), tuple(self.loglik(p, c))) for p, c in zip(prompts, continuations)]
+
     def close(self) -> None:
         pass
 

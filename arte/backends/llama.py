@@ -9,20 +9,24 @@ Contract: implements :class:`arte.student.Student`. It owns one native model, on
   the rest — every item and every option of a draft — as one token trie: shared tokens are decoded once
   and tagged with every sequence that passes through them (a unified KV cache; ``llama_memory_seq_cp``
   tags cells, it copies nothing), with logits only where a continuation token is predicted.
-* ``generate`` evaluates the prompts' common prefix once and decodes up to ``n_parallel`` sequences in
-  one batch per step.
+* ``generate`` and ``reason_loglik`` evaluate the prompts' common prefix once and decode up to
+  ``n_parallel`` sequences in one batch per step, a new prompt taking the place of one that stops; in
+  ``reason_loglik`` a stopped sequence's options are scored in its own cells, in the next step's batch
+  (:mod:`arte.backends.llama_parallel`).
 
 Three evaluation strategies, one code path each:
 
 * ``reuse=False``: every (prompt + continuation) and every prompt from an empty cache, one at a time —
   the naive baseline that tests and benchmarks compare against;
-* ``parallel=False``: prefix reuse, one sequence at a time. Every token sits in the same KV cell as in
-  naive evaluation, so results are **bit-identical** to naive;
+* ``parallel=False``: prefix reuse, one sequence at a time (``reason_loglik``: the reasoning, then its
+  options, :func:`arte.student.reason_then_loglik`). Every token sits in the same KV cell as in naive
+  evaluation, so results are **bit-identical** to naive;
 * ``parallel=True`` (default): the trie / parallel decoding above. Other sequences' cells now sit between
   a sequence's own cells; attention sums then round differently in the last bits, and the 8-bit
   activation quantization of Q4 weights amplifies that to a few hundredths of a nat (the same noise
-  floor as any other change of input, RUNTIME-NOTES §7b). Decisions agree with naive on nearly every
-  item (measured by ``tests/slow`` and ``benchmarks/scoring.py``).
+  floor as any other change of input, RUNTIME-NOTES §7b), and a greedy reasoning may take the other
+  token at a near-tie. Decisions agree with naive on nearly every item (measured by ``tests/slow`` and
+  ``benchmarks/scoring.py``).
 
 Flash attention is off by default: on the CPU it makes logits depend on how tokens are split into
 batches (up to 0.2 nats on the default model), which even naive evaluation cannot control.
@@ -36,37 +40,21 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from arte.backends.llama_parallel import _Entry, decode_parallel, row_logprobs
 from arte.errors import BackendError, ConfigError, ModelError
-from arte.student import Continuation, Generation, longest_common_prefix
+from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
 
-__all__ = ["LlamaCppStudent", "log_softmax_at"]
+__all__ = ["LlamaCppStudent"]
 
 log = logging.getLogger(__name__)
 
 # Parallel sequences per context (sequence 0 holds the shared prefix). llama.cpp allows up to 256.
 _SLOTS = 64
-
-
-def log_softmax_at(logits: np.ndarray, token: int) -> float:
-    """log p(token) under ``logits`` (float64 log-sum-exp)."""
-    x = logits.astype(np.float64)
-    m = x.max()
-    return float(x[token] - m - np.log(np.exp(x - m).sum()))
-
-
-@dataclass
-class _Entry:
-    token: int
-    pos: int
-    seq: int
-    logits: bool
-    also: tuple[int, ...] = ()   # further sequences this token belongs to (shared trie nodes)
 
 
 class LlamaCppStudent:
@@ -136,6 +124,8 @@ class LlamaCppStudent:
                 self.close()
                 raise ModelError(f"llama.cpp refused the LoRA adapter {self.lora_path}")
         self._seq0: list[int] = []
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self.tokens_evaluated = 0   # tokens decoded, for benchmarks
         self.decode_calls = 0
 
@@ -194,13 +184,16 @@ class LlamaCppStudent:
         return ids
 
     def piece(self, token: int) -> bytes:
-        """The bytes of one token (special tokens render as empty)."""
-        buf = ctypes.create_string_buffer(64)
-        n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
+        """The bytes of one token (special tokens render as empty); cached per token."""
+        out = self._pieces.get(token)
+        if out is None:
+            buf = ctypes.create_string_buffer(64)
             n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n]
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            out = self._pieces[token] = buf.raw[:n]
+        return out
 
     def token_text(self, token: int) -> str:
         """The vocabulary text of a token, special tokens included (e.g. ``<|im_start|>``)."""
@@ -211,15 +204,17 @@ class LlamaCppStudent:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def is_eog(self, token: int) -> bool:
-        return bool(self._ll.llama_vocab_is_eog(self._vocab, token))
+        out = self._eog.get(token)
+        if out is None:
+            out = self._eog[token] = bool(self._ll.llama_vocab_is_eog(self._vocab, token))
+        return out
 
-    # ---- decoding ---------------------------------------------------------------------------------
+    # ---- the KV cache (every native cache operation goes through these four) ----------------------
 
-    def _decode(self, entries: Sequence[_Entry]) -> dict[int, np.ndarray]:
-        """Decode entries in batches of ``n_batch``; returns {entry index: logits row} for the entries
-        that asked for logits."""
+    def _decode(self, entries: Sequence[_Entry], on_row: Callable[[int, np.ndarray], None]) -> None:
+        """Decode entries in batches of ``n_batch``; ``on_row(entry index, logits)`` is called for every entry
+        that asked for logits, with a view of llama.cpp's buffer that is valid only during the call."""
         ll, b = self._ll, self._batch
-        out: dict[int, np.ndarray] = {}
         for start in range(0, len(entries), self._n_batch):
             chunk = entries[start:start + self._n_batch]
             b.n_tokens = len(chunk)
@@ -240,16 +235,35 @@ class LlamaCppStudent:
             for i, e in enumerate(chunk):
                 if e.logits:
                     ptr = ll.llama_get_logits_ith(self._ctx, i)
-                    out[start + i] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-        return out
+                    on_row(start + i, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+
+    def _seq_rm(self, seq: int, p0: int, p1: int) -> None:
+        """Drop ``seq``'s cells at positions [p0, p1) (-1: open end)."""
+        self._ll.llama_memory_seq_rm(self._mem, seq, p0, p1)
+
+    def _seq_cp(self, src: int, dst: int) -> None:
+        """Tag every cell of ``src`` with ``dst`` too (nothing is copied)."""
+        self._ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
 
     def _clear(self) -> None:
         self._ll.llama_memory_clear(self._mem, True)
         self._seq0 = []
 
-    def _prime(self, prompt: Sequence[int], logits: bool = True) -> np.ndarray | None:
-        """Make sequence 0 hold ``prompt`` (evaluating only what differs from what it holds) and return
-        the logits after its last token (when ``logits``)."""
+    def _decode_scores(self, entries: Sequence[_Entry], targets: dict[int, Sequence[int]]
+                       ) -> dict[int, list[tuple[float, bool]]]:
+        """Decode; for each entry index in ``targets``, ``(log p, is argmax)`` of each of its target tokens."""
+        out: dict[int, list[tuple[float, bool]]] = {}
+
+        def keep(k: int, row: np.ndarray) -> None:
+            out[k] = row_logprobs(row, targets[k])
+        self._decode(entries, keep)
+        return out
+
+    # ---- decoding ---------------------------------------------------------------------------------
+
+    def _prime(self, prompt: Sequence[int], targets: Sequence[int] = ()) -> list[tuple[float, bool]] | None:
+        """Make sequence 0 hold ``prompt`` (evaluating only what differs from what it holds). With
+        ``targets``, returns ``(log p, is argmax)`` of each target token after the prompt's last token."""
         if not prompt:
             raise BackendError("empty prompt")
         if len(prompt) >= self._n_ctx:
@@ -257,23 +271,19 @@ class LlamaCppStudent:
         if not self.reuse:
             self._clear()
         keep = longest_common_prefix(self._seq0, prompt)
-        if logits:   # the last token is re-evaluated when its logits are needed
+        if targets:   # the last token is re-evaluated when its logits are needed
             keep = min(keep, len(prompt) - 1)
-        self._ll.llama_memory_seq_rm(self._mem, 0, keep, -1)
+        self._seq_rm(0, keep, -1)
         self._seq0 = list(prompt)
         todo = [_Entry(t, keep + i, 0, False) for i, t in enumerate(prompt[keep:])]
         if not todo:
             return None
-        todo[-1].logits = logits
+        todo[-1].logits = bool(targets)
         try:
-            return self._decode(todo).get(len(todo) - 1)
+            return self._decode_scores(todo, {len(todo) - 1: targets}).get(len(todo) - 1)
         except BackendError:
             self._clear()
             raise
-
-    def _drop_parallel(self, seqs: Sequence[int]) -> None:
-        for s in seqs:
-            self._ll.llama_memory_seq_rm(self._mem, s, -1, -1)
 
     def loglik(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[Continuation]:
         return self.loglik_batch([(prompt, continuations)])[0]
@@ -319,12 +329,13 @@ class LlamaCppStudent:
     def _loglik_group(self, group: list) -> list[list[Continuation]]:
         common = _common_prefix([p for p, _ in group])
         if common > 0:
-            self._prime(group[0][0][:common], logits=False)
+            self._prime(group[0][0][:common])
         else:
             self._clear()
         nodes: dict[tuple[int, int], int] = {}     # (parent node, token) -> entry index
         entries: list[_Entry] = []
         seqs: list[list[int]] = []                   # entry index -> sequences through it
+        targets: dict[int, list[int]] = {}           # entry index -> tokens its row predicts
         paths: list[tuple[int, int, list[int]]] = []  # (request, continuation, entry indices)
         for r, (prompt, conts) in enumerate(group):
             for k, cont in enumerate(conts):
@@ -341,6 +352,8 @@ class LlamaCppStudent:
                     seqs[node].append(seq)
                     if d >= need_from:
                         entries[node].logits = True
+                        if cont[d - need_from] not in targets.setdefault(node, []):
+                            targets[node].append(cont[d - need_from])
                     idx.append(node)
                     parent = node
                 paths.append((r, k, idx[need_from:]))
@@ -349,24 +362,31 @@ class LlamaCppStudent:
         n_seq = len(paths)
         if common > 0:
             for s in range(1, n_seq + 1):
-                self._ll.llama_memory_seq_cp(self._mem, 0, s, -1, -1)
+                self._seq_cp(0, s)
         try:
-            rows = self._decode(entries)
+            rows = self._decode_scores(entries, targets)
         finally:
             self._drop_parallel(range(1, n_seq + 1))
         results: list[list[Continuation]] = [[None] * len(c) for _, c in group]  # type: ignore[list-item]
         for r, k, idx in paths:
-            results[r][k] = _score([rows[i] for i in idx], group[r][1][k])
+            cont = group[r][1][k]
+            results[r][k] = _score([rows[i][targets[i].index(t)] for i, t in zip(idx, cont)], cont)
         return results
 
+    def _drop_parallel(self, seqs: Sequence[int]) -> None:
+        for s in seqs:
+            self._seq_rm(s, -1, -1)
+
     def _loglik_sequential(self, prompt: Sequence[int], conts: Sequence[Sequence[int]]) -> list[Continuation]:
-        first = self._prime(prompt)
+        firsts = self._prime(prompt, sorted({c[0] for c in conts}))
+        first = dict(zip(sorted({c[0] for c in conts}), firsts or []))
         n_p = len(prompt)
         out = []
         for c in conts:
-            rows = self._decode([_Entry(t, n_p + i, 0, True) for i, t in enumerate(c[:-1])]) if len(c) > 1 else {}
-            self._ll.llama_memory_seq_rm(self._mem, 0, n_p, -1)
-            out.append(_score([first] + [rows[i] for i in range(len(c) - 1)], c))
+            entries = [_Entry(t, n_p + i, 0, True) for i, t in enumerate(c[:-1])]
+            rows = self._decode_scores(entries, {i: [c[i + 1]] for i in range(len(c) - 1)}) if len(c) > 1 else {}
+            self._seq_rm(0, n_p, -1)
+            out.append(_score([first[c[0]]] + [rows[i][0] for i in range(len(c) - 1)], c))
         return out
 
     def _loglik_naive(self, prompt: Sequence[int], cont: Sequence[int]) -> Continuation:
@@ -375,93 +395,92 @@ class LlamaCppStudent:
         if len(full) > self._n_ctx:
             raise BackendError(f"prompt + continuation ({len(full)} tokens) exceed the context")
         entries = [_Entry(t, i, 0, i >= len(prompt) - 1) for i, t in enumerate(full[:-1])]
-        rows = self._decode(entries)
+        rows = self._decode_scores(entries, {len(prompt) - 1 + i: [t] for i, t in enumerate(cont)})
         self._clear()
-        return _score([rows[len(prompt) - 1 + i] for i in range(len(cont))], cont)
+        return _score([rows[len(prompt) - 1 + i][0] for i in range(len(cont))], cont)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
                  temperature: float = 0.0, seed: int = 0, top_p: float = 1.0,
                  guards: Sequence[Any] | None = None) -> list[Generation]:
-        """``guards[i]`` (optional, an :class:`arte.constrain.TokenGuard` or None) keeps prompt ``i``'s
-        generation inside a format: each sampled token is passed to its ``choose``, which returns the one
-        to emit."""
+        """Complete each prompt (greedy at ``temperature`` 0, else sampled from ``(seed, prompt index)``)
+        until EOS, a stop string or ``max_new_tokens``; see the module docstring for how. ``guards[i]``
+        (optional, an :class:`arte.constrain.TokenGuard` or None) keeps prompt ``i``'s generation inside a
+        format: each sampled token is passed to its ``choose``, which returns the one to emit."""
         if max_new_tokens < 1:
             raise ConfigError("max_new_tokens", f"must be >= 1, got {max_new_tokens}")
-        out: list[Generation] = []
-        for start in range(0, len(prompts), self.n_parallel):
-            wave = [list(p) for p in prompts[start:start + self.n_parallel]]
-            rngs = [np.random.default_rng([seed, start + i]) for i in range(len(wave))]
-            wave_guards = list(guards[start:start + len(wave)]) if guards is not None else None
-            out += self._generate_wave(wave, max_new_tokens, list(stop), temperature, top_p, rngs, wave_guards)
-        return out
+        if guards is not None and len(guards) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(guards)} guards")
+        rngs = [np.random.default_rng([seed, i]) for i in range(len(prompts))]
 
-    def _generate_wave(self, wave: list[list[int]], max_new: int, stop: list[str], temperature: float,
-                       top_p: float, rngs: list[np.random.Generator],
-                       guards: list[Any] | None = None) -> list[Generation]:
-        common = _common_prefix(wave)
-        needed = common + sum(len(p) - common + max_new for p in wave)
-        if needed > self._n_ctx:
-            raise BackendError(f"{len(wave)} prompts with up to {max_new} new tokens need {needed} cache "
-                               f"cells, more than the context of {self._n_ctx}: raise n_ctx or lower n_parallel")
-        if common > 0:
-            self._prime(wave[0][:common], logits=False)
-        else:
-            self._clear()
-        seqs = list(range(1, len(wave) + 1))
-        entries: list[_Entry] = []
-        last: list[int] = []
-        for s, p in zip(seqs, wave):
+        def choose(i: int, logits: np.ndarray) -> int:
+            t = _pick(logits, temperature, top_p, rngs[i])
+            if guards is not None and guards[i] is not None:   # constrained decoding
+                t = guards[i].choose(t, logits, rngs[i])
+            return t
+        return self._decode_prompts(prompts, max_new_tokens, list(stop), choose)[0]
+
+    def reason_loglik(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], *,
+                      cue: str, max_new_tokens: int, stop: Sequence[str] = ()) -> list[Reasoned]:
+        """Greedy reasoning until ``cue``, then each continuation's log-probability after
+        :func:`arte.student.reasoning_context` (see :meth:`arte.student.Student.reason_loglik`)."""
+        if max_new_tokens < 1:
+            raise ConfigError("max_new_tokens", f"must be >= 1, got {max_new_tokens}")
+        if not cue:
+            raise ConfigError("cue", "must be a non-empty string")
+        if len(continuations) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} lists of continuations")
+        if any(len(c) == 0 for conts in continuations for c in conts) or any(not c for c in continuations):
+            raise BackendError("every prompt needs at least one non-empty continuation")
+        if not self.parallel:
+            return reason_then_loglik(self, prompts, continuations, cue=cue, max_new_tokens=max_new_tokens,
+                                      stop=stop)
+        gens, scored = self._decode_prompts(prompts, max_new_tokens, list(stop), _greedy, cue, continuations)
+        return [Reasoned(g, c) for g, c in zip(gens, scored or [])]
+
+    def _decode_prompts(self, prompts: Sequence[Sequence[int]], max_new: int, stop: list[str],
+                        choose: Callable[[int, np.ndarray], int], cue: str | None = None,
+                        options: Sequence[Sequence[Sequence[int]]] | None = None
+                        ) -> tuple[list[Generation], list[tuple[Continuation, ...]] | None]:
+        """Run :func:`arte.backends.llama_parallel.decode_parallel`: all prompts together over their common
+        prefix (``parallel``), or one prompt at a time over its prompt minus the last token (``parallel=False``:
+        the same cells as naive), or one at a time from an empty cache (``reuse=False``)."""
+        if not prompts:
+            return [], ([] if options is not None else None)
+        for p in prompts:
+            if not p:
+                raise BackendError("empty prompt")
+        batches = [list(range(len(prompts)))] if self.parallel else [[i] for i in range(len(prompts))]
+        gens: list[Generation] = []
+        scored: list[tuple[Continuation, ...]] | None = [] if options is not None else None
+        for idx in batches:
+            group = [list(prompts[i]) for i in idx]
+            common = _common_prefix(group) if self.reuse else 0
             if common > 0:
-                self._ll.llama_memory_seq_cp(self._mem, 0, s, -1, -1)
-            entries += [_Entry(t, common + i, s, False) for i, t in enumerate(p[common:])]
-            entries[-1].logits = True
-            last.append(len(entries) - 1)
-        rows = self._decode(entries)
-        logits = {s: rows[i] for s, i in zip(seqs, last)}
-        pos = {s: len(p) for s, p in zip(seqs, wave)}
-        toks: dict[int, list[int]] = {s: [] for s in seqs}
-        text: dict[int, bytes] = {s: b"" for s in seqs}
-        done: dict[int, Generation] = {}
-        try:
-            while len(done) < len(seqs):
-                step: list[_Entry] = []
-                for s in seqs:
-                    if s in done:
-                        continue
-                    t = _pick(logits[s], temperature, top_p, rngs[s - 1])
-                    if guards is not None and guards[s - 1] is not None:   # constrained decoding
-                        t = guards[s - 1].choose(t, logits[s], rngs[s - 1])
-                    if self.is_eog(t):
-                        done[s] = Generation(text[s].decode("utf-8", "replace"), "eos", len(toks[s]))
-                        continue
-                    toks[s].append(t)
-                    text[s] += self.piece(t)
-                    decoded = text[s].decode("utf-8", "ignore")
-                    hit = _first_stop(decoded, stop)
-                    if hit is not None:
-                        done[s] = Generation(decoded[:hit[0]], hit[1], len(toks[s]))
-                    elif len(toks[s]) >= max_new:
-                        done[s] = Generation(text[s].decode("utf-8", "replace"), "length", len(toks[s]))
-                    else:
-                        step.append(_Entry(t, pos[s], s, True))
-                        pos[s] += 1
-                if step:
-                    rows = self._decode(step)
-                    for i, e in enumerate(step):
-                        logits[e.seq] = rows[i]
-        finally:
-            self._drop_parallel(seqs)
+                self._prime(group[0][:common])
+            else:
+                self._clear()
+            g, sc = decode_parallel(self, group, common=common, max_new=max_new, stop=stop,
+                                    choose=lambda k, row, idx=idx: choose(idx[k], row), n_parallel=self.n_parallel,
+                                    cue=cue, options=[options[i] for i in idx] if options is not None else None)
+            gens += g
+            if scored is not None and sc is not None:
+                scored += sc
             if not self.reuse:
                 self._clear()
-        return [done[s] for s in seqs]
+        return gens, scored
 
 
-def _score(dists: Sequence[np.ndarray], cont: Sequence[int]) -> Continuation:
+def _greedy(_i: int, logits: np.ndarray) -> int:
+    return int(logits.argmax())
+
+
+def _score(rows: Sequence[tuple[float, bool]], cont: Sequence[int]) -> Continuation:
+    """A continuation from ``(log p, is argmax)`` of each of its tokens, summed in order."""
     lp = 0.0
     greedy = True
-    for row, t in zip(dists, cont):
-        lp += log_softmax_at(row, t)
-        greedy = greedy and int(row.argmax()) == t
+    for x, best in rows:
+        lp += x
+        greedy = greedy and best
     return Continuation(lp, len(cont), greedy)
 
 
@@ -471,15 +490,6 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     for p in prompts[1:]:
         common = min(common, longest_common_prefix(prompts[0], p))
     return max(common, 0)
-
-
-def _first_stop(text: str, stop: Sequence[str]) -> tuple[int, str] | None:
-    best: tuple[int, str] | None = None
-    for s in stop:
-        i = text.find(s)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, s)
-    return best
 
 
 def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

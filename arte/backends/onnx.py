@@ -28,7 +28,7 @@ import numpy as np
 
 from arte.errors import BackendError, ConfigError, ModelError
 from arte.models import ModelRef
-from arte.student import Continuation, Generation, longest_common_prefix
+from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
 
 __all__ = ["OnnxStudent", "export_onnx", "is_onnx_dir"]
 
@@ -223,6 +223,12 @@ class OnnxStudent:
     def loglik_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
                      ) -> list[list[Continuation]]:
         return [self.loglik(p, c) for p, c in requests]
+
+    def reason_loglik(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], *,
+                      cue: str, max_new_tokens: int, stop: Sequence[str] = ()) -> list[Reasoned]:
+        """Greedy reasoning until ``cue``, then each continuation's log-probability after it
+        (:func:`arte.student.reason_then_loglik`)."""
+        return reason_then_loglik(self, prompts, continuations, cue=cue, max_new_tokens=max_new_tokens, stop=stop)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
                  temperature: float = 0.0, seed: int = 0) -> list[Generation]:

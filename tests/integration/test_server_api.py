@@ -42,7 +42,7 @@ def test_device_loop_reads_as_wire_messages(fleet: Fleet) -> None:
     error(f.client.get(f"{API}/rounds/current", headers=a), 404)
     rnd = f.round(cohort, n_drafts=3)
     info = wire.from_wire(wire.RoundInfo, f.ok(f.client.get(f"{API}/rounds/current", headers=a)))
-    assert (info.round_id, info.n_drafts, info.mode, info.privacy.mechanism) == (rnd, 3, "loglik", "none")
+    assert (info.round_id, info.n_drafts, info.mode, info.privacy.mechanism) == (rnd, 3, "cot-choice", "none")
     drafts = wire.from_wire(wire.RoundDrafts, f.ok(f.client.get(f"{API}/rounds/{rnd}/drafts", headers=a)))
     assert [d["id"] for d in drafts.drafts] == ["d0", "d1", "d2"]
 
@@ -132,7 +132,7 @@ def test_dataset_range_etag_and_signature(backend, tmp_path) -> None:
 
 def _bad_report_cases(rnd_drafts: list[str]) -> list[tuple[str, dict, int, str]]:
     ok = {"draft_id": "d0", "n_items": 10, "n_correct": 5}
-    base = {"idempotency_key": "k", "mode": "loglik"}
+    base = {"idempotency_key": "k", "mode": "cot-choice"}
     return [
         ("negative items", {**base, "scores": [{**ok, "n_items": -1}]}, 400, "scores[0].n_items"),
         ("negative correct", {**base, "scores": [{**ok, "n_correct": -1}]}, 400, "scores[0].n_correct"),
@@ -147,7 +147,7 @@ def _bad_report_cases(rnd_drafts: list[str]) -> list[tuple[str, dict, int, str]]
         ("wrong mode", {**base, "mode": "generate", "scores": [ok]}, 400, "mode"),
         ("bad mode", {**base, "mode": "guess", "scores": [ok]}, 422, "mode"),
         ("no scores", {**base, "scores": []}, 422, "scores"),
-        ("missing key", {"mode": "loglik", "scores": [ok]}, 422, "idempotency_key"),
+        ("missing key", {"mode": "cot-choice", "scores": [ok]}, 422, "idempotency_key"),
         ("string count", {**base, "scores": [{**ok, "n_items": "10"}]}, 422, "scores[0].n_items"),
         ("unknown field", {**base, "scores": [ok], "texts": ["private"]}, 422, "texts"),
         ("NUL in key", {**base, "idempotency_key": "a\x00b", "scores": [ok]}, 422, "idempotency_key"),
@@ -173,7 +173,7 @@ def test_non_finite_counts_are_refused(sqlite_fleet: Fleet, raw: str) -> None:
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=1)
     body = (
-        '{"idempotency_key": "k", "mode": "loglik", "scores": [{"draft_id": "d0", "n_items": %s, '
+        '{"idempotency_key": "k", "mode": "cot-choice", "scores": [{"draft_id": "d0", "n_items": %s, '
         '"n_correct": 1}]}' % raw
     )
     error(
@@ -220,7 +220,7 @@ def test_malformed_json_oversized_and_wrong_content_type(tmp_path, sqlite_backen
     )
     big = {
         "idempotency_key": "k",
-        "mode": "loglik",
+        "mode": "cot-choice",
         "scores": [{"draft_id": "d0", "n_items": 1, "n_correct": 1}],
         "agent_version": "x" * 5000,
     }

@@ -108,7 +108,7 @@ def _valid_body(path: str) -> dict:
     if path.endswith("/reports"):
         return {
             "idempotency_key": "k",
-            "mode": "loglik",
+            "mode": "cot-choice",
             "scores": [{"draft_id": "d0", "n_items": 1, "n_correct": 1}],
         }
     return {

@@ -236,7 +236,7 @@ def test_cohort_privacy_policy_and_aggregate_estimates_from_the_shell(
                 )
                 body = ReportIn(
                     idempotency_key=f"k{i}",
-                    mode="loglik",
+                    mode="cot-choice",
                     privacy=cohort["privacy"],
                     scores=[
                         {"draft_id": f"d{j}", "n_items": 10.0, "n_correct": c} for j, c in enumerate(counts)

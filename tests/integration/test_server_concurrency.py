@@ -40,7 +40,7 @@ def _burst(srv: Serve, n: int) -> list[dict[str, Any]]:
             r = c.post("/enroll", json={"token": tokens[i], "device_name": f"d{i}", "profile_id": "p"})
             assert r.status_code == 201, r.text
             key = r.json()["device_key"]
-            body = {"idempotency_key": f"k{i}", "mode": "loglik",
+            body = {"idempotency_key": f"k{i}", "mode": "cot-choice",
                     "scores": [{"draft_id": f"d{j}", "n_items": 4, "n_correct": j % 5} for j in range(64)]}
             h = {"Authorization": f"Bearer {key}"}
             drafts_resp = c.get(f"/rounds/{rnd}/drafts", headers=h)

@@ -72,7 +72,7 @@ def _script(f: Fleet, send: Recorder) -> None:
     garbage = {"Authorization": "Bearer arte_dk_" + "f" * 32 + "_nope"}
 
     def report(key: str, scores: list[tuple[str, float, float]], **kw: Any) -> dict[str, Any]:
-        return {"idempotency_key": key, "mode": "loglik",
+        return {"idempotency_key": key, "mode": "cot-choice",
                 "scores": [{"draft_id": d_, "n_items": n, "n_correct": c} for d_, n, c in scores], **kw}
 
     for label, path, key in [
@@ -210,7 +210,7 @@ def test_rate_limit_answers_are_the_same(backend, other_backend, tmp_path) -> No
         _, a = f.device(c)
         rnd = f.round(c, n_drafts=1)
         f.app.state.limiter = RateLimiter(1.0, 4, clock=lambda: 0.0)  # from here: 4 requests, no refill
-        body = {"idempotency_key": "k", "mode": "loglik",
+        body = {"idempotency_key": "k", "mode": "cot-choice",
                 "scores": [{"draft_id": "d0", "n_items": 1, "n_correct": 1}]}
         send("me", "GET", "/devices/me", a)
         send("drafts", "GET", f"/rounds/{rnd}/drafts", a)

@@ -261,10 +261,10 @@ def test_agent_state_dir_full_then_read_only_loses_nothing(small_tmpfs: Path, tm
         scores = [DraftScoreMsg(f"d{j}", 10.0, 3.0) for j in range(N_DRAFTS)]
         client = ServerClient(srv.url, box.key, retry=RetryPolicy(attempts=2), wait=lambda s: None)
         with State(box.dir) as st:
-            queue_report(st, r1, Report(idempotency_key=f"{r1}:x", scores=scores, mode="loglik"))
+            queue_report(st, r1, Report(idempotency_key=f"{r1}:x", scores=scores, mode="cot-choice"))
             filler = _fill(small_tmpfs)
             with pytest.raises(StateError, match="disk is full|disk I/O") as full:
-                queue_report(st, r2, Report(idempotency_key=f"{r2}:x", scores=scores, mode="loglik"))
+                queue_report(st, r2, Report(idempotency_key=f"{r2}:x", scores=scores, mode="cot-choice"))
             assert str(box.dir) in str(full.value)
             assert [i.idempotency_key for i in st.pending()][0] == f"{r1}:x"
             with pytest.raises(StateError, match="disk is full|disk I/O"):
@@ -283,7 +283,7 @@ def test_agent_state_dir_full_then_read_only_loses_nothing(small_tmpfs: Path, tm
             assert st.read_only
             assert st.outbox(f"{r1}:x").status == "delivered"
             with pytest.raises(StateError, match="read-only"):
-                queue_report(st, r2, Report(idempotency_key=f"{r2}:x", scores=scores, mode="loglik"))
+                queue_report(st, r2, Report(idempotency_key=f"{r2}:x", scores=scores, mode="cot-choice"))
             assert st.outbox_counts() == {"delivered": 1}
     finally:
         srv.stop()

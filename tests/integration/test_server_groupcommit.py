@@ -27,7 +27,7 @@ API = "/api/v1"
 
 
 def _body(key: str, scores: list[tuple[str, float, float]]) -> dict[str, Any]:
-    return {"idempotency_key": key, "mode": "loglik",
+    return {"idempotency_key": key, "mode": "cot-choice",
             "scores": [{"draft_id": d, "n_items": n, "n_correct": c} for d, n, c in scores]}
 
 

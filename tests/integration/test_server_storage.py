@@ -66,7 +66,7 @@ def test_foreign_keys_and_unique_report_per_device_round(fleet: Fleet) -> None:
                     round_id=rnd,
                     device_id=dev,
                     idempotency_key="x",
-                    mode="loglik",
+                    mode="cot-choice",
                     privacy={},
                     agent_version="",
                     n_scores=0,
@@ -81,7 +81,7 @@ def test_foreign_keys_and_unique_report_per_device_round(fleet: Fleet) -> None:
                     round_id="rnd_" + "9" * 32,
                     device_id=dev,
                     idempotency_key="y",
-                    mode="loglik",
+                    mode="cot-choice",
                     privacy={},
                     agent_version="",
                     n_scores=0,
@@ -279,7 +279,7 @@ def test_concurrent_duplicate_reports_store_one(fleet: Fleet) -> None:
                 headers=a,
                 json={
                     "idempotency_key": "same",
-                    "mode": "loglik",
+                    "mode": "cot-choice",
                     "scores": [{"draft_id": "d0", "n_items": 5, "n_correct": 1}],
                 },
             )

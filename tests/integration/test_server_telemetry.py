@@ -74,7 +74,7 @@ def test_counters_match_what_happened(fleet: Fleet) -> None:
     kitchen = seeded.devices["pi5-kitchen"][1]
     r2 = seeded.rounds[1]
     # a duplicate re-send, a rejected report, a refused enrollment
-    dup = {"idempotency_key": f"{r2}-pi5-kitchen", "mode": "loglik",
+    dup = {"idempotency_key": f"{r2}-pi5-kitchen", "mode": "cot-choice",
            "scores": [{"draft_id": "d0", "n_items": 10, "n_correct": 7},
                       {"draft_id": "d1", "n_items": 10, "n_correct": 3}]}
     assert c.post(f"{API}/rounds/{r2}/reports", json=dup, headers=kitchen).json()["duplicate"] is True

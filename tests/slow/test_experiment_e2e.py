@@ -34,7 +34,7 @@ def test_experiment_end_to_end_then_cached(tmp_path: Path, default_model, bigben
     assert doc == json.loads((out / "experiment.json").read_text())
     check_document(doc)   # schema, and every interval recomputed from the per-item outcomes
     (t,) = doc["tasks"]
-    assert t["task"] == "sports_understanding" and t["eval_mode"] == "loglik"
+    assert t["task"] == "sports_understanding" and t["eval_mode"] == "cot-choice"
     assert set(t["pipeline"]) == {"draft", "score", "pairs", "align", "tailor"}
     assert t["cached"] == []
     png = (out / "experiment.png").read_bytes()

@@ -261,7 +261,7 @@ def test_the_default_train_step_is_bounded_by_the_profile(tmp_path: Path, privat
     assert (c.sft.memory_budget_mb, c.sft.time_budget_s, c.sft.threads) == (
         p.budget.memory_mib, p.budget.train_seconds, p.runtime.threads)
     assert len(seen["records"]) == p.training.max_examples < 500
-    assert c.eval.mode == "loglik" and c.eval.shots == (0, 3)      # the private items are multiple choice
+    assert c.eval.mode == p.scoring.mode == "cot-choice" and c.eval.shots == (0, 3)   # the student reasons
     assert it.dataset["step"] == "downloaded" and it.dataset["failures"] == 0 and "paused" in it.dataset
     assert seen["work_dir"] == agent.state.dir / "train-work" / "ds1" / c.sft.fingerprint()
 

@@ -11,7 +11,7 @@ from arte.drafts import Draft
 from arte.errors import ConfigError, ScoringError
 from arte.evaluate import EvalConfig, evaluate, keep_if_better, mcnemar_p, pick_demos
 from arte.sft_data import OPENER, ChatFormat
-from arte.student import Continuation, Generation
+from arte.student import Continuation, Generation, reason_then_loglik
 from arte.tasks import Example, Task
 from tests.sft_fakes import CharTokenizer
 
@@ -44,15 +44,23 @@ class LookupStudent:
                  temperature: float = 0.0, seed: int = 0) -> list[Generation]:
         out = []
         for p in prompts:
-            text = f" I think. <ans>{self._answer(TOK.decode(list(p)))}</ans> trailing"
-            cut = text.index("</ans>")
-            out.append(Generation(text[:cut], "</ans>", 9))
+            ans = self._answer(TOK.decode(list(p)))
+            text = f" I think it is {ans}. <ans>{ans}</ans> trailing"
+            cut, s = min((text.index(s), s) for s in stop if s in text)
+            out.append(Generation(text[:cut], s, 9))
         return out
 
     def loglik(self, prompt, continuations):
-        ans = self._answer(TOK.decode(list(prompt)))
+        text = TOK.decode(list(prompt))
+        own = re.findall(r"I think it is (\w+)\. <ans>$", text)   # after its own reasoning: what it reasoned
+        if own:
+            self.prompts.append(text)
+        ans = own[0] if own else self._answer(text)
         return [Continuation(-1.0 if TOK.decode(list(c)) == f"{ans}</ans>" else -9.0, len(c), True)
                 for c in continuations]
+
+    def reason_loglik(self, prompts, continuations, *, cue, max_new_tokens, stop=()):
+        return reason_then_loglik(self, prompts, continuations, cue=cue, max_new_tokens=max_new_tokens, stop=stop)
 
     def loglik_batch(self, requests):
         return [self.loglik(p, c) for p, c in requests]
@@ -63,7 +71,7 @@ class LookupStudent:
 
 def test_generate_mode_scores_exact_match_for_each_shot_count() -> None:
     s = LookupStudent()
-    res = evaluate(s, ChatFormat(TOK, TASK.instruction), TASK, ITEMS, DEMOS, EvalConfig(shots=(0, 3)))
+    res = evaluate(s, ChatFormat(TOK, TASK.instruction), TASK, ITEMS, DEMOS, EvalConfig(mode="generate", shots=(0, 3)))
     assert res[0].outcomes == [0, 1, 0, 1, 0, 1] and res[0].accuracy == 0.5
     assert res[3].outcomes == [1] * 6 and res[3].answers[0] == "no"
     assert s.prompts[0].endswith(f"<|im_start|>assistant\n{OPENER}")
@@ -81,6 +89,23 @@ def test_loglik_mode_picks_the_likeliest_option_and_needs_choices() -> None:
         evaluate(s, ChatFormat(TOK, ""), TASK, exact, DEMOS, EvalConfig(mode="loglik", shots=(0,)))
     with pytest.raises(ConfigError, match="demonstrations"):
         evaluate(s, ChatFormat(TOK, ""), TASK, ITEMS, DEMOS[:1], EvalConfig(shots=(0, 3)))
+
+
+def test_cot_choice_is_the_default_and_scores_options_after_the_reasoning() -> None:
+    s = LookupStudent()
+    assert EvalConfig().mode == "cot-choice"
+    res = evaluate(s, ChatFormat(TOK, TASK.instruction), TASK, ITEMS, DEMOS, EvalConfig(shots=(0, 3)))
+    assert res[0].outcomes == [0, 1, 0, 1, 0, 1] and res[3].outcomes == [1] * 6 and res[3].answers[0] == "no"
+    assert s.prompts[0].endswith(f"<|im_start|>assistant\n{OPENER}")          # it reasons first
+    assert len(s.prompts) == 2 * (6 + 6)          # per shot count: 6 reasonings, then 6 items' options
+    assert s.prompts[6].endswith(f"<|im_start|>assistant\n{OPENER} I think it is yes. <ans>")
+
+
+def test_cot_choice_matches_exact_match_items_exactly() -> None:
+    s = LookupStudent()
+    items = [Example("x1", "item 1", ("yes",)), Example("x2", "item 2", ("yes",))]
+    res = evaluate(s, ChatFormat(TOK, ""), TASK, items, DEMOS, EvalConfig(shots=(3,), decide_on=3))
+    assert res[3].outcomes == [1, 0] and res[3].answers == ["yes", "no"]
 
 
 def test_mcnemar_p_values() -> None:

@@ -38,7 +38,7 @@ def _write(tmp_path: Path, text: str, name: str = "laptop-cpu") -> Path:
     ('quantization = "Q4_1"', 'quantization = "int8"', "runtime.quantization"),
     ("threads = 2", "threads = 0", "runtime.threads"),
     ("lora_rank = 8", "lora_rank = -1", "training.lora_rank"),
-    ('mode = "loglik"', 'mode = "vibes"', "scoring.mode"),
+    ('mode = "cot-choice"', 'mode = "vibes"', "scoring.mode"),
     ("max_temperature_c = 85", "max_temperature_c = 400", "when.max_temperature_c"),
     ("only_on_ac_power = true", 'only_on_ac_power = "yes"', "when.only_on_ac_power"),
     ('arch = ["x86_64", "aarch64"]', 'arch = ["mips"]', "match.arch"),

@@ -5,9 +5,9 @@ import pytest
 
 from arte.drafts import Draft
 from arte.errors import ConfigError, ScoringError
-from arte.scoring import ScoringConfig, score_drafts
+from arte.scoring import DEFAULT_MODE, MODES, ScoringConfig, score_drafts
 from arte.tasks import Example, Task, load_task, split_task
-from tests.fakes import CopyingStudent
+from tests.fakes import CopyingStudent, RationaleStudent
 
 TASK = Task("toy", "Say yes or no", ())
 ITEMS = [Example(f"i{k}", f"item {k}?", ("yes" if k % 3 else "no",), ("yes", "no")) for k in range(12)]
@@ -15,12 +15,12 @@ DRAFTS = [Draft("d-yes", "q?", "r <ans>yes</ans>", "yes"), Draft("d-no", "q?", "
           Draft("d-maybe", "q?", "r <ans>maybe</ans>", "maybe")]
 
 
-@pytest.mark.parametrize("mode", ["loglik", "generate"])
+@pytest.mark.parametrize("mode", MODES)
 def test_counts_equal_what_the_copying_student_must_get(mode: str) -> None:
     res = score_drafts(CopyingStudent(), TASK, DRAFTS, ITEMS, ScoringConfig(mode=mode))
     n_yes = sum(e.answer == "yes" for e in ITEMS)
     got = {s.draft_id: (s.n_items, s.n_correct) for s in res.scores}
-    if mode == "loglik":  # "maybe" is not an option: every option scores the same, the first ("yes") wins
+    if mode != "generate":  # "maybe" is not an option: every option scores the same, the first ("yes") wins
         assert got == {"d-yes": (12, n_yes), "d-no": (12, 12 - n_yes), "d-maybe": (12, n_yes)}
     else:                 # generating "maybe" matches nothing
         assert got == {"d-yes": (12, n_yes), "d-no": (12, 12 - n_yes), "d-maybe": (12, 0)}
@@ -45,10 +45,39 @@ def test_loglik_normalizes_by_bytes() -> None:
     assert score_drafts(LongOptionStudent(), TASK, d, items2, ScoringConfig(length_norm="none")).scores[0].n_correct == 1
 
 
+def test_reasoning_is_the_default_mode() -> None:
+    assert ScoringConfig().mode == DEFAULT_MODE == "cot-choice"
+
+
+# Two sports drafts with the same answer label and different rationales, and the same rationale with
+# different labels. The student below follows the rationale ("check the sport") when it reasons.
+SPORT_ITEMS = [Example(f"s{k}", f"Player {k} did action {k}.", ("yes" if k % 3 else "no",), ("yes", "no"))
+               for k in range(12)]
+TRUTH = {e.input: e.answer for e in SPORT_ITEMS}
+RULE = "I check the sport of the player and of the action."
+SPORT_DRAFTS = [Draft("rule-yes", "q?", f"{RULE} <ans>yes</ans>", "yes"),
+                Draft("vague-yes", "q?", "It sounds fine. <ans>yes</ans>", "yes"),
+                Draft("rule-no", "q?", f"{RULE} <ans>no</ans>", "no")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_reasoning_modes_score_the_rationale_and_loglik_only_the_label(mode: str) -> None:
+    res = score_drafts(RationaleStudent(TRUTH), TASK, SPORT_DRAFTS, SPORT_ITEMS, ScoringConfig(mode=mode))
+    got = {s.draft_id: s.n_correct for s in res.scores}
+    n_yes = sum(e.answer == "yes" for e in SPORT_ITEMS)
+    if mode == "loglik":   # answer-first: the label decides, whatever the rationale says
+        assert got == {"rule-yes": n_yes, "vague-yes": n_yes, "rule-no": 12 - n_yes}
+    else:                  # reasoning: the rationale decides, whatever the label
+        assert got == {"rule-yes": 12, "vague-yes": n_yes, "rule-no": 12}
+
+
 def test_one_call_per_draft() -> None:
     st = CopyingStudent()
     score_drafts(st, TASK, DRAFTS, ITEMS, ScoringConfig(mode="generate"))
     assert st.generate_calls == len(DRAFTS)
+    st = CopyingStudent()
+    score_drafts(st, TASK, DRAFTS, ITEMS, ScoringConfig(mode="cot-choice"))
+    assert st.reason_calls == len(DRAFTS) and st.generate_calls == len(DRAFTS)   # the fake reasons by generating
 
 
 def test_should_stop_leaves_out_unscored_drafts() -> None:
@@ -66,16 +95,25 @@ def test_progress_counts_items() -> None:
 def test_loglik_refuses_exact_match_items() -> None:
     items = ITEMS + [Example("free", "q", ("42",))]
     with pytest.raises(ScoringError, match="'free'"):
-        score_drafts(CopyingStudent(), TASK, DRAFTS, items)
+        score_drafts(CopyingStudent(), TASK, DRAFTS, items, ScoringConfig(mode="loglik"))
     with pytest.raises(ScoringError, match="no validation items"):
         score_drafts(CopyingStudent(), TASK, DRAFTS, [])
 
 
-def test_generate_on_exact_match_bigbench_task(bigbench_dir: Path) -> None:
+def test_cot_choice_matches_exact_match_items_like_generate() -> None:
+    items = ITEMS[:4] + [Example("free-yes", "q", ("yes",)), Example("free-42", "q", ("42",))]
+    a = score_drafts(CopyingStudent(), TASK, DRAFTS, items, ScoringConfig(mode="cot-choice"))
+    b = score_drafts(CopyingStudent(), TASK, DRAFTS, items, ScoringConfig(mode="generate"))
+    assert a.outcomes[:, 4:].tolist() == b.outcomes[:, 4:].tolist() == [[1, 0], [0, 0], [0, 0]]
+    assert a.outcomes[2, :4].tolist() == [int(e.answer == "yes") for e in items[:4]]   # "maybe": first option
+
+
+@pytest.mark.parametrize("mode", ["generate", "cot-choice"])
+def test_reasoning_modes_on_exact_match_bigbench_task(bigbench_dir: Path, mode: str) -> None:
     task = load_task(bigbench_dir / "object_counting.json")
     items = list(split_task(task, n_seeds=0).validation[:30])
     d = [Draft("three", "q", "r <ans>3</ans>", "3")]
-    res = score_drafts(CopyingStudent(), task, d, items, ScoringConfig(mode="generate"))
+    res = score_drafts(CopyingStudent(), task, d, items, ScoringConfig(mode=mode))
     assert res.scores[0].n_correct == sum("3" in e.targets for e in items) > 0
 
 
