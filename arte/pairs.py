@@ -26,9 +26,10 @@ more than ``min_margin`` and its interval's lower bound is above every upper bou
 question's standard deviation is the mean of its rationales' (an upper bound whatever their
 correlation: they share items). ``T`` (best first) and ``B`` (worst first) are cut into blocks of
 ``questions_per_block``; block ``i`` of ``T`` is chosen over block ``i`` of ``B``, for as many blocks as
-both have. Prompt: :func:`arte.prompts.question_prompt` with the seeds (the first ``n_seeds``) asking for
-as many questions as the block holds; completions: :func:`arte.prompts.question_block`. ``margin`` =
-mean ``s_q`` of chosen − of rejected.
+both have. Prompt: :func:`arte.prompts.question_prompt` with ``n_seeds`` seeds, drawn as elicitation
+draws them (:func:`arte.questions.draw_seeds`: stratified by label, rotating from pair to pair), asking
+for as many questions as the block holds; completions: :func:`arte.prompts.question_block`. ``margin``
+= mean ``s_q`` of chosen − of rejected.
 
 Rationale pairs (the paper: argmax vs argmin ``s_r`` per question, on the plain prompt): for each
 question with at least two scored rationales, all scored on the same unit (same items), chosen = the
@@ -52,6 +53,7 @@ from arte.drafts import Draft
 from arte.errors import ConfigError, PairFormatError
 from arte.pair_rules import COMPARISONS, TIE_TOLERANCE, ScoreEstimate, binomial_estimate, separation, z_value
 from arte.prompts import PLAIN_STYLE, demo_rationale, question_block, question_prompt, rationale_prompt
+from arte.questions import draw_seeds
 from arte.tasks import Example, Task
 
 __all__ = ["PairConfig", "PreferencePair", "PairResult", "ScoreTable", "ScoreEstimate", "score_table",
@@ -297,7 +299,7 @@ def _question_pairs(task: Task, drafts: Sequence[Draft], table: ScoreTable, seed
         margin = sum(table.s_q[q] for q in tb) / n - sum(table.s_q[q] for q in bb) / n
         pairs.append(PreferencePair(
             id=f"qpair{i:04d}", kind="question",
-            prompt=tuple(question_prompt(task, seeds[:config.n_seeds], n)),
+            prompt=tuple(question_prompt(task, draw_seeds(seeds, config.n_seeds, 0, i), n)),
             chosen=question_block([text[q] for q in tb]), rejected=question_block([text[q] for q in bb]),
             margin=round(margin, 6), chosen_ids=tuple(tb), rejected_ids=tuple(bb), task=task.name))
     return pairs

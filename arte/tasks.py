@@ -317,6 +317,9 @@ def split_task(task: Task, *, seed: int = 0, n_seeds: int = 3, validation: int |
                holdout: int | float | None = None, balanced: bool = True) -> TaskSplit:
     """Split a task into seed examples, validation items and holdout items, deterministically by ``seed``.
 
+    The ``n_seeds`` seed examples (the pool the teacher's question prompts draw from) are label-balanced
+    (:func:`balanced_order`), whatever ``balanced`` says.
+
     ``validation``/``holdout`` are counts (int) or fractions of the examples left after the seeds (float).
     ``holdout=None`` takes everything that remains. With ``balanced`` (the default) the validation items
     (what drafts are scored on) are label-balanced where the data allow, in :func:`balanced_order` (so
@@ -330,7 +333,11 @@ def split_task(task: Task, *, seed: int = 0, n_seeds: int = 3, validation: int |
     ranked = _rank(task.examples, seed)
     if n_seeds > len(ranked):
         raise ConfigError("n_seeds", f"{n_seeds} seed examples asked but the task has {len(ranked)}")
-    seeds, rest = ranked[:n_seeds], ranked[n_seeds:]
+    # The seed pool (what the teacher is shown) is label-stratified: a hash-rank draw of three sports
+    # seeds was all "plausible", so every question prompt, and all tailored data, said "plausible".
+    chosen = {e.id for e in balanced_order(ranked, seed, salt="seeds")[:n_seeds]}
+    seeds = [e for e in ranked if e.id in chosen]
+    rest = [e for e in ranked if e.id not in chosen]
     n_val = _count(validation, len(rest), "validation")
     n_hold = len(rest) - n_val if holdout is None else _count(holdout, len(rest), "holdout")
     if n_val + n_hold > len(rest):

@@ -116,7 +116,7 @@ def tasks() -> None:
 @tasks.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Split seed.")
-@click.option("--n-seeds", default=3, show_default=True, help="Seed examples for the teacher.")
+@click.option("--n-seeds", default=6, show_default=True, help="Seed examples set aside for the teacher (label-stratified).")
 @click.option("--validation", default=0.5, show_default=True, help="Validation share of the rest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def tasks_inspect(path: Path, seed: int, n_seeds: int, validation: float, as_json: bool) -> None:

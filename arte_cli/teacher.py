@@ -91,8 +91,10 @@ def _threads(threads: int | None) -> None:
 def _task_options(f: Callable) -> Callable:
     f = click.option("--validation", "n_validation", default=20, show_default=True, type=click.IntRange(min=1),
                      help="Validation items the student scores drafts on.")(f)
-    f = click.option("--n-seeds", default=3, show_default=True, type=click.IntRange(min=1),
-                     help="Seed examples shown to the teacher.")(f)
+    f = click.option("--n-seeds", default=6, show_default=True, type=click.IntRange(min=1),
+                     help="Seed examples set aside for the teacher (label-stratified): each question prompt "
+                          "shows --seeds-per-prompt of them, rotating. Part of the split: use the same value "
+                          "in every command of one run.")(f)
     f = click.option("--split-seed", default=0, show_default=True, help="Seed of the task split.")(f)
     f = click.option("--task", "task_path", required=True, type=click.Path(path_type=Path),
                      help="BIG-bench task.json or JSONL file.")(f)
@@ -115,6 +117,12 @@ def _teacher_options(f: Callable) -> Callable:
     return f
 
 
+def _seeds_per_prompt_option(f: Callable) -> Callable:
+    return click.option("--seeds-per-prompt", default=3, show_default=True, type=click.IntRange(min=1),
+                        help="Seed examples shown per question prompt (the paper: 3), stratified by label and "
+                             "rotated over the --n-seeds set aside.")(f)
+
+
 def _draft_format_options(f: Callable) -> Callable:
     """Options of the commands that elicit questions and rationales (``draft``, ``tailor``)."""
     from arte.backends.openai import STRUCTURED_OUTPUTS
@@ -124,9 +132,7 @@ def _draft_format_options(f: Callable) -> Callable:
                      help="How --endpoint is told the draft format: vLLM structured_outputs regex (vllm), "
                           "vLLM < 0.12 guided_regex (vllm-guided), a GBNF grammar (llama-server), or not "
                           "at all (none).")(f)
-    f = click.option("--seeds-per-prompt", default=3, show_default=True, type=click.IntRange(min=1),
-                     help="Seed examples shown per question prompt, stratified by label and rotated over "
-                          "the --n-seeds set aside (rotation needs --n-seeds above this).")(f)
+    f = _seeds_per_prompt_option(f)
     f = click.option("--constrain/--no-constrain", default=True, show_default=True,
                      help="Decode the teacher inside the draft format (questions with the task's options "
                           "line, rationales ending in <ans>one of the options</ans>).")(f)
@@ -322,11 +328,13 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
               help="A pair's score difference must exceed this, on top of the noise rule.")
 @click.option("--confidence", default=0.9, show_default=True, type=float,
               help="Two-sided level at which chosen must beat rejected beyond noise (0: point estimates).")
+@_seeds_per_prompt_option
 @click.option("--comparison", type=click.Choice(COMPARISONS), default="paired", show_default=True,
               help="paired: rationales scored on the same items are compared item by item (needs the "
                    "outcomes `arte score` writes); intervals: chosen's lower bound above rejected's upper bound.")
 @_common
-def pairs(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, drafts_path: Path, scores_path: Path,
+def pairs(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int, n_validation: int,
+          drafts_path: Path, scores_path: Path,
           out_path: Path, kinds: str, min_items: float, min_margin: float, confidence: float, comparison: str,
           threads: int | None, verbose: bool, as_json: bool) -> None:
     """Build DPO preference pairs from drafts and their scores (writes pairs JSONL; none without signal)."""
@@ -336,7 +344,7 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
 
     with _session(verbose):
         try:
-            cfg = PairConfig(kinds=_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=n_seeds,
+            cfg = PairConfig(kinds=_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=seeds_per_prompt,
                              confidence=confidence, comparison=comparison)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             drafts = read_drafts(drafts_path)
@@ -522,9 +530,10 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @click.option("--stages", default="draft,score,pairs,align,tailor", show_default=True,
               help="Stages to run, comma-separated.")
 @click.option("--force", default="", help="Stages to re-run even when up to date, comma-separated.")
+@_seeds_per_prompt_option
 @_align_options
 @_common
-def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str,
+def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int, n_validation: int, teacher: str,
              teacher_backend: str, endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
              endpoint_timeout: float, work_dir: Path, student: str,
              student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
@@ -543,12 +552,12 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, 
 
     with _session(verbose) as bars:
         try:
-            q = {"seed": seed, "n_seeds": n_seeds, "question_max_new_tokens": question_tokens,
+            q = {"seed": seed, "n_seeds": seeds_per_prompt, "question_max_new_tokens": question_tokens,
                  "max_question_prompts": max_question_prompts}
             cfg = PipelineConfig(
                 elicit=ElicitConfig(n_questions=n_questions, styles=_styles(styles),
                                     rationale_max_new_tokens=rationale_tokens, **q),
-                scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=n_seeds, confidence=pair_confidence),
+                scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=seeds_per_prompt, confidence=pair_confidence),
                 align=_align_config(**align_opts),
                 tailor=TailorConfig(n_questions=tailor_questions, check_samples=check_samples,
                                     rationale_max_new_tokens=rationale_tokens, **q),

@@ -20,9 +20,10 @@ def test_tasks_inspect_json(bigbench_dir: Path) -> None:
     r = CliRunner().invoke(arte, ["tasks", "inspect", str(bigbench_dir / "navigate.json"), "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["examples"] == 1000 and data["seeds"] == 3 and data["kind"] == "multiple_choice"
+    assert data["examples"] == 1000 and data["seeds"] == 6 and data["kind"] == "multiple_choice"
     assert {k: sum(v.values()) for k, v in data["labels"].items()} == {
-        "seeds": 3, "validation": data["validation"], "holdout": data["holdout"]}
+        "seeds": 6, "validation": data["validation"], "holdout": data["holdout"]}
+    assert data["labels"]["seeds"] == {"True": 3, "False": 3}         # the seed pool is stratified
     counts = list(data["labels"]["validation"].values())
     assert len(counts) == 2 and max(counts) - min(counts) <= 1       # navigate's validation is balanced
 

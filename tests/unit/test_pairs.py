@@ -12,6 +12,7 @@ from arte.errors import ConfigError, PairFormatError
 from arte.pair_rules import ScoreEstimate, binomial_estimate
 from arte.pairs import (NO_SIGNAL, SKIP_REASONS, PairConfig, PreferencePair, build_pairs, pair_counts,
                         pair_from_dict, read_pairs, score_table, select_pairs, write_pairs)
+from arte.questions import draw_seeds
 from arte.prompts import question_prompt, rationale_prompt
 from arte.questions import split_questions
 from arte.tasks import Example, Task
@@ -54,7 +55,8 @@ def test_question_pairs_top_vs_bottom_quartile() -> None:
     assert [(p.chosen_ids, p.rejected_ids) for p in pairs] == [(("q11", "q10"), ("q0", "q1")), (("q9",), ("q2",))]
     p = pairs[0]
     assert p.kind == "question" and p.id == "qpair0000" and p.task == "sports"
-    assert list(p.prompt) == question_prompt(TASK, SEEDS[:3], 2)
+    # the seeds shown are drawn as elicitation draws them (stratified, rotating), not the first three
+    assert list(p.prompt) == question_prompt(TASK, draw_seeds(SEEDS, 3, 0, 0), 2)
     assert p.margin == pytest.approx((11 + 10) / 22 - (0 + 1) / 22)
     blocks, _ = split_questions(p.chosen)
     assert [b.strip() for b in blocks] == [q_text(11), q_text(10)]

@@ -230,3 +230,19 @@ def test_partition_is_stratified_by_label(tmp_path: Path) -> None:
     for seed in range(4):
         parts = partition(ex, 4, seed=seed)
         assert [label_counts(p) for p in parts] == [{"plausible": 2, "implausible": 1}] * 4
+
+
+def test_the_seed_pool_is_label_stratified(tmp_path: Path) -> None:
+    """60 plausible / 20 implausible: a hash-rank draw of 4 seeds is one-label for some split seeds (as the
+    three sports seeds of split seed 0 once were), so every question prompt showed one label. The pool
+    takes the labels in turn."""
+    from arte.tasks import _rank, label_counts
+
+    task = load_task(_skewed(tmp_path, 60, 20))
+    ranked_draws = [label_counts(_rank(task.examples, seed)[:4]) for seed in range(20)]
+    assert any(len(c) == 1 for c in ranked_draws)   # the data fail without the fix
+    for seed in range(20):
+        split = split_task(task, seed=seed, n_seeds=4, validation=12)
+        assert label_counts(split.seeds) == {"implausible": 2, "plausible": 2}
+        ids = [e.id for part in (split.seeds, split.validation, split.holdout) for e in part]
+        assert len(ids) == len(set(ids)) == 80
