@@ -60,13 +60,12 @@ GPU_PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "
 
 def make_pairs(n: int) -> list[Any]:
     """``n`` rationale pairs on BIG-bench sports_understanding questions (plain prompt, as alignment uses);
-    the shared dev data when present, else the vendored sample in tests/data."""
+    vendored in tests/data/bigbench."""
     from arte.pairs import PreferencePair
     from arte.prompts import rationale_prompt
     from arte.tasks import format_question, load_task
 
-    shared = ROOT.parent / "shared" / "data" / "bigbench" / "sports_understanding.json"
-    task = load_task(shared if shared.is_file() else ROOT / "tests" / "data" / "bigbench_sample" / shared.name)
+    task = load_task(ROOT / "tests" / "data" / "bigbench" / "sports_understanding.json")
     pairs = []
     for i, e in enumerate(task.examples[:n]):
         other = next(c for c in e.choices if c != e.answer)

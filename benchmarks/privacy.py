@@ -239,7 +239,7 @@ def plot(results: dict, path: Path, items_per_device: int, delta: float) -> None
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bigbench", type=Path, default=ROOT.parent / "shared" / "data" / "bigbench",
+    p.add_argument("--bigbench", type=Path, default=ROOT / "tests" / "data" / "bigbench",
                    help="Directory with the BIG-bench task.json files.")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Where the outcome matrices are cached (default: $ARTE_HOME/bench).")

@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96, help="generation budget per item (ScoringConfig)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "bigbench")
+    ap.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "bigbench")
     args = ap.parse_args()
 
     ref = resolve_model("default", model_dir())

@@ -43,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEV_DATA = ROOT.parent / "shared" / "data" / "bigbench"
+DEV_DATA = ROOT / "tests" / "data" / "bigbench"
 VARIANTS = ("plain", "ours", "ours-nobudget", "ours-bf16", "ours-bf16-nobudget", "plain-autocast")
 DEFAULT_VARIANTS = VARIANTS[:5]
 FP32_OF = {"ours-bf16": "ours", "ours-bf16-nobudget": "ours-nobudget", "plain-autocast": "plain"}

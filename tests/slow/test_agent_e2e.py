@@ -53,7 +53,8 @@ def test_enroll_and_run_once_with_the_real_model(tmp_path: Path, default_model, 
         assert {s["draft_id"] for s in report["scores"]} == {d["id"] for d in drafts}
         d = it["dataset"]
         assert d["step"] == "trained", d
-        assert d["before"]["n_items"] == d["after"]["n_items"] == 8
+        # 8 held out: 3 of them are the label-balanced demonstrations of the 3-shot evaluation, 5 are evaluated
+        assert d["before"]["n_items"] == d["after"]["n_items"] == 5
         assert d["details"]["n_records"] == 16 and d["details"]["sft"]["status"] == "done"
         assert d["details"]["decision"]["compared_with"] == "base"
         assert d["kept"] is d["details"]["decision"]["keep"]

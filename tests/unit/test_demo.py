@@ -12,15 +12,11 @@ from arte.errors import ConfigError
 from arte.tasks import load_task
 from arte_cli.demo import DemoConfig, make_shards, privacy_policy, render_summary, run_demo, write_report
 
-SPORTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "bigbench" / "sports_understanding.json"
-if not SPORTS.is_file():  # a checkout whose ../shared sits elsewhere
-    SPORTS = Path.cwd().parent / "shared" / "data" / "bigbench" / "sports_understanding.json"
+SPORTS = Path(__file__).resolve().parents[1] / "data" / "bigbench" / "sports_understanding.json"
 
 
 @pytest.fixture
 def task_path() -> Path:
-    if not SPORTS.is_file():
-        pytest.skip("../shared/data/bigbench is not beside this checkout")
     return SPORTS
 
 
