@@ -272,7 +272,7 @@ class _TaskRun:
                 run = summaries["arte"]
             else:
                 branch = main.branch(self.work / f"teacher{ts}" / c, self.config(index, PAIR_CONDITIONS[c]))
-                run = summaries[c] = branch.run()
+                run = summaries[c] = branch.run(("pairs", "align", "tailor"))   # drafts and scores: main's
             if run["outcome"] == NO_SIGNAL:
                 out["outcomes"][c] = {"outcome": NO_SIGNAL, "reason": f"teacher seed {ts}: {run['reason']}"}
                 out.setdefault("signal", run["signal"])
