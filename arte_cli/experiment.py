@@ -147,7 +147,7 @@ def _int(minimum: int) -> click.IntRange:
 @click.option("--teacher", default="default", show_default=True,
               help="Teacher model: 'default', a .gguf file or an HF directory.")
 @click.option("--teacher-backend", type=click.Choice(["llama", "torch"]), default="llama", show_default=True,
-              help="Runtime that writes drafts (tailoring, aligned and original, runs on torch).")
+              help="Runtime that writes drafts (tailoring with a DPO adapter runs on torch).")
 @click.option("--student", default="default", show_default=True,
               help="Student model: 'default', a .gguf file or an HF directory.")
 @click.option("--student-backend", type=click.Choice(["auto", "llama", "torch"]), default="auto",
@@ -165,7 +165,8 @@ def _int(minimum: int) -> click.IntRange:
 @click.option("--holdout", default=100, show_default=True, type=_int(1), help="Holdout items evaluated per task.")
 @click.option("--train-size", type=_int(1), default=None,
               help="Training examples per condition (default: the smaller dataset's size).")
-@click.option("--n-questions", default=12, show_default=True, type=_int(1), help="Draft questions to elicit per teacher seed (the Original Teacher keeps one rationale of each).")
+@click.option("--n-questions", default=12, show_default=True, type=_int(1),
+              help="Draft questions to elicit per teacher seed (the Original Teacher keeps one rationale of each).")
 @click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
               help="Rationale styles of the drafts, comma-separated.")
 @click.option("--validation", "n_validation", default=12, show_default=True, type=_int(1),
