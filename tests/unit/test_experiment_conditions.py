@@ -114,6 +114,7 @@ def test_each_condition_trains_on_its_own_source(tmp_path: Path, fakes) -> None:
     check_document(json.loads(json.dumps(doc)))
     (t,) = doc["tasks"]
     assert t["outcome"] == "compared" and t["teacher_seeds"] == [5, 6]
+    assert t["eval_mode"] == "cot-choice" and t["pipelines"]["5"]["arte"]["score"]["summary"]["mode"] == "cot-choice"
     assert {c: v["outcome"] for c, v in t["conditions"].items()} == {
         c: "compared" for c in ("untuned", "original", "arte", "question-only", "rationale-only")}
 
