@@ -1,4 +1,5 @@
-"""Confidence intervals for accuracies measured over items and seeds: a two-level bootstrap (pure numpy).
+"""Confidence intervals for accuracies measured over items and seeds: a two-level bootstrap, three-level
+when the seed runs are grouped by teacher seed (pure numpy).
 
 Contract: an experiment's outcomes for one condition are a 0/1 (or any real) matrix ``outcomes[seed, item]``:
 one row per training seed, one column per evaluation item, the same items in every row. A condition without
@@ -27,8 +28,10 @@ step 2 is hierarchical: draw as many groups as there are, with replacement, and 
 many of its rows as it has, with replacement (each draw of a group takes its own within-group draw). When
 ``a`` and ``b`` have the same set of groups (two conditions trained on data of the same teacher seeds,
 e.g. ARTE and the Original Teacher made from the same drafts) the group draw is **shared**, as the items
-are: the teacher seed is paired across the two conditions; the rows within it are not. Without groups
-every row is its own unit (one group holding all rows), as above. The estimate is the mean over rows.
+are: the teacher seed is paired across the two conditions; the rows within it are not. Without groups the
+rows are resampled in one level, as in step 2. The estimate is the mean over rows. With two groups half
+the replicates draw the same group twice, so the interval spans the groups' spread; with so few groups its
+coverage is approximate.
 
 Replicates are computed with draw counts instead of resampled copies: the mean of the resampled matrix
 is ``w_seed @ a @ w_item / (n_seeds * n_items)`` with ``w`` the number of times each row and column was
