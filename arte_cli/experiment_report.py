@@ -39,7 +39,8 @@ its steps took when they ran, cached or not (model loading excluded).
 
 The plot (``experiment.png``) has one column per task: on top, accuracy per shot count and condition with
 the interval as error bars (and chance level dashed); below, the paired differences of ARTE and the
-ablations against the Original Teacher with their intervals around a zero line.
+ablations against the Original Teacher (Original Teacher − untuned when neither is there) with their
+intervals around a zero line.
 """
 
 from __future__ import annotations
@@ -274,19 +275,24 @@ def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
         if col == 0:
             top.set_ylabel(f"accuracy ({round(100 * doc['bootstrap']['level'])}% CI)")
             top.legend(fontsize=7, loc="upper right", ncol=2)
-        versus = [c for c in present if any((d["a"], d["b"]) == (c, "original") for d in t["differences"])]
-        for i, c in enumerate(versus):
-            diffs = [next(d for d in t["differences"] if (d["a"], d["b"], d["shots"]) == (c, "original", k))
-                     for k in shots]
+        # the differences to the Original Teacher; with no condition beside it, Original Teacher - untuned
+        versus = [(c, "original") for c in present if any((d["a"], d["b"]) == (c, "original")
+                                                           for d in t["differences"])]
+        if not versus and any((d["a"], d["b"]) == ("original", "untuned") for d in t["differences"]):
+            versus = [("original", "untuned")]
+        for i, (a, b) in enumerate(versus):
+            diffs = [next(d for d in t["differences"] if (d["a"], d["b"], d["shots"]) == (a, b, k)) for k in shots]
             est = np.array([d["estimate"] for d in diffs])
             err = np.array([[d["estimate"] - d["low"] for d in diffs], [d["high"] - d["estimate"] for d in diffs]])
             bottom.errorbar(x + (i - (len(versus) - 1) / 2) * 0.15, est, yerr=err, fmt="o", capsize=4,
-                            color=COLORS[c], label=LABELS[c])
+                            color=COLORS[a], label=f"{LABELS[a]} − {LABELS[b]}")
+        if versus:
+            bottom.legend(fontsize=7, loc="upper right")
         bottom.axhline(0.0, color="k", linewidth=0.8)
         bottom.set_xticks(x, [f"{k}-shot" for k in shots])
         bottom.set_xlim(-0.6, len(shots) - 0.4)
         if col == 0:
-            bottom.set_ylabel("− Original Teacher")
+            bottom.set_ylabel("paired difference")
     skipped = [f"{t['task']} ({t['outcome'].replace('_', ' ')})" for t in doc["tasks"] if t["outcome"] != COMPARED]
     if skipped:
         fig.suptitle(f"without signal or data: {', '.join(skipped)}", fontsize=8)

@@ -433,8 +433,11 @@ class _TaskRun:
         signal = {str(d["teacher_seed"]): d["signal"] for d in per_seed if "signal" in d}
         pair_cs = [c for c in fine if c in PAIR_CONDITIONS]
         no_signal = bool(pair_cs) and all(conditions[c]["outcome"] == NO_SIGNAL for c in pair_cs)
-        reason = "; ".join(f"{c}: {conditions[c]['reason']}" for c in pair_cs
-                           if conditions[c]["outcome"] == NO_SIGNAL)
+        why: dict[str, list[str]] = {}   # conditions without signal for the same reason are named together
+        for c in pair_cs:
+            if conditions[c]["outcome"] == NO_SIGNAL:
+                why.setdefault(conditions[c]["reason"], []).append(c)
+        reason = "; ".join(f"{', '.join(cs)}: {r}" for r, cs in why.items())
         train = [c for c in fine if conditions[c]["outcome"] == COMPARED]
         if not train:   # nothing to fine-tune: the task is reported with why
             return self._not_compared(NO_SIGNAL, reason, split, record, signal=signal)

@@ -99,6 +99,8 @@ def test_a_task_without_signal_is_reported_and_the_next_task_runs(tmp_path: Path
     doc = run_experiment([flat, sharp], _settings(), tmp_path / "work", lambda *a: None)
     first, second = doc["tasks"]
     assert first["task"] == "flat" and first["outcome"] == "no_signal" and "no signal" in first["reason"]
+    assert first["reason"].startswith("arte, question-only, rationale-only: teacher seed 0: no signal")
+    assert first["reason"].count("teacher seed 0") == 1   # one reason, not one per condition
     assert first["teacher_seeds"] == [0, 1]
     for c in ("arte", "question-only", "rationale-only"):
         assert first["conditions"][c]["outcome"] == "no_signal" and "teacher seed 0" in first["conditions"][c]["reason"]
