@@ -92,6 +92,7 @@ def test_select_items_must_leave_fewer_than_the_validation_items(tmp_path: Path)
     res = CliRunner().invoke(main, ["experiment", "--task", str(_task_file(tmp_path)), "--out",
                                     str(tmp_path / "out"), "--validation", "8", "--select-items", "8"])
     assert res.exit_code == 2 and "--select-items" in res.output, res.output
+    assert "--select-items" in CliRunner().invoke(main, ["pipeline", "--help"]).output   # the pipeline has it too
 
 
 def test_equalize_truncates_to_the_smaller_dataset_in_order() -> None:
