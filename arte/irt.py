@@ -14,6 +14,9 @@ discrimination, b_j its difficulty. Fitted by joint maximum a-posteriori with Ga
 θ ~ N(0, 1), a ~ N(1, σ_a²), b ~ N(0, σ_b²) (the priors fix the scale and keep items that every draft
 gets right or wrong finite), by full-batch Adam on the exact gradient. Missing outcomes are NaN.
 
+:func:`choose_items` is the whole step on a draft × item matrix (fit, top-k, balance check, agreement), as
+the pipeline and the experiment use it (``--select-items k``).
+
 ``selection_agreement`` reports how often the best and the worst draft of each group (the rationales of
 one question, or all drafts) are the same when judged on the top-k items as on all items: a draft chosen
 on the top-k items "agrees" when its all-items accuracy ties the group's best (or worst).
@@ -28,7 +31,7 @@ import numpy as np
 
 from arte.errors import ConfigError
 
-__all__ = ["IRTFit", "fit_2pl", "select_items", "selection_agreement"]
+__all__ = ["IRTFit", "fit_2pl", "select_items", "selection_agreement", "choose_items"]
 
 
 @dataclass(frozen=True)
@@ -141,3 +144,32 @@ def selection_agreement(outcomes: np.ndarray, keep: Sequence[int],
     if n == 0:
         return {"best": float("nan"), "worst": float("nan"), "groups": 0}
     return {"best": best / n, "worst": worst / n, "groups": n}
+
+
+def choose_items(outcomes: np.ndarray, item_ids: Sequence[str], k: int, labels: Sequence[str] | None = None,
+                 groups: Sequence[str] | None = None) -> dict:
+    """Fit 2PL to a drafts × items 0/1 matrix and keep the top-``k`` items by |discrimination|, label-balanced
+    when ``labels`` (one per item) are given (:func:`select_items`). Returns a JSON-ready record:
+    ``selected`` (item ids, most discriminative first), ``discrimination``, ``n_items``, ``n_drafts``,
+    ``agreement`` (:func:`selection_agreement` over ``groups``, e.g. the drafts' questions) and, with labels,
+    ``labels`` / ``labels_of_all`` (counts) and ``balanced``: whether the kept labels' counts differ by at
+    most one (False only when a label has too few items)."""
+    y = np.asarray(outcomes, dtype=float)
+    if y.ndim != 2 or y.shape[1] != len(item_ids):
+        raise ConfigError("item_ids", f"need one id per column of the {y.shape} matrix, got {len(item_ids)}")
+    fit = fit_2pl(y)
+    kept = select_items(fit, k, labels)
+    agree = selection_agreement(y, kept, groups)
+    record = {"selected": [item_ids[i] for i in kept], "n_items": len(item_ids), "n_drafts": int(y.shape[0]),
+              "discrimination": [round(float(fit.a[i]), 4) for i in kept],
+              "agreement": {key: (None if isinstance(v, float) and np.isnan(v) else v) for key, v in agree.items()}}
+    if labels is not None:
+        kept_labels: dict[str, int] = {}
+        for i in kept:
+            kept_labels[labels[i]] = kept_labels.get(labels[i], 0) + 1
+        every: dict[str, int] = {}
+        for lab in labels:
+            every[lab] = every.get(lab, 0) + 1
+        counts = [kept_labels.get(lab, 0) for lab in every]
+        record.update(labels=kept_labels, labels_of_all=every, balanced=max(counts) - min(counts) <= 1)
+    return record

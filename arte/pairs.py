@@ -31,6 +31,11 @@ draws them (:func:`arte.questions.draw_seeds`: stratified by label, rotating fro
 for as many questions as the block holds; completions: :func:`arte.prompts.question_block`. ``margin``
 = mean ``s_q`` of chosen − of rejected.
 
+The paper's *Original Teacher* (:func:`preferred_rationales`): no pair, no DPO: of each question's scored
+rationales, the one the students scored best (the highest ``s_r``) becomes a training example; a shared best
+score is settled by the drafts' order (first written) and counted as ``tied_best``, as that choice carries
+no preference.
+
 Rationale pairs (the paper: argmax vs argmin ``s_r`` per question, on the plain prompt): for each
 question with at least two scored rationales, all scored on the same unit (same items), chosen = the
 unique highest ``s_r``, rejected = the unique lowest. Skipped (and counted by reason): a tie (all equal),
@@ -58,7 +63,7 @@ from arte.tasks import Example, Task
 
 __all__ = ["PairConfig", "PreferencePair", "PairResult", "ScoreTable", "ScoreEstimate", "score_table",
            "select_pairs", "build_pairs", "write_pairs", "read_pairs", "pair_from_dict", "pair_counts", "KINDS",
-           "OUTCOMES", "NO_SIGNAL", "SKIP_REASONS"]
+           "OUTCOMES", "NO_SIGNAL", "SKIP_REASONS", "preferred_rationales"]
 
 KINDS = ("question", "rationale")
 OUTCOMES = ("pairs", "no_signal")     # of a pair selection, the pipeline, the align job, the experiment
@@ -193,6 +198,29 @@ def score_table(drafts: Sequence[Draft], scores: Mapping[str, ScoreEstimate | tu
         by_q.setdefault(d.question_id or d.id, []).append(est.score)
     s_q = {q: sum(v) / len(v) for q, v in by_q.items()}
     return ScoreTable(s_r, s_q, items, excluded, estimates)
+
+
+def preferred_rationales(drafts: Sequence[Draft], scores: Mapping[str, ScoreEstimate | tuple[float, float]],
+                         config: PairConfig = PairConfig()) -> tuple[list[Draft], dict[str, Any]]:
+    """The Original Teacher's training records: per question (in draft order), its best-scored rationale
+    (see the module docstring), and the counts: ``questions``, ``selected``, ``tied_best`` (questions whose
+    best score is shared), ``single`` (questions with one scored rationale), ``excluded`` drafts by reason."""
+    table = score_table(drafts, scores, config)
+    by_q: dict[str, list[Draft]] = {}
+    for d in drafts:
+        if d.id in table.s_r:
+            by_q.setdefault(d.question_id or d.id, []).append(d)
+    out: list[Draft] = []
+    tied = single = 0
+    for group in by_q.values():
+        best = max(table.s_r[d.id] for d in group)
+        top = [d for d in group if table.s_r[d.id] >= best - TIE_TOLERANCE]
+        single += len(group) == 1
+        tied += len(group) > 1 and len(top) > 1
+        out.append(top[0])
+    return out, {"questions": len(by_q), "selected": len(out), "tied_best": tied, "single": single,
+                 "mean_selected_score": round(sum(table.s_r[d.id] for d in out) / len(out), 6) if out else None,
+                 "excluded": dict(table.excluded)}
 
 
 @dataclass

@@ -9,6 +9,7 @@ one teacher, each stage reading the previous stage's files and writing its own::
       drafts.report.json   draft:  question/draft rejections and repairs
       scores.json          score:  {"format", "task", "mode", "items", "item_ids",
                                     "scores": [{draft_id, n_items, n_correct, outcomes}]}
+      selection.json       pairs:  with ``select_items`` k > 0, the IRT item selection (arte.irt.choose_items)
       pairs.jsonl          pairs:  arte.pairs format (select_pairs); empty when the signal makes no pair
       adapter/             align:  PEFT LoRA adapter + arte_align.json (align)
       tailored/            tailor: dataset.jsonl + manifest.json (tailor_dataset)
@@ -24,6 +25,14 @@ few drafts), the ``pairs`` stage records ``outcome: no_signal`` with the numbers
 (:meth:`arte.pairs.PairResult.to_dict`: score spread, the drafts' answers, items, what was skipped and
 why) and the later stages stop cleanly: :meth:`Pipeline.run` returns ``outcome: no_signal`` with that
 ``reason`` and ``signal``, and marks ``align`` and ``tailor`` as ``stopped``. It is a result, not an error.
+IRT item selection (``select_items`` k > 0; the paper's step, with the drafts as respondents): the ``pairs``
+stage fits 2PL on the draft × item correctness matrix of the scores file, keeps the top-k validation items
+by |discrimination| with a label-balance check (:func:`arte.irt.choose_items`, labels of the validation
+items), writes ``selection.json`` and judges the drafts on the kept items only (:meth:`Pipeline.pair_scores`:
+the pairs, and the Original Teacher's selection in ``arte experiment``). Changing k reruns ``pairs``, not
+``score``. :meth:`Pipeline.branch` starts a pipeline that reuses this one's drafts and scores with other
+pair settings (the experiment's Question Only / Rationale Only ablations).
+
 The scores file keeps each draft's per-item outcomes (``"0110…"``, in ``item_ids`` order) so that the
 rationales of a question, scored on the same items, are compared item by item (:mod:`arte.pair_rules`).
 """
@@ -34,6 +43,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +53,7 @@ from arte.drafts import read_drafts, write_drafts
 from arte.dpo import METADATA_FILE, AlignConfig, align
 from arte.elicit import ElicitConfig, elicit_drafts
 from arte.errors import ConfigError, DraftFormatError
+from arte.irt import choose_items
 from arte.models import ModelRef, sha256_file
 from arte.pair_rules import ScoreEstimate, binomial_estimate
 from arte.pairs import NO_SIGNAL, PairConfig, pair_counts, read_pairs, select_pairs, write_pairs
@@ -50,7 +61,7 @@ from arte.progress import Progress
 from arte.scoring import ScoringConfig, score_drafts
 from arte.student import Student
 from arte.tailor import DATASET_FILE, MANIFEST_FILE, TailorConfig, tailor_dataset
-from arte.tasks import Task, TaskSplit, label_counts, split_task
+from arte.tasks import Task, TaskSplit, label_counts, label_of, split_task
 from arte.teacher import Teacher
 
 __all__ = ["PipelineConfig", "Pipeline", "STAGES", "write_scores", "read_scores", "read_score_estimates",
@@ -64,7 +75,8 @@ SCORES_FORMAT = "arte-scores/1"
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Every stage's config, and how the task is split (seeds for the teacher, items for scoring)."""
+    """Every stage's config, and how the task is split (seeds for the teacher, items for scoring).
+    ``select_items``: keep the top-k validation items by IRT discrimination for the pairs (0: all items)."""
 
     elicit: ElicitConfig = field(default_factory=ElicitConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -74,8 +86,13 @@ class PipelineConfig:
     n_seeds: int = 3
     n_validation: int = 20
     split_seed: int = 0
+    select_items: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.select_items, bool) or not isinstance(self.select_items, int) \
+                or not 0 <= self.select_items < self.n_validation:
+            raise ConfigError("select_items", f"must be 0 (off) or in [1, {self.n_validation - 1}] (fewer than the "
+                                              f"validation items), got {self.select_items!r}")
         if self.n_seeds < 1:
             raise ConfigError("n_seeds", f"must be >= 1, got {self.n_seeds}")
         if self.n_validation < 1:
@@ -189,7 +206,8 @@ class Pipeline:
     def paths(self) -> dict[str, Path]:
         w = self.work
         return {"drafts": w / "drafts.jsonl", "drafts_report": w / "drafts.report.json",
-                "scores": w / "scores.json", "pairs": w / "pairs.jsonl", "adapter": w / "adapter",
+                "scores": w / "scores.json", "selection": w / "selection.json", "pairs": w / "pairs.jsonl",
+                "adapter": w / "adapter",
                 "dataset": w / "tailored" / DATASET_FILE, "manifest": w / "tailored" / MANIFEST_FILE}
 
     def _load_state(self) -> dict[str, Any]:
@@ -215,7 +233,8 @@ class Pipeline:
 
     def _outputs(self, stage: str) -> list[Path]:
         p = self.paths
-        return {"draft": [p["drafts"]], "score": [p["scores"]], "pairs": [p["pairs"]],
+        return {"draft": [p["drafts"]], "score": [p["scores"]],
+                "pairs": [p["pairs"]] + ([p["selection"]] if self.config.select_items else []),
                 "align": [p["adapter"] / "adapter_model.safetensors", p["adapter"] / METADATA_FILE],
                 "tailor": [p["dataset"], p["manifest"]]}[stage]
 
@@ -229,7 +248,7 @@ class Pipeline:
             "score": {"scoring": asdict(c.scoring), "student": self.identity.get("student"),
                       "drafts": self._file_sha("drafts"), "outcomes": True},
             "pairs": {"pairs": asdict(c.pairs), "drafts": self._file_sha("drafts"),
-                      "scores": self._file_sha("scores")},
+                      "scores": self._file_sha("scores"), "select_items": c.select_items},
             "align": {"align": asdict(c.align), "model": asdict(self.teacher_model),
                       "pairs": self._file_sha("pairs")},
             "tailor": {"tailor": asdict(c.tailor), "teacher": self.identity.get("tailor_teacher"),
@@ -288,14 +307,77 @@ class Pipeline:
                 "mean_accuracy": round(sum(acc) / len(acc), 4) if acc else None,
                 "seconds": round(res.stats.get("seconds", 0.0), 3)}
 
+    def _select(self) -> dict[str, Any]:
+        """Fit 2PL on the scores' draft × item matrix and write ``selection.json`` (see the module docstring)."""
+        drafts = read_drafts(self.paths["drafts"])
+        _p, doc = _scores_doc(self.paths["scores"])
+        estimates = read_score_estimates(self.paths["scores"])
+        item_ids = list(doc.get("item_ids") or [])
+        rows = [d for d in drafts if d.id in estimates and estimates[d.id].outcomes is not None]
+        if not item_ids or len(rows) < 2 or any(len(estimates[d.id].outcomes or ()) != len(item_ids) for d in rows):
+            raise ConfigError("select_items", "IRT selection needs the per-item outcomes of at least two drafts "
+                                              "on the same items; rescore the drafts (stage score)")
+        by_id = {e.id: e for e in self.split.validation}
+        labels = [label_of(by_id[i]) for i in item_ids] if all(i in by_id for i in item_ids) else None
+        k = self.config.select_items
+        if k >= len(item_ids):
+            record: dict[str, Any] = {"selected": item_ids, "n_items": len(item_ids), "n_drafts": len(rows),
+                                      "note": f"k = {k} >= the {len(item_ids)} items scored: all kept"}
+        else:
+            record = choose_items([list(estimates[d.id].outcomes or ()) for d in rows], item_ids, k, labels,
+                                  [d.question_id or d.id for d in rows])
+        self.paths["selection"].write_text(json.dumps(record, indent=1))
+        if record.get("balanced") is False:
+            log.warning("IRT selection is not label-balanced: %s of %s", record["labels"], record["labels_of_all"])
+        return record
+
+    def pair_scores(self) -> dict[str, ScoreEstimate]:
+        """The drafts' scores the pairs are judged on: the scores file, restricted to the IRT-selected items
+        when ``select_items`` is on (after the ``pairs`` stage wrote ``selection.json``)."""
+        scores = read_score_estimates(self.paths["scores"])
+        if not self.config.select_items:
+            return scores
+        _p, doc = _scores_doc(self.paths["scores"])
+        item_ids = list(doc.get("item_ids") or [])
+        keep = [item_ids.index(i) for i in json.loads(self.paths["selection"].read_text())["selected"]]
+        out = {}
+        for draft_id, e in scores.items():
+            sub = [(e.outcomes or ())[j] for j in keep]
+            out[draft_id] = binomial_estimate(len(sub), sum(sub), unit=e.unit, outcomes=sub)
+        return out
+
     def _pairs(self) -> dict[str, Any]:
         drafts = read_drafts(self.paths["drafts"])
-        scores = read_score_estimates(self.paths["scores"])
+        selection = self._select() if self.config.select_items else None
+        scores = self.pair_scores()
         res = select_pairs(self.task, drafts, scores, self.split.seeds, self.config.pairs)
         write_pairs(self.paths["pairs"], res.pairs)   # empty without signal: the stage is done either way
         if not res.pairs:
             log.warning("pairs: %s", res.describe())
-        return {**pair_counts(res.pairs), **res.to_dict()}
+        out = {**pair_counts(res.pairs), **res.to_dict()}
+        if selection is not None:
+            out["selection"] = {k: v for k, v in selection.items() if k != "selected"} | {
+                "kept": len(selection["selected"])}
+        return out
+
+    def branch(self, work_dir: str | Path, config: PipelineConfig) -> "Pipeline":
+        """A pipeline in ``work_dir`` with ``config`` that starts from this one's drafts and scores (copied with
+        their stage records, so they are current there when ``config`` drafts and scores alike); its
+        ``pairs``, ``align`` and ``tailor`` stages are its own. Run ``draft`` and ``score`` here first."""
+        for stage in ("draft", "score"):
+            if not self.is_current(stage):
+                raise ConfigError("stages", f"branch needs a current {stage!r} stage in {self.work}")
+        out = Pipeline(work_dir, self.task, config, teacher_model=self.teacher_model, open_teacher=self.open_teacher,
+                       open_student=self.open_student, identity=self.identity, convert_dir=self.convert_dir,
+                       progress=self.progress)
+        for key in ("drafts", "drafts_report", "scores"):
+            if self.paths[key].is_file() and (not out.paths[key].is_file()
+                                              or sha256_file(out.paths[key]) != sha256_file(self.paths[key])):
+                shutil.copyfile(self.paths[key], out.paths[key])
+        for stage in ("draft", "score"):
+            out.state["stages"][stage] = dict(self.state["stages"][stage])
+        out._save_state()
+        return out
 
     def no_signal(self) -> dict[str, Any] | None:
         """The recorded ``pairs`` summary when it found no signal (later stages stop), else None."""

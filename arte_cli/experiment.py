@@ -1,14 +1,16 @@
-"""``arte experiment``: untuned student vs. student tuned on the original teacher's data vs. on ARTE's data,
-0- and 3-shot accuracy on each task's holdout over several SFT seeds, with 95% bootstrap intervals.
+"""``arte experiment``: the paper's conditions (untuned; Original Teacher; ARTE; the ablations Question Only
+and Rationale Only), 0- and 3-shot accuracy on each task's holdout over teacher seeds × SFT seeds, with 95%
+bootstrap intervals (:mod:`arte_cli.experiment_run` says what each condition trains on).
 
 Contract: the command validates every option before any model is loaded (a bad value is a usage error,
 exit 2, that names the option), runs :func:`arte_cli.experiment_run.run_experiment` with tqdm bars on
 stderr, writes ``experiment.json`` (every per-seed, per-item outcome; :mod:`arte_cli.experiment_report`)
 and ``experiment.png`` into ``--out``, and prints the human table followed by a last line of JSON (where
 the files are and every interval); with ``--json`` it prints the whole document instead. Reruns with the
-same settings reuse every cached step under ``--work`` (default ``<out>/work``). A task whose drafts give
-no preference pair is reported as ``no_signal`` (one without training data as ``no_data``), with the
-numbers, and the other tasks still run.
+same settings reuse every cached step under ``--work`` (default ``<out>/work``). A condition whose drafts
+give no preference pair of its kind is reported as ``no_signal``, a task where every pair condition has
+none as ``no_signal`` (one without training data as ``no_data``), with the numbers, and the other tasks
+still run.
 
 Defaults are sized for 2 CPU cores and the embedded 135M model (a few minutes per task and seed); the
 paper's scale is reached by flags (``--n-questions 250 --tailor-questions 250 --holdout 1000`` …).
@@ -29,8 +31,13 @@ from arte.scoring import MODE_HELP, MODES
 __all__ = ["experiment"]
 
 SETTINGS_OPTIONS = {"seeds": "--seeds", "eval_mode": "--eval-mode", "shots": "--shots", "holdout": "--holdout",
-                    "train_size": "--train-size"}
-PIPELINE_OPTIONS = {"n_seeds": "--n-seeds", "n_validation": "--validation"}
+                    "train_size": "--train-size", "teacher_seeds": "--teacher-seeds", "conditions": "--conditions"}
+PIPELINE_OPTIONS = {"n_seeds": "--n-seeds", "n_validation": "--validation", "select_items": "--select-items"}
+CONDITIONS_HELP = ("untuned (the base student); original = Original Teacher (the unaligned teacher's drafts, "
+                   "per question the rationale the student scored best: selection, no DPO); arte = ARTE (DPO "
+                   "on question and rationale pairs, then tailored data); question-only = Question Only and "
+                   "rationale-only = Rationale Only (DPO on only the question / only the rationale pairs, then "
+                   "tailored data)")
 PAIR_OPTIONS = {"confidence": "--pair-confidence", "n_seeds": "--n-seeds"}
 ELICIT_OPTIONS = {"n_questions": "--n-questions", "styles": "--styles", "question_max_new_tokens": "--question-tokens",
                   "rationale_max_new_tokens": "--rationale-tokens", "n_seeds": "--n-seeds"}
@@ -52,6 +59,17 @@ def _shots(value: str) -> tuple[int, ...]:
     if not shots:
         raise click.BadParameter("give at least one shot count", param_hint="'--shots'")
     return shots
+
+
+def _conditions(value: str) -> tuple[str, ...]:
+    from arte_cli.experiment_report import CONDITIONS
+
+    names = tuple(x.strip() for x in value.split(",") if x.strip())
+    bad = [x for x in names if x not in CONDITIONS]
+    if bad or not names:
+        raise click.BadParameter(f"expected names among {', '.join(CONDITIONS)}, got {value!r}",
+                                 param_hint="'--conditions'")
+    return names
 
 
 def _build(ctor: Callable[..., Any], options: dict[str, str], **kw: Any) -> Any:
@@ -103,13 +121,14 @@ def _settings(o: dict[str, Any]) -> Any:
     pairs = _build(PairConfig, PAIR_OPTIONS, n_seeds=o["n_seeds"], confidence=o["pair_confidence"])
     pipeline = _build(PipelineConfig, PIPELINE_OPTIONS, elicit=elicit, pairs=pairs,
                       align=align, tailor=tailor, n_seeds=o["n_seeds"], n_validation=o["n_validation"],
-                      split_seed=o["split_seed"])
+                      split_seed=o["split_seed"], select_items=o["select_items"])
     sft = _build(SFTConfig, SFT_OPTIONS, rank=o["sft_rank"], alpha=2.0 * o["sft_rank"], lr=o["sft_lr"],
                  epochs=o["sft_epochs"], batch_size=o["sft_batch_size"], max_length=o["sft_max_length"],
                  threads=o["threads"])
     return _build(ExperimentSettings, SETTINGS_OPTIONS, pipeline=pipeline, sft=sft, teacher=o["teacher"],
                   student=o["student"], teacher_backend=o["teacher_backend"], student_backend=o["student_backend"],
-                  seeds=o["seeds"], eval_mode=o["eval_mode"], shots=_shots(o["shots"]), holdout=o["holdout"],
+                  seeds=o["seeds"], teacher_seeds=o["teacher_seeds"], conditions=_conditions(o["conditions"]),
+                  eval_mode=o["eval_mode"], shots=_shots(o["shots"]), holdout=o["holdout"],
                   train_size=o["train_size"], max_new_tokens=o["max_new_tokens"], n_boot=o["bootstrap"],
                   level=o["level"], threads=o["threads"])
 
@@ -128,24 +147,33 @@ def _int(minimum: int) -> click.IntRange:
 @click.option("--teacher", default="default", show_default=True,
               help="Teacher model: 'default', a .gguf file or an HF directory.")
 @click.option("--teacher-backend", type=click.Choice(["llama", "torch"]), default="llama", show_default=True,
-              help="Runtime that writes drafts (tailoring, aligned and original, runs on torch).")
+              help="Runtime that writes drafts (tailoring with a DPO adapter runs on torch).")
 @click.option("--student", default="default", show_default=True,
               help="Student model: 'default', a .gguf file or an HF directory.")
 @click.option("--student-backend", type=click.Choice(["auto", "llama", "torch"]), default="auto",
               show_default=True, help="Runtime that scores drafts and evaluates (auto: llama for GGUF).")
-@click.option("--seeds", default=3, show_default=True, type=_int(1),
-              help="SFT runs per fine-tuned condition (the seed varies LoRA init and data order).")
+@click.option("--conditions", default="untuned,original,arte,question-only,rationale-only", show_default=True,
+              help=f"Conditions to run, comma-separated: {CONDITIONS_HELP}.")
+@click.option("--teacher-seeds", default=2, show_default=True, type=_int(1),
+              help="Teacher sampling seeds (--seed, --seed+1, ...): drafts, pairs, DPO and tailored data are "
+                   "made per teacher seed, and the intervals resample them.")
+@click.option("--seeds", default=2, show_default=True, type=_int(1),
+              help="SFT runs per fine-tuned condition and teacher seed (the seed varies LoRA init and data order).")
 @click.option("--eval-mode", type=click.Choice(["auto", *MODES]), default="auto", show_default=True,
               help=f"Evaluation and draft scoring (auto: cot-choice for multiple choice, else generate). {MODE_HELP}")
 @click.option("--shots", default="0,3", show_default=True, help="Shot counts to evaluate, comma-separated.")
 @click.option("--holdout", default=100, show_default=True, type=_int(1), help="Holdout items evaluated per task.")
 @click.option("--train-size", type=_int(1), default=None,
               help="Training examples per condition (default: the smaller dataset's size).")
-@click.option("--n-questions", default=12, show_default=True, type=_int(1), help="Draft questions to elicit.")
+@click.option("--n-questions", default=12, show_default=True, type=_int(1),
+              help="Draft questions to elicit per teacher seed (the Original Teacher keeps one rationale of each).")
 @click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
               help="Rationale styles of the drafts, comma-separated.")
 @click.option("--validation", "n_validation", default=12, show_default=True, type=_int(1),
               help="Validation items the student scores drafts on.")
+@click.option("--select-items", default=0, show_default=True, type=_int(0),
+              help="Judge drafts (pairs and the Original Teacher's choice) on the top-k validation items by IRT "
+                   "discrimination, label-balanced, fit on the draft x item matrix (0: all items).")
 @click.option("--pair-confidence", default=0.9, show_default=True, type=float,
               help="Level at which a preference pair's chosen must beat rejected beyond noise (0: point "
                    "estimates); a task whose drafts give no pair is reported as no signal.")
@@ -157,10 +185,10 @@ def _int(minimum: int) -> click.IntRange:
 @click.option("--rationale-tokens", default=128, show_default=True, type=_int(1),
               help="Teacher reply budget per rationale.")
 @click.option("--tailor-questions", default=40, show_default=True, type=_int(1),
-              help="Questions each teacher (original, aligned) writes training data for.")
+              help="Questions each aligned teacher (ARTE, Question Only, Rationale Only) writes training data for.")
 @click.option("--check-samples", default=1, show_default=True, type=click.IntRange(0, 16),
               help="Consistency samples a training example must agree with.")
-@click.option("--seed", default=0, show_default=True, help="Teacher sampling seed.")
+@click.option("--seed", default=0, show_default=True, help="First teacher sampling seed.")
 @click.option("--align-lr", default=5e-4, show_default=True, type=float, help="DPO learning rate (LoRA).")
 @click.option("--align-beta", default=0.1, show_default=True, type=float, help="DPO beta.")
 @click.option("--align-epochs", default=2.0, show_default=True, type=float, help="DPO passes over the pairs.")
@@ -183,7 +211,8 @@ def _int(minimum: int) -> click.IntRange:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result document on stdout.")
 def experiment(tasks: tuple[Path, ...], out_dir: Path, work_dir: Path | None, verbose: bool, as_json: bool,
                **options: Any) -> None:
-    """Compare untuned, original-teacher and ARTE-tuned students with bootstrap confidence intervals."""
+    """Compare the paper's conditions with bootstrap confidence intervals: untuned, Original Teacher, ARTE,
+    Question Only and Rationale Only (keys: untuned, original, arte, question-only, rationale-only)."""
     from arte_cli.teacher import _fail, _session
 
     settings = _settings(options)

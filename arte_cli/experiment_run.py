@@ -1,37 +1,49 @@
-"""How ``arte experiment`` runs: the paper's comparison, task by task, with every step cached. For each task,
-the student
+"""How ``arte experiment`` runs: the paper's comparison, task by task, with every step cached. For each task
+and each **teacher seed** (``--teacher-seeds N``: the teacher's sampling seeds ``--seed`` … ``--seed + N - 1``
+for drafts and tailoring), :class:`arte.pipeline.Pipeline` drafts, lets the student score the drafts on
+the validation split and builds preference pairs; then the conditions (the paper's, :data:`CONDITIONS` of
+:mod:`arte_cli.experiment_report`) are
 
-1. **untuned** (the base model),
-2. **original**: LoRA-fine-tuned on data the *unaligned* teacher wrote (the paper's "Original Teacher"),
-   through the same selection and filter as ARTE's tailoring step (:func:`arte.tailor.tailor_dataset` with
-   the same :class:`arte.tailor.TailorConfig`, questions, sampling seeds and runtime; only the adapter is
-   missing),
-3. **arte**: LoRA-fine-tuned on the data of :class:`arte.pipeline.Pipeline` (draft → student scoring on
-   the validation split → pairs → DPO → tailored data),
+1. **untuned**: the base student (no teacher data; evaluated once);
+2. **Original Teacher** (``original``): the *unaligned* teacher's drafts, and of each draft question the
+   rationale the student scored best (:func:`arte.pairs.preferred_rationales`): selection, no DPO;
+3. **ARTE** (``arte``): DPO on the question and rationale pairs, then the aligned teacher's tailored data;
+4. **Question Only** / **Rationale Only** (``question-only`` / ``rationale-only``): DPO on only the
+   question pairs / only the rationale pairs (:attr:`arte.pairs.PreferencePair.kind`), then tailoring as
+   ARTE does (:meth:`arte.pipeline.Pipeline.branch`: the same drafts and scores, their own pairs, DPO
+   and tailoring).
 
-is evaluated on the same holdout items (:func:`arte.evaluate.evaluate`) at each shot count, with the same
-k-shot demonstrations for every condition: k label-balanced holdout items with a templated rationale, taken
-out of the evaluated items (:func:`arte.evaluate.split_demos`); no condition trains on them and the teacher
-never saw them. Both fine-tuned conditions train
-on the same number of examples: the datasets are filtered to the examples that fit ``max_length`` and
-then truncated, in file order, to the smaller one (or ``--train-size``). **The seed** varies the student's
-SFT run: the LoRA initialization and the order of the training batches (:attr:`arte.sft.SFTConfig.seed`);
-the teacher data are made once per task. Intervals: :mod:`arte.stats` via
-:mod:`arte_cli.experiment_report`.
+With ``--select-items k`` the pairs and the Original Teacher's selection judge the drafts on the top-k
+validation items by IRT discrimination (:class:`arte.pipeline.PipelineConfig.select_items`).
 
-A task whose drafts give no preference pair (``no_signal``: every rationale ties, or no difference beyond
-noise) or whose teacher data leave no training example (``no_data``) is reported with its ``outcome``,
-the ``reason`` and the numbers (the pipeline's ``signal``, or the data counts), without training or
-evaluation, and the experiment goes on with the other tasks. The others have ``outcome: compared``.
+Each fine-tuned condition is LoRA-fine-tuned on its data of each teacher seed with each SFT seed, and
+every run is evaluated on the same holdout items (:func:`arte.evaluate.evaluate`) at each shot count, with
+the same k-shot demonstrations: k label-balanced holdout items with a templated rationale, taken out of the
+evaluated items (:func:`arte.evaluate.split_demos`); no condition trains on them and the teacher never
+saw them. Every (fine-tuned condition, teacher seed) trains on the same number of examples: the datasets
+are filtered to the examples that fit ``max_length`` and then truncated, in file order, to the smallest
+one (or ``--train-size``). **The SFT seed** varies the LoRA initialization and the order of the training
+batches (:attr:`arte.sft.SFTConfig.seed`); **the teacher seed** the drafts (so the pairs, the DPO and the
+Original Teacher's selection) and the tailored data. Intervals (:mod:`arte.stats` via
+:mod:`arte_cli.experiment_report`) resample items, teacher seeds and, within them, SFT seeds.
+
+No signal: a condition that needs pairs of a kind that some teacher seed's drafts do not give (every
+rationale ties, or no difference beyond noise) is reported as ``no_signal`` with the reason. When every
+requested pair condition has no signal, the task's ``outcome`` is ``no_signal`` (with the pipelines'
+``signal``: score spread, the drafts' answers, items); untuned and the Original Teacher (which need no
+pair) are still trained and evaluated when requested. A task whose teacher data leave no training example
+is ``no_data`` (with the data counts), without runs. The experiment goes on with the other tasks.
 
 Every step is cached under ``--work``, keyed by everything it depends on (a rerun with the same settings
 recomputes nothing; a changed setting reruns only the steps that depend on it)::
 
     <work>/<task>-<sha12 of the task file>/
-      pipeline/                     arte.pipeline's resumable stages (its own fingerprints)
-      original/                     dataset.jsonl + manifest.json of the unaligned teacher, key.json
-      sft/<condition>-seed<k>/      LoRA SFT (adapter/, checkpoints), adapter.gguf, key.json
-      eval/<condition>[-seed<k>].json   per-shot outcomes, with their key
+      teacher<ts>/arte/             arte.pipeline's resumable stages for teacher seed ts (drafts, scores,
+                                    pairs, ARTE's DPO and tailoring; the Original Teacher reads its files)
+      teacher<ts>/question-only/    a branch of it: the same drafts and scores, question pairs only
+      teacher<ts>/rationale-only/   rationale pairs only
+      sft/<condition>-t<ts>-seed<k>/   LoRA SFT (adapter/, checkpoints), adapter.gguf, key.json
+      eval/<condition>[-t<ts>-seed<k>].json   per-shot outcomes, with their key
 """
 
 from __future__ import annotations
@@ -55,8 +67,9 @@ __all__ = ["ExperimentSettings", "run_experiment", "equalize", "SEED_VARIES"]
 
 log = logging.getLogger(__name__)
 
-SEED_VARIES = ("the student's LoRA SFT run: adapter initialization (torch seed) and training-batch order; "
-               "the teacher data (pipeline and original-teacher tailoring) are made once per task")
+SEED_VARIES = ("seed: the student's LoRA SFT run (adapter initialization, training-batch order); teacher_seed: "
+               "the teacher's sampling of drafts and tailored data, hence pairs, DPO and the Original Teacher's "
+               "selection")
 Bars = Callable[[str, int, int], None]
 
 
@@ -66,7 +79,8 @@ class ExperimentSettings:
     :data:`arte.scoring.MODES`, or ``auto``: ``cot-choice`` (the student reasons, then the likeliest option)
     for multiple-choice tasks, ``generate`` otherwise; ``student_backend`` ``auto``: llama for a GGUF student
     (the adapter exported to GGUF), torch for an HF directory. ``pipeline``'s scoring mode follows
-    ``eval_mode`` per task."""
+    ``eval_mode`` per task. ``conditions``: the keys of :data:`arte_cli.experiment_report.CONDITIONS` to
+    run (at least one fine-tuned); ``teacher_seeds``: how many teacher sampling seeds."""
 
     pipeline: Any                       # arte.pipeline.PipelineConfig
     sft: Any                            # arte.sft.SFTConfig (its seed is replaced by each run's)
@@ -74,7 +88,9 @@ class ExperimentSettings:
     student: str = "default"
     teacher_backend: str = "llama"
     student_backend: str = "auto"
-    seeds: int = 3
+    seeds: int = 2
+    teacher_seeds: int = 2
+    conditions: tuple[str, ...] = ("untuned", "original", "arte", "question-only", "rationale-only")
     eval_mode: str = "auto"
     shots: tuple[int, ...] = (0, 3)
     holdout: int = 100
@@ -87,6 +103,18 @@ class ExperimentSettings:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ConfigError("seeds", f"must be >= 1, got {self.seeds}")
+        if self.teacher_seeds < 1:
+            raise ConfigError("teacher_seeds", f"must be >= 1, got {self.teacher_seeds}")
+        from arte_cli.experiment_report import CONDITIONS
+
+        if isinstance(self.conditions, list):
+            object.__setattr__(self, "conditions", tuple(self.conditions))
+        if (isinstance(self.conditions, str) or not self.conditions or len(set(self.conditions)) != len(self.conditions)
+                or any(c not in CONDITIONS for c in self.conditions) or set(self.conditions) == {"untuned"}):
+            raise ConfigError("conditions", f"must be distinct names of {', '.join(CONDITIONS)}, at least one "
+                                            f"fine-tuned, got {self.conditions!r}")
+        # in the paper's order, whatever order they were given in
+        object.__setattr__(self, "conditions", tuple(c for c in CONDITIONS if c in self.conditions))
         from arte.scoring import MODES
 
         if self.eval_mode not in ("auto", *MODES):
@@ -142,8 +170,7 @@ class _Models:
     teacher: Any
     student: Any
     eval_backend: str
-    open_teacher: Callable[[Path | None], Any]          # drafts (bare) and ARTE tailoring (with the adapter)
-    open_plain_teacher: Callable[[Path | None], Any]    # the original teacher: the tailoring runtime, bare
+    open_teacher: Callable[[Path | None], Any]          # drafts (bare) and tailoring (with a DPO adapter)
     open_student: Callable[[], Any]
     identity: dict[str, str] = field(default_factory=dict)
 
@@ -163,10 +190,10 @@ def _models(s: ExperimentSettings) -> _Models:
         raise ModelError(f"--student-backend llama needs a GGUF student; {student.path} is an HF directory "
                          f"(use torch)")
     open_teacher, teacher_key = _teacher_opener(s.teacher, s.teacher_backend, None, None, s.threads)
-    # The pipeline tailors with the torch teacher plus the DPO adapter; the original teacher runs there too.
-    open_plain, plain_key = _teacher_opener(s.teacher, "torch", None, None, s.threads)
+    # The pipeline tailors with the torch teacher plus the DPO adapter: its identity keys the tailor stage.
+    _plain, plain_key = _teacher_opener(s.teacher, "torch", None, None, s.threads)
     open_student, student_key = _student_opener(s.student, backend, s.threads)
-    return _Models(teacher, student, backend, open_teacher, open_plain, open_student,
+    return _Models(teacher, student, backend, open_teacher, open_student,
                    {"teacher": teacher_key, "student": student_key, "tailor_teacher": plain_key})
 
 
@@ -197,62 +224,101 @@ class _TaskRun:
 
     # ---- teacher data -------------------------------------------------------------------------------
 
-    def pipeline(self) -> Any:
+    def config(self, index: int, kinds: tuple[str, ...]) -> Any:
+        """The pipeline config of teacher seed number ``index``: drafts and tailoring sampled with the
+        settings' seeds + ``index``, scoring in the task's mode, pairs of ``kinds``."""
+        p = self.s.pipeline
+        return dataclasses.replace(p, scoring=dataclasses.replace(p.scoring, mode=self.mode),
+                                   elicit=dataclasses.replace(p.elicit, seed=p.elicit.seed + index),
+                                   tailor=dataclasses.replace(p.tailor, seed=p.tailor.seed + index),
+                                   pairs=dataclasses.replace(p.pairs, kinds=kinds))
+
+    def pipeline(self, index: int) -> Any:
+        """The full pipeline (both pair kinds: ARTE) of teacher seed number ``index``."""
+        from arte.pairs import KINDS
         from arte.pipeline import Pipeline
 
-        cfg = dataclasses.replace(self.s.pipeline, scoring=dataclasses.replace(self.s.pipeline.scoring,
-                                                                                mode=self.mode))
-        return Pipeline(self.work / "pipeline", self.task, cfg, teacher_model=self.m.teacher,
-                        open_teacher=self.m.open_teacher, open_student=self.m.open_student,
-                        identity=self.m.identity, convert_dir=_convert_dir(), progress=self.bars)
+        ts = self.s.pipeline.elicit.seed + index
+        return Pipeline(self.work / f"teacher{ts}" / "arte", self.task, self.config(index, KINDS),
+                        teacher_model=self.m.teacher, open_teacher=self.m.open_teacher,
+                        open_student=self.m.open_student, identity=self.m.identity, convert_dir=_convert_dir(),
+                        progress=lambda st, d, t: self.bars(f"t{ts} {st}", d, t))
 
-    def original_data(self, seeds: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
-        """The unaligned teacher's tailored records and its manifest."""
+    def teacher_data(self, index: int) -> dict[str, Any]:
+        """Teacher seed number ``index``: every requested condition's training records (or why it has none)
+        and the stages that made them. ``{"teacher_seed", "records": {condition: [...]}, "outcomes":
+        {condition: {"outcome", "reason"?, ...numbers}}, "pipelines": {name: stages}, "signal"?}``."""
         from arte.drafts import read_drafts
-        from arte.tailor import DATASET_FILE, tailor_dataset
+        from arte.pairs import NO_SIGNAL, preferred_rationales
 
-        out = self.work / "original"
-        cfg = self.s.pipeline.tailor
-        cache = _Cache(out / "key.json", _sha({"tailor": asdict(cfg), "teacher": self.m.identity["tailor_teacher"],
-                                                "seeds": [e.id for e in seeds], "task": self.task_sha}))
-        hit = cache.load()
-        if hit is None or not (out / DATASET_FILE).is_file():
-            teacher = self.m.open_plain_teacher(None)
-            try:
-                res = tailor_dataset(teacher, self.task, seeds, cfg, out,
-                                     lambda st, d, t: self.bars(f"original/{st}", d, t))
-            finally:
-                teacher.close()
-            hit = cache.save({"manifest": res.manifest})
-        else:
-            self.cached.append("original")
-        records = read_drafts(out / DATASET_FILE) if (out / DATASET_FILE).stat().st_size else []
-        return records, hit["manifest"]
+        from arte_cli.experiment_report import COMPARED, PAIR_CONDITIONS
+
+        main = self.pipeline(index)
+        ts = self.s.pipeline.elicit.seed + index
+        wanted = [c for c in self.s.conditions if c != "untuned"]
+        stages = ["draft", "score", "pairs"] + (["align", "tailor"] if "arte" in wanted else [])
+        t0 = time.perf_counter()
+        summaries = {"arte": main.run(stages)}
+        out: dict[str, Any] = {"teacher_seed": ts, "records": {}, "outcomes": {}}
+        if "original" in wanted:
+            records, info = preferred_rationales(read_drafts(main.paths["drafts"]), main.pair_scores(),
+                                                 main.config.pairs)
+            out["records"]["original"] = records
+            out["outcomes"]["original"] = {"outcome": COMPARED, "selection": info}
+        for c in wanted:
+            if c not in PAIR_CONDITIONS:
+                continue
+            if c == "arte" or summaries["arte"]["outcome"] == NO_SIGNAL:   # no pair at all: no ablation either
+                run = summaries["arte"]
+            else:
+                branch = main.branch(self.work / f"teacher{ts}" / c, self.config(index, PAIR_CONDITIONS[c]))
+                run = summaries[c] = branch.run(("pairs", "align", "tailor"))   # drafts and scores: main's
+            if run["outcome"] == NO_SIGNAL:
+                out["outcomes"][c] = {"outcome": NO_SIGNAL, "reason": f"teacher seed {ts}: {run['reason']}"}
+                out.setdefault("signal", run["signal"])
+                continue
+            st = run["stages"]
+            pairs, align = st["pairs"]["summary"], st["align"]["summary"]
+            out["outcomes"][c] = {"outcome": COMPARED, "pairs": pairs["counts"], "trained_on": align["pairs"],
+                                  "reward": align["reward"], "reward_margin": align["reward_margin"]}
+            out["records"][c] = (read_drafts(run["files"]["dataset"])
+                                 if Path(run["files"]["dataset"]).stat().st_size else [])
+        _timed(self.seconds, "pipeline", t0)
+        out["pipelines"] = {name: {k: {"skipped": v["skipped"], "seconds": v["seconds"], "summary": v["summary"],
+                                       **({"stopped": v["stopped"]} if "stopped" in v else {})}
+                                   for k, v in run["stages"].items()} for name, run in summaries.items()}
+        for name, run in summaries.items():
+            self.cached += [f"teacher{ts}/{name}/{k}" for k, v in run["stages"].items()
+                            if v["skipped"] and "stopped" not in v]
+        out["split"] = main.split
+        return out
 
     # ---- student ------------------------------------------------------------------------------------
 
-    def train(self, condition: str, seed: int, records: Sequence[Any]) -> tuple[Path, Path | None, dict[str, Any]]:
-        """LoRA SFT of the student on ``records`` with ``seed``: (PEFT adapter dir, GGUF adapter or None,
-        the SFT summary)."""
+    def train(self, condition: str, teacher_seed: int, seed: int, records: Sequence[Any]
+              ) -> tuple[Path, Path | None, dict[str, Any]]:
+        """LoRA SFT of the student on ``records`` (``condition``'s data of ``teacher_seed``) with ``seed``:
+        (PEFT adapter dir, GGUF adapter or None, the SFT summary)."""
         from arte.sft import run_sft
 
         sft = dataclasses.replace(self.s.sft, seed=seed)
-        out = self.work / "sft" / f"{condition}-seed{seed}"
+        out = self.work / "sft" / f"{condition}-t{teacher_seed}-seed{seed}"
         gguf = out / "adapter.gguf" if self.m.eval_backend == "llama" else None
         cache = _Cache(out / "key.json", _sha({"student": self.m.identity["student"], "sft": sft.fingerprint(),
                                                "records": [r.to_dict() for r in records]}))
         adapter = out / "sft" / "adapter"
         done = cache.load()
         if done is not None and (adapter / "adapter_model.safetensors").is_file() and (gguf is None or gguf.is_file()):
-            self.cached.append(f"sft/{condition}-seed{seed}")
+            self.cached.append(f"sft/{condition}-t{teacher_seed}-seed{seed}")
             return adapter, gguf, done["sft"]
         shutil.rmtree(out, ignore_errors=True)   # checkpoints of other settings would be refused
-        name = f"{condition} s{seed} train"
+        name = f"{condition} t{teacher_seed} s{seed} train"
         peft_model, _tok, res = run_sft(self.m.student, records, self.task.instruction, sft, out / "sft",
                                         convert_dir=_convert_dir(),
                                         progress=lambda step, total, _loss: self.bars(name, step, total))
         if res.status != "done":
-            raise ConfigError("sft", f"training of {condition} seed {seed} stopped early ({res.status})")
+            raise ConfigError("sft", f"training of {condition} (teacher seed {teacher_seed}) seed {seed} stopped "
+                                     f"early ({res.status})")
         model_config = peft_model.get_base_model().config.to_dict()
         del peft_model
         gc.collect()
@@ -298,36 +364,37 @@ class _TaskRun:
         cache.save({"results": results})
         return results
 
-    def training_data(self, fmt: Any, datasets: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-        """Each condition's training records, equal in number (see the module docstring), and the counts;
-        with none to train on, the counts carry the ``problem``."""
+    def training_data(self, fmt: Any, datasets: dict[tuple[str, int], list[Any]]
+                      ) -> tuple[dict[tuple[str, int], list[Any]], dict[str, Any]]:
+        """Each (condition, teacher seed)'s training records, equal in number (see the module docstring),
+        and the counts; with none to train on, the counts carry the ``problem``."""
         from arte.sft_data import encode_records
 
         max_length = self.s.sft.max_length
         fit = {}
-        for c, recs in datasets.items():
+        for key, recs in datasets.items():
             too_long = set(encode_records(fmt, recs, max_length)[1])
-            fit[c] = [r for r in recs if r.id not in too_long]
-        data, n = equalize(fit, self.s.train_size)
+            fit[key] = [r for r in recs if r.id not in too_long]
+        data, n = equalize(fit, self.s.train_size) if fit else ({}, 0)
         info: dict[str, Any] = {}
+        name = {key: f"{key[0]}@t{key[1]}" for key in datasets}
         if n == 0:
-            empty = [c for c, v in fit.items() if not v]
+            empty = [name[k] for k, v in fit.items() if not v]
             info["problem"] = (f"{self.task.name}: no usable training examples from the "
-                               f"{' and '.join(empty) or 'capped'} teacher data; raise --tailor-questions or "
-                               f"--sft-max-length, or lower --check-samples")
-        info |= {"kept": {c: len(v) for c, v in datasets.items()}, "fit": {c: len(v) for c, v in fit.items()},
-                "used": n, "dropped_too_long": {c: len(v) - len(fit[c]) for c, v in datasets.items()},
-                "truncated": {c: len(v) - n for c, v in fit.items()},
-                "identical": len({(r.question, r.rationale) for r in data["original"]}
-                                 & {(r.question, r.rationale) for r in data["arte"]}),
-                "note": f"both conditions train on {n} examples: each dataset filtered to the examples that fit "
-                        f"{max_length} tokens, then cut to the smaller size in file order; 'identical' counts "
-                        f"examples (question and rationale) the two datasets share"}
+                               f"{', '.join(empty) or 'capped'} teacher data; raise --tailor-questions, "
+                               f"--n-questions or --sft-max-length, or lower --check-samples")
+        info |= {"kept": {name[k]: len(v) for k, v in datasets.items()},
+                 "fit": {name[k]: len(v) for k, v in fit.items()}, "used": n,
+                 "dropped_too_long": {name[k]: len(v) - len(fit[k]) for k, v in datasets.items()},
+                 "truncated": {name[k]: len(v) - n for k, v in fit.items()},
+                 "note": f"every fine-tuned condition trains on {n} examples per teacher seed: each dataset "
+                         f"filtered to the examples that fit {max_length} tokens, then cut to the smallest size "
+                         f"in file order"}
         return data, info
 
     # ---- the whole task ------------------------------------------------------------------------------
 
-    def _not_compared(self, outcome: str, reason: str, stages: dict[str, Any], split: Any,
+    def _not_compared(self, outcome: str, reason: str, split: Any, record: dict[str, Any],
                       **numbers: Any) -> dict[str, Any]:
         """The record of a task that cannot be compared (``no_signal``, ``no_data``): why, with the numbers."""
         log.warning("task %s: %s: %s", self.task.name, outcome, reason)
@@ -336,83 +403,100 @@ class _TaskRun:
                 "kind": self.task.kind, "eval_mode": self.mode, "outcome": outcome, "reason": reason, **numbers,
                 "split": {"seeds": len(split.seeds), "validation": len(split.validation),
                           "holdout_available": len(split.holdout)},
-                "pipeline": stages, "runs": [], "seconds": self.seconds,
-                "compute_seconds": {"pipeline": round(sum(v["seconds"] for v in stages.values()), 1)},
-                "cached": self.cached, "work_dir": str(self.work)}
+                **record, "runs": [], "seconds": self.seconds, "cached": self.cached, "work_dir": str(self.work)}
 
     def run(self) -> dict[str, Any]:
         from arte.backends.hf import load_hf
-        from arte.drafts import read_drafts
         from arte.evaluate import split_demos
+        from arte.pairs import NO_SIGNAL
         from arte.sft_data import ChatFormat
         from arte.tasks import label_counts
 
-        from arte_cli.experiment_report import COMPARED, NO_DATA, NO_SIGNAL
+        from arte_cli.experiment_report import COMPARED, NO_DATA, PAIR_CONDITIONS
 
-        t_task = self._t_task = time.perf_counter()
-        t0 = time.perf_counter()
-        runner = self.pipeline()
-        summary = runner.run()
-        _timed(self.seconds, "pipeline", t0)
-        self.cached += [f"pipeline/{k}" for k, v in summary["stages"].items() if v["skipped"] and "stopped" not in v]
-        split = runner.split
-        stages = {k: {"skipped": v["skipped"], "seconds": v["seconds"], "summary": v["summary"],
-                      **({"stopped": v["stopped"]} if "stopped" in v else {})}
-                  for k, v in summary["stages"].items()}
-        if summary["outcome"] == NO_SIGNAL:
-            return self._not_compared(NO_SIGNAL, summary["reason"], stages, split, signal=summary["signal"])
+        self._t_task = time.perf_counter()
+        per_seed = [self.teacher_data(i) for i in range(self.s.teacher_seeds)]
+        split = per_seed[0]["split"]
+        tseeds = [d["teacher_seed"] for d in per_seed]
+        fine = [c for c in self.s.conditions if c != "untuned"]
+        conditions: dict[str, Any] = {}
+        for c in fine:
+            outs = {str(d["teacher_seed"]): d["outcomes"][c] for d in per_seed}
+            missing = [o for o in outs.values() if o["outcome"] != COMPARED]
+            conditions[c] = ({"outcome": NO_SIGNAL, "reason": "; ".join(o["reason"] for o in missing)} if missing
+                             else {"outcome": COMPARED})
+            conditions[c]["teacher_seeds"] = outs
+        if "untuned" in self.s.conditions:
+            conditions["untuned"] = {"outcome": COMPARED}
+        record = {"teacher_seeds": tseeds, "conditions": conditions,
+                  "pipelines": {str(d["teacher_seed"]): d["pipelines"] for d in per_seed}}
+        signal = {str(d["teacher_seed"]): d["signal"] for d in per_seed if "signal" in d}
+        pair_cs = [c for c in fine if c in PAIR_CONDITIONS]
+        no_signal = bool(pair_cs) and all(conditions[c]["outcome"] == NO_SIGNAL for c in pair_cs)
+        why: dict[str, list[str]] = {}   # conditions without signal for the same reason are named together
+        for c in pair_cs:
+            if conditions[c]["outcome"] == NO_SIGNAL:
+                why.setdefault(conditions[c]["reason"], []).append(c)
+        reason = "; ".join(f"{', '.join(cs)}: {r}" for r, cs in why.items())
+        train = [c for c in fine if conditions[c]["outcome"] == COMPARED]
+        if not train:   # nothing to fine-tune: the task is reported with why
+            return self._not_compared(NO_SIGNAL, reason, split, record, signal=signal)
         if not split.holdout:
             raise ConfigError("holdout", f"task {self.task.name} has no items left for the holdout after "
                                          f"{len(split.seeds)} seeds and {len(split.validation)} validation items")
         demos, rest = split_demos(self.task, split.holdout, max(self.s.shots), seed=self.s.pipeline.split_seed)
         items = rest[:self.s.holdout]
 
-        t0 = time.perf_counter()
-        original, manifest = self.original_data(split.seeds)
-        _timed(self.seconds, "original_teacher", t0)
-        arte = read_drafts(runner.paths["dataset"]) if runner.paths["dataset"].stat().st_size else []
-
         model, tok = load_hf(self.m.student, convert_dir=_convert_dir())
         del model
         fmt = ChatFormat(tok, self.task.instruction)
-        data, data_info = self.training_data(fmt, {"original": original, "arte": arte})
+        data, data_info = self.training_data(fmt, {(c, d["teacher_seed"]): d["records"][c]
+                                                   for d in per_seed for c in train})
         if data_info["used"] == 0:
-            return self._not_compared(NO_DATA, data_info["problem"], stages, split, data=data_info)
+            return self._not_compared(NO_DATA, data_info["problem"], split, record, data=data_info,
+                                      **({"signal": signal} if signal else {}))
 
         runs: list[dict[str, Any]] = []
-        t0 = time.perf_counter()
-        base = self.evaluate("untuned", fmt, items, demos, None, None)
-        _timed(self.seconds, "eval", t0)
-        runs += [{"condition": "untuned", "seed": None, "shots": k, **v} for k, v in base.items()]
+        if "untuned" in self.s.conditions:
+            t0 = time.perf_counter()
+            base = self.evaluate("untuned", fmt, items, demos, None, None)
+            _timed(self.seconds, "eval", t0)
+            runs += [{"condition": "untuned", "teacher_seed": None, "seed": None, "shots": k, **v}
+                     for k, v in base.items()]
         training: dict[str, Any] = {}
-        for seed in range(self.s.seeds):
-            for condition in ("original", "arte"):
-                t0 = time.perf_counter()
-                adapter, gguf, sft = self.train(condition, seed, data[condition])
-                _timed(self.seconds, "sft", t0)
-                training[f"{condition}-seed{seed}"] = sft
-                t0 = time.perf_counter()
-                res = self.evaluate(f"{condition}-seed{seed}", fmt, items, demos, adapter, gguf)
-                _timed(self.seconds, "eval", t0)
-                runs += [{"condition": condition, "seed": seed, "shots": k, **v} for k, v in res.items()]
-        _timed(self.seconds, "total", t_task)
+        for ts in tseeds:
+            for seed in range(self.s.seeds):
+                for c in train:
+                    name = f"{c}-t{ts}-seed{seed}"
+                    t0 = time.perf_counter()
+                    adapter, gguf, sft = self.train(c, ts, seed, data[c, ts])
+                    _timed(self.seconds, "sft", t0)
+                    training[name] = sft
+                    t0 = time.perf_counter()
+                    res = self.evaluate(name, fmt, items, demos, adapter, gguf)
+                    _timed(self.seconds, "eval", t0)
+                    runs += [{"condition": c, "teacher_seed": ts, "seed": seed, "shots": k, **v}
+                             for k, v in res.items()]
+        _timed(self.seconds, "total", self._t_task)
         # what the steps took when they ran (cached ones included; model loading excluded)
-        compute = {"pipeline": sum(v["seconds"] for v in summary["stages"].values()),
-                   "original_teacher": manifest["seconds"],
+        compute = {"pipeline": sum(st["seconds"] for d in per_seed for p in d["pipelines"].values()
+                                   for st in p.values()),
                    "sft": sum(v["seconds"] for v in training.values()),
                    "eval": sum(r["seconds"] for r in runs)}
         chance = (sum(1 / len(e.choices) for e in items) / len(items)) if self.task.kind == "multiple_choice" else 0.0
-        return {"task": self.task.name, "source": str(self.task.source), "sha256": self.task_sha,
-                "kind": self.task.kind, "eval_mode": self.mode, "outcome": COMPARED, "chance": round(chance, 4),
-                "holdout_ids": [e.id for e in items], "demo_ids": [d.id for d in demos],
-                "split": {"seeds": len(split.seeds), "validation": len(split.validation),
-                          "holdout_available": len(split.holdout)},
-                "labels": {"seeds": label_counts(split.seeds), "validation": label_counts(split.validation),
-                           "demos": label_counts(demos), "holdout": label_counts(items),
-                           "original": label_counts(data["original"]), "arte": label_counts(data["arte"])},
-                "data": data_info, "pipeline": stages, "training": training, "runs": runs,
-                "seconds": self.seconds, "compute_seconds": {k: round(v, 1) for k, v in compute.items()},
-                "cached": self.cached, "work_dir": str(self.work)}
+        labels = {"seeds": label_counts(split.seeds), "validation": label_counts(split.validation),
+                  "demos": label_counts(demos), "holdout": label_counts(items)}
+        labels |= {f"{c}@t{ts}": label_counts(recs) for (c, ts), recs in data.items()}
+        out = {"task": self.task.name, "source": str(self.task.source), "sha256": self.task_sha,
+               "kind": self.task.kind, "eval_mode": self.mode, "outcome": NO_SIGNAL if no_signal else COMPARED,
+               **({"reason": reason, "signal": signal} if no_signal else {}),
+               "chance": round(chance, 4), "holdout_ids": [e.id for e in items], "demo_ids": [d.id for d in demos],
+               "split": {"seeds": len(split.seeds), "validation": len(split.validation),
+                         "holdout_available": len(split.holdout)},
+               "labels": labels, "data": data_info, **record, "training": training, "runs": runs,
+               "seconds": self.seconds, "compute_seconds": {k: round(v, 1) for k, v in compute.items()},
+               "cached": self.cached, "work_dir": str(self.work)}
+        return out
 
 
 def _convert_dir() -> Path:
@@ -424,7 +508,7 @@ def _convert_dir() -> Path:
 def run_experiment(task_paths: Sequence[Path], s: ExperimentSettings, work: Path, bars: Bars) -> dict[str, Any]:
     """Run every task (see the module docstring) and return the result document
     (:mod:`arte_cli.experiment_report`)."""
-    from arte_cli.experiment_report import COMPARED, FORMAT, summarize
+    from arte_cli.experiment_report import FORMAT, summarize
 
     t0 = time.perf_counter()
     m = _models(s)
@@ -435,7 +519,7 @@ def run_experiment(task_paths: Sequence[Path], s: ExperimentSettings, work: Path
         except ArteError:
             log.error("task %s failed; the steps it finished stay cached under %s for a rerun", path, work)
             raise
-        if t["outcome"] == COMPARED:
+        if t["runs"]:
             t.update(summarize(t["runs"], s.shots, n_boot=s.n_boot, level=s.level, seed=0))
         tasks.append(t)
     return {"format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -445,6 +529,7 @@ def run_experiment(task_paths: Sequence[Path], s: ExperimentSettings, work: Path
             "seed_varies": SEED_VARIES,
             "bootstrap": {"n_boot": s.n_boot, "level": s.level, "seed": 0,
                           "method": "percentile bootstrap, items resampled jointly for paired conditions, "
-                                    "seed runs resampled per condition (arte.stats)"},
+                                    "teacher seeds resampled (jointly for conditions made from the same "
+                                    "teacher seeds) and SFT seed runs within them per condition (arte.stats)"},
             "tasks": tasks, "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -527,6 +527,9 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @click.option("--pair-confidence", default=0.9, show_default=True, type=float,
               help="Level at which a pair's chosen must beat rejected beyond noise (0: point estimates); "
                    "without any pair the run ends as no signal.")
+@click.option("--select-items", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Judge the drafts on the top-k validation items by IRT discrimination (2PL fit on the draft "
+                   "x item matrix, label-balanced; recorded in selection.json); 0: all items.")
 @click.option("--stages", default="draft,score,pairs,align,tailor", show_default=True,
               help="Stages to run, comma-separated.")
 @click.option("--force", default="", help="Stages to re-run even when up to date, comma-separated.")
@@ -539,7 +542,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
              student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
              question_tokens: int,
              rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, pair_confidence: float,
-             stages: str, force: str, threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
+             select_items: int, stages: str, force: str, threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
     """Run draft -> score -> pairs -> align -> tailor in a work directory, resuming finished stages."""
     from arte.elicit import ElicitConfig
     from arte.models import resolve_model
@@ -561,7 +564,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
                 align=_align_config(**align_opts),
                 tailor=TailorConfig(n_questions=tailor_questions, check_samples=check_samples,
                                     rationale_max_new_tokens=rationale_tokens, **q),
-                n_seeds=n_seeds, n_validation=n_validation, split_seed=split_seed)
+                n_seeds=n_seeds, n_validation=n_validation, split_seed=split_seed, select_items=select_items)
             if endpoint:
                 raise click.UsageError("the pipeline aligns a local teacher; --endpoint works with `arte draft`")
             _threads(threads)

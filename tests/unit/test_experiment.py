@@ -34,6 +34,7 @@ def _task_file(tmp_path: Path, name: str = "yesno", choices: bool = True) -> Pat
 
 @pytest.mark.parametrize("args, option", [
     (["--seeds", "0"], "--seeds"),
+    (["--teacher-seeds", "0"], "--teacher-seeds"),
     (["--holdout", "0"], "--holdout"),
     (["--shots", "0,x"], "--shots"),
     (["--shots", "0,0"], "--shots"),
@@ -70,8 +71,28 @@ def test_task_errors_name_the_task_option(tmp_path: Path) -> None:
 def test_experiment_is_listed_and_documented() -> None:
     res = CliRunner().invoke(main, ["experiment", "--help"])
     assert res.exit_code == 0
-    for option in ("--task", "--seeds", "--eval-mode", "--holdout", "--train-size", "--json"):
+    for option in ("--task", "--seeds", "--teacher-seeds", "--conditions", "--select-items", "--eval-mode",
+                   "--holdout", "--train-size", "--json"):
         assert option in res.output
+    flat = " ".join(res.output.split())   # click wraps the help text
+    for name in ("untuned", "Original Teacher", "ARTE", "Question Only", "Rationale Only", "question-only",
+                 "rationale-only"):
+        assert name in flat
+
+
+@pytest.mark.parametrize("value", ["arte,vibes", "", "untuned", "arte,arte"])
+def test_conditions_are_checked_before_anything_runs(tmp_path: Path, value: str) -> None:
+    res = CliRunner().invoke(main, ["experiment", "--task", str(_task_file(tmp_path)), "--out",
+                                    str(tmp_path / "out"), "--conditions", value])
+    assert res.exit_code == 2 and "--conditions" in res.output, res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_items_must_leave_fewer_than_the_validation_items(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["experiment", "--task", str(_task_file(tmp_path)), "--out",
+                                    str(tmp_path / "out"), "--validation", "8", "--select-items", "8"])
+    assert res.exit_code == 2 and "--select-items" in res.output, res.output
+    assert "--select-items" in CliRunner().invoke(main, ["pipeline", "--help"]).output   # the pipeline has it too
 
 
 def test_equalize_truncates_to_the_smaller_dataset_in_order() -> None:
@@ -94,19 +115,22 @@ def test_cache_is_valid_only_for_its_key(tmp_path: Path) -> None:
 
 def _runs(seed: int = 0) -> list[dict]:
     """Untuned at ~50%, original ~60% (with seed noise), arte = original plus the first 10 items, which the
-    others get wrong."""
+    others get wrong; 2 teacher seeds x 2 SFT seeds (3 rows of teacher seed 0 for arte: unbalanced is fine)."""
     rng = np.random.default_rng(seed)
     truth = rng.random(N_ITEMS)
     truth[:10] = 0.95
-    runs = [{"condition": "untuned", "seed": None, "shots": k, "outcomes": [int(t < 0.5) for t in truth],
-             "answers": ["x"] * N_ITEMS} for k in (0, 3)]
-    for s in range(3):
-        noise = rng.random(N_ITEMS) * 0.1
-        for k in (0, 3):
-            orig = [int(t + n < 0.6) for t, n in zip(truth, noise)]
-            arte = [max(o, int(i < 10)) for i, o in enumerate(orig)]
-            runs += [{"condition": "original", "seed": s, "shots": k, "outcomes": orig, "answers": ["x"] * N_ITEMS},
-                     {"condition": "arte", "seed": s, "shots": k, "outcomes": arte, "answers": ["x"] * N_ITEMS}]
+    runs = [{"condition": "untuned", "teacher_seed": None, "seed": None, "shots": k,
+             "outcomes": [int(t < 0.5) for t in truth], "answers": ["x"] * N_ITEMS} for k in (0, 3)]
+    for ts in (0, 1):
+        for s in range(2):
+            noise = rng.random(N_ITEMS) * 0.1
+            for k in (0, 3):
+                orig = [int(t + n < 0.6) for t, n in zip(truth, noise)]
+                arte = [max(o, int(i < 10)) for i, o in enumerate(orig)]
+                runs += [{"condition": "original", "teacher_seed": ts, "seed": s, "shots": k, "outcomes": orig,
+                          "answers": ["x"] * N_ITEMS},
+                         {"condition": "arte", "teacher_seed": ts, "seed": s, "shots": k, "outcomes": arte,
+                          "answers": ["x"] * N_ITEMS}]
     return runs
 
 
@@ -115,13 +139,23 @@ def _document() -> dict:
     task = {"task": "yesno", "source": "yesno.jsonl", "sha256": "0" * 64, "kind": "multiple_choice",
             "eval_mode": "loglik", "chance": 0.5, "holdout_ids": [f"i{i}" for i in range(N_ITEMS)],
             "demo_ids": ["gold-a", "gold-b", "gold-c"],
-            "data": {"kept": {"original": 30, "arte": 25}, "fit": {"original": 28, "arte": 25}, "used": 25,
-                     "dropped_too_long": {"original": 2, "arte": 0}, "truncated": {"original": 3, "arte": 0}, "identical": 0,
+            "data": {"kept": {"original@t0": 30, "arte@t0": 25}, "fit": {"original@t0": 28, "arte@t0": 25}, "used": 25,
+                     "dropped_too_long": {"original@t0": 2, "arte@t0": 0}, "truncated": {"original@t0": 3, "arte@t0": 0},
                      "note": "…"},
-            "pipeline": {}, "training": {}, "runs": runs, "seconds": {"total": 1.0}, "compute_seconds": {}, "cached": []}
+            "outcome": "compared", "teacher_seeds": [0, 1],
+            "conditions": {"untuned": {"outcome": "compared"},
+                           "original": {"outcome": "compared", "teacher_seeds": {
+                               "0": {"outcome": "compared", "selection": {"selected": 12, "tied_best": 3}}}},
+                           "arte": {"outcome": "compared", "teacher_seeds": {
+                               "0": {"outcome": "compared", "pairs": {"question": 1, "rationale": 5},
+                                     "reward_margin": {"on": "held_out", "pairs": 2, "before": 0.0, "after": 0.2,
+                                                       "accuracy_before": 0.5, "accuracy_after": 1.0}}}},
+                           "question-only": {"outcome": "no_signal", "reason": "teacher seed 0: no signal"}},
+            "pipelines": {"0": {}, "1": {}}, "training": {}, "runs": runs, "seconds": {"total": 1.0},
+            "compute_seconds": {}, "cached": []}
     task.update(summarize(runs, (0, 3), n_boot=500, seed=0))
     # round-trip through JSON, as a reader of the file would get it
-    return json.loads(json.dumps({"format": FORMAT, "created": "now", "settings": {"seeds": 3},
+    return json.loads(json.dumps({"format": FORMAT, "created": "now", "settings": {"seeds": 2, "teacher_seeds": 2},
                                   "models": {"teacher": "t", "student": "s", "eval_backend": "llama"},
                                   "seed_varies": SEED_VARIES,
                                   "bootstrap": {"n_boot": 500, "level": 0.95, "seed": 0, "method": "…"},
@@ -144,6 +178,20 @@ def test_document_is_recomputable_from_its_runs() -> None:
     with pytest.raises(ConfigError, match=r"runs\[0\]\.seed"):
         check_document(bad)
     bad = copy.deepcopy(doc)
+    bad["tasks"][0]["runs"][3]["teacher_seed"] = None
+    with pytest.raises(ConfigError, match=r"runs\[3\]\.teacher_seed"):
+        check_document(bad)
+    bad = copy.deepcopy(doc)
+    bad["tasks"][0]["runs"][3]["condition"] = "question-only"   # a condition without signal has no runs
+    with pytest.raises(ConfigError, match=r"runs\[3\]\.condition"):
+        check_document(bad)
+    bad = copy.deepcopy(doc)
+    for r in bad["tasks"][0]["runs"]:   # the teacher seeds relabelled: the intervals' groups change
+        if r["teacher_seed"] == 1 and r["seed"] == 1:
+            r["teacher_seed"] = 0
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.(accuracy|differences)"):
+        check_document(bad)
+    bad = copy.deepcopy(doc)
     del bad["tasks"][0]["holdout_ids"]
     with pytest.raises(ConfigError, match="holdout_ids"):
         check_document(bad)
@@ -156,27 +204,32 @@ def test_summary_has_every_condition_and_the_paired_differences() -> None:
     t = doc["tasks"][0]
     assert {(a["condition"], a["shots"]) for a in t["accuracy"]} == {
         (c, k) for c in ("untuned", "original", "arte") for k in (0, 3)}
+    assert {(d["a"], d["b"]) for d in t["differences"]} == {("arte", "original"), ("arte", "untuned"),
+                                                            ("original", "untuned")}   # only conditions with runs
     acc = {(a["condition"], a["shots"]): a for a in t["accuracy"]}
-    assert acc["untuned", 0]["n_seeds"] == 1 and acc["arte", 0]["n_seeds"] == 3
+    assert acc["untuned", 0]["n_seeds"] == 1 and acc["untuned", 0]["n_groups"] is None
+    assert acc["arte", 0]["n_seeds"] == 4 and acc["arte", 0]["n_groups"] == 2
     diff = {(d["a"], d["b"], d["shots"]): d for d in t["differences"]}
     d = diff["arte", "original", 0]
     assert d["estimate"] == pytest.approx(acc["arte", 0]["estimate"] - acc["original", 0]["estimate"], abs=2e-6)
-    assert d["n_seeds"] == 3 and d["n_seeds_b"] == 3
+    assert d["n_seeds"] == 4 and d["n_seeds_b"] == 4 and d["n_groups"] == d["n_groups_b"] == 2
     # arte never loses an item to original and wins some: the paired interval is above 0 and narrower than
     # an unpaired one built from the two conditions' own intervals
     assert 0 < d["low"] <= d["estimate"] <= d["high"]
     unpaired = np.hypot(acc["arte", 0]["high"] - acc["arte", 0]["low"],
                         acc["original", 0]["high"] - acc["original", 0]["low"])
     assert d["high"] - d["low"] < 0.6 * unpaired
-    # the same number bootstrap_ci gives on the matrices
-    m = {c: np.array([r["outcomes"] for r in t["runs"] if r["condition"] == c and r["shots"] == 0])
-         for c in ("arte", "original")}
-    direct = bootstrap_ci(m["arte"], m["original"], n_boot=500, seed=0)
+    # the same number bootstrap_ci gives on the matrices, with the teacher seeds as the groups of rows
+    rows = {c: sorted((r for r in t["runs"] if r["condition"] == c and r["shots"] == 0),
+                      key=lambda r: (r["teacher_seed"], r["seed"])) for c in ("arte", "original")}
+    m = {c: np.array([r["outcomes"] for r in v]) for c, v in rows.items()}
+    g = {c: [r["teacher_seed"] for r in v] for c, v in rows.items()}
+    direct = bootstrap_ci(m["arte"], m["original"], n_boot=500, seed=0, groups_a=g["arte"], groups_b=g["original"])
     assert (d["low"], d["high"]) == (round(direct.low, 6), round(direct.high, 6))
 
 
 def test_identical_conditions_have_a_zero_difference() -> None:
-    runs = [r for r in _runs() if r["condition"] == "untuned" or r["seed"] == 0]
+    runs = [r for r in _runs() if r["condition"] == "untuned" or (r["seed"] == 0 and r["teacher_seed"] == 0)]
     for r in runs:
         if r["condition"] == "arte":
             r["outcomes"] = next(o["outcomes"] for o in runs if o["condition"] == "original"
@@ -189,11 +242,14 @@ def test_identical_conditions_have_a_zero_difference() -> None:
 def test_table_brief_and_plot(tmp_path: Path) -> None:
     doc = _document()
     text = table(doc)
-    assert "yesno" in text and "arte - original" in text and "95% CI" in text
-    assert len([line for line in text.splitlines() if line.startswith("yesno ")]) == 2   # 0- and 3-shot rows
+    assert "yesno" in text and "- Original Teacher" in text and "95% CI" in text and "2 teacher seeds" in text
+    assert len([line for line in text.splitlines() if line.startswith("yesno ")]) == 6   # 3 conditions x 2 shots
+    assert "Question Only: no signal" in text and "accuracy 0.50 -> 1.00" in text and "3 with a tied best" in text
     line = brief(doc, tmp_path / "experiment.json")
     assert json.loads(json.dumps(line))["tasks"]["yesno"]["train_size"] == 25
-    assert set(line["tasks"]["yesno"]["arte-original"]) == {"0", "3"}
+    assert {k for k in line["tasks"]["yesno"]["differences"] if k.startswith("arte-original")} == {
+        "arte-original@0", "arte-original@3"}
+    assert line["tasks"]["yesno"]["conditions"]["question-only"] == "no_signal"
     png = plot(doc, tmp_path / "experiment.png")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

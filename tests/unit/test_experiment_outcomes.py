@@ -1,5 +1,6 @@
 """`arte experiment` over two tasks with fakes (scripted teacher, copying student, no training): a task whose
-drafts give no preference pair is reported as "no signal" with its numbers, and the next task still runs."""
+drafts give no preference pair is reported as "no signal" with its numbers (untuned and the Original Teacher,
+which need no pair, still run), and the next task still runs."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     calls: dict[str, list] = {"align": [], "train": [], "evaluate": []}
     ref = ModelRef("gguf", Path("/nonexistent.gguf"), "fake")
     monkeypatch.setattr(experiment_run, "_models", lambda s: _Models(
-        ref, ref, "llama", lambda adapter: _teacher(), lambda adapter: _teacher(), LastAnswerCopyingStudent,
+        ref, ref, "llama", lambda adapter: _teacher(), LastAnswerCopyingStudent,
         {"teacher": "t", "student": "s", "tailor_teacher": "tt"}))
 
     def align(model, pairs, config, out_dir, progress=None, **kw):
@@ -68,7 +69,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         (out_dir / arte.dpo.METADATA_FILE).write_text(json.dumps(meta))
         return arte.dpo.AlignResult(out_dir, meta)
 
-    def train(self, condition, seed, records):
+    def train(self, condition, teacher_seed, seed, records):
         calls["train"].append((self.task.name, condition, seed, len(records)))
         return Path("/nonexistent-adapter"), None, {"steps": 1, "tokens": 1, "seconds": 0.0}
 
@@ -88,8 +89,8 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 def _settings(max_length: int = 2048) -> ExperimentSettings:
     pipeline = PipelineConfig(elicit=ElicitConfig(n_questions=8, styles=("plain", "rules")),
                               tailor=TailorConfig(n_questions=4, check_samples=0), n_validation=12)
-    return ExperimentSettings(pipeline=pipeline, sft=SFTConfig(max_length=max_length), seeds=1, shots=(0,),
-                              holdout=6, n_boot=100)
+    return ExperimentSettings(pipeline=pipeline, sft=SFTConfig(max_length=max_length), seeds=1, teacher_seeds=2,
+                              shots=(0,), holdout=6, n_boot=100)
 
 
 def test_a_task_without_signal_is_reported_and_the_next_task_runs(tmp_path: Path, fakes) -> None:
@@ -97,30 +98,59 @@ def test_a_task_without_signal_is_reported_and_the_next_task_runs(tmp_path: Path
     sharp = _task(tmp_path, "sharp", "Sharp task: judge plausibility.")
     doc = run_experiment([flat, sharp], _settings(), tmp_path / "work", lambda *a: None)
     first, second = doc["tasks"]
-    assert first["task"] == "flat" and first["outcome"] == "no_signal" and first["runs"] == []
-    assert "no signal" in first["reason"]
-    sig = first["signal"]
+    assert first["task"] == "flat" and first["outcome"] == "no_signal" and "no signal" in first["reason"]
+    assert first["reason"].startswith("arte, question-only, rationale-only: teacher seed 0: no signal")
+    assert first["reason"].count("teacher seed 0") == 1   # one reason, not one per condition
+    assert first["teacher_seeds"] == [0, 1]
+    for c in ("arte", "question-only", "rationale-only"):
+        assert first["conditions"][c]["outcome"] == "no_signal" and "teacher seed 0" in first["conditions"][c]["reason"]
+    sig = first["signal"]["0"]
     assert sig["scores"]["spread"] == 0.0 and sig["answers"] == {"plausible": 16} and sig["items"]["min"] == 12.0
-    assert first["pipeline"]["pairs"]["summary"]["skipped"]["rationale"] == {"tie": 8}
-    assert first["pipeline"]["align"]["stopped"] == "no_signal" and first["pipeline"]["tailor"]["stopped"] == "no_signal"
-    # the second task ran the whole way: DPO on its pairs, training and evaluation of every condition
+    main = first["pipelines"]["0"]["arte"]
+    assert main["pairs"]["summary"]["skipped"]["rationale"] == {"tie": 8}
+    assert main["align"]["stopped"] == "no_signal" and main["tailor"]["stopped"] == "no_signal"
+    assert set(first["pipelines"]["0"]) == {"arte"}   # no pair at all: no ablation branch is run
+    # the conditions that need no pair still ran on the flat task: untuned and the Original Teacher
+    assert {r["condition"] for r in first["runs"]} == {"untuned", "original"}
+    assert {a["condition"] for a in first["accuracy"]} == {"untuned", "original"}
+    assert {(t, c) for t, c, _s, _n in fakes["train"] if t == "flat"} == {("flat", "original")}
+    # the second task ran the whole way: DPO on its (rationale) pairs per teacher seed; no question pairs
     assert second["task"] == "sharp" and second["outcome"] == "compared"
-    assert second["pipeline"]["pairs"]["summary"]["n_pairs"] == 8 and fakes["align"] == [8]
-    assert {c for t, c, _s, _n in fakes["train"]} == {"original", "arte"} and {t for t, *_ in fakes["train"]} == {"sharp"}
-    assert {t for t, _ in fakes["evaluate"]} == {"sharp"}
-    assert {a["condition"] for a in second["accuracy"]} == {"untuned", "original", "arte"}
+    conds = second["conditions"]
+    assert conds["arte"]["outcome"] == conds["rationale-only"]["outcome"] == "compared"
+    assert conds["question-only"]["outcome"] == "no_signal"
+    assert second["pipelines"]["1"]["arte"]["pairs"]["summary"]["n_pairs"] == 8
+    assert fakes["align"] == [8, 8, 8, 8]   # per teacher seed: ARTE, then Rationale Only
+    assert {c for t, c, _s, _n in fakes["train"] if t == "sharp"} == {"original", "arte", "rationale-only"}
+    assert {a["condition"] for a in second["accuracy"]} == {"untuned", "original", "arte", "rationale-only"}
+    assert {t for t, _ in fakes["evaluate"]} == {"flat", "sharp"}
     check_document(json.loads(json.dumps(doc)))
     text = table(doc)
-    assert "flat: no signal, not compared: no signal" in text and "sharp" in text
+    assert "flat: no signal (untuned and Original Teacher still compared above)" in text and "sharp" in text
+    assert "Question Only: no signal" in text
     line = brief(doc, tmp_path / "experiment.json")
     assert line["tasks"]["flat"]["outcome"] == "no_signal" and line["tasks"]["sharp"]["outcome"] == "compared"
+    assert line["tasks"]["sharp"]["conditions"]["question-only"] == "no_signal"
     assert plot(doc, tmp_path / "experiment.png").read_bytes()[:4] == b"\x89PNG"
 
     # a rerun reuses the first task's cached stages and stops at the same outcome
     again = run_experiment([flat], _settings(), tmp_path / "work", lambda *a: None)
     (t,) = again["tasks"]
-    assert t["outcome"] == "no_signal" and t["cached"] == ["pipeline/draft", "pipeline/score", "pipeline/pairs"]
+    assert t["outcome"] == "no_signal" and t["cached"] == [f"teacher{ts}/arte/{st}" for ts in (0, 1)
+                                                             for st in ("draft", "score", "pairs")]
     assert plot(again, tmp_path / "only.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_without_the_original_teacher_a_task_without_signal_has_no_runs(tmp_path: Path, fakes) -> None:
+    import dataclasses
+
+    s = dataclasses.replace(_settings(), conditions=("untuned", "arte"))
+    doc = run_experiment([_task(tmp_path, "flat", "Flat task.")], s, tmp_path / "work", lambda *a: None)
+    (t,) = doc["tasks"]
+    assert t["outcome"] == "no_signal" and t["runs"] == [] and fakes["train"] == [] and fakes["evaluate"] == []
+    check_document(doc)
+    assert "flat: no signal: arte: teacher seed 0" in table(doc)
+    assert plot(doc, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_task_without_training_data_is_reported_as_no_data(tmp_path: Path, fakes) -> None:
@@ -129,22 +159,25 @@ def test_a_task_without_training_data_is_reported_as_no_data(tmp_path: Path, fak
                          lambda *a: None)
     (t,) = doc["tasks"]
     assert t["outcome"] == "no_data" and t["runs"] == [] and "no usable training examples" in t["reason"]
-    assert t["data"]["used"] == 0 and t["data"]["kept"] == {"original": 4, "arte": 4} and fakes["train"] == []
+    assert t["data"]["used"] == 0 and t["data"]["kept"]["arte@t0"] == 4 and t["data"]["kept"]["original@t1"] == 8
+    assert fakes["train"] == []
     check_document(doc)
-    assert "sharp: no data, not compared" in table(doc)
+    assert "sharp: no data: " in table(doc)
 
 
 def test_check_document_refuses_an_unknown_outcome_or_a_no_signal_task_without_numbers(tmp_path: Path) -> None:
     from arte.errors import ConfigError
     from arte_cli.experiment_report import FORMAT
 
-    task = {"task": "flat", "outcome": "no_signal", "reason": "no signal: ...", "pipeline": {"pairs": {}},
-            "signal": {"scores": None}, "runs": []}
+    task = {"task": "flat", "outcome": "no_signal", "reason": "no signal: ...", "pipelines": {"0": {}},
+            "teacher_seeds": [0], "conditions": {"arte": {"outcome": "no_signal"}},
+            "signal": {"0": {"scores": None}}, "runs": []}
     doc = {"format": FORMAT, "settings": {"seeds": 1}, "models": {}, "seed_varies": "", "tasks": [task],
            "bootstrap": {"n_boot": 100, "level": 0.95, "seed": 0}, "seconds": 1.0}
     check_document(doc)
     for bad, field in (({"outcome": "meh"}, "tasks[0].outcome"), ({"signal": None}, "tasks[0].signal"),
-                       ({"runs": [{"condition": "arte"}]}, "tasks[0].runs")):
+                       ({"conditions": {"arte": {"outcome": "compared"}}}, "tasks[0].conditions"),
+                       ({"outcome": "no_data", "data": {"used": 0}, "runs": [{"condition": "arte"}]}, "tasks[0].runs")):
         with pytest.raises(ConfigError) as e:
             check_document({**doc, "tasks": [{**task, **bad}]})
         assert e.value.field == field

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,25 @@ def test_selection_ranks_by_absolute_discrimination_and_balances_where_items_all
     assert select_items(fit, 5, labels).tolist() == [1, 2, 3, 5, 4]
     with pytest.raises(ConfigError, match="labels"):
         select_items(fit, 3, ["x"])
+
+
+def test_choose_items_is_the_whole_step_with_its_balance_check() -> None:
+    from arte.irt import choose_items
+
+    y, labels = _label_copying()
+    ids = [f"i{j}" for j in range(len(labels))]
+    groups = [f"q{d // 2}" for d in range(len(y))]
+    rec = choose_items(y, ids, 8, list(labels), groups)
+    assert len(rec["selected"]) == 8 and set(rec["selected"]) <= set(ids)
+    assert rec["labels"] == {"A": 4, "B": 4} and rec["labels_of_all"] == {"A": 10, "B": 10} and rec["balanced"]
+    assert rec["n_items"] == 20 and rec["n_drafts"] == 12 and rec["agreement"]["groups"] == 6
+    a = [abs(x) for x in rec["discrimination"]]
+    assert a == sorted(a, reverse=True)
+    json.dumps(rec)   # JSON-ready
+    # a label with too few items cannot be balanced: said, not hidden
+    few = ["A"] * 19 + ["B"]
+    rec = choose_items(y, ids, 8, few)
+    assert rec["labels"] == {"A": 7, "B": 1} and rec["balanced"] is False
+    assert "labels" not in choose_items(y, ids, 8)
+    with pytest.raises(ConfigError, match="item_ids"):
+        choose_items(y, ids[:3], 2)

@@ -255,3 +255,20 @@ def test_bad_estimates_name_the_field(kw, field) -> None:
     with pytest.raises(ConfigError) as e:
         ScoreEstimate(**kw)
     assert e.value.field == field
+
+
+def test_original_teacher_keeps_the_best_scored_rationale_of_each_question() -> None:
+    from arte.pairs import preferred_rationales
+
+    drafts = [draft(q, r) for q in range(3) for r in range(3)]
+    scores = {"q0-r0": (10, 2), "q0-r1": (10, 9), "q0-r2": (10, 5),     # q0: r1 is best
+              "q1-r0": (10, 6), "q1-r1": (10, 6), "q1-r2": (10, 1),     # q1: r0 and r1 tie for best
+              "q2-r2": (10, 3)}                                          # q2: only r2 scored
+    recs, info = preferred_rationales(drafts, scores)
+    assert [d.id for d in recs] == ["q0-r1", "q1-r0", "q2-r2"]         # per question, in draft order
+    assert info == {"questions": 3, "selected": 3, "tied_best": 1, "single": 1,
+                    "mean_selected_score": pytest.approx((0.9 + 0.6 + 0.3) / 3), "excluded": {"no_score": 2}}
+    # the choice follows the scores, not the draft order
+    recs, _ = preferred_rationales(drafts, {**scores, "q0-r2": (10, 10)})
+    assert recs[0].id == "q0-r2"
+    assert preferred_rationales(drafts, {})[0] == []

@@ -172,3 +172,45 @@ def test_read_scores_accepts_edge_agent_output_and_rejects_junk(tmp_path) -> Non
     assert e.value.index == 0 and e.value.field == "scores"
     with pytest.raises(DraftFormatError, match="no such file"):
         read_scores(tmp_path / "missing.json")
+
+
+def test_irt_selection_is_part_of_the_pairs_stage_and_k_reruns_only_pairs(tmp_path) -> None:
+    import dataclasses
+
+    p, opened = make_pipeline(tmp_path)
+    p.config = dataclasses.replace(p.config, select_items=5)
+    out = p.run(["draft", "score", "pairs"])
+    sel = json.loads(p.paths["selection"].read_text())
+    assert len(sel["selected"]) == 5 and set(sel["selected"]) <= {e.id for e in p.split.validation}
+    assert sel["n_items"] == 12 and sel["n_drafts"] == 16 and sel["labels"] == {"implausible": 5}
+    summary = out["stages"]["pairs"]["summary"]
+    assert summary["selection"]["kept"] == 5 and summary["signal"]["items"] == {"min": 5.0, "max": 5.0}
+    kept = p.pair_scores()
+    assert {e.n_items for e in kept.values()} == {5.0} and len(kept) == 16
+    # a different k: the pairs stage reruns on the stored outcomes, nobody rescored anything
+    p.config = dataclasses.replace(p.config, select_items=3)
+    opened.clear()
+    out = p.run(["draft", "score", "pairs"])
+    assert [s["skipped"] for s in out["stages"].values()] == [True, True, False] and opened == []
+    assert len(json.loads(p.paths["selection"].read_text())["selected"]) == 3
+    with pytest.raises(ConfigError) as e:
+        dataclasses.replace(p.config, select_items=12)   # not fewer than the 12 validation items
+    assert e.value.field == "select_items"
+
+
+def test_a_branch_reuses_drafts_and_scores_with_its_own_pairs(tmp_path) -> None:
+    import dataclasses
+
+    from arte.pairs import PairConfig
+
+    p, opened = make_pipeline(tmp_path / "main")
+    with pytest.raises(ConfigError, match="branch needs a current 'draft'"):
+        p.branch(tmp_path / "early", p.config)
+    p.run(["draft", "score", "pairs"])
+    opened.clear()
+    b = p.branch(tmp_path / "q", dataclasses.replace(p.config, pairs=PairConfig(kinds=("question",))))
+    out = b.run(["draft", "score", "pairs"])
+    assert [s["skipped"] for s in out["stages"].values()] == [True, True, False] and opened == []
+    assert b.paths["drafts"].read_bytes() == p.paths["drafts"].read_bytes()
+    assert read_pairs(b.paths["pairs"]) == [] and out["outcome"] == "no_signal"   # equal s_q: no question pair
+    assert len(read_pairs(p.paths["pairs"])) == 8                                 # the main run is untouched

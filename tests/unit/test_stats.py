@@ -140,3 +140,53 @@ def test_errors_name_the_argument() -> None:
         bootstrap_ci([[1, 0], [1]])
     with pytest.raises(ConfigError, match="finite"):
         bootstrap_ci([1.0, float("nan")])
+
+
+def _grouped(rng: np.random.Generator, effects: list[float], rows: int, items: int, noise: float = 0.02
+             ) -> tuple[np.ndarray, list[int]]:
+    """Rows of teacher seed g score ``effects[g]`` on every item, plus a little SFT-seed noise."""
+    m = np.vstack([np.full((rows, items), e) + rng.normal(0, noise, size=(rows, items)) for e in effects])
+    return m, [g for g in range(len(effects)) for _ in range(rows)]
+
+
+def test_teacher_seed_groups_widen_the_interval_by_their_spread() -> None:
+    """Two teacher seeds far apart, five SFT runs each: treated as ten independent runs the interval is
+    too narrow; as two groups it covers the teacher-seed spread."""
+    rng = np.random.default_rng(4)
+    m, groups = _grouped(rng, [0.3, 0.7], rows=5, items=40)
+    flat = bootstrap_ci(m, n_boot=4000)
+    nested = bootstrap_ci(m, n_boot=4000, groups_a=groups)
+    assert nested.estimate == flat.estimate == pytest.approx(0.5, abs=0.01)
+    assert nested.se > 1.8 * flat.se and nested.width > 1.4 * flat.width   # se ratio ~ sqrt(10 runs / 2 groups)
+    assert nested.n_groups == 2 and flat.n_groups is None and nested.n_seeds == 10
+    # a resample can draw the same teacher seed twice: the interval reaches the groups' own means
+    assert nested.low < 0.35 and nested.high > 0.65
+
+
+def test_conditions_made_from_the_same_teacher_seeds_share_the_group_draw() -> None:
+    """ARTE and Original Teacher trained on data of the same teacher seeds carry the same teacher-seed
+    effect: paired on the groups, the difference is sharp; with unrelated groups it is not."""
+    rng = np.random.default_rng(5)
+    b, groups = _grouped(rng, [0.3, 0.7], rows=3, items=40)
+    a = b + 0.1 + rng.normal(0, 0.01, size=b.shape)
+    paired = bootstrap_ci(a, b, n_boot=2000, groups_a=groups, groups_b=groups)
+    unpaired = bootstrap_ci(a, b, n_boot=2000, groups_a=groups, groups_b=[g + 10 for g in groups])
+    assert paired.low > 0.05 and paired.high < 0.15 and paired.n_groups == paired.n_groups_b == 2
+    assert unpaired.width > 4 * paired.width
+
+
+def test_groups_are_one_per_row() -> None:
+    with pytest.raises(ConfigError) as e:
+        bootstrap_ci(np.ones((3, 5)), groups_a=[0, 1])
+    assert e.value.field == "groups_a"
+    with pytest.raises(ConfigError) as e:
+        bootstrap_ci(np.ones((3, 5)), np.ones((2, 5)), groups_a=[0, 0, 1], groups_b=[0])
+    assert e.value.field == "groups_b"
+
+
+def test_groups_of_one_row_each_are_the_one_level_bootstrap_in_distribution() -> None:
+    rng = np.random.default_rng(6)
+    m = (rng.random((6, 50)) < 0.5).astype(float)
+    flat = bootstrap_ci(m, n_boot=4000)
+    each = bootstrap_ci(m, n_boot=4000, groups_a=list(range(6)))
+    assert each.estimate == flat.estimate and each.se == pytest.approx(flat.se, rel=0.1)
