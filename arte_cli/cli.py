@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from arte.errors import ArteError, BackendError, ConfigError, DraftFormatError, ModelError, TaskFormatError
-from arte_cli.home import model_dir
+from arte.home import model_dir
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME = 0, 1, 2, 3, 4, 5
 

@@ -293,7 +293,7 @@ def preflight(model: str, threads: int | None = None) -> dict[str, Any] | None:
     Returns the check's summary; None when ``model`` is not a GGUF file (llama.cpp is not used)."""
     from arte.backends.llama_check import installed_build_record, self_check
     from arte.models import resolve_model
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
 
     ref = resolve_model(model, model_dir())
     if ref.kind != "gguf":

@@ -178,7 +178,7 @@ class _Models:
 def _models(s: ExperimentSettings) -> _Models:
     from arte.errors import ModelError
     from arte.models import resolve_model
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
     from arte_cli.teacher import _student_opener, _teacher_opener
 
     teacher = resolve_model(s.teacher, model_dir())
@@ -500,7 +500,7 @@ class _TaskRun:
 
 
 def _convert_dir() -> Path:
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     return convert_dir()
 

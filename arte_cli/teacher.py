@@ -159,7 +159,7 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
                     structured_output: str = "vllm") -> tuple[Callable[[Path | None], Any], str]:
     """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string."""
     from arte.models import resolve_model
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     if endpoint:
         if not endpoint_model:
@@ -195,7 +195,7 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
 def _student_opener(student: str, backend: str, threads: int | None) -> tuple[Callable[[], Any], str]:
     from arte.backends import open_student
     from arte.models import resolve_model
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     ref = resolve_model(student, model_dir())
     return (lambda: open_student(ref, backend, n_threads=threads, convert_dir=convert_dir()),
@@ -412,7 +412,7 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
     from arte.dpo import align as run_align
     from arte.models import resolve_model
     from arte.pairs import read_pairs
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     with _session(verbose) as bars:
         try:
@@ -551,7 +551,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
     from arte.scoring import ScoringConfig
     from arte.tailor import TailorConfig
     from arte.tasks import load_task
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     with _session(verbose) as bars:
         try:

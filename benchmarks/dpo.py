@@ -83,7 +83,7 @@ def make_pairs(n: int) -> list[Any]:
 def model_ref(name: str, work: Path) -> Any:
     """The benchmark model as a ModelRef (random-weight shapes are built once into ``work``)."""
     from arte.models import ModelRef, resolve_model
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     if name == "default" or Path(name).exists():
         return resolve_model(name, model_dir())
@@ -111,7 +111,7 @@ def model_ref(name: str, work: Path) -> Any:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch.set_num_threads(spec["threads"])
     work = Path(spec["work"])
@@ -170,7 +170,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def model_shape(ref: Any) -> dict[str, int]:
     """Parameter count (tied embeddings once: they are the LM head's matmul), layers and width."""
     from arte.backends.hf import load_hf
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     model, _ = load_hf(ref, convert_dir=convert_dir())
     return {"n_params": sum(p.numel() for p in model.parameters()), "layers": model.config.num_hidden_layers,

@@ -72,7 +72,7 @@ def main() -> None:
     from arte.backends.llama import LlamaCppStudent
     from arte.backends.onnx import OnnxStudent
     from arte.models import resolve_model
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     ref = resolve_model("default", model_dir())
     t = time.perf_counter()

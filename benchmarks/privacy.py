@@ -64,7 +64,7 @@ def outcome_matrix(task_name: str, bigbench: Path, n_items: int, cache_dir: Path
     from arte.drafts import read_drafts
     from arte.models import resolve_model
     from arte.tasks import load_task, split_task
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
 
     drafts_path = ROOT / "tests" / "data" / f"drafts_{task_name}.jsonl"
     ref = resolve_model("default", model_dir())
@@ -254,7 +254,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     if args.cache_dir is None:
-        from arte_cli.home import arte_home
+        from arte.home import arte_home
 
         args.cache_dir = arte_home() / "bench"
     if not 1 <= args.items_per_device <= args.items:

@@ -59,7 +59,7 @@ def build_rows(path: Path, max_length: int) -> dict:
     from arte.models import resolve_model
     from arte.sft_data import ChatFormat, encode_records, pack, templated_records
     from arte.tasks import load_task, split_task
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     ref = resolve_model("default", model_dir())
     _, tok = load_hf(ref, convert_dir=convert_dir())
@@ -87,7 +87,7 @@ def worker(variant: str, rows_path: Path, steps: int, threads: int, batch: int, 
     from arte.models import resolve_model
     from arte.sft import SFTConfig, peak_rss_mb, train_lora
     from arte.sft_data import PackedRow, batch_order
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     raw = json.loads(rows_path.read_text())["rows"]
     rows = [PackedRow(tuple(i), tuple(p), tuple(lab), (), n) for i, p, lab, n in raw]

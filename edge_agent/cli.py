@@ -71,7 +71,7 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
     from arte.models import resolve_model
     from arte.scoring import ScoringConfig, check_items, score_drafts
     from arte.tasks import label_counts, load_task, split_task
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     try:
         cfg = ScoringConfig(mode=mode, max_new_tokens=max_new_tokens)

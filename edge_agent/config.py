@@ -39,7 +39,7 @@ def validate_setting(key: str, value: str) -> str:
         return load_profile(PROFILE_DIR / f"{value}.toml").id
     if key == "model":
         from arte.models import resolve_model
-        from arte_cli.home import model_dir
+        from arte.home import model_dir
 
         try:
             resolve_model(value, model_dir())

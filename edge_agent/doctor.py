@@ -118,7 +118,7 @@ def _runtimes(profile: Profile | None) -> list[Check]:
 def _model(model: str) -> Check:
     from arte.errors import ModelError
     from arte.models import resolve_model
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
 
     try:
         ref = resolve_model(model, model_dir())
@@ -177,7 +177,7 @@ def _llama_build(profile: Profile | None, model: str, llama_check: Callable[...,
     """Run the llama.cpp self-check with the profile's runtime and compare the build with the profile."""
     from arte.errors import ModelError
     from arte.models import resolve_model
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
 
     name = "llama_cpp.build"
     if importlib.util.find_spec("llama_cpp") is None:

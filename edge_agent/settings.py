@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from arte_cli.home import arte_home
+from arte.home import arte_home
 
 __all__ = ["AgentSettings"]
 

@@ -40,7 +40,7 @@ def open_profile_student(model: str, profile: Profile, adapter: str | None = Non
     GGUF LoRA adapter, used on the llama backend."""
     from arte.backends import open_student
     from arte.models import resolve_model
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     rt = profile.runtime
     if rt.backend == "llama" and rt.device == "cuda" and not _llama_gpu_offload():

@@ -93,7 +93,7 @@ def run_train(o: TrainOptions) -> tuple[dict[str, Any], str]:
     from arte.models import resolve_model
     from arte.sft import SFTConfig
     from arte.tasks import load_task
-    from arte_cli.home import arte_home, convert_dir, model_dir
+    from arte.home import arte_home, convert_dir, model_dir
 
     sft = SFTConfig(rank=o.rank, alpha=o.lora_alpha, lr=o.lr, epochs=o.epochs, max_steps=o.steps,
                     batch_size=o.batch_size, max_length=o.max_length, threads=o.threads,

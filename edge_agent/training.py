@@ -89,7 +89,7 @@ def train_step(req: TrainRequest) -> TrainResult:
     from arte.finetune import FinetuneConfig, finetune
     from arte.models import resolve_model
     from arte.sft import SFTConfig
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     p = req.profile
     records = read_drafts(req.dataset_path)[:p.training.max_examples]

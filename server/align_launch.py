@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from arte.dpo import AlignConfig, align
     from arte.models import resolve_model
     from arte.pairs import pair_from_dict
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     path = (argv or sys.argv[1:])[0]
     spec = json.loads(Path(path).read_text())

@@ -140,7 +140,7 @@ def _arte_task(s: Session, cohort_id: str) -> tuple[Any, list[Any]]:
 def _open_teacher(settings: ServerSettings, adapter: str | None) -> Any:
     """The configured teacher; with a PEFT adapter (from align) on torch, else on llama.cpp."""
     from arte.models import resolve_model
-    from arte_cli.home import convert_dir, model_dir
+    from arte.home import convert_dir, model_dir
 
     ref = resolve_model(settings.teacher_model, model_dir())
     if adapter:
@@ -215,7 +215,7 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         from arte.dpo import AlignConfig, align
 
         from arte.models import resolve_model
-        from arte_cli.home import convert_dir, model_dir
+        from arte.home import convert_dir, model_dir
 
         result = align(
             resolve_model(ctx.settings.teacher_model, model_dir()),

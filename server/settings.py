@@ -19,7 +19,7 @@ __all__ = ["ServerSettings"]
 
 
 def _default_data_dir() -> Path:
-    from arte_cli.home import arte_home
+    from arte.home import arte_home
 
     return arte_home() / "server"
 

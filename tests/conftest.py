@@ -16,7 +16,7 @@ BIGBENCH = DATA / "bigbench"   # five BIG-bench tasks, vendored unchanged (Apach
 
 
 def _model_dir() -> Path:
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
 
     return model_dir()
 

@@ -34,7 +34,7 @@ def test_align_changes_the_adapter_and_raises_the_margin(tmp_path, default_model
 
     from arte.backends.hf_teacher import TorchTeacher
     from arte.dpo import METADATA_FILE, AlignConfig, align
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch.set_num_threads(1)   # 2 threads spin-wait on a shared 2-core machine
     pairs = _pairs()
@@ -84,7 +84,7 @@ def test_a_short_run_trains_from_its_first_step_and_is_judged_on_held_out_pairs(
     import torch
 
     from arte.dpo import AlignConfig, align, split_pairs
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch.set_num_threads(1)
     pairs = _pairs() + [dataclasses.replace(p, id=f"x{p.id}", chosen=p.chosen.replace("plays", "is known for"))
@@ -133,7 +133,7 @@ def test_align_on_cuda(tmp_path, default_model) -> None:
     import torch
 
     from arte.dpo import AlignConfig, align
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     pairs = _pairs()
     cfg = AlignConfig(learning_rate=2e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, max_length=128,

@@ -20,7 +20,7 @@ def runs(default_model, tmp_path_factory):
 
     from arte.sft import SFTConfig, run_sft
     from arte.sft_data import ChatFormat
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch.set_num_threads(THREADS)
     records = [pirate(i, q, a) for i, (q, a) in enumerate(QA)]

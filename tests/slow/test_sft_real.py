@@ -53,7 +53,7 @@ def trained(default_model, tmp_path_factory):
     from arte.export import export_gguf_lora
     from arte.sft import SFTConfig, run_sft
     from arte.sft_data import ChatFormat
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch.set_num_threads(THREADS)
     out = tmp_path_factory.mktemp("sft")
@@ -165,7 +165,7 @@ def test_onnx_student_of_the_merged_adapter_scores_drafts_like_torch(trained, bi
     from arte.export import merge_lora
     from arte.scoring import ScoringConfig, score_drafts
     from arte.tasks import load_task, split_task
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     model, tok, out = trained["model"], trained["tok"], trained["out"]
     base, _ = load_hf(trained["ref"], convert_dir=convert_dir())

@@ -173,7 +173,7 @@ def test_context_overflow_is_a_clear_error(default_model) -> None:
 
 def test_torch_student_matches_llama_and_its_own_naive_path(default_model, students, sports) -> None:
     from arte.backends.hf import TorchStudent
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     fast, _, _ = students
     task, items = sports

@@ -27,7 +27,7 @@ def torch_teacher(default_model):
     import torch
 
     from arte.backends.hf_teacher import TorchTeacher
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch.set_num_threads(1)   # 2 threads spin-wait on a shared 2-core machine
     return TorchTeacher.from_ref(default_model, convert_dir=convert_dir(), batch_size=4)
@@ -86,7 +86,7 @@ def test_torch_teacher_adapters_switch_by_name(tmp_path, default_model) -> None:
     from arte.backends.hf import load_hf
     from arte.backends.hf_teacher import TorchTeacher
     from arte.errors import ConfigError
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch.set_num_threads(1)   # 2 threads spin-wait on a shared 2-core machine
     base, tok = load_hf(default_model, convert_dir=convert_dir())

@@ -1,4 +1,4 @@
-"""Package rules from DESIGN.md: edge_agent and server never import each other; arte imports neither,
+"""Package rules from DESIGN.md: no shell (edge_agent, server, arte_cli) imports another or tests; arte imports none,
 and `import arte` / `edge-agent --help` stay light (no torch, transformers, llama_cpp at import)."""
 
 import ast
@@ -23,9 +23,11 @@ def _imports(pkg: str) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("pkg, forbidden", [
-    ("edge_agent", {"server"}),
-    ("server", {"edge_agent"}),
-    ("arte", {"server", "edge_agent", "arte_cli", "click", "sqlalchemy", "fastapi"}),
+    # no shell imports another shell (the user's home and model directories live in arte.home)
+    ("edge_agent", {"server", "arte_cli", "tests"}),
+    ("server", {"edge_agent", "arte_cli", "tests"}),
+    ("arte_cli", {"server", "edge_agent", "tests"}),
+    ("arte", {"server", "edge_agent", "arte_cli", "tests", "click", "sqlalchemy", "fastapi"}),
 ])
 def test_forbidden_imports(pkg: str, forbidden: set[str]) -> None:
     bad = sorted((f, m) for f, m in _imports(pkg) if m in forbidden)

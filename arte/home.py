@@ -1,4 +1,5 @@
-"""Where ARTE keeps per-user files, shared by every shell (``arte``, ``edge-agent``, ``arte-server``).
+"""Where ARTE keeps per-user files, shared by every shell (``arte``, ``edge-agent``, ``arte-server``): it
+lives in the library so that no shell imports another for it.
 
 ``ARTE_HOME`` (default: the user cache dir, e.g. ``~/.cache/arte-edge``) holds ``models/`` (the embedded
 default model and converted copies) unless ``ARTE_MODEL_DIR`` points elsewhere.
