@@ -7,7 +7,8 @@ shard of the task (a task.json of its own under the device's directory, never se
 it with ``edge-agent enroll`` (laptop-CPU profile). Then one round, exactly as a fleet runs it:
 
 1. ``elicit`` job: the teacher writes draft questions and rationales; they open a round;
-2. every device runs ``edge-agent run --once``: fetches the drafts, scores them with its student on its
+2. every device runs ``edge-agent run --once`` (all at the same time, as a fleet does, each with its share
+   of this machine's cores: :func:`agent_threads`, set by ``edge-agent config set threads``): fetches the drafts, scores them with its student on its
    private validation split, and reports only per-draft counts;
 3. ``align`` job: the server pools the reports, builds chosen/rejected pairs and aligns the teacher (DPO,
    LoRA) for the cohort; when the scores separate no pair beyond noise the job ends as ``no_signal``
@@ -31,6 +32,7 @@ import base64
 import html
 import io
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -66,7 +68,8 @@ class DemoConfig:
         tailored: questions of the tailored training set.
         dpo_epochs: passes over the preference pairs.
         sft_epochs: not a flag of the device (its profile bounds training); kept for the report.
-        threads: CPU threads of every model (None: the profile's / the library's default).
+        threads: CPU threads of every model (None: each device gets the machine's cores divided by the
+            devices, which run at the same time; torch and the teacher take the library's default).
         privacy: ``none`` or ``MECHANISM:EPSILON`` (e.g. ``gaussian:2``); devices add local DP noise.
         split_seed: the shards' and every split's seed.
     """
@@ -311,16 +314,33 @@ def _stage(log: Callable[[str], None], name: str) -> Callable[[], float]:
     return lambda: round(time.monotonic() - t0, 1)
 
 
+def agent_threads(devices: int, threads: int | None = None, cpus: int | None = None) -> int:
+    """CPU threads of each simulated device: ``threads`` if given, else this machine's cores shared out
+    (the devices run at the same time, as a fleet does; llama.cpp threads that outnumber the cores
+    spin-wait on each other, so the total stays at the core count)."""
+    if threads is not None:
+        return threads
+    return max(1, (cpus or os.cpu_count() or 1) // devices)
+
+
 def _iterate(fleet: _Fleet, devices: list[dict[str, Any]], step: str, part: str,
              prog: Callable[[str, float], None]) -> list[dict[str, Any]]:
-    """``edge-agent run --once`` on every device, one after the other; ``part`` of each iteration's JSON."""
-    out = []
-    for d in devices:
+    """``edge-agent run --once`` on every device at the same time; ``part`` of each iteration's JSON, in
+    the devices' order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    finished = 0
+
+    def one(d: dict[str, Any]) -> dict[str, Any]:
+        nonlocal finished
         it = fleet.run(f"{d['name']}-{step}", "edge_agent.cli", "--state-dir", d["state_dir"], "run", "--once",
                        "--ignore-conditions", "--json")
-        out.append({"device": d["name"], **(it.get(part) or {}), "delivery": it.get("delivery")})
-        prog(step, len(out) / len(devices))
-    return out
+        finished += 1
+        prog(step, finished / len(devices))
+        return {"device": d["name"], **(it.get(part) or {}), "delivery": it.get("delivery")}
+
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        return list(pool.map(one, devices))
 
 
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
@@ -364,8 +384,11 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
                           "--dataset-key", env["ARTE_SERVER_DATASET_SIGNING_KEY"], "--json")
             devices.append({"name": f"demo-device-{i + 1}", "device_id": e["device_id"], "state_dir": str(state),
                             "private_data": str(shard)})
-        if cfg.model != "default":
-            for d in devices:
+        threads = agent_threads(cfg.devices, cfg.threads)
+        for d in devices:
+            fleet.run(f"{d['name']}-config", "edge_agent.cli", "--state-dir", d["state_dir"], "config",
+                      "set", "threads", str(threads))
+            if cfg.model != "default":
                 fleet.run(f"{d['name']}-config", "edge_agent.cli", "--state-dir", d["state_dir"], "config",
                           "set", "model", cfg.model)
         doc.update(server=fleet.url, cohort_id=cid, devices=devices)

@@ -147,7 +147,13 @@ def _profile(state: Any, settings: Any) -> Any:
     if not path.is_file():
         raise ProfileError(path, "id", f"profile {pid!r} is configured but not installed; "
                                        "`edge-agent config set profile ID`")
-    return load_profile(path)
+    profile = load_profile(path)
+    threads = state.get("threads")   # `edge-agent config set threads N` overrides the profile's
+    if threads:
+        import dataclasses
+
+        profile = dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, threads=int(threads)))
+    return profile
 
 
 # -- enroll ---------------------------------------------------------------------------------------------------

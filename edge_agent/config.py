@@ -5,7 +5,8 @@ Contract: :func:`validate_setting` returns the value to store for ``key`` or rai
 stored as an absolute path and never sent); ``profile`` must be an installed firmware profile; ``model``
 must resolve; ``dataset_key`` must be hex; ``privacy_total_epsilon`` (> 0, ``inf`` = no limit) and
 ``privacy_total_delta`` (in [0, 1)) are the device's lifetime local-DP budget, enforced by the accountant
-before any report is built (see :mod:`edge_agent.privacy`).
+before any report is built (see :mod:`edge_agent.privacy`); ``threads`` (1-256) overrides the profile's
+``runtime.threads`` on this device (e.g. several agents sharing one machine).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from arte.errors import ArteError, ConfigError
 __all__ = ["SETTABLE", "validate_setting"]
 
 SETTABLE = ("data_path", "profile", "model", "split_seed", "validation_share", "dataset_key", "server_url",
-            "privacy_total_epsilon", "privacy_total_delta")
+            "privacy_total_epsilon", "privacy_total_delta", "threads")
 
 
 def validate_setting(key: str, value: str) -> str:
@@ -46,6 +47,10 @@ def validate_setting(key: str, value: str) -> str:
         except ArteError as e:
             raise ConfigError(key, str(e)) from None
         return value if value == "default" else str(Path(value).expanduser().resolve())
+    if key == "threads":
+        if not value.isdigit() or not 1 <= int(value) <= 256:
+            raise ConfigError(key, f"must be an integer from 1 to 256, got {value!r}")
+        return str(int(value))
     if key == "split_seed":
         if not value.lstrip("-").isdigit():
             raise ConfigError(key, f"must be an integer, got {value!r}")

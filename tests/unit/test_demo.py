@@ -133,3 +133,12 @@ def test_a_round_without_signal_is_reported_not_failed(tmp_path: Path) -> None:
     assert "unaligned teacher" in text and "ds_1" in text and "demo-device-1" in text
     page = write_report(doc, tmp_path / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == 3 and "no signal" in page
+
+
+def test_devices_share_the_cores() -> None:
+    """The demo's devices run at the same time: together they use the machine's cores, never more (llama.cpp
+    threads beyond the cores spin-wait on each other), each at least one; --threads overrides."""
+    from arte_cli.demo import agent_threads
+
+    assert agent_threads(3, cpus=2) == 1 and agent_threads(2, cpus=2) == 1 and agent_threads(1, cpus=2) == 2
+    assert agent_threads(3, cpus=16) == 5 and agent_threads(3, threads=4, cpus=2) == 4

@@ -160,3 +160,23 @@ def test_the_readme_gives_every_profile_build() -> None:
 def test_build_table_defaults_to_the_baseline() -> None:
     assert Build().llama_cmake_args == "" and not Build().cuda
     assert Build("-DGGML_NATIVE=OFF -DGGML_CUDA=ON").cuda
+
+
+def test_the_threads_setting_overrides_the_profile(recorded: Path, tmp_path: Path) -> None:
+    """`edge-agent config set threads N` (several agents sharing one machine, as the demo runs them) reaches
+    the student the run loop opens; without it the profile's threads do; a bad value is refused by name."""
+    from arte.errors import ConfigError
+    from edge_agent.cli import _profile
+    from edge_agent.config import validate_setting
+    from edge_agent.state import State
+
+    with State(tmp_path / "state") as st:
+        st.set(profile="laptop-cpu")
+        assert _profile(st, None).runtime.threads == PROFILES["laptop-cpu"].runtime.threads == 2
+        st.set(threads=validate_setting("threads", "1"))
+        p = _profile(st, None)
+    assert p.runtime.threads == 1 and p.runtime.backend == PROFILES["laptop-cpu"].runtime.backend
+    assert _open(recorded, p).kwargs["n_threads"] == 1
+    for bad in ("0", "-2", "two", "257"):
+        with pytest.raises(ConfigError, match="threads"):
+            validate_setting("threads", bad)
