@@ -387,10 +387,10 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
         threads = agent_threads(cfg.devices, cfg.threads)
         for d in devices:
             fleet.run(f"{d['name']}-config", "edge_agent.cli", "--state-dir", d["state_dir"], "config",
-                      "set", "threads", str(threads))
+                      "set", "threads", str(threads), "--json")
             if cfg.model != "default":
                 fleet.run(f"{d['name']}-config", "edge_agent.cli", "--state-dir", d["state_dir"], "config",
-                          "set", "model", cfg.model)
+                          "set", "model", cfg.model, "--json")
         doc.update(server=fleet.url, cohort_id=cid, devices=devices)
         seconds["setup"] = done()
 

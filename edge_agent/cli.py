@@ -441,8 +441,9 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
 @config.command("set")
 @click.argument("key")
 @click.argument("value")
+@click.option("--json", "as_json", is_flag=True, help="Print {key, value} as JSON.")
 @click.pass_context
-def config_set(ctx: click.Context, key: str, value: str) -> None:
+def config_set(ctx: click.Context, key: str, value: str, as_json: bool) -> None:
     """Set KEY to VALUE (keys: see `edge_agent.config.SETTABLE`); the value is checked first."""
     from edge_agent.config import validate_setting
     from edge_agent.state import State
@@ -454,7 +455,11 @@ def config_set(ctx: click.Context, key: str, value: str) -> None:
             st.set(**{key: checked})
     except (AgentError, ArteError) as e:
         fail(e)
-    click.echo(f"{key} = {checked if key != 'dataset_key' else '<set>'}")
+    shown = checked if key != "dataset_key" else "<set>"
+    if as_json:
+        click.echo(json.dumps({"key": key, "value": shown}))
+    else:
+        click.echo(f"{key} = {shown}")
 
 
 @config.command("unset")

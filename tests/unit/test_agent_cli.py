@@ -142,6 +142,10 @@ def test_config_set_checks_values(env, data: Path) -> None:
     r = invoke(["config", "set", "data_path", str(bad)], env)
     assert r.exit_code == ExitCode.INPUT and "bad.jsonl" in r.output
     assert json.loads(invoke(["config", "show", "--json"], env).stdout) == {"data_path": str(data)}
+    r = invoke(["config", "set", "threads", "3", "--json"], env)
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"key": "threads", "value": "3"}
+    r = invoke(["config", "set", "threads", "0", "--json"], env)
+    assert r.exit_code == ExitCode.INPUT and "threads" in r.output
 
 
 def test_doctor_explains_the_pick_and_what_to_fix(env, data: Path) -> None:
