@@ -275,8 +275,12 @@ def _thresholds(config: SelftestConfig, samples: _Samples) -> dict[str, int]:
 
 def alignment_selftest(task: Task, config: SelftestConfig, work_dir: str | Path, *,
                        open_teacher: Callable[[Path | None], Teacher], align_pairs: AlignPairs,
-                       scorer: Scorer | None = None, progress: Progress | None = None) -> SelftestResult:
-    """Run the self-test (see the module docstring). ``scorer`` defaults to :func:`offline_scorer`."""
+                       scorer: Scorer | None = None, open_drafter: Callable[[], Teacher] | None = None,
+                       progress: Progress | None = None) -> SelftestResult:
+    """Run the self-test (see the module docstring). ``scorer`` defaults to :func:`offline_scorer`;
+    ``open_drafter`` (default: ``open_teacher(None)``) opens the teacher that writes the drafts, e.g. the
+    same base model on a faster runtime: the before/after samples always come from ``open_teacher``, so
+    that the original and the aligned teacher run on the same runtime."""
     t0 = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -288,12 +292,19 @@ def alignment_selftest(task: Task, config: SelftestConfig, work_dir: str | Path,
     targets = {PlantedRule(r).target for r in config.rules}
     score = scorer or offline_scorer(work, task.name, config.n_items)
 
-    teacher = open_teacher(None)
+    drafter = open_drafter() if open_drafter is not None else open_teacher(None)
     try:
-        drafted = elicit_drafts(teacher, task, split.seeds, config.elicit, progress)
-        original = _sample(teacher, task, questions, heldout, targets, config, progress, "original")
+        drafted = elicit_drafts(drafter, task, split.seeds, config.elicit, progress)
+        if open_drafter is None:
+            original = _sample(drafter, task, questions, heldout, targets, config, progress, "original")
     finally:
-        teacher.close()
+        drafter.close()
+    if open_drafter is not None:
+        teacher = open_teacher(None)
+        try:
+            original = _sample(teacher, task, questions, heldout, targets, config, progress, "original")
+        finally:
+            teacher.close()
     if not drafted.drafts:
         raise ConfigError("elicit", f"the teacher produced no usable drafts: {drafted.summary()}")
     write_drafts(work / "drafts.jsonl", drafted.drafts)
