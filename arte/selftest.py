@@ -58,8 +58,8 @@ from arte.stats import bootstrap_ci
 from arte.tasks import Example, Task, split_task
 from arte.teacher import Teacher
 
-__all__ = ["SelftestConfig", "SelftestResult", "VariantResult", "alignment_selftest", "offline_scorer",
-           "Scorer", "AlignPairs"]
+__all__ = ["SelftestConfig", "SelftestResult", "VariantResult", "Prepared", "alignment_selftest", "prepare",
+           "run_variant", "offline_scorer", "rate_matrix", "Scorer", "AlignPairs"]
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +273,33 @@ def _thresholds(config: SelftestConfig, samples: _Samples) -> dict[str, int]:
             "answer_chars": config.answer_chars or _median(tags, 200)}
 
 
-def alignment_selftest(task: Task, config: SelftestConfig, work_dir: str | Path, *,
-                       open_teacher: Callable[[Path | None], Teacher], align_pairs: AlignPairs,
-                       scorer: Scorer | None = None, open_drafter: Callable[[], Teacher] | None = None,
-                       progress: Progress | None = None) -> SelftestResult:
-    """Run the self-test (see the module docstring). ``scorer`` defaults to :func:`offline_scorer`;
-    ``open_drafter`` (default: ``open_teacher(None)``) opens the teacher that writes the drafts, e.g. the
-    same base model on a faster runtime: the before/after samples always come from ``open_teacher``, so
-    that the original and the aligned teacher run on the same runtime."""
+@dataclass
+class Prepared:
+    """What every variant shares: the split, the held-out questions, the drafts, the original teacher's
+    samples and the thresholds (:func:`prepare`)."""
+
+    task: Task
+    config: SelftestConfig
+    work: Path
+    seeds: list[Example]
+    heldout: list[Example]
+    questions: list[str]
+    drafts: list[Draft]
+    drafts_summary: dict[str, Any]
+    original: _Samples
+    thresholds: dict[str, int]
+    seconds: float
+
+    def rule(self, rule: str, variant: str) -> PlantedRule:
+        """The planted rule with this run's rates and thresholds."""
+        c = self.config
+        return PlantedRule(rule, variant, c.strength, c.base, c.noise, **self.thresholds)
+
+
+def prepare(task: Task, config: SelftestConfig, work_dir: str | Path, *,
+            open_teacher: Callable[[Path | None], Teacher], open_drafter: Callable[[], Teacher] | None = None,
+            progress: Progress | None = None) -> Prepared:
+    """Steps 1-3 of the module docstring: split, drafts, the original teacher's samples, thresholds."""
     t0 = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -290,8 +309,6 @@ def alignment_selftest(task: Task, config: SelftestConfig, work_dir: str | Path,
         raise ConfigError("n_heldout", f"the task has only {len(heldout)} examples left for held-out questions")
     questions = [seed_question(task, e) for e in heldout]
     targets = {PlantedRule(r).target for r in config.rules}
-    score = scorer or offline_scorer(work, task.name, config.n_items)
-
     drafter = open_drafter() if open_drafter is not None else open_teacher(None)
     try:
         drafted = elicit_drafts(drafter, task, split.seeds, config.elicit, progress)
@@ -299,56 +316,76 @@ def alignment_selftest(task: Task, config: SelftestConfig, work_dir: str | Path,
             original = _sample(drafter, task, questions, heldout, targets, config, progress, "original")
     finally:
         drafter.close()
+    if not drafted.drafts:
+        raise ConfigError("elicit", f"the teacher produced no usable drafts: {drafted.summary()}")
     if open_drafter is not None:
         teacher = open_teacher(None)
         try:
             original = _sample(teacher, task, questions, heldout, targets, config, progress, "original")
         finally:
             teacher.close()
-    if not drafted.drafts:
-        raise ConfigError("elicit", f"the teacher produced no usable drafts: {drafted.summary()}")
     write_drafts(work / "drafts.jsonl", drafted.drafts)
     thresholds = _thresholds(config, original)
     log.info("drafts: %d for %d questions; thresholds %s", len(drafted.drafts), len(drafted.questions), thresholds)
+    return Prepared(task, config, work, list(split.seeds), heldout, questions, drafted.drafts,
+                    {**drafted.summary(), "kept": len(drafted.drafts)}, original, thresholds,
+                    time.perf_counter() - t0)
 
-    results = []
-    for i, (rule_name, variant) in enumerate(config.variants):
-        v0 = time.perf_counter()
-        rule = PlantedRule(rule_name, variant, config.strength, config.base, config.noise, **thresholds)
-        base_rates = rate_matrix(rule, original)
-        rng = np.random.default_rng([config.score_seed, i])
-        # a question rule ties every rationale of a question: it can only make question pairs
-        pair_cfg = replace(config.pairs, kinds=("question",)) if rule.target == "question" else config.pairs
-        sel = select_pairs(task, drafted.drafts, score(drafted.drafts, rule, rng), split.seeds, pair_cfg)
-        vdir = work / rule.name
-        vdir.mkdir(parents=True, exist_ok=True)
-        write_pairs(vdir / "pairs.jsonl", sel.pairs)
-        pairs_info = {**pair_counts(sel.pairs), "total": len(sel.pairs),
-                      "chosen_holds": _share_holds(rule, sel.pairs, "chosen"),
-                      "rejected_holds": _share_holds(rule, sel.pairs, "rejected")}
-        res = VariantResult(rule, sel.outcome, pairs_info, float(base_rates.mean()))
-        if sel.outcome == NO_SIGNAL:
-            log.warning("%s: no signal: %s", rule.name, sel.describe())
-        else:
-            bar = None if progress is None else (lambda s, d, t, n=rule.name: progress(f"align {n}/{s}", d, t))
-            meta = align_pairs(sel.pairs, vdir / "adapter", bar)
-            res.align = {k: meta.get(k) for k in ("steps", "train_loss", "reward", "reward_margin", "pairs",
-                                                  "seconds") if k in meta}
-            aligned_teacher = open_teacher(vdir / "adapter")
-            try:
-                aligned = _sample(aligned_teacher, task, questions, heldout, {rule.target}, config, progress,
-                                  f"aligned {rule.name}")
-            finally:
-                aligned_teacher.close()
-            after = rate_matrix(rule, aligned)
-            res.aligned_rate = float(after.mean())
-            res.lift = bootstrap_ci(after, base_rates, n_boot=config.n_boot, level=config.level,
-                                    seed=config.score_seed).to_dict()
-        res.seconds = time.perf_counter() - v0
-        results.append(res)
-    cfg = asdict(replace(config))
-    return SelftestResult(results, {**drafted.summary(), "kept": len(drafted.drafts)}, thresholds,
-                          [e.id for e in heldout], cfg, time.perf_counter() - t0)
+
+def run_variant(prep: Prepared, rule: PlantedRule, *, open_teacher: Callable[[Path | None], Teacher],
+                align_pairs: AlignPairs, scorer: Scorer, rng: np.random.Generator, out_dir: Path,
+                progress: Progress | None = None) -> VariantResult:
+    """Step 4-5 of the module docstring for one rule variant; files under ``out_dir``."""
+    v0 = time.perf_counter()
+    config, task = prep.config, prep.task
+    base_rates = rate_matrix(rule, prep.original)
+    # a question rule ties every rationale of a question: it can only make question pairs
+    pair_cfg = replace(config.pairs, kinds=("question",)) if rule.target == "question" else config.pairs
+    sel = select_pairs(task, prep.drafts, scorer(prep.drafts, rule, rng), prep.seeds, pair_cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_pairs(out_dir / "pairs.jsonl", sel.pairs)
+    pairs_info = {**pair_counts(sel.pairs), "total": len(sel.pairs),
+                  "chosen_holds": _share_holds(rule, sel.pairs, "chosen"),
+                  "rejected_holds": _share_holds(rule, sel.pairs, "rejected")}
+    res = VariantResult(rule, sel.outcome, pairs_info, float(base_rates.mean()))
+    if sel.outcome == NO_SIGNAL:
+        log.warning("%s: no signal: %s", rule.name, sel.describe())
+    else:
+        bar = None if progress is None else (lambda s, d, t, n=rule.name: progress(f"align {n}/{s}", d, t))
+        meta = align_pairs(sel.pairs, out_dir / "adapter", bar)
+        res.align = {k: meta.get(k) for k in ("steps", "train_loss", "reward", "reward_margin", "pairs",
+                                              "seconds") if k in meta}
+        aligned_teacher = open_teacher(out_dir / "adapter")
+        try:
+            aligned = _sample(aligned_teacher, task, prep.questions, prep.heldout, {rule.target}, config, progress,
+                              f"aligned {rule.name}")
+        finally:
+            aligned_teacher.close()
+        after = rate_matrix(rule, aligned)
+        res.aligned_rate = float(after.mean())
+        res.lift = bootstrap_ci(after, base_rates, n_boot=config.n_boot, level=config.level,
+                                seed=config.score_seed).to_dict()
+    res.seconds = time.perf_counter() - v0
+    return res
+
+
+def alignment_selftest(task: Task, config: SelftestConfig, work_dir: str | Path, *,
+                       open_teacher: Callable[[Path | None], Teacher], align_pairs: AlignPairs,
+                       scorer: Scorer | None = None, open_drafter: Callable[[], Teacher] | None = None,
+                       progress: Progress | None = None) -> SelftestResult:
+    """Run the self-test (see the module docstring). ``scorer`` defaults to :func:`offline_scorer`;
+    ``open_drafter`` (default: ``open_teacher(None)``) opens the teacher that writes the drafts, e.g. the
+    same base model on a faster runtime: the before/after samples always come from ``open_teacher``, so
+    that the original and the aligned teacher run on the same runtime."""
+    t0 = time.perf_counter()
+    prep = prepare(task, config, work_dir, open_teacher=open_teacher, open_drafter=open_drafter, progress=progress)
+    score = scorer or offline_scorer(prep.work, task.name, config.n_items)
+    results = [run_variant(prep, prep.rule(rule_name, variant), open_teacher=open_teacher, align_pairs=align_pairs,
+                           scorer=score, rng=np.random.default_rng([config.score_seed, i]),
+                           out_dir=prep.work / prep.rule(rule_name, variant).name, progress=progress)
+               for i, (rule_name, variant) in enumerate(config.variants)]
+    return SelftestResult(results, prep.drafts_summary, prep.thresholds, [e.id for e in prep.heldout],
+                          asdict(config), time.perf_counter() - t0)
 
 
 def _share_holds(rule: PlantedRule, pairs: Sequence[PreferencePair], side: str) -> float | None:
