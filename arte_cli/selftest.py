@@ -46,6 +46,36 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in value.split(",") if s.strip())
 
 
+def openers(ref: Any, device: str, threads: int | None, align_cfg: Any) -> tuple[Any, Any, Any, str]:
+    """``(open_teacher, open_drafter, align_pairs, torch_device)`` for :func:`arte.selftest.alignment_selftest`:
+    torch for the before/after samples (adapter or none), llama.cpp for drafting (a GGUF teacher; None
+    otherwise), :func:`arte.dpo.align` for the pairs."""
+    from arte.dpo import align as run_align
+    from arte_cli.home import convert_dir
+
+    torch_device = device
+    if device == "auto":
+        import torch
+
+        torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def open_teacher(adapter: Path | None) -> Any:
+        from arte.backends.hf_teacher import TorchTeacher
+
+        return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), device=torch_device,
+                                     adapters={"aligned": str(adapter)} if adapter is not None else None)
+
+    def open_drafter() -> Any:
+        from arte.backends.llama_teacher import LlamaCppTeacher
+
+        return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
+
+    def align_pairs(pairs: Any, out_dir: Path, progress: Any) -> dict[str, Any]:
+        return run_align(ref, pairs, align_cfg, out_dir, progress, convert_dir=convert_dir()).metadata
+
+    return open_teacher, open_drafter if ref.kind == "gguf" else None, align_pairs, torch_device
+
+
 def plot_rates(doc: dict[str, Any], path: Path) -> Path:
     """Bar chart of each variant's rule rate before and after alignment (matplotlib, Agg)."""
     import matplotlib
@@ -159,12 +189,11 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
     import json
 
     from arte.dpo import AlignConfig
-    from arte.dpo import align as run_align
     from arte.elicit import ElicitConfig
     from arte.models import resolve_model
     from arte.selftest import SelftestConfig, alignment_selftest
     from arte.tasks import load_task
-    from arte_cli.home import convert_dir, model_dir
+    from arte_cli.home import model_dir
     from arte_cli.teacher import _emit, _fail, _session, _threads
 
     with _session(verbose) as bars:
@@ -180,28 +209,9 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
             task = load_task(task_path or DEFAULT_TASK)
             _threads(threads)
             ref = resolve_model(teacher, model_dir())
-            torch_device = "cpu" if device == "auto" else device
-            if device == "auto":
-                import torch
-
-                torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-
-            def open_teacher(adapter: Path | None) -> Any:
-                from arte.backends.hf_teacher import TorchTeacher
-
-                return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), device=torch_device,
-                                             adapters={"aligned": str(adapter)} if adapter is not None else None)
-
-            def open_drafter() -> Any:
-                from arte.backends.llama_teacher import LlamaCppTeacher
-
-                return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
-
-            def align_pairs(pairs: Any, out_dir: Path, progress: Any) -> dict[str, Any]:
-                return run_align(ref, pairs, align_cfg, out_dir, progress, convert_dir=convert_dir()).metadata
-
+            open_teacher, open_drafter, align_pairs, torch_device = openers(ref, device, threads, align_cfg)
             res = alignment_selftest(task, cfg, work_dir, open_teacher=open_teacher, align_pairs=align_pairs,
-                                     open_drafter=open_drafter if drafter == "llama" and ref.kind == "gguf" else None,
+                                     open_drafter=open_drafter if drafter == "llama" else None,
                                      progress=bars)
             doc = {**res.to_dict(), "task": task.name, "teacher": {"name": ref.name, "sha256": ref.sha256},
                    "align_config": {"learning_rate": lr, "epochs": epochs, "beta": beta, "max_length": max_length},

@@ -163,3 +163,20 @@ def test_too_few_examples_for_the_heldout_questions(tmp_path: Path) -> None:
         alignment_selftest(TASK, SelftestConfig(n_heldout=100), tmp_path, open_teacher=open_teacher,
                            align_pairs=fake_align)
     assert e.value.field == "n_heldout"
+
+
+def test_table_plot_and_help(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from arte_cli.cli import main
+    from arte_cli.selftest import plot_rates, table
+
+    res = alignment_selftest(TASK, CONFIG, tmp_path, open_teacher=open_teacher, align_pairs=fake_align)
+    doc = res.to_dict()
+    text = table(doc)
+    assert all(name in text for name in ("short", "steps", "short-reversed", "short-null"))
+    assert f"verdict: {doc['verdict'].upper()}" in text
+    png = plot_rates(doc, tmp_path / "rates.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    help_text = CliRunner().invoke(main, ["selftest", "alignment", "--help"]).output
+    assert "PASS means" in help_text and "does NOT show that students" in help_text.replace("\n", " ")
