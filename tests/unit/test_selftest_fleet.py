@@ -6,15 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from arte.elicit import ElicitConfig
+from arte.pairs import PairConfig, select_pairs
+from arte.planted import PlantedRule
 from arte.selftest import SelftestConfig, alignment_selftest
 from benchmarks.alignment_fleet import FleetServer, fleet_scorer, policy
+from tests.unit.test_planted import drafts as planted_drafts
 from tests.unit.test_selftest import TASK, fake_align, open_teacher
 
 CONFIG = SelftestConfig(rules=("short",), max_words=20, n_heldout=16, sample_seeds=4, n_boot=500,
-                        elicit=ElicitConfig(n_questions=20, styles=("plain", "expert", "rules"),
+                        elicit=ElicitConfig(n_questions=40, styles=("plain", "expert", "rules"),
                                             rationale_temperature=1.0, constrain=False))
 
 
@@ -25,7 +29,7 @@ def server(tmp_path: Path) -> Any:
     s.close()
 
 
-@pytest.mark.parametrize("mechanism, epsilon", [("none", float("inf")), ("gaussian", 4.0)])
+@pytest.mark.parametrize("mechanism, epsilon", [("none", float("inf")), ("gaussian", 16.0)])
 def test_fleet_planted_moves_up_reversed_down(server: FleetServer, tmp_path: Path, mechanism: str,
                                               epsilon: float) -> None:
     log: list[dict[str, Any]] = []
@@ -41,6 +45,19 @@ def test_fleet_planted_moves_up_reversed_down(server: FleetServer, tmp_path: Pat
     assert all(r["mechanism"] == mechanism for r in log)
     reports = server.call("GET", f"/rounds/{log[0]['round_id']}/reports", status=200)
     assert len(reports) == 10
+
+
+def test_strong_local_dp_costs_pairs(server: FleetServer) -> None:
+    """Gaussian noise at eps = 1 per report (the 80 scores share it) drowns 10 devices' 10 items each: the
+    server's aggregate keeps the noise in the variance, so far fewer pairs pass than without noise."""
+    ds = planted_drafts(40)
+    rule = PlantedRule("short", max_words=10)
+    counts = {}
+    for eps in (1.0, float("inf")):
+        scorer = fleet_scorer(server, n_devices=10, items_per_device=10, pol=policy("gaussian", eps))
+        est = scorer(ds, rule, np.random.default_rng(0))
+        counts[eps] = len(select_pairs(TASK, ds, est, TASK.examples[:3], PairConfig(kinds=("rationale",))).pairs)
+    assert counts[float("inf")] >= 30 and counts[1.0] <= counts[float("inf")] // 4
 
 
 def test_fewer_devices_than_k_give_no_signal(server: FleetServer, tmp_path: Path) -> None:
