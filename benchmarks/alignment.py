@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epsilons", type=_floats, default=[1.0, 2.0, 4.0, float("inf")])
     ap.add_argument("--mechanism", default="gaussian", choices=["gaussian", "laplace", "randomized_response"])
     ap.add_argument("--items-per-device", type=int, default=10)
+    ap.add_argument("--fleet-signal", action="store_true",
+                    help="No model: from WORK_DIR's drafts and thresholds (an earlier run), the pairs the fleet makes "
+                         "at each --devices x --epsilons and how many point the rule's way.")
     ap.add_argument("--work-dir", type=Path, default=Path("benchmark-alignment"))
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from arte_cli.selftest import openers, plot_rates, table
     from arte_cli.teacher import _Bars
 
+    if args.fleet_signal:
+        return _fleet_signal(args)
     if args.threads:
         import torch
 
@@ -201,6 +206,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": versions(["torch", "transformers", "trl", "peft", "llama_cpp_python", "numpy", "arte-edge"]),
     }
     (args.work_dir / "alignment.json").write_text(json.dumps({**doc, "summary": summary}, indent=1, default=str))
+    print(json.dumps(summary, default=str))
+    return summary
+
+
+def _fleet_signal(args: argparse.Namespace) -> dict[str, Any]:
+    """``--fleet-signal``: the fleet's pairs without a model (see the option's help)."""
+    from arte.drafts import read_drafts
+    from arte.pairs import PairConfig
+    from arte.planted import PlantedRule
+    from arte.tasks import load_task, split_task
+    from benchmarks.alignment_fleet import FleetServer, fleet_signal
+
+    t0 = time.perf_counter()
+    task = load_task(args.task)
+    prev = json.loads((args.work_dir / "alignment.json").read_text())
+    drafts = read_drafts(args.work_dir / "drafts.jsonl")
+    seeds = split_task(task, seed=args.seed, n_seeds=6, validation=args.heldout).seeds
+    rule = PlantedRule(args.rules.split(",")[0], strength=args.strength, noise=args.noise, **prev["thresholds"])
+    server = FleetServer(args.work_dir / "fleet-signal-server")
+    try:
+        rows = fleet_signal(server, task, drafts, seeds, rule, devices=args.devices, epsilons=args.epsilons,
+                            mechanism=args.mechanism, items_per_device=args.items_per_device,
+                            pair_config=PairConfig(kinds=("rationale",)), seed=args.seed)
+    finally:
+        server.close()
+    print(f"\nFleet signal for {rule.describe()}: {len(drafts)} drafts of {args.work_dir}, {args.mechanism}, "
+          f"{args.items_per_device} items per device (pairs from the server's aggregate; no model)\n")
+    print(f"{'devices':>7} {'epsilon':>8} {'pairs':>5} {'right way':>9} {'wrong way':>9}")
+    for r in rows:
+        print(f"{r['devices']:>7} {('inf' if r['epsilon'] is None else r['epsilon']):>8} {r['pairs']:>5} "
+              f"{r['right_way']:>9} {r['wrong_way']:>9}")
+    summary = {"benchmark": "alignment-fleet-signal", "rule": rule.name, "thresholds": prev["thresholds"],
+               "rows": rows, "seconds": round(time.perf_counter() - t0, 1), "config": vars(args),
+               "machine": machine_info(), "versions": versions(["fastapi", "sqlalchemy", "numpy", "arte-edge"])}
     print(json.dumps(summary, default=str))
     return summary
 

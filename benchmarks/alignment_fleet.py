@@ -135,3 +135,28 @@ def fleet_scorer(server: FleetServer, *, n_devices: int, items_per_device: int, 
         return est
 
     return score
+
+
+def fleet_signal(server: FleetServer, task: Any, drafts: Sequence[Draft], seeds: Sequence[Any], rule: PlantedRule, *,
+                 devices: Sequence[int], epsilons: Sequence[float], mechanism: str, items_per_device: int,
+                 pair_config: Any, seed: int = 0) -> list[dict[str, Any]]:
+    """Without a model: per (devices, ε), the pairs the server's aggregate makes from planted reports, and
+    how many point the rule's way (chosen has the property, rejected lacks it) or the other way: the
+    signal DPO would be given through the fleet."""
+    from arte.pairs import select_pairs
+    from arte.planted import holds
+
+    rows = []
+    for n_dev in devices:
+        for eps in epsilons:
+            pol = policy(mechanism, eps)
+            rounds: list[dict[str, Any]] = []
+            sc = fleet_scorer(server, n_devices=n_dev, items_per_device=items_per_device, pol=pol, log=rounds)
+            rng = np.random.default_rng([seed, n_dev, int(min(eps, 1e6) * 1000)])
+            pairs = select_pairs(task, drafts, sc(drafts, rule, rng), seeds, pair_config).pairs
+            right = sum(holds(rule, p.chosen) and not holds(rule, p.rejected) for p in pairs)
+            wrong = sum(holds(rule, p.rejected) and not holds(rule, p.chosen) for p in pairs)
+            rows.append({"devices": n_dev, "epsilon": None if math.isinf(eps) else eps, "mechanism": pol.mechanism,
+                         "pairs": len(pairs), "right_way": right, "wrong_way": wrong,
+                         "eligible_drafts": rounds[-1]["eligible"], "may_align": rounds[-1]["may_align"]})
+    return rows

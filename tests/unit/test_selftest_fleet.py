@@ -67,3 +67,15 @@ def test_fewer_devices_than_k_give_no_signal(server: FleetServer, tmp_path: Path
     res = alignment_selftest(TASK, cfg, tmp_path / "run", open_teacher=open_teacher, align_pairs=fake_align,
                              scorer=scorer)
     assert all(v.outcome == "no_signal" for v in res.variants)
+
+
+def test_fleet_signal_counts_pairs_by_direction(server: FleetServer) -> None:
+    from benchmarks.alignment_fleet import fleet_signal
+
+    rows = fleet_signal(server, TASK, planted_drafts(40), TASK.examples[:3], PlantedRule("short", max_words=10),
+                        devices=[10], epsilons=[float("inf"), 1.0], mechanism="gaussian", items_per_device=10,
+                        pair_config=PairConfig(kinds=("rationale",)))
+    exact, noisy = rows
+    assert exact["epsilon"] is None and exact["mechanism"] == "none" and noisy["mechanism"] == "gaussian"
+    assert exact["right_way"] >= 30 and exact["wrong_way"] == 0 and exact["pairs"] == exact["right_way"]
+    assert noisy["pairs"] < exact["pairs"] and exact["may_align"] and exact["eligible_drafts"] == 80
