@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from arte.drafts import Draft, write_drafts
-from arte.elicit import ElicitConfig, elicit_drafts, trim_rationale
+from arte.elicit import ElicitConfig, ElicitResult, elicit_drafts, trim_rationale
 from arte.errors import ConfigError
 from arte.pair_rules import ScoreEstimate
 from arte.pairs import NO_SIGNAL, PairConfig, PreferencePair, pair_counts, select_pairs, write_pairs
@@ -298,8 +298,9 @@ class Prepared:
 
 def prepare(task: Task, config: SelftestConfig, work_dir: str | Path, *,
             open_teacher: Callable[[Path | None], Teacher], open_drafter: Callable[[], Teacher] | None = None,
-            progress: Progress | None = None) -> Prepared:
-    """Steps 1-3 of the module docstring: split, drafts, the original teacher's samples, thresholds."""
+            drafts: Sequence[Draft] | None = None, progress: Progress | None = None) -> Prepared:
+    """Steps 1-3 of the module docstring: split, drafts, the original teacher's samples, thresholds.
+    ``drafts`` (e.g. an earlier run's ``drafts.jsonl``) are used instead of eliciting new ones."""
     t0 = time.perf_counter()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -309,13 +310,19 @@ def prepare(task: Task, config: SelftestConfig, work_dir: str | Path, *,
         raise ConfigError("n_heldout", f"the task has only {len(heldout)} examples left for held-out questions")
     questions = [seed_question(task, e) for e in heldout]
     targets = {PlantedRule(r).target for r in config.rules}
-    drafter = open_drafter() if open_drafter is not None else open_teacher(None)
-    try:
-        drafted = elicit_drafts(drafter, task, split.seeds, config.elicit, progress)
-        if open_drafter is None:
-            original = _sample(drafter, task, questions, heldout, targets, config, progress, "original")
-    finally:
-        drafter.close()
+    if drafts is not None:
+        drafted = ElicitResult(list(drafts), [], {}, {}, {}, {"reused": True})
+        if not drafts:
+            raise ConfigError("drafts", "no drafts given")
+        open_drafter = open_drafter or (lambda: open_teacher(None))   # sample the original below
+    else:
+        drafter = open_drafter() if open_drafter is not None else open_teacher(None)
+        try:
+            drafted = elicit_drafts(drafter, task, split.seeds, config.elicit, progress)
+            if open_drafter is None:
+                original = _sample(drafter, task, questions, heldout, targets, config, progress, "original")
+        finally:
+            drafter.close()
     if not drafted.drafts:
         raise ConfigError("elicit", f"the teacher produced no usable drafts: {drafted.summary()}")
     if open_drafter is not None:
@@ -327,8 +334,10 @@ def prepare(task: Task, config: SelftestConfig, work_dir: str | Path, *,
     write_drafts(work / "drafts.jsonl", drafted.drafts)
     thresholds = _thresholds(config, original)
     log.info("drafts: %d for %d questions; thresholds %s", len(drafted.drafts), len(drafted.questions), thresholds)
-    return Prepared(task, config, work, list(split.seeds), heldout, questions, drafted.drafts,
-                    {**drafted.summary(), "kept": len(drafted.drafts)}, original, thresholds,
+    summary = {**drafted.summary(), "kept": len(drafted.drafts)}
+    summary["questions"] = summary["questions"] or len({d.question_id for d in drafted.drafts})
+    return Prepared(task, config, work, list(split.seeds), heldout, questions, drafted.drafts, summary, original,
+                    thresholds,
                     time.perf_counter() - t0)
 
 

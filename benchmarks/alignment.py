@@ -51,6 +51,16 @@ def _ints(value: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
 
 
+def _est(by: dict[str, Any], name: str) -> float | None:
+    lift = by.get(name, {}).get("lift")
+    return None if lift is None else lift["estimate"]
+
+
+def _ci(by: dict[str, Any], name: str) -> list[float] | None:
+    lift = by.get(name, {}).get("lift")
+    return None if lift is None else [lift["low"], lift["high"]]
+
+
 def _pp(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
 
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epsilons", type=_floats, default=[1.0, 2.0, 4.0, float("inf")])
     ap.add_argument("--mechanism", default="gaussian", choices=["gaussian", "laplace", "randomized_response"])
     ap.add_argument("--items-per-device", type=int, default=10)
+    ap.add_argument("--drafts", type=Path, default=None, help="Reuse these drafts (an earlier run's drafts.jsonl).")
+    ap.add_argument("--fleet-only", action="store_true", help="With --fleet: skip the offline variants.")
     ap.add_argument("--fleet-signal", action="store_true",
                     help="No model: from WORK_DIR's drafts and thresholds (an earlier run), the pairs the fleet makes "
                          "at each --devices x --epsilons and how many point the rule's way.")
@@ -123,10 +135,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     open_teacher, open_drafter, align_pairs, torch_device = openers(ref, args.device, args.threads, align_cfg)
     bars = _Bars()
     try:
-        prep = prepare(task, cfg, args.work_dir, open_teacher=open_teacher, open_drafter=open_drafter, progress=bars)
+        from arte.drafts import read_drafts
+
+        prep = prepare(task, cfg, args.work_dir, open_teacher=open_teacher, open_drafter=open_drafter, progress=bars,
+                       drafts=read_drafts(args.drafts) if args.drafts else None)
         scorer = offline_scorer(prep.work, task.name, cfg.n_items)
         variants = []
-        for i, (rule, variant) in enumerate(cfg.variants):
+        for i, (rule, variant) in enumerate([] if args.fleet_only else cfg.variants):
             r = prep.rule(rule, variant)
             variants.append(run_variant(prep, r, open_teacher=open_teacher, align_pairs=align_pairs, scorer=scorer,
                                         rng=np.random.default_rng([cfg.score_seed, i]), out_dir=prep.work / r.name,
@@ -190,12 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "alignment",
         "lift": {v["rule"]: v["lift"] and v["lift"]["estimate"] for v in planted},
         "lift_ci": {v["rule"]: v["lift"] and [v["lift"]["low"], v["lift"]["high"]] for v in planted},
-        "reversed_lift": by[f"{first}-reversed"]["lift"] and by[f"{first}-reversed"]["lift"]["estimate"],
-        "reversed_lift_ci": by[f"{first}-reversed"]["lift"] and [by[f"{first}-reversed"]["lift"]["low"],
-                                                                 by[f"{first}-reversed"]["lift"]["high"]],
-        "null_lift_ci": by[f"{first}-null"]["lift"] and [by[f"{first}-null"]["lift"]["low"],
-                                                         by[f"{first}-null"]["lift"]["high"]],
-        "null_outcome": by[f"{first}-null"]["outcome"],
+        "reversed_lift": _est(by, f"{first}-reversed"),
+        "reversed_lift_ci": _ci(by, f"{first}-reversed"),
+        "null_lift_ci": _ci(by, f"{first}-null"),
+        "null_outcome": by.get(f"{first}-null", {}).get("outcome"),
         "heldout_reward_accuracy": {v["name"]: v["heldout_reward_accuracy"] for v in doc["variants"]},
         "pairs": {v["name"]: v["pairs"]["total"] for v in doc["variants"]},
         "rates": {v["name"]: [v["original_rate"], v["aligned_rate"]] for v in doc["variants"]},

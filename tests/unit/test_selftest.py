@@ -180,3 +180,22 @@ def test_table_plot_and_help(tmp_path: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
     help_text = CliRunner().invoke(main, ["selftest", "alignment", "--help"]).output
     assert "PASS means" in help_text and "does NOT show that students" in help_text.replace("\n", " ")
+
+
+def test_reused_drafts_skip_elicitation(tmp_path: Path) -> None:
+    from arte.drafts import read_drafts
+    from arte.selftest import prepare
+
+    first = alignment_selftest(TASK, CONFIG, tmp_path / "a", open_teacher=open_teacher, align_pairs=fake_align)
+    drafts = read_drafts(tmp_path / "a" / "drafts.jsonl")
+    calls: list[ScriptedTeacher] = []
+
+    def counting(adapter: Path | None) -> ScriptedTeacher:
+        t = open_teacher(adapter)
+        calls.append(t)
+        return t
+
+    prep = prepare(TASK, CONFIG, tmp_path / "b", open_teacher=counting, drafts=drafts)
+    assert prep.drafts == drafts and prep.drafts_summary["questions"] == first.drafts["questions"]
+    assert all(not is_question_prompt(c["conversations"][0]) for t in calls for c in t.calls)
+    assert prep.thresholds == first.thresholds
