@@ -29,7 +29,8 @@ Steps (every one the real code but the scorer):
 
 Verdict (:meth:`SelftestResult.verdict`): ``planted`` variants pass when the lift's interval is above 0,
 ``reversed`` when the lift is below 0, ``null`` when its interval contains 0. A variant whose scores make
-no pair is ``no_signal``: not a pass, except for ``null`` (no pair from random scores: nothing moves). Files: ``work_dir/drafts.jsonl``, ``work_dir/<variant>/scores.json``,
+no pair is ``no_signal``: not a pass, except for ``null`` (no pair from random scores: nothing moves).
+Files: ``work_dir/drafts.jsonl``, ``work_dir/<variant>/scores.json``,
 ``pairs.jsonl``, ``adapter/``; nothing outside ``work_dir``.
 """
 

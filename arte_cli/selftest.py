@@ -202,7 +202,8 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
                 rules=_csv(rules), strength=strength, noise=noise, max_words=max_words, n_items=items,
                 n_heldout=heldout, sample_seeds=sample_seeds, sample_temperature=temperature,
                 sample_max_new_tokens=rationale_tokens, split_seed=seed, score_seed=seed,
-                elicit=ElicitConfig(n_questions=questions, styles=_csv(styles), rationale_max_new_tokens=rationale_tokens,
+                elicit=ElicitConfig(n_questions=questions, styles=_csv(styles),
+                                    rationale_max_new_tokens=rationale_tokens,
                                     rationale_temperature=temperature, seed=seed))
             align_cfg = AlignConfig(learning_rate=lr, epochs=epochs, beta=beta, max_length=max_length, device=device,
                                     seed=seed)

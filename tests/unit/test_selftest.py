@@ -73,7 +73,8 @@ def fake_align(pairs: Sequence[PreferencePair], out_dir: Path, progress: Any) ->
     (out_dir / "fake.json").write_text(json.dumps(state))
     if progress is not None:
         progress("train", 1, 1)
-    return {"steps": 1, "reward": {"held_out": {"pairs": 2, "after": {"accuracy": 1.0}}}, "pairs": {"total": len(pairs)}}
+    return {"steps": 1, "reward": {"held_out": {"pairs": 2, "after": {"accuracy": 1.0}}},
+            "pairs": {"total": len(pairs)}}
 
 
 def open_teacher(adapter: Path | None) -> ScriptedTeacher:
