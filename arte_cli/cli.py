@@ -149,6 +149,10 @@ from arte_cli.experiment import experiment as _experiment  # noqa: E402
 
 main.add_command(_experiment)
 
+from arte_cli.selftest import selftest as _selftest  # noqa: E402
+
+main.add_command(_selftest)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
