@@ -51,7 +51,7 @@ def openers(ref: Any, device: str, threads: int | None, align_cfg: Any) -> tuple
     torch for the before/after samples (adapter or none), llama.cpp for drafting (a GGUF teacher; None
     otherwise), :func:`arte.dpo.align` for the pairs."""
     from arte.dpo import align as run_align
-    from arte_cli.home import convert_dir
+    from arte.home import convert_dir
 
     torch_device = device
     if device == "auto":
@@ -193,7 +193,7 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
     from arte.models import resolve_model
     from arte.selftest import SelftestConfig, alignment_selftest
     from arte.tasks import load_task
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
     from arte_cli.teacher import _emit, _fail, _session, _threads
 
     with _session(verbose) as bars:

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from arte.models import resolve_model
     from arte.selftest import SelftestConfig, SelftestResult, offline_scorer, prepare, run_variant
     from arte.tasks import load_task
-    from arte_cli.home import model_dir
+    from arte.home import model_dir
     from arte_cli.selftest import openers, plot_rates, table
     from arte_cli.teacher import _Bars
 
