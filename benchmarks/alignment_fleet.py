@@ -53,7 +53,10 @@ class FleetServer:
         from server.models import AdminKey, new_id
         from server.settings import ServerSettings
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        shutil.rmtree(data_dir, ignore_errors=True)   # a fresh fleet per run: a rerun in the same work dir
+        data_dir.mkdir(parents=True)                  # must not meet the tasks and cohorts of the last one
         self.settings = ServerSettings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'arte.db'}",
                                        rate_limit_per_s=0)
         self.engine = db.make_engine(self.settings.resolved_database_url(), schema=None)
