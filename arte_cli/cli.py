@@ -1,43 +1,21 @@
 """``arte``: the researcher's CLI. Every data command takes ``--json`` (one JSON document on stdout);
 progress and logs go to stderr.
 
-Exit codes: 0 success; 1 unexpected error; 2 usage error; 3 bad input file or config; 4 model missing or
-unusable; 5 runtime failure.
+Exit codes: :class:`arte_cli.output.Exit` (shown by ``arte --help``).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
-from arte.errors import ArteError, BackendError, ConfigError, DraftFormatError, ModelError, TaskFormatError
+from arte.errors import ArteError, BackendError, ModelError
 from arte.home import model_dir
+from arte_cli.output import Exit, emit, fail
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME = 0, 1, 2, 3, 4, 5
-
-
-def fail(err: ArteError) -> NoReturn:
-    """Print an ARTE error and exit with its code."""
-    code = EXIT_RUNTIME
-    if isinstance(err, (TaskFormatError, DraftFormatError, ConfigError)):
-        code = EXIT_INPUT
-    elif isinstance(err, ModelError):
-        code = EXIT_MODEL
-    elif isinstance(err, BackendError):
-        code = EXIT_RUNTIME
-    click.echo(f"error: {err}", err=True)
-    sys.exit(code)
-
-
-def emit(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else human)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="\b\nExit codes:\n" + Exit.help_text())
 def main() -> None:
     """ARTE: align a teacher with the preferences of small students, then tailor their training data."""
 

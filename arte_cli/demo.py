@@ -39,7 +39,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -279,11 +279,10 @@ class _Fleet:
 
 
 def _env(cfg: DemoConfig) -> dict[str, str]:
-    env = child_env()   # faulthandler on, unbuffered: a child's log holds everything up to its death
+    env = child_env()   # faulthandler on, unbuffered (a child's log holds everything up to its death), passive OpenMP
     env.update({"ARTE_SERVER_DATA_DIR": str(cfg.work_dir / "server"), "ARTE_SERVER_TEACHER_MODEL": cfg.model,
                 "ARTE_SERVER_DATASET_SIGNING_KEY": env.get("ARTE_DEMO_SIGNING_KEY", secrets.token_hex(32)),
-                "ARTE_SERVER_WORKER_POLL_S": "0.5", "ARTE_SERVER_JOB_HEARTBEAT_S": "5",
-                "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")})
+                "ARTE_SERVER_WORKER_POLL_S": "0.5", "ARTE_SERVER_JOB_HEARTBEAT_S": "5"})
     env.pop("ARTE_SERVER_DATABASE_URL", None)   # the demo's own SQLite database
     if cfg.threads is not None:
         env["OMP_NUM_THREADS"] = str(cfg.threads)
@@ -632,7 +631,7 @@ def command() -> Any:
              questions: int, styles: str, tailored: int, dpo_epochs: float, privacy: str, split_seed: int,
              threads: int | None, as_json: bool) -> None:
         """Run one full ARTE round on this machine: a real server, DEVICES agents, a report."""
-        from arte_cli.cli import emit, fail
+        from arte_cli.output import emit, fail
 
         try:
             if fresh:

@@ -19,13 +19,13 @@ paper's scale is reached by flags (``--n-questions 250 --tailor-questions 250 --
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from arte.errors import ArteError, ConfigError
+from arte.procs import passive_openmp
 from arte.scoring import MODE_HELP, MODES
 
 __all__ = ["experiment"]
@@ -213,25 +213,25 @@ def experiment(tasks: tuple[Path, ...], out_dir: Path, work_dir: Path | None, ve
                **options: Any) -> None:
     """Compare the paper's conditions with bootstrap confidence intervals: untuned, Original Teacher, ARTE,
     Question Only and Rationale Only (keys: untuned, original, arte, question-only, rationale-only)."""
-    from arte_cli.teacher import _fail, _session
+    from arte_cli.output import fail, session
 
     settings = _settings(options)
     _check_tasks(tasks, settings.eval_mode)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads OpenMP (see edge_agent.train)
+    passive_openmp()   # before torch loads OpenMP
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _session(verbose) as bars:
+    with session(verbose) as bars:
         try:
             from arte_cli.experiment_report import plot
             from arte_cli.experiment_run import run_experiment
-            from arte_cli.teacher import _threads
+            from arte_cli.output import set_threads
 
-            _threads(settings.threads)
+            set_threads(settings.threads)
             doc = run_experiment(tasks, settings, work_dir or out_dir / "work", bars)
             json_path = out_dir / "experiment.json"
             json_path.write_text(json.dumps(doc, indent=1))
             plot(doc, out_dir / "experiment.png")
         except ArteError as e:
-            _fail(e)
+            fail(e)
     from arte_cli.experiment_report import brief, table
 
     if as_json:

@@ -194,9 +194,9 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
     from arte.selftest import SelftestConfig, alignment_selftest
     from arte.tasks import load_task
     from arte.home import model_dir
-    from arte_cli.teacher import _emit, _fail, _session, _threads
+    from arte_cli.output import emit, fail, session, set_threads
 
-    with _session(verbose) as bars:
+    with session(verbose) as bars:
         try:
             cfg = SelftestConfig(
                 rules=_csv(rules), strength=strength, noise=noise, max_words=max_words, n_items=items,
@@ -208,7 +208,7 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
             align_cfg = AlignConfig(learning_rate=lr, epochs=epochs, beta=beta, max_length=max_length, device=device,
                                     seed=seed)
             task = load_task(task_path or DEFAULT_TASK)
-            _threads(threads)
+            set_threads(threads)
             ref = resolve_model(teacher, model_dir())
             open_teacher, open_drafter, align_pairs, torch_device = openers(ref, device, threads, align_cfg)
             res = alignment_selftest(task, cfg, work_dir, open_teacher=open_teacher, align_pairs=align_pairs,
@@ -220,5 +220,5 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
             doc["plot"] = str(plot_rates(doc, plot_path or work_dir / "selftest-alignment.png"))
             (work_dir / "selftest-alignment.json").write_text(json.dumps(doc, indent=1, default=str))
         except ArteError as e:
-            _fail(e)
-    _emit(doc, as_json, table(doc) + f"\nplot: {doc['plot']}")
+            fail(e)
+    emit(doc, as_json, table(doc) + f"\nplot: {doc['plot']}")

@@ -10,80 +10,21 @@ seed examples prompt the teacher, validation items score drafts.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import click
 
 from arte.errors import ArteError
 from arte.pair_rules import COMPARISONS
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
+from arte_cli.output import emit, fail, session, set_threads
 
 __all__ = ["COMMANDS"]
 
 API_KEY_ENV = "ARTE_TEACHER_API_KEY"
-
-
-def _fail(err: ArteError) -> None:
-    from arte_cli.cli import fail
-
-    fail(err)
-
-
-def _emit(data: Any, as_json: bool, human: str) -> None:
-    from arte_cli.cli import emit
-
-    emit(data, as_json, human)
-
-
-class _Bars:
-    """One tqdm bar per progress stage, on stderr."""
-
-    def __init__(self) -> None:
-        self.bars: dict[str, Any] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True)
-        if bar.disable:
-            return
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-        if total and done >= total:   # finished: freeze its elapsed time
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-
-
-@contextlib.contextmanager
-def _session(verbose: bool) -> Iterator[_Bars]:
-    """Logs to stderr, stdout kept clean for the JSON document, bars closed at the end."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    bars = _Bars()
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield bars
-    finally:
-        bars.close()
-
-
-def _threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 # ---- shared options --------------------------------------------------------------------------------
@@ -185,7 +126,7 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
             return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
         from arte.backends.hf_teacher import TorchTeacher
 
-        _threads(threads)
+        set_threads(threads)
         adapters = {"aligned": str(adapter)} if adapter is not None else None
         return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), adapters=adapters)
 
@@ -237,7 +178,7 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
     from arte.drafts import write_drafts
     from arte.elicit import ElicitConfig, elicit_drafts
 
-    with _session(verbose) as bars:
+    with session(verbose) as bars:
         try:
             cfg = ElicitConfig(n_questions=n_questions, styles=_styles(styles), seed=seed,
                                max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
@@ -255,11 +196,11 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
                 t.close()
             write_drafts(out_path, res.drafts)
         except ArteError as e:
-            _fail(e)
+            fail(e)
     from arte.tasks import label_counts
 
     data = {"task": task.name, "out": str(out_path), **res.summary(), "labels": label_counts(res.drafts)}
-    _emit(data, as_json, f"{len(res.drafts)} drafts for {len(res.questions)} questions -> {out_path}\n"
+    emit(data, as_json, f"{len(res.drafts)} drafts for {len(res.questions)} questions -> {out_path}\n"
                          f"question prompts with drafts: {data['question_prompts_with_drafts']}/"
                          f"{data['question_prompts']}\n"
                          f"question rejections: {res.question_rejections}\n"
@@ -284,7 +225,7 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
     from arte.pipeline import write_scores
     from arte.scoring import ScoringConfig, score_drafts
 
-    with _session(verbose) as bars:
+    with session(verbose) as bars:
         try:
             cfg = ScoringConfig(mode=mode)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
@@ -306,13 +247,13 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
                          outcomes={x.draft_id: list(row) for x, row in zip(res.scores, res.outcomes)},
                          item_ids=res.item_ids)
         except ArteError as e:
-            _fail(e)
+            fail(e)
     from arte.tasks import label_counts
 
     acc = [x.accuracy for x in res.scores]
     data = {"task": task.name, "out": str(out_path), "drafts": len(scores), "items": len(split.validation),
             "labels": label_counts(split.validation), "mode": mode, "mean_accuracy": sum(acc) / len(acc), "seconds": round(res.stats["seconds"], 3)}
-    _emit(data, as_json, f"scored {len(scores)} drafts on {len(split.validation)} items "
+    emit(data, as_json, f"scored {len(scores)} drafts on {len(split.validation)} items "
                          f"(mean accuracy {data['mean_accuracy']:.3f}) -> {out_path}")
 
 
@@ -342,7 +283,7 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int,
     from arte.pairs import PairConfig, pair_counts, score_table, select_pairs, write_pairs
     from arte.pipeline import read_score_estimates
 
-    with _session(verbose):
+    with session(verbose):
         try:
             cfg = PairConfig(kinds=_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=seeds_per_prompt,
                              confidence=confidence, comparison=comparison)
@@ -352,10 +293,10 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int,
             res = select_pairs(task, drafts, scores, split.seeds, cfg)
             write_pairs(out_path, res.pairs)
         except ArteError as e:
-            _fail(e)
+            fail(e)
     data = {"task": task.name, "out": str(out_path), "pairs": len(res.pairs), **pair_counts(res.pairs),
             **score_table(drafts, scores, cfg).summary(), "selection": res.to_dict()}
-    _emit(data, as_json, f"{res.describe()} -> {out_path}")
+    emit(data, as_json, f"{res.describe()} -> {out_path}")
 
 
 def _align_options(f: Callable) -> Callable:
@@ -414,19 +355,19 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
     from arte.pairs import read_pairs
     from arte.home import convert_dir, model_dir
 
-    with _session(verbose) as bars:
+    with session(verbose) as bars:
         try:
             cfg = _align_config(**opts)
-            _threads(threads)
+            set_threads(threads)
             ref = resolve_model(teacher, model_dir())
             res = run_align(ref, read_pairs(pairs_path), cfg, out_dir, bars, convert_dir=convert_dir())
         except ArteError as e:
-            _fail(e)
+            fail(e)
     m = res.metadata
     data = {"adapter": str(res.adapter_dir), **{k: m[k] for k in ("steps", "warmup_steps", "train_loss",
                                                                    "losses", "reward", "reward_margin",
                                                                    "train_tokens", "seconds", "pairs")}}
-    _emit(data, as_json, f"adapter -> {res.adapter_dir}: {m['steps']} steps on {m['pairs']['trained']} pairs\n"
+    emit(data, as_json, f"adapter -> {res.adapter_dir}: {m['steps']} steps on {m['pairs']['trained']} pairs\n"
                          + "\n".join(_reward_lines(m["reward"])))
 
 
@@ -476,7 +417,7 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
     """Write tailored training data with the (aligned) teacher: dataset.jsonl + manifest.json."""
     from arte.tailor import TailorConfig, tailor_dataset
 
-    with _session(verbose) as bars:
+    with session(verbose) as bars:
         try:
             cfg = TailorConfig(n_questions=n_questions, check_samples=check_samples, seed=seed,
                                n_seeds=seeds_per_prompt, max_question_prompts=max_question_prompts,
@@ -492,11 +433,11 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
             finally:
                 t.close()
         except ArteError as e:
-            _fail(e)
+            fail(e)
     m = res.manifest
     data = {"dataset": str(res.dataset_path), "manifest": str(res.manifest_path),
             **{k: m[k] for k in ("n_examples", "sha256", "size", "counts", "labels", "teacher", "adapter")}}
-    _emit(data, as_json, f"{m['n_examples']} examples -> {res.dataset_path} (sha256 {m['sha256'][:12]}…)\n"
+    emit(data, as_json, f"{m['n_examples']} examples -> {res.dataset_path} (sha256 {m['sha256'][:12]}…)\n"
                          f"counts: {m['counts']}")
 
 
@@ -553,7 +494,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
     from arte.tasks import load_task
     from arte.home import convert_dir, model_dir
 
-    with _session(verbose) as bars:
+    with session(verbose) as bars:
         try:
             q = {"seed": seed, "n_seeds": seeds_per_prompt, "question_max_new_tokens": question_tokens,
                  "max_question_prompts": max_question_prompts}
@@ -567,7 +508,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
                 n_seeds=n_seeds, n_validation=n_validation, split_seed=split_seed, select_items=select_items)
             if endpoint:
                 raise click.UsageError("the pipeline aligns a local teacher; --endpoint works with `arte draft`")
-            _threads(threads)
+            set_threads(threads)
             task = load_task(task_path)
             open_teacher, teacher_key = _teacher_opener(teacher, teacher_backend, None, None, threads)
             open_student, student_key = _student_opener(student, student_backend, threads)
@@ -578,12 +519,12 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
                                         "tailor_teacher": f"torch:{base.name}:{base.sha256 or base.path}"})
             summary = runner.run(_styles(stages), force=_styles(force))
         except ArteError as e:
-            _fail(e)
+            fail(e)
     lines = [f"{name:7} {'skipped' if s['skipped'] else 'ran'} {s['seconds']:>8.1f}s  "
              f"{json.dumps(s['summary'], default=str)[:160]}" for name, s in summary["stages"].items()]
     if summary.get("reason"):   # no signal: the later stages stopped
         lines.append(summary["reason"])
-    _emit(summary, as_json, "\n".join(lines + [f"total {summary['seconds']:.1f}s in {work_dir}"]))
+    emit(summary, as_json, "\n".join(lines + [f"total {summary['seconds']:.1f}s in {work_dir}"]))
 
 
 COMMANDS = [draft, score, pairs, align, tailor, pipeline]

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from arte.tasks import load_task
     from arte.home import model_dir
     from arte_cli.selftest import openers, plot_rates, table
-    from arte_cli.teacher import _Bars
+    from arte_cli.output import Bars
 
     if args.fleet_signal:
         return _fleet_signal(args)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = load_task(args.task)
     ref = resolve_model(args.teacher, model_dir())
     open_teacher, open_drafter, align_pairs, torch_device = openers(ref, args.device, args.threads, align_cfg)
-    bars = _Bars()
+    bars = Bars()
     try:
         from arte.drafts import read_drafts
 

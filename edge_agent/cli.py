@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from arte.errors import ArteError, ConfigError
+from arte.exit_codes import render
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
 from edge_agent.errors import AgentError, ExitCode, exit_code_for
 
@@ -28,7 +29,7 @@ def fail(err: Exception) -> NoReturn:
 
 
 def emit(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else human)
+    click.echo(render(data, as_json, human))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
@@ -125,7 +126,8 @@ def _settings(ctx: click.Context) -> Any:
 
 
 def _client(settings: Any, state: Any, device_key: str | None, server_url: str | None = None) -> Any:
-    from edge_agent.client import RetryPolicy, ServerClient
+    from arte.retry import RetryPolicy
+    from edge_agent.client import ServerClient
 
     def contact() -> None:
         from edge_agent.state import utc_now
@@ -240,7 +242,7 @@ def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
     settings = _settings(ctx)
 
     def probe(st: Any) -> Check:
-        from edge_agent.client import RetryPolicy
+        from arte.retry import RetryPolicy
 
         try:
             with _client(settings.model_copy(update={"retries": 1}), st, st.read_device_key()) as client:
@@ -296,7 +298,7 @@ def run(ctx: click.Context, once: bool, iterations: int | None, ignore_condition
     from edge_agent.hardware import detect
     from edge_agent.loop import Agent, Iteration, run_forever, run_once
     from edge_agent.state import State
-    from edge_agent.training import train_step
+    from edge_agent.train_step import train_step
 
     if once:
         iterations = 1
@@ -590,7 +592,7 @@ def train(data_path: Path, task_path: Path, model: str, adapters_dir: Path | Non
           max_new_tokens: int, significance: float, min_gain: float, as_json: bool) -> None:
     """Fine-tune the student with LoRA on tailored data, evaluate before/after on the local holdout, and
     activate the new adapter only if it is better. Prints the verdict and accuracies."""
-    from edge_agent.train import TrainOptions, run_train
+    from edge_agent.train_step import TrainOptions, run_train
 
     try:
         shot_counts = tuple(int(x) for x in shots.split(",") if x.strip())

@@ -2,7 +2,7 @@
 
 Contract: :class:`ServerClient` sends and receives :mod:`arte.wire` messages (``to_wire``/``from_wire``);
 every call goes through :meth:`ServerClient.call`, which retries connection errors, timeouts, 429 and 5xx
-answers with exponential backoff and full jitter (:class:`RetryPolicy`; the ``wait`` function is
+answers with exponential backoff and full jitter (:class:`arte.retry.RetryPolicy`; the ``wait`` function is
 injectable, so tests never sleep). 4xx answers are not retried: they raise :class:`ServerError` (401/403:
 :class:`AuthError`) carrying the server's error body. When every attempt failed, :class:`NetworkError`.
 A body that does not match the protocol raises :class:`ServerError` naming the field.
@@ -22,34 +22,15 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 
+from arte.retry import RETRY_STATUS, Retryable, RetryPolicy, retry_after_seconds, retry_call
 from arte.wire import (API_PREFIX, DatasetManifest, DeviceInfo, EnrollRequest, EnrollResponse, RoundDrafts,
                        RoundInfo, WireError, from_wire, to_wire)
 from edge_agent.errors import AuthError, NetworkError, ServerError
 
-__all__ = ["RetryPolicy", "ServerClient", "Sent", "TransientError", "encode"]
+__all__ = ["ServerClient", "Sent", "encode"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter: before retry ``n`` (1-based) wait
-    ``uniform(0, min(max_delay, base_delay * 2**(n-1)))`` seconds; at most ``attempts`` tries in all."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"attempts: must be >= 1, got {self.attempts}")
-        if self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("base_delay, max_delay: must be >= 0")
-
-    def delay(self, retry: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** (retry - 1)))
 
 
 @dataclass(frozen=True)
@@ -65,15 +46,6 @@ class Sent:
 def encode(message: Any) -> str:
     """The exact request body for a wire message (what the sent log stores)."""
     return json.dumps(to_wire(message), separators=(",", ":"), sort_keys=True)
-
-
-class TransientError(Exception):
-    """A failure worth retrying (a retryable status, a resume the server refused)."""
-
-    def __init__(self, problem: str, retry_after: float | None = None) -> None:
-        self.problem = problem
-        self.retry_after = retry_after
-        super().__init__(problem)
 
 
 def _error(url: str, resp: httpx.Response) -> ServerError:
@@ -120,27 +92,15 @@ class ServerClient:
 
     def call(self, path: str, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` until it succeeds, retrying transport errors and retryable statuses."""
-        for n in range(1, self.retry.attempts + 1):
-            try:
-                return attempt()
-            except (httpx.TransportError, TransientError) as e:
-                problem = e.problem if isinstance(e, TransientError) else f"{type(e).__name__}: {e}"
-                if n == self.retry.attempts:
-                    raise NetworkError(self.url(path), problem, n) from None
-                delay = self.retry.delay(n, self.rng)
-                if isinstance(e, TransientError) and e.retry_after is not None:
-                    delay = max(delay, min(e.retry_after, self.retry.max_delay))
-                log.info("%s: %s; retry %d/%d in %.1f s", path, problem, n, self.retry.attempts - 1, delay)
-                self.wait(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return retry_call(attempt, self.retry, what=path, retry_on=(httpx.TransportError,), wait=self.wait,
+                          rng=self.rng, give_up=lambda problem, n: NetworkError(self.url(path), problem, n))
 
     def check(self, path: str, resp: httpx.Response) -> httpx.Response:
-        """Raise for an error answer (retryable ones as :class:`TransientError`); note the contact."""
+        """Raise for an error answer (retryable ones as :class:`arte.retry.Retryable`); note the contact."""
         if self.on_contact is not None:
             self.on_contact()
         if resp.status_code in RETRY_STATUS:
-            after = resp.headers.get("Retry-After", "")
-            raise TransientError(f"HTTP {resp.status_code}", float(after) if after.isdigit() else None)
+            raise Retryable(f"HTTP {resp.status_code}", retry_after_seconds(resp.headers.get("Retry-After")))
         if resp.status_code >= 400:
             raise _error(self.url(path), resp)
         return resp

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from arte.models import sha256_file
 from arte.wire import DatasetManifest
-from edge_agent.client import ServerClient, TransientError
+from arte.retry import Retryable
+from edge_agent.client import ServerClient
 from edge_agent.errors import IntegrityError
 
 __all__ = ["download_dataset", "verify_file", "verify_signature"]
@@ -76,14 +77,14 @@ def _fetch_into(client: ServerClient, path: str, part: Path, size: int) -> None:
     with client.stream(path, headers) as resp:
         if resp.status_code == 416:
             part.unlink(missing_ok=True)
-            raise TransientError("HTTP 416: the server refused the resume range; restarting from byte 0")
+            raise Retryable("HTTP 416: the server refused the resume range; restarting from byte 0")
         if resp.status_code >= 400:
             resp.read()
         client.check(path, resp)
         if resp.status_code == 206:
             m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
             if not m or int(m.group(1)) != offset:
-                raise TransientError(f"HTTP 206 with Content-Range {resp.headers.get('Content-Range')!r}, "
+                raise Retryable(f"HTTP 206 with Content-Range {resp.headers.get('Content-Range')!r}, "
                                  f"expected a range starting at {offset}")
             mode = "ab"
         else:

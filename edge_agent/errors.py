@@ -19,71 +19,48 @@ to codes here too.
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any
 
 from arte.errors import (ArteError, BackendError, ConfigError, DraftFormatError, ModelError, ScoringError,
                          TaskFormatError)
+from arte.exit_codes import ExitCodes, code_for
+from firmware_profiles import ProfileError
 
 __all__ = ["ExitCode", "AgentError", "NotEnrolledError", "StateError", "NetworkError", "ServerError",
            "AuthError", "IntegrityError", "BudgetError", "TrainingError", "exit_code_for"]
 
 
-class ExitCode(IntEnum):
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    INPUT = 3
-    MODEL = 4
-    RUNTIME = 5
-    NETWORK = 6
-    AUTH = 7
-    SERVER = 8
-    STATE = 9
-    INTEGRITY = 10
-    BUDGET = 11
-    NOT_ENROLLED = 12
-    TRAINING = 13
-    CHECKS = 14
+class ExitCode(ExitCodes):
+    """``edge-agent``'s exit codes (shown by ``--help``)."""
 
-    @classmethod
-    def help_text(cls) -> str:
-        return "\n".join(f"  {c.value:>2}  {c.name.lower()}: {_HELP[c.name]}" for c in cls)
-
-
-_HELP = {
-    "OK": "success",
-    "ERROR": "unexpected error (a bug: please report it)",
-    "USAGE": "bad command-line usage",
-    "INPUT": "a task, drafts, data or profile file is malformed, or a config value is invalid",
-    "MODEL": "the model or an adapter is missing, corrupt or unusable",
-    "RUNTIME": "the model runtime failed (context too small, out of memory)",
-    "NETWORK": "server unreachable after retries (reports stay queued, nothing is lost)",
-    "AUTH": "the server refused the enrollment token or the device key",
-    "SERVER": "the server answered with an error or an unexpected body",
-    "STATE": "the local state dir is read-only, full, corrupt or from a newer agent",
-    "INTEGRITY": "a download failed its sha256/signature check (deleted, never used)",
-    "BUDGET": "the local privacy budget is spent (the round was not reported)",
-    "NOT_ENROLLED": "this device is not enrolled: run `edge-agent enroll`",
-    "TRAINING": "the train step is unavailable or failed",
-    "CHECKS": "`doctor` found problems that stop the agent from working",
-}
+    OK = 0, "success"
+    ERROR = 1, "unexpected error (a bug: please report it)"
+    USAGE = 2, "bad command-line usage"
+    INPUT = 3, "a task, drafts, data or profile file is malformed, or a config value is invalid"
+    MODEL = 4, "the model or an adapter is missing, corrupt or unusable"
+    RUNTIME = 5, "the model runtime failed (context too small, out of memory)"
+    NETWORK = 6, "server unreachable after retries (reports stay queued, nothing is lost)"
+    AUTH = 7, "the server refused the enrollment token or the device key"
+    SERVER = 8, "the server answered with an error or an unexpected body"
+    STATE = 9, "the local state dir is read-only, full, corrupt or from a newer agent"
+    INTEGRITY = 10, "a download failed its sha256/signature check (deleted, never used)"
+    BUDGET = 11, "the local privacy budget is spent (the round was not reported)"
+    NOT_ENROLLED = 12, "this device is not enrolled: run `edge-agent enroll`"
+    TRAINING = 13, "the train step is unavailable or failed"
+    CHECKS = 14, "`doctor` found problems that stop the agent from working"
 
 
 class AgentError(Exception):
     """Base of every error the agent raises on purpose."""
 
-    exit_code = ExitCode.ERROR
-
 
 class NotEnrolledError(AgentError):
-    exit_code = ExitCode.NOT_ENROLLED
+    """No enrollment in the state dir."""
 
 
 class StateError(AgentError):
     """The state dir at ``path`` cannot be used; the message says why and what to do."""
 
-    exit_code = ExitCode.STATE
 
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
@@ -94,7 +71,6 @@ class StateError(AgentError):
 class NetworkError(AgentError):
     """No usable answer from ``url`` after ``attempts`` tries."""
 
-    exit_code = ExitCode.NETWORK
 
     def __init__(self, url: str, problem: str, attempts: int) -> None:
         self.url = url
@@ -105,7 +81,6 @@ class NetworkError(AgentError):
 class ServerError(AgentError):
     """The server's error body: ``status``, ``type``, ``message``, ``detail`` (``detail['field']``)."""
 
-    exit_code = ExitCode.SERVER
 
     def __init__(self, url: str, status: int, type_: str, message: str,
                  detail: dict[str, Any] | None = None) -> None:
@@ -119,31 +94,32 @@ class ServerError(AgentError):
 
 
 class AuthError(ServerError):
-    exit_code = ExitCode.AUTH
+    """401/403: the enrollment token or device key was refused."""
 
 
 class IntegrityError(AgentError):
-    exit_code = ExitCode.INTEGRITY
+    """A download failed its sha256 or signature check (the file was deleted)."""
 
 
 class BudgetError(AgentError):
-    exit_code = ExitCode.BUDGET
+    """The local privacy budget does not allow this round."""
 
 
 class TrainingError(AgentError):
-    exit_code = ExitCode.TRAINING
+    """The train step is unavailable or failed."""
+
+
+# Errors raised on purpose (agent, library, profile) -> their code; the most specific type wins.
+_CODES: dict[type[BaseException], ExitCode] = {
+    AgentError: ExitCode.ERROR, NotEnrolledError: ExitCode.NOT_ENROLLED, StateError: ExitCode.STATE,
+    NetworkError: ExitCode.NETWORK, ServerError: ExitCode.SERVER, AuthError: ExitCode.AUTH,
+    IntegrityError: ExitCode.INTEGRITY, BudgetError: ExitCode.BUDGET, TrainingError: ExitCode.TRAINING,
+    TaskFormatError: ExitCode.INPUT, DraftFormatError: ExitCode.INPUT, ConfigError: ExitCode.INPUT,
+    ProfileError: ExitCode.INPUT, ScoringError: ExitCode.INPUT, ModelError: ExitCode.MODEL,
+    BackendError: ExitCode.RUNTIME, ArteError: ExitCode.RUNTIME,
+}
 
 
 def exit_code_for(err: BaseException) -> ExitCode:
     """The exit code for an error raised on purpose (agent, library or profile); ERROR for anything else."""
-    from firmware_profiles import ProfileError
-
-    if isinstance(err, AgentError):
-        return err.exit_code
-    if isinstance(err, (TaskFormatError, DraftFormatError, ConfigError, ProfileError, ScoringError)):
-        return ExitCode.INPUT
-    if isinstance(err, ModelError):
-        return ExitCode.MODEL
-    if isinstance(err, (BackendError, ArteError)):
-        return ExitCode.RUNTIME
-    return ExitCode.ERROR
+    return code_for(err, _CODES, ExitCode.ERROR)

@@ -19,7 +19,7 @@ Compute steps (scoring, training) run only when the profile's ``[when]`` rules a
 (delivery, downloads) always run. Only scores leave the device: the report carries per draft ``n_items``
 and ``n_correct``; the private data path is read from the settings and never sent.
 
-The train step is one call, :data:`TrainStep` (:func:`edge_agent.training.train_step` by default), so
+The train step is one call, :data:`TrainStep` (:func:`edge_agent.train_step.train_step` by default), so
 tests and other trainers plug in without touching the loop.
 """
 
@@ -40,7 +40,7 @@ from arte.errors import ArteError
 from arte.scoring import ScoringConfig, score_drafts
 from edge_agent.items import items_for_round, learn_from_round
 from arte.tasks import label_counts, label_of, load_task, split_task
-from arte.wire import Accuracy, Metrics, Report, RoundInfo, to_wire
+from arte.wire import Metrics, Report, RoundInfo, to_wire
 from edge_agent.client import ServerClient
 from edge_agent.download import download_dataset, verify_file
 from edge_agent.errors import AgentError, AuthError, BudgetError, NetworkError, StateError, TrainingError
@@ -48,7 +48,7 @@ from edge_agent.hardware import Hardware, work_blockers
 from edge_agent.privacy import private_scores
 from edge_agent.state import State
 from edge_agent.sync import deliver, queue_metrics, queue_report
-from edge_agent.training import TrainingIncomplete, TrainRequest, TrainResult
+from edge_agent.train_step import TrainingIncomplete, TrainRequest, TrainResult
 from firmware_profiles import Profile
 
 __all__ = ["Agent", "Iteration", "run_once", "run_forever", "sample_by_question", "TrainStep", "MAX_TRAIN_FAILURES"]
@@ -237,20 +237,12 @@ def _do_round(agent: Agent, it: Iteration) -> None:
 # -- dataset: download, train, metrics --------------------------------------------------------------------------
 
 
-def _better(before: Accuracy, after: Accuracy) -> bool:
-    """For train steps that leave the decision to the loop: keep an adapter only when it improves the
-    holdout accuracy (0- and 3-shot together). The default step decides itself (McNemar, see training)."""
-    return after.zero_shot + after.three_shot > before.zero_shot + before.three_shot
-
-
 def _train(agent: Agent, dataset_id: str, dataset_path: str, key: str, failures: int) -> dict[str, Any]:
     task, _, holdout = _private_split(agent)
     version = f"{dataset_id}-{uuid.uuid4().hex[:8]}"
-    active = agent.state.active_adapter()
     s = agent.state
     req = TrainRequest(dataset_path=Path(dataset_path), task=task, holdout=tuple(holdout), profile=agent.profile,
                        out_dir=s.dir / "adapters" / version, model=agent.model,
-                       base_adapter=Path(active["path"]) if active else None,
                        split_seed=int(s.get("split_seed", "0")), validation=float(s.get("validation_share", "0.5")),
                        store_dir=s.dir / "adapter-store", work_dir=s.dir / "train-work" / dataset_id)
     t0 = agent.clock()
@@ -266,7 +258,7 @@ def _train(agent: Agent, dataset_id: str, dataset_path: str, key: str, failures:
         agent.state.set_journal(key, step, {"path": dataset_path, "failures": failures, "error": str(e)})
         log.error("training on dataset %s failed (%d/%d): %s", dataset_id, failures, MAX_TRAIN_FAILURES, e)
         return {"dataset_id": dataset_id, "step": step, "error": str(e), "failures": failures}
-    kept = res.keep if res.keep is not None else _better(res.before, res.after)
+    kept = res.keep
     metrics = Metrics(idempotency_key=uuid.uuid4().hex, dataset_id=dataset_id, adapter_version=version,
                       before=res.before, after=res.after, kept=kept, train_seconds=round(agent.clock() - t0, 3),
                       agent_version=agent.agent_version)

@@ -5,7 +5,7 @@ Contract: :func:`student_options` turns a profile's ``[runtime]`` into the keywo
 ``n_gpu_layers`` (``Runtime.n_gpu_layers``: 0 on the CPU; every layer, or ``gpu_layers``, on ``cuda``); for
 ``torch``, ``device`` and ``dtype`` (``quantization``: fp32 | fp16 | bf16). :func:`open_profile_student`
 opens the model with them, plus the active LoRA adapter on llama. Scoring (the run loop) and the
-before/after evaluation of fine-tuning (:mod:`edge_agent.training`) both open the student this way, so the
+before/after evaluation of fine-tuning (:mod:`edge_agent.train_step`) both open the student this way, so the
 device runs what its profile names. A llama profile on ``cuda`` with a CPU-only build of llama.cpp still
 runs (on the CPU cores), with a warning; ``edge-agent doctor`` fails that build against the profile.
 """

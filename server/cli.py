@@ -6,11 +6,7 @@ Commands: ``init`` (create the database, run migrations, create the admin key an
 database directly. Every command takes ``--json`` and then prints exactly one JSON document on stdout;
 logs go to stderr.
 
-Exit codes:
-    0  success
-    1  the request was refused (not found, conflict, bad value); the message names the field
-    2  usage error (click)
-    3  the database is not migrated to the current revision (run ``arte-server init``)
+Exit codes: :class:`server.cli_common.Exit` (shown by ``arte-server --help``).
 """
 
 from __future__ import annotations
@@ -24,20 +20,17 @@ import click
 
 from server.cli_admin import aggregates, cohorts, devices, jobs, rounds, tasks, tokens
 from server.cli_common import (
-    EXIT_NOT_READY,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_USAGE,
+    Exit,
     _Ctx,
     _emit,
     _fail,
     json_option,
 )
 
-__all__ = ["main", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "EXIT_NOT_READY"]
+__all__ = ["Exit", "main"]
 
 
-@click.group()
+@click.group(epilog="\b\nExit codes:\n" + Exit.help_text())
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
@@ -138,7 +131,7 @@ def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_lo
     try:
         db.check_current(engine)
     except NotReady as e:
-        _fail(False, EXIT_NOT_READY, e.type, e.message)
+        _fail(False, Exit.NOT_READY, e.type, e.message)
     finally:
         engine.dispose()
     # the worker processes read their settings from the environment: hand the options on that way
@@ -168,7 +161,7 @@ def worker(obj: _Ctx, once: bool, as_json: bool) -> None:
     try:
         w = Worker(obj.settings(), obj.sessions())
     except NotReady as e:
-        _fail(as_json, EXIT_NOT_READY, e.type, e.message)
+        _fail(as_json, Exit.NOT_READY, e.type, e.message)
     if once:
         job_id = w.run_once()
         _emit(

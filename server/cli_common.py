@@ -11,7 +11,18 @@ from typing import Any
 
 import click
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_READY = 0, 1, 2, 3
+from arte.exit_codes import ExitCodes, render
+
+
+
+class Exit(ExitCodes):
+    """``arte-server``'s exit codes (shown by ``--help``)."""
+
+    OK = 0, "success"
+    ERROR = 1, "unexpected error (a bug: please report it)"
+    USAGE = 2, "bad command-line usage"
+    NOT_READY = 3, "the database is not migrated to the current revision (run `arte-server init`)"
+    REFUSED = 4, "the request was refused (not found, conflict, bad value); the message names the field"
 
 
 class _Ctx:
@@ -41,10 +52,10 @@ class _Ctx:
 
 
 def _emit(as_json: bool, data: Any, human: Callable[[Any], str] | None = None) -> None:
-    if as_json:
-        click.echo(json.dumps(data, default=str, indent=None))
+    if as_json or human is None:
+        click.echo(render(data, True, ""))
     else:
-        click.echo(human(data) if human else json.dumps(data, default=str, indent=2))
+        click.echo(human(data))
 
 
 def _fail(as_json: bool, code: int, type_: str, message: str, detail: dict[str, Any] | None = None) -> None:
@@ -72,13 +83,13 @@ def _run(
             data = fn(s, utcnow())
             data = _jsonable(data)
     except NotReady as e:
-        _fail(as_json, EXIT_NOT_READY, e.type, e.message, e.detail)
+        _fail(as_json, Exit.NOT_READY, e.type, e.message, e.detail)
     except ServerError as e:
-        _fail(as_json, EXIT_REFUSED, e.type, e.message, e.detail)
+        _fail(as_json, Exit.REFUSED, e.type, e.message, e.detail)
     except ValidationError as e:
         err = e.errors()[0]
         field = field_path(err["loc"])
-        _fail(as_json, EXIT_REFUSED, "validation_error", f"{field}: {err['msg']}", {"field": field})
+        _fail(as_json, Exit.REFUSED, "validation_error", f"{field}: {err['msg']}", {"field": field})
     _emit(as_json, data, human)
 
 

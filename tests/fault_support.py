@@ -236,7 +236,8 @@ def queue_reports(agents: list[AgentBox], rounds: list[str], n_drafts: int) -> i
 def deliver_all(agents: list[AgentBox], url: str, attempts: int = 3) -> list[Any]:
     """Every agent runs the real ``deliver`` once, concurrently (retries without waiting: the wait is
     injected). Returns the Delivery of each agent."""
-    from edge_agent.client import RetryPolicy, ServerClient
+    from arte.retry import RetryPolicy
+    from edge_agent.client import ServerClient
     from edge_agent.state import State
     from edge_agent.sync import deliver
 

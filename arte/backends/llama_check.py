@@ -21,13 +21,12 @@ import json
 import math
 import os
 import platform
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from arte.procs import ChildResult, describe_exit, run_child, signal_name
+from arte.procs import ChildResult, describe_exit, passive_openmp, run_child, signal_name
 
 __all__ = ["BASELINE_CMAKE_ARGS", "SelfCheck", "baseline_cmake_args", "build_features", "cpu_flags",
            "installed_build_record", "machine_features", "parse_system_info", "rebuild_command", "self_check"]
@@ -201,7 +200,7 @@ def self_check(model_path: str | Path, *, n_threads: int = 1, n_gpu_layers: int 
         sys.executable, "-X", "faulthandler", "-m", "arte.backends.llama_check", str(model_path),
         "--threads", str(n_threads), "--gpu-layers", str(n_gpu_layers)]
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # a shared device: threads sleep rather than spin when waiting
+    passive_openmp(env)
     child = run_child(cmd, timeout_s=timeout_s, env=env)
     return _explain(child, timeout_s, machine, flags, record, rebuild_args or baseline_cmake_args(arch, flags),
                     Path(model_path).name)

@@ -17,17 +17,17 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("server.app", reason="the fleet server (server/) is not in this checkout")
-pytest.importorskip("uvicorn")
+
 
 import edge_agent.cli as cli  # noqa: E402
 from arte.wire import Accuracy  # noqa: E402
-from edge_agent.client import RetryPolicy, ServerClient  # noqa: E402
+from arte.retry import RetryPolicy
+from edge_agent.client import ServerClient  # noqa: E402
 from edge_agent.errors import IntegrityError, NetworkError  # noqa: E402
 from edge_agent.hardware import Hardware  # noqa: E402
 from edge_agent.loop import Agent, run_once  # noqa: E402
 from edge_agent.state import State  # noqa: E402
-from edge_agent.training import TrainRequest, TrainResult  # noqa: E402
+from edge_agent.train_step import TrainRequest, TrainResult  # noqa: E402
 from firmware_profiles import load_profiles  # noqa: E402
 from tests.fakes import CopyingStudent  # noqa: E402
 from tests.live_server import DATASET, LiveServer  # noqa: E402
@@ -60,7 +60,8 @@ class Trainer:
         self.calls.append(req)
         req.out_dir.mkdir(parents=True)
         (req.out_dir / "adapter.gguf").write_bytes(b"GGUF")
-        return TrainResult(req.out_dir / "adapter.gguf", "gguf-lora", Accuracy(0.5, 0.5, 12), Accuracy(0.75, 0.7, 12))
+        return TrainResult(req.out_dir / "adapter.gguf", "gguf-lora", Accuracy(0.5, 0.5, 12), Accuracy(0.75, 0.7, 12),
+                           keep=True)
 
 
 def enroll(server: LiveServer, token: str, state_dir: Path, data: Path) -> None:

@@ -35,7 +35,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("server.app", reason="the fleet server (server/) is not in this checkout")
 
 import edge_agent.cli as cli  # noqa: E402
 from arte.tasks import Example, load_task  # noqa: E402

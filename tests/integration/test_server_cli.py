@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from server.cli import EXIT_NOT_READY, EXIT_REFUSED, main
+from server.cli import Exit, main
 from tests.server_support import Backend
 
 
@@ -26,7 +26,7 @@ def run(backend: Backend, tmp_path: Path, *args: str, code: int = 0) -> dict | l
 
 def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
     assert (
-        run(backend, tmp_path, "tasks", "list", "--json", code=EXIT_NOT_READY)["error"]["type"] == "not_ready"
+        run(backend, tmp_path, "tasks", "list", "--json", code=Exit.NOT_READY)["error"]["type"] == "not_ready"
     )
     init = run(backend, tmp_path, "init", "--json")
     assert init["admin_key"].startswith("arte_ak_")
@@ -60,7 +60,7 @@ def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
         "--instruction",
         "x",
         "--json",
-        code=EXIT_REFUSED,
+        code=Exit.REFUSED,
     )
     assert dup["error"]["detail"]["field"] == "name"
     cohort = run(
@@ -96,7 +96,7 @@ def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
         "--mechanism",
         "laplace",
         "--json",
-        code=EXIT_REFUSED,
+        code=Exit.REFUSED,
     )
     assert bad["error"]["type"] == "validation_error" and bad["error"]["detail"]["field"] == "privacy.epsilon"
     token = run(backend, tmp_path, "tokens", "create", "--cohort-id", cohort["cohort_id"], "--json")
@@ -136,7 +136,7 @@ def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
         "--round-id",
         rnd["round_id"],
         "--json",
-        code=EXIT_REFUSED,
+        code=Exit.REFUSED,
     )
     assert below["error"]["type"] == "below_k"
     job = run(
@@ -265,7 +265,7 @@ def test_cohort_privacy_policy_and_aggregate_estimates_from_the_shell(
     )
     assert "may_align=true" in human.output and "95% interval" in human.output and "d1" in human.output
     missing = run(
-        backend, tmp_path, "aggregates", "show", rnd["round_id"], "--stored", "--json", code=EXIT_REFUSED
+        backend, tmp_path, "aggregates", "show", rnd["round_id"], "--stored", "--json", code=Exit.REFUSED
     )
     assert missing["error"]["type"] == "not_found"
     run(

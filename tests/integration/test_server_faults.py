@@ -245,7 +245,8 @@ def test_agent_state_dir_full_then_read_only_loses_nothing(small_tmpfs: Path, tm
     there is room again the re-send is answered with the stored receipt (exactly once). Then the mount
     goes read-only: the state still opens for reading, writes fail clearly, nothing is lost."""
     from arte.wire import DraftScoreMsg, Report
-    from edge_agent.client import RetryPolicy, ServerClient
+    from arte.retry import RetryPolicy
+    from edge_agent.client import ServerClient
     from edge_agent.errors import StateError
     from edge_agent.state import State
     from edge_agent.sync import deliver, queue_report

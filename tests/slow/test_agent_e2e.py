@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("server.app", reason="the fleet server (server/) is not in this checkout")
 
 from tests.live_server import ROOT, LiveServer  # noqa: E402
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("server.app", reason="the fleet server (server/) is not in this checkout")
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import edge_agent.cli as cli
-from edge_agent.client import RetryPolicy, ServerClient
+from arte.retry import RetryPolicy
+from edge_agent.client import ServerClient
 from edge_agent.errors import ExitCode
 from tests.fake_fleet import FakeFleet
 from tests.llama_check_fakes import child_code, fake_llama_check

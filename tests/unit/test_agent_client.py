@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from arte.wire import EnrollRequest
-from edge_agent.client import RetryPolicy, ServerClient
+from arte.retry import RetryPolicy
+from edge_agent.client import ServerClient
 from edge_agent.errors import AuthError, NetworkError, ServerError
 from tests.fake_fleet import FakeFleet
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from arte.wire import EnrollRequest
-from edge_agent.client import RetryPolicy, ServerClient
+from arte.retry import RetryPolicy
+from edge_agent.client import ServerClient
 from edge_agent.download import download_dataset
 from edge_agent.errors import IntegrityError
 from tests.fake_fleet import FakeFleet, Killed

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from arte.wire import Accuracy, EnrollRequest
-from edge_agent.client import RetryPolicy, ServerClient
+from arte.retry import RetryPolicy
+from edge_agent.client import ServerClient
 from edge_agent.errors import NetworkError, TrainingError
 from edge_agent.hardware import Hardware, PowerState
 from edge_agent.loop import MAX_TRAIN_FAILURES, Agent, run_forever, run_once
 from edge_agent.state import State
-from edge_agent.training import TrainingIncomplete, TrainRequest, TrainResult, train_step
+from edge_agent.train_step import TrainingIncomplete, TrainRequest, TrainResult, train_step
 from firmware_profiles import load_profiles
 from tests.fake_fleet import FakeFleet, Killed
 from tests.fakes import CopyingStudent
@@ -34,7 +35,8 @@ class FakeTrainer:
 
     def __init__(self, before: float = 0.4, after: float = 0.6, fail: BaseException | None = None,
                  keep: bool | None = None, pause_first: int = 0) -> None:
-        self.before, self.after, self.fail, self.keep, self.pause_first = before, after, fail, keep, pause_first
+        self.before, self.after, self.fail, self.pause_first = before, after, fail, pause_first
+        self.keep = after > before if keep is None else keep   # a real step decides by McNemar on its holdout
         self.calls: list[TrainRequest] = []
 
     def __call__(self, req: TrainRequest) -> TrainResult:

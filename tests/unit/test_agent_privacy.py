@@ -12,7 +12,6 @@ from edge_agent.loop import run_once
 from tests.fake_fleet import FakeFleet
 from tests.unit.test_agent_loop import DRAFTS, make_agent, private_data  # noqa: F401 - fixture
 
-pytest.importorskip("arte.privacy", reason="arte.privacy (local DP) is not in this checkout")
 
 
 def test_laplace_round_is_noised_and_charged_once(tmp_path: Path, private_data: Path) -> None:  # noqa: F811

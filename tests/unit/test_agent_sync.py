@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from arte.wire import DraftScoreMsg, EnrollRequest, Report
-from edge_agent.client import RetryPolicy, ServerClient
+from arte.retry import RetryPolicy
+from edge_agent.client import ServerClient
 from edge_agent.state import State
 from edge_agent.sync import deliver, queue_report
 from tests.fake_fleet import FakeFleet

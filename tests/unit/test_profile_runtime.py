@@ -90,7 +90,7 @@ def test_fine_tuning_evaluates_on_the_profile_runtime(pid: str, recorded: Path, 
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import arte.finetune
     from arte.tasks import Example, Task
-    from edge_agent.training import TrainRequest, train_step
+    from edge_agent.train_step import TrainRequest, train_step
 
     seen: dict[str, Any] = {}
 

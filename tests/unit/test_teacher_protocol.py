@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jinja2
 import pytest
 
 from arte.errors import ConfigError
@@ -48,8 +49,9 @@ def test_broken_template_is_a_config_error() -> None:
 
 
 def test_sandbox_blocks_attribute_escapes() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="chat_template.*unsafe") as e:
         render_chat("{{ messages.__class__.__mro__ }}", [{"role": "user", "content": "x"}])
+    assert isinstance(e.value.__cause__, jinja2.exceptions.SecurityError)
 
 
 @pytest.mark.parametrize("convs, field", [
