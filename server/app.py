@@ -1,13 +1,14 @@
 """``create_app(settings)``: the fleet server as a FastAPI application.
 
 Contract: every response with status >= 400 has the body ``{"error": {"type", "message", "detail"}}``,
-made by :mod:`server.responses` from the exception handlers installed here (plus
+made by :func:`server.responses.exception_response` from the exception handlers installed here (plus
 :mod:`server.middleware`, which answers before the app for oversized or non-JSON bodies, and
-:mod:`server.fastlane`, which answers the device hot path with the same functions): typed
-:class:`~server.errors.ServerError`\\ s keep their status; request validation errors are 422
+:mod:`server.fastlane`, which answers the device hot path with the same function): typed
+:class:`~server.errors.ApiError`\\ s keep their status; request validation errors are 422
 ``validation_error`` with ``detail.field`` naming the field (``scores[1].n_correct``), malformed JSON is
-400 ``malformed_json``; anything unexpected is a 500 ``internal`` whose body says nothing about the
-cause (it is logged with the stack trace on the server).
+400 ``malformed_json``; a method the path does not answer is 405 with ``Allow`` listing those it does;
+anything unexpected is a 500 ``internal`` whose body says nothing about the cause (it is logged with
+the stack trace on the server). :mod:`server.openapi` documents every status each route can answer.
 
 The app refuses to start on a database that is not at the migrations' head revision (run
 ``arte-server init``), unless ``check_migrations`` is off.
@@ -22,15 +23,13 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from arte.wire import API_PREFIX, PROTOCOL_VERSION
-from server import db, responses, telemetry
-from server.errors import ServerError
+from server import db, openapi, responses, telemetry
 from server.fastlane import DeviceFastLane
 from server.groupcommit import ReportWriter
 from server.keycache import DeviceKeyCache
@@ -46,28 +45,26 @@ __all__ = ["create_app", "app_from_env", "field_path"]
 
 logger = logging.getLogger(__name__)
 
+_API_ROUTES = tuple(route for router in ROUTERS for route in router.routes)
+
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServerError)
-    async def _server_error(_: Request, exc: ServerError) -> JSONResponse:
-        return responses.server_error_response(exc)
+    async def answer(request: Request, exc: Exception) -> JSONResponse:
+        allow = _allowed_methods(request) if isinstance(exc, HTTPException) and exc.status_code == 405 else None
+        return responses.exception_response(exc, request.method, request.url.path, allow=allow)
 
-    @app.exception_handler(sa_exc.OperationalError)
-    @app.exception_handler(sa_exc.InterfaceError)
-    async def _database_down(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
-        return responses.database_down_response(request.method, request.url.path, exc)
+    for cls in responses.HANDLED:
+        app.add_exception_handler(cls, answer)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return responses.validation_error_response(exc)
 
-    @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return responses.http_error_response(exc)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return responses.unexpected_response(request.method, request.url.path, exc)
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method an API route answers on the request's path: Starlette's own 405 names only the
+    methods of the first route that matched the path (``POST`` where ``GET`` is a second route)."""
+    methods: set[str] = set()
+    for route in _API_ROUTES:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def create_app(
@@ -116,29 +113,9 @@ def create_app(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
-    _document_bodies(app, (ReportIn,))
+    openapi.document(app, _API_ROUTES, bodies=(ReportIn,))
     telemetry.install(app)  # last: its request metrics middleware is the outermost layer
     return app
-
-
-def _document_bodies(app: FastAPI, models: tuple[type[Any], ...]) -> None:
-    """Put the request bodies that routes parse themselves (``server.deps.one_hop``; referenced by
-    ``routes.common.json_body``) into the OpenAPI components, as FastAPI does for declared bodies."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = generate()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, sub in js.pop("$defs", {}).items():
-                    components.setdefault(name, sub)
-                components.setdefault(model.__name__, js)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

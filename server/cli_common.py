@@ -75,7 +75,7 @@ def _run(
 
     from server.app import field_path
     from server.db import transaction
-    from server.errors import NotReady, ServerError
+    from server.errors import ApiError, NotReady
     from server.models import utcnow
 
     try:
@@ -84,7 +84,7 @@ def _run(
             data = _jsonable(data)
     except NotReady as e:
         _fail(as_json, Exit.NOT_READY, e.type, e.message, e.detail)
-    except ServerError as e:
+    except ApiError as e:
         _fail(as_json, Exit.REFUSED, e.type, e.message, e.detail)
     except ValidationError as e:
         err = e.errors()[0]

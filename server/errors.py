@@ -1,6 +1,6 @@
-"""Errors of the fleet server, each mapped to one HTTP status and one body shape.
+"""Errors the fleet server answers with, each mapped to one HTTP status and one body shape.
 
-    ServerError                 (500 only if raised by mistake; never carries a stack trace out)
+    ApiError              500   (only if raised by mistake; never carries a stack trace out)
     ├── BadRequest        400   a value is wrong; ``field`` names it (dotted path, ``scores[2].n_correct``)
     ├── Unauthorized      401   missing/unknown/revoked key or token
     ├── Forbidden         403   the key is valid but may not do this (device key on an admin route)
@@ -15,16 +15,20 @@
     ├── NotReady          503   the database is not migrated to the head revision
     └── DatabaseUnavailable 503 the database cannot be reached or stayed busy (retry after a moment)
 
-``to_body`` gives the wire shape ``{"error": {"type", "message", "detail"}}``; :mod:`server.app`
-converts every error in one place. ``JobError`` is raised inside job handlers (a failed attempt).
+``ApiError`` is the server's side of an error answer (the agent's side, the answer it received, is
+``edge_agent.errors.ServerError``). ``to_body`` gives the wire shape ``{"error": {"type", "message",
+"detail"}}`` and :class:`ErrorBody` documents it; :func:`server.responses.exception_response` turns every
+exception into its response in one place. ``JobError`` is raised inside job handlers (a failed attempt).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 __all__ = [
-    "ServerError",
+    "ApiError",
     "BadRequest",
     "Unauthorized",
     "Forbidden",
@@ -40,11 +44,12 @@ __all__ = [
     "DatabaseUnavailable",
     "JobError",
     "to_body",
+    "ErrorBody",
 ]
 
 
-class ServerError(Exception):
-    """Base of the errors the server raises on purpose; ``status`` and ``type`` go on the wire."""
+class ApiError(Exception):
+    """Base of the errors the server answers with on purpose; ``status`` and ``type`` go on the wire."""
 
     status = 500
     type = "internal"
@@ -61,23 +66,23 @@ class ServerError(Exception):
         return self.detail.get("field")
 
 
-class BadRequest(ServerError):
+class BadRequest(ApiError):
     status, type = 400, "bad_request"
 
 
-class Unauthorized(ServerError):
+class Unauthorized(ApiError):
     status, type = 401, "unauthorized"
 
 
-class Forbidden(ServerError):
+class Forbidden(ApiError):
     status, type = 403, "forbidden"
 
 
-class NotFound(ServerError):
+class NotFound(ApiError):
     status, type = 404, "not_found"
 
 
-class Conflict(ServerError):
+class Conflict(ApiError):
     status, type = 409, "conflict"
 
 
@@ -85,31 +90,31 @@ class BelowK(Conflict):
     type = "below_k"
 
 
-class PayloadTooLarge(ServerError):
+class PayloadTooLarge(ApiError):
     status, type = 413, "payload_too_large"
 
 
-class UnsupportedMedia(ServerError):
+class UnsupportedMedia(ApiError):
     status, type = 415, "unsupported_media_type"
 
 
-class RangeNotSatisfiable(ServerError):
+class RangeNotSatisfiable(ApiError):
     status, type = 416, "range_not_satisfiable"
 
 
-class Unprocessable(ServerError):
+class Unprocessable(ApiError):
     status, type = 422, "unprocessable"
 
 
-class RateLimited(ServerError):
+class RateLimited(ApiError):
     status, type = 429, "rate_limited"
 
 
-class NotReady(ServerError):
+class NotReady(ApiError):
     status, type = 503, "not_ready"
 
 
-class DatabaseUnavailable(ServerError):
+class DatabaseUnavailable(ApiError):
     """The database dropped the connection, is restarting, or stayed locked past the busy timeout:
     nothing was stored by this request, and the same request may be sent again."""
 
@@ -127,3 +132,17 @@ class JobError(Exception):
 def to_body(type_: str, message: str, detail: dict[str, Any] | None = None) -> dict[str, Any]:
     """The one error body shape."""
     return {"error": {"type": type_, "message": message, "detail": detail or {}}}
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(description="What went wrong, for programs (``not_found``, ``validation_error``, ...).")
+    message: str = Field(description="What went wrong, for people.")
+    detail: dict[str, Any] = Field(
+        description="Context; ``field`` names the offending field (``scores[1].n_correct``) when there is one."
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every answer with status >= 400 (:func:`to_body`)."""
+
+    error: ErrorInfo

@@ -22,8 +22,8 @@ and otherwise hands the request on untouched:
   read-only connection.
 
 Answers are the routes' answers byte for byte (``tests/integration/test_server_fastlane.py``); errors go
-through :mod:`server.responses` as the app's handlers do. The one difference: a key revoked by another
-API process may still read (never write) for ``device_key_cache_s``.
+through :func:`server.responses.exception_response` as the app's handlers do. The one difference: a
+key revoked by another API process may still read (never write) for ``device_key_cache_s``.
 """
 
 from __future__ import annotations
@@ -39,15 +39,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import TypeAdapter
-from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from arte import wire
 from server import fleet, responses, results, security
 from server.deps import device_key_valid, parse_body, rate_limit, unknown_key
-from server.errors import ServerError
 from server.groupcommit import PendingReport
 from server.keycache import KnownDevice
 from server.models import ID_PATTERN, Device
@@ -100,16 +97,8 @@ class DeviceFastLane:
             response = await handler(scope, receive, *key, round_id, self.state.clock())
             if response is None:
                 return False
-        except ServerError as e:
-            response = responses.server_error_response(e)
-        except RequestValidationError as e:
-            response = responses.validation_error_response(e)
-        except HTTPException as e:  # the body guard's 413 while the body streamed in
-            response = responses.http_error_response(e)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
-            response = responses.database_down_response(method, path, e)
-        except Exception as e:
-            response = responses.unexpected_response(method, path, e)
+        except Exception as e:  # as the app's handlers answer it (one mapping: server.responses)
+            response = responses.exception_response(e, method, path)
         scope["route"] = self._routes[handler]
         await response(scope, receive, send)
         return True

@@ -4,7 +4,7 @@ authenticated and stored together in the next one.
 Contract. ``await writer.submit(report)`` takes a report whose body is valid and whose key was rate
 limited (:mod:`server.fastlane`) and answers what the route would answer for it after that: 401
 ``unknown or revoked key``, or what :func:`server.report_store.submit_report` gives (the receipt or the
-same :class:`~server.errors.ServerError`), only after the transaction that holds the report has
+same :class:`~server.errors.ApiError`), only after the transaction that holds the report has
 committed (no receipt for a report that is not stored). The key is checked in that transaction, as the
 route checks it in its own, and the device's last contact is recorded as the route records it (once a
 minute, only by a request that succeeds).
@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from arte import wire
 from server.db import core_transaction
 from server.deps import device_key_valid, unknown_key
-from server.errors import ServerError
+from server.errors import ApiError
 from server.keycache import LAST_SEEN_GRANULARITY, DeviceKeyCache, KnownDevice
 from server.models import Device
 from server.report_store import Outcome, ReportRequest, store_reports
@@ -148,7 +148,7 @@ class ReportWriter:
             for i, outcome in zip(valid, store_reports(conn, requests)):
                 outcomes[i] = outcome
                 r = reports[i]
-                if isinstance(outcome, ServerError):
+                if isinstance(outcome, ApiError):
                     continue
                 last = seen[r.device_id]
                 if last is None or r.now - last >= LAST_SEEN_GRANULARITY:  # as the route: once a minute

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from arte.procs import child_env, death_message
 from server import fleet, queue, results
 from server.db import transaction
-from server.errors import JobError, ServerError
+from server.errors import ApiError, JobError
 from server.models import Round
 from server.schemas import DatasetIn, RoundIn
 from server.settings import ServerSettings
@@ -341,11 +341,11 @@ HANDLERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
 
 
 def run_handler(ctx: JobContext) -> dict[str, Any]:
-    """Run the handler of the claimed job's kind; :class:`ServerError` becomes a non-retryable JobError."""
+    """Run the handler of the claimed job's kind; :class:`ApiError` becomes a non-retryable JobError."""
     handler = HANDLERS.get(ctx.claim.kind)
     if handler is None:
         raise JobError(f"no handler for job kind {ctx.claim.kind!r}")
     try:
         return handler(ctx)
-    except ServerError as e:
+    except ApiError as e:
         raise JobError(f"{e.type}: {e.message}") from e

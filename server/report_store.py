@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from arte import wire
 from server import fleet, privacy
-from server.errors import BadRequest, Conflict, NotFound, ServerError
+from server.errors import ApiError, BadRequest, Conflict, NotFound
 from server.models import Device, Report, Round, RoundDraft, new_id
 from server.schemas import ReportIn
 
@@ -57,7 +57,7 @@ class ReportRequest:
     now: datetime
 
 
-Outcome = wire.ReportReceipt | ServerError
+Outcome = wire.ReportReceipt | ApiError
 
 
 class _Stored(NamedTuple):
@@ -101,7 +101,7 @@ def submit_report(
     its receipt, or raises the error."""
     request = ReportRequest(device.id, device.cohort_id, round_id, body, now)
     outcome = store_reports(s.connection(), [request])[0]
-    if isinstance(outcome, ServerError):
+    if isinstance(outcome, ApiError):
         raise outcome
     return outcome
 
@@ -129,7 +129,7 @@ def store_reports(conn: sa.Connection, requests: Sequence[ReportRequest]) -> lis
         else:
             try:
                 _check(conn, rounds[q.round_id], q)
-            except ServerError as e:
+            except ApiError as e:
                 outcomes[i] = e
                 continue
             new[key] = (i, _Stored(new_id("rep"), q.round_id, q.device_id, q.body.idempotency_key,

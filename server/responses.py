@@ -1,13 +1,14 @@
-"""What each error becomes on the wire: one function per kind of error, each returning the response with
-the one error body shape ``{"error": {"type", "message", "detail"}}`` and its headers.
+"""What each error becomes on the wire, in one place: :func:`exception_response` maps any exception to
+its response with the one error body shape ``{"error": {"type", "message", "detail"}}`` and its headers.
 
-The app's exception handlers (:mod:`server.app`) and the device fast path (:mod:`server.fastlane`, which
-answers before FastAPI's handlers could) both call these, so an error reads the same whichever path
-answered it: typed :class:`~server.errors.ServerError`\\ s keep their status (401 with
-``WWW-Authenticate``, 429 and 503 with ``Retry-After``, 416 with ``Content-Range``); request validation
-errors are 422 ``validation_error`` with ``detail.field`` naming the field, malformed JSON 400
-``malformed_json``; a database that cannot be reached 503 ``database_unavailable``; anything unexpected
-500 ``internal`` with a body that says nothing about the cause (it is logged with its stack trace).
+The app's exception handlers (:mod:`server.app`, installed for :data:`HANDLED`) and the device fast path
+(:mod:`server.fastlane`, which answers before FastAPI's handlers could) both call it, so an error reads
+the same whichever path answered it: typed :class:`~server.errors.ApiError`\\ s keep their status (401
+with ``WWW-Authenticate``, 429 and 503 with ``Retry-After``, 416 with ``Content-Range``); request
+validation errors are 422 ``validation_error`` with ``detail.field`` naming the field, malformed JSON 400
+``malformed_json``; Starlette's HTTP errors keep their status (405 with ``Allow``); a database that
+cannot be reached 503 ``database_unavailable``; anything unexpected 500 ``internal`` with a body that
+says nothing about the cause (it is logged with its stack trace).
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 
-from server.errors import DatabaseUnavailable, RateLimited, ServerError, to_body
+from server.errors import ApiError, DatabaseUnavailable, RateLimited, to_body
 
 __all__ = [
-    "database_down_response",
+    "HANDLED",
+    "api_error_response",
     "error_response",
+    "exception_response",
     "field_path",
-    "http_error_response",
-    "server_error_response",
-    "unexpected_response",
-    "validation_error_response",
 ]
 
 logger = logging.getLogger("server.app")  # the name these lines have always been logged under
@@ -73,7 +72,7 @@ def error_response(
     return JSONResponse(to_body(type_, message, detail), status_code=status, headers=headers)
 
 
-def server_error_response(exc: ServerError) -> JSONResponse:
+def api_error_response(exc: ApiError) -> JSONResponse:
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(max(1, int(exc.detail.get("retry_after_s", 1) + 0.999)))}
@@ -89,7 +88,7 @@ def server_error_response(exc: ServerError) -> JSONResponse:
 def database_down_response(method: str, path: str, exc: sa_exc.DBAPIError) -> JSONResponse:
     # the transaction was rolled back (server.db.transaction), so a retry cannot store anything twice
     logger.warning("database unavailable on %s %s: %s", method, path, str(exc.orig)[:300])
-    return server_error_response(
+    return api_error_response(
         DatabaseUnavailable("the database is unavailable; nothing was stored, retry in a moment")
     )
 
@@ -119,18 +118,50 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     )
 
 
-def http_error_response(exc: HTTPException) -> JSONResponse:
-    detail = exc.detail if isinstance(exc.detail, dict) else {}
-    message = detail.pop("message", None) if detail else None
+def http_error_response(exc: HTTPException, allow: list[str] | None = None) -> JSONResponse:
+    detail = dict(exc.detail) if isinstance(exc.detail, dict) else {}
+    message = detail.pop("message", None)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405 and allow:  # every method of the path, not only the first route's
+        headers["Allow"] = ", ".join(allow)
     return error_response(
         exc.status_code,
         _HTTP_TYPES.get(exc.status_code, "http_error"),
         message or (exc.detail if isinstance(exc.detail, str) else "HTTP error"),
         detail,
-        dict(exc.headers) if exc.headers else None,
+        headers or None,
     )
 
 
 def unexpected_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     logger.error("unhandled error on %s %s", method, path, exc_info=exc)
     return error_response(500, "internal", "internal server error (logged on the server)", {})
+
+
+_DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError)
+
+# The exception classes the app installs :func:`exception_response` for (Starlette picks a handler by
+# the exception's class; ``Exception`` alone would answer only after the app, re-raising the error).
+HANDLED: tuple[type[BaseException], ...] = (
+    ApiError,
+    RequestValidationError,
+    HTTPException,
+    *_DATABASE_DOWN,
+    Exception,
+)
+
+
+def exception_response(
+    exc: BaseException, method: str, path: str, *, allow: list[str] | None = None
+) -> JSONResponse:
+    """The one exception -> response mapping (see the module docstring). ``allow``: the methods the
+    path supports, the ``Allow`` header of a 405."""
+    if isinstance(exc, ApiError):
+        return api_error_response(exc)
+    if isinstance(exc, RequestValidationError):
+        return validation_error_response(exc)
+    if isinstance(exc, HTTPException):  # routing's 404/405, the body guard's 413 while the body streams
+        return http_error_response(exc, allow)
+    if isinstance(exc, _DATABASE_DOWN):
+        return database_down_response(method, path, exc)
+    return unexpected_response(method, path, exc)

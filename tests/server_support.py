@@ -208,6 +208,16 @@ class Fleet:
         body = {"cohort_id": cohort_id, "content": content, "teacher": "SmolLM2-135M-Instruct"}
         return self.ok(self.client.post("/api/v1/datasets", json=body, headers=self.admin), 201)
 
+    def populate(self) -> dict[str, str]:
+        """One of everything (a cohort with k=1, an enrolled device, a round it reported to, a dataset), so
+        the ids a fuzzer reads from list answers exist; returns the device's headers."""
+        cohort = self.cohort(k=1)
+        _, device = self.device(cohort)
+        rnd = self.round(cohort, n_drafts=3)
+        self.ok(self.report(rnd, device, [("d0", 5, 2)]))
+        self.dataset(cohort)
+        return device
+
 
 def build_fleet(backend: Backend, tmp_path: Path, **overrides: Any) -> Fleet:
     from fastapi.testclient import TestClient

@@ -11,10 +11,10 @@ from arte.wire import API_PREFIX
 from server import fleet, results
 from server.deps import AdminDep, NowDep, SessionDep
 from server.errors import NotFound
-from server.routes.common import ERRORS, IdPath
+from server.routes.common import IdPath
 from server.schemas import AggregateOut, DraftEstimateOut
 
-router = APIRouter(prefix=API_PREFIX, tags=["aggregates"], responses=ERRORS)
+router = APIRouter(prefix=API_PREFIX, tags=["aggregates"])
 
 
 @router.get("/aggregates/{round_id}", response_model=AggregateOut)

@@ -7,13 +7,20 @@ from fastapi import APIRouter
 from arte.wire import API_PREFIX
 from server import fleet
 from server.deps import AdminDep, NowDep, SessionDep
-from server.routes.common import ERRORS, IdPath
+from server.errors import Conflict, NotFound
+from server.openapi import raises
+from server.routes.common import IdPath
 from server.schemas import CohortIn, CohortOut
 
-router = APIRouter(prefix=API_PREFIX, tags=["cohorts"], responses=ERRORS)
+router = APIRouter(prefix=API_PREFIX, tags=["cohorts"])
 
 
-@router.post("/cohorts", status_code=201, response_model=CohortOut)
+@router.post(
+    "/cohorts",
+    status_code=201,
+    response_model=CohortOut,
+    responses=raises((NotFound, "No such task."), (Conflict, "A cohort of that name exists.")),
+)
 def create(body: CohortIn, _: AdminDep, s: SessionDep, now: NowDep) -> CohortOut:
     return fleet.cohort_out(s, fleet.create_cohort(s, body, now))
 

@@ -18,11 +18,12 @@ from fastapi.responses import Response
 from arte import wire
 from server import results
 from server.deps import AdminDep, AnyDep, Creds, NowDep, SessionDep, one_hop
-from server.errors import RangeNotSatisfiable
-from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery
+from server.errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable
+from server.openapi import raises
+from server.routes.common import IdPath, IdPathLate, IdQuery
 from server.schemas import DatasetIn
 
-router = APIRouter(prefix=wire.API_PREFIX, tags=["datasets"], responses=ERRORS)
+router = APIRouter(prefix=wire.API_PREFIX, tags=["datasets"])
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -51,7 +52,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return max(0, size - suffix), size - 1
 
 
-@router.get("/datasets/latest", response_model=wire.DatasetManifest)
+@router.get(
+    "/datasets/latest",
+    response_model=wire.DatasetManifest,
+    responses=raises(Forbidden, (NotFound, "The device's cohort has no dataset yet.")),
+)
 async def latest(request: Request, creds: Creds) -> wire.DatasetManifest:
     """The newest dataset of the device's cohort (404 when none)."""
     # what every device polls: one thread hand-off (server.deps.one_hop)
@@ -76,7 +81,7 @@ def show(dataset_id: IdPath, who: AnyDep, s: SessionDep) -> wire.DatasetManifest
         200: {"content": {"application/x-ndjson": {}}, "description": "The JSONL bytes."},
         206: {"content": {"application/x-ndjson": {}}, "description": "A byte range."},
         304: {"description": "Not modified (If-None-Match matched)."},
-        416: {"description": "Range not satisfiable."},
+        **raises(RangeNotSatisfiable),
     },
 )
 async def content(
@@ -111,7 +116,15 @@ async def content(
     return await one_hop(request, creds, unit, device_only=False, ids={"dataset_id": dataset_id})
 
 
-@router.post("/datasets", status_code=201, response_model=wire.DatasetManifest)
+@router.post(
+    "/datasets",
+    status_code=201,
+    response_model=wire.DatasetManifest,
+    responses=raises(
+        (NotFound, "No such cohort or round."),
+        (BadRequest, "A line of the content is not a JSON object, or the round is another cohort's."),
+    ),
+)
 def upload(
     body: DatasetIn, request: Request, _: AdminDep, s: SessionDep, now: NowDep
 ) -> wire.DatasetManifest:

@@ -9,13 +9,15 @@ from fastapi import APIRouter, Request
 from arte import wire
 from server import fleet, results
 from server.deps import AdminDep, Creds, NowDep, SessionDep, one_hop
-from server.routes.common import ERRORS, IdPath, IdQuery
+from server.errors import Forbidden
+from server.openapi import raises
+from server.routes.common import IdPath, IdQuery
 from server.schemas import DeviceOut, MetricsOut, ReportOut
 
-router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"], responses=ERRORS)
+router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"])
 
 
-@router.get("/devices/me", response_model=wire.DeviceInfo)
+@router.get("/devices/me", response_model=wire.DeviceInfo, responses=raises(Forbidden))
 async def me(request: Request, creds: Creds) -> wire.DeviceInfo:
     """The calling device."""
 

@@ -7,13 +7,19 @@ from fastapi import APIRouter, Request
 from arte import wire
 from server import fleet
 from server.deps import NowDep, SessionDep, check_rate
-from server.routes.common import ERRORS
+from server.errors import RateLimited, Unauthorized
+from server.openapi import raises
 from server.schemas import EnrollIn
 
-router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"], responses=ERRORS)
+router = APIRouter(prefix=wire.API_PREFIX, tags=["devices"])
 
 
-@router.post("/enroll", status_code=201, response_model=wire.EnrollResponse)
+@router.post(
+    "/enroll",
+    status_code=201,
+    response_model=wire.EnrollResponse,
+    responses=raises((Unauthorized, "The enrollment token is not valid, was used or has expired."), RateLimited),
+)
 def enroll(body: EnrollIn, request: Request, s: SessionDep, now: NowDep) -> wire.EnrollResponse:
     """Enroll a device into the token's cohort. The device key is shown once; the server keeps a hash."""
     check_rate(request, f"ip:{request.client.host if request.client else '-'}")

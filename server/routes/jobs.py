@@ -9,10 +9,12 @@ from fastapi import APIRouter, Request
 from arte.wire import API_PREFIX
 from server import queue
 from server.deps import AdminDep, NowDep, SessionDep
-from server.routes.common import ERRORS, IdPath, IdQuery
+from server.errors import BadRequest, BelowK, Conflict, NotFound
+from server.openapi import raises
+from server.routes.common import IdPath, IdQuery
 from server.schemas import JobIn, JobLogOut, JobOut
 
-router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=ERRORS)
+router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Kind = Literal["aggregate", "elicit", "align", "tailor"]
@@ -22,7 +24,11 @@ Kind = Literal["aggregate", "elicit", "align", "tailor"]
     "/jobs",
     status_code=201,
     response_model=JobOut,
-    responses={409: {"description": "align below k (type below_k)."}},
+    responses=raises(
+        (NotFound, "No such cohort or round."),
+        (BadRequest, "The round is another cohort's, or the kind needs a round."),
+        (BelowK, "An align job for a round fewer than k devices reported."),
+    ),
 )
 def create(body: JobIn, request: Request, _: AdminDep, s: SessionDep, now: NowDep) -> JobOut:
     """Queue a job; a worker (``arte-server worker``) runs it."""
@@ -50,7 +56,9 @@ def logs(job_id: IdPath, _: AdminDep, s: SessionDep) -> list[JobLogOut]:
     return queue.job_logs(s, job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+@router.post(
+    "/jobs/{job_id}/cancel", response_model=JobOut, responses=raises((Conflict, "The job has already finished."))
+)
 def cancel(job_id: IdPath, _: AdminDep, s: SessionDep, now: NowDep) -> JobOut:
     """Cancel: a queued job at once, a running one at its next heartbeat; 409 when already finished."""
     return queue.job_out(queue.cancel(s, job_id, now))

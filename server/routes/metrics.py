@@ -7,13 +7,17 @@ from fastapi import APIRouter
 from arte import wire
 from server import results
 from server.deps import AnyDep, DeviceDep, NowDep, SessionDep
-from server.routes.common import ERRORS, IdPath, IdQuery
+from server.errors import NotFound
+from server.openapi import raises
+from server.routes.common import IdPath, IdQuery
 from server.schemas import MetricsIn, MetricsOut
 
-router = APIRouter(prefix=wire.API_PREFIX, tags=["metrics"], responses=ERRORS)
+router = APIRouter(prefix=wire.API_PREFIX, tags=["metrics"])
 
 
-@router.post("/metrics", response_model=wire.MetricsReceipt)
+@router.post(
+    "/metrics", response_model=wire.MetricsReceipt, responses=raises((NotFound, "No such dataset of the cohort."))
+)
 def submit(body: MetricsIn, device: DeviceDep, s: SessionDep, now: NowDep) -> wire.MetricsReceipt:
     """Store the device's metrics for a dataset of its cohort (idempotent by key)."""
     return results.submit_metrics(s, device, body, now)

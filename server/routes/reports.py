@@ -7,16 +7,23 @@ from fastapi import APIRouter, Request
 from arte import wire
 from server import fleet, report_store, results
 from server.deps import AnyDep, Creds, SessionDep, one_hop
-from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery, json_body
+from server.errors import BadRequest, Conflict, Forbidden, Unprocessable
+from server.openapi import raises
+from server.routes.common import IdPath, IdPathLate, IdQuery, json_body
 from server.schemas import ReportIn, ReportOut
 
-router = APIRouter(prefix=wire.API_PREFIX, tags=["reports"], responses=ERRORS)
+router = APIRouter(prefix=wire.API_PREFIX, tags=["reports"])
 
 
 @router.post(
     "/rounds/{round_id}/reports",
     response_model=wire.ReportReceipt,
-    responses={409: {"description": "Closed round, or another idempotency key for this round."}},
+    responses=raises(
+        Forbidden,
+        BadRequest,
+        (Conflict, "Closed round, or another idempotency key for this round."),
+        (Unprocessable, "A field is invalid, or the declared privacy is looser than the round's."),
+    ),
     openapi_extra=json_body(ReportIn),
 )
 async def submit(round_id: IdPathLate, request: Request, creds: Creds) -> wire.ReportReceipt:

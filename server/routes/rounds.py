@@ -10,13 +10,19 @@ from fastapi.responses import Response
 from arte import wire
 from server import fleet
 from server.deps import AdminDep, Creds, NowDep, SessionDep, one_hop
-from server.routes.common import ERRORS, IdPath, IdPathLate, IdQuery
+from server.errors import BadRequest, Forbidden, NotFound, Unprocessable
+from server.openapi import raises
+from server.routes.common import IdPath, IdPathLate, IdQuery
 from server.schemas import RoundIn, RoundOut
 
-router = APIRouter(prefix=wire.API_PREFIX, tags=["rounds"], responses=ERRORS)
+router = APIRouter(prefix=wire.API_PREFIX, tags=["rounds"])
 
 
-@router.get("/rounds/current", response_model=wire.RoundInfo)
+@router.get(
+    "/rounds/current",
+    response_model=wire.RoundInfo,
+    responses=raises(Forbidden, (NotFound, "The device's cohort has no open round.")),
+)
 async def current(request: Request, creds: Creds) -> wire.RoundInfo:
     """The newest open round of the device's cohort (404 when there is none)."""
     # what every device polls: one thread hand-off (server.deps.one_hop)
@@ -41,7 +47,16 @@ async def drafts(round_id: IdPathLate, request: Request, creds: Creds) -> Respon
     return Response(data, media_type="application/json")
 
 
-@router.post("/rounds", status_code=201, response_model=RoundOut)
+@router.post(
+    "/rounds",
+    status_code=201,
+    response_model=RoundOut,
+    responses=raises(
+        (NotFound, "No such cohort."),
+        BadRequest,
+        (Unprocessable, "A field is invalid, or the privacy policy is looser than the cohort's."),
+    ),
+)
 def create(body: RoundIn, _: AdminDep, s: SessionDep, now: NowDep) -> RoundOut:
     """Open a round of drafts for a cohort."""
     return fleet.round_out(s, fleet.create_round(s, body, now))

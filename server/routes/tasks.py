@@ -7,13 +7,17 @@ from fastapi import APIRouter
 from arte.wire import API_PREFIX
 from server import fleet
 from server.deps import AdminDep, NowDep, SessionDep
-from server.routes.common import ERRORS, IdPath
+from server.errors import Conflict
+from server.openapi import raises
+from server.routes.common import IdPath
 from server.schemas import TaskIn, TaskOut
 
-router = APIRouter(prefix=API_PREFIX, tags=["tasks"], responses=ERRORS)
+router = APIRouter(prefix=API_PREFIX, tags=["tasks"])
 
 
-@router.post("/tasks", status_code=201, response_model=TaskOut)
+@router.post(
+    "/tasks", status_code=201, response_model=TaskOut, responses=raises((Conflict, "A task of that name exists."))
+)
 def create(body: TaskIn, _: AdminDep, s: SessionDep, now: NowDep) -> TaskOut:
     return fleet.task_out(fleet.create_task(s, body, now))
 

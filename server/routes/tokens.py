@@ -7,13 +7,17 @@ from fastapi import APIRouter, Request
 from arte.wire import API_PREFIX
 from server import fleet
 from server.deps import AdminDep, NowDep, SessionDep
-from server.routes.common import ERRORS, IdQuery
+from server.errors import NotFound
+from server.openapi import raises
+from server.routes.common import IdQuery
 from server.schemas import TokenIn, TokenInfo, TokenOut
 
-router = APIRouter(prefix=API_PREFIX, tags=["tokens"], responses=ERRORS)
+router = APIRouter(prefix=API_PREFIX, tags=["tokens"])
 
 
-@router.post("/tokens", status_code=201, response_model=TokenOut)
+@router.post(
+    "/tokens", status_code=201, response_model=TokenOut, responses=raises((NotFound, "No such cohort."))
+)
 def create(body: TokenIn, request: Request, _: AdminDep, s: SessionDep, now: NowDep) -> TokenOut:
     row, token = fleet.create_token(s, body, now, request.app.state.settings.enroll_token_ttl_s)
     return TokenOut(token_id=row.id, token=token, cohort_id=row.cohort_id, expires_at=row.expires_at)

@@ -22,12 +22,7 @@ EXAMPLES_PER_OPERATION = 5
 @pytest.fixture
 def fuzz_fleet(backend: Backend, tmp_path: Path) -> Fleet:
     f = build_fleet(backend, tmp_path)
-    cohort = f.cohort(k=1)
-    dev_id, dev = f.device(cohort)
-    rnd = f.round(cohort, n_drafts=3)
-    f.ok(f.report(rnd, dev, [("d0", 5, 2)]))
-    f.dataset(cohort)
-    f.device_headers = dev  # type: ignore[attr-defined]
+    f.device_headers = f.populate()  # type: ignore[attr-defined]
     yield f
     f.client.close()
     f.engine.dispose()

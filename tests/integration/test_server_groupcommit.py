@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 
 from arte import wire
 from server import responses, security
-from server.errors import ServerError
+from server.errors import ApiError
 from server.groupcommit import PendingReport
 from server.schemas import ReportIn
 from tests.server_support import Backend, Fleet, Ids, build_fleet
@@ -39,8 +39,8 @@ def _pending(f: Fleet, auth: dict[str, str], round_id: str, body: dict[str, Any]
 
 def _answer(outcome: Any) -> tuple[int, str]:
     """An outcome of the writer as the fast path sends it."""
-    if isinstance(outcome, ServerError):
-        r = responses.server_error_response(outcome)
+    if isinstance(outcome, ApiError):
+        r = responses.api_error_response(outcome)
         return r.status_code, bytes(r.body).decode()
     return 200, TypeAdapter(wire.ReportReceipt).dump_json(outcome).decode()
 

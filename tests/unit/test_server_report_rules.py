@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server import report_store
-from server.errors import ServerError
+from server.errors import ApiError
 from server.report_store import ReportRequest, _check, _refuse_scores
 from server.schemas import DraftScoreIn, PrivacyIn, ReportIn
 
@@ -28,7 +28,7 @@ score = st.builds(lambda d, n, c: DraftScoreIn.model_construct(draft_id=d, n_ite
 def _outcome(fn, *args) -> tuple[str, str, str] | None:
     try:
         fn(*args)
-    except ServerError as e:
+    except ApiError as e:
         return type(e).__name__, e.field or "", e.message
     return None
 
