@@ -396,7 +396,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
         done = _stage(log, f"teacher drafts {cfg.questions} questions x {len(cfg.styles)} rationales (elicit job)")
         elicit = fleet.job("elicit", {"kind": "elicit", "cohort_id": cid, "params": {
             # 48 reasoning tokens: on the embedded student as many items reach <ans> as with 96, in 70 % of
-            # the time (README, "Scoring drafts on a device").
+            # the time (docs/agent.md, "Scoring drafts on a device").
             "mode": mode, "max_new_tokens": 48, "min_items": max(1, cfg.examples_per_device // 4),
             "config": {"n_questions": cfg.questions, "styles": list(cfg.styles), "seed": cfg.split_seed,
                        "rationale_max_new_tokens": 160, "question_max_new_tokens": 320, "batch_size": 8}}},
