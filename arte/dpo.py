@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from arte.backends.hf import load_hf
 from arte.errors import ConfigError
 from arte.models import ModelRef
 from arte.pairs import PreferencePair, pair_counts
@@ -277,8 +278,6 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
     from torch.optim.lr_scheduler import LambdaLR
     from transformers import PrinterCallback
     from trl import DPOTrainer
-
-    from arte.backends.hf import load_hf
 
     class _Trainer(DPOTrainer):
         """TRL's trainer with the schedule of :func:`lr_factor` (no step at learning rate 0)."""

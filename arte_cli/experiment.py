@@ -24,9 +24,20 @@ from typing import Any, Callable
 
 import click
 
+from arte.dpo import AlignConfig
+from arte.elicit import ElicitConfig
 from arte.errors import ArteError, ConfigError
+from arte.pairs import PairConfig
+from arte.pipeline import PipelineConfig
 from arte.procs import passive_openmp
 from arte.scoring import MODE_HELP, MODES
+from arte.sft import SFTConfig
+from arte.tailor import TailorConfig
+from arte.tasks import load_task
+from arte_cli.experiment_report import CONDITIONS, brief, plot, table
+from arte_cli.experiment_run import ExperimentSettings, run_experiment
+from arte_cli.output import fail, session, set_threads
+from arte_cli.teacher import _styles
 
 __all__ = ["experiment"]
 
@@ -62,8 +73,6 @@ def _shots(value: str) -> tuple[int, ...]:
 
 
 def _conditions(value: str) -> tuple[str, ...]:
-    from arte_cli.experiment_report import CONDITIONS
-
     names = tuple(x.strip() for x in value.split(",") if x.strip())
     bad = [x for x in names if x not in CONDITIONS]
     if bad or not names:
@@ -82,7 +91,6 @@ def _build(ctor: Callable[..., Any], options: dict[str, str], **kw: Any) -> Any:
 
 def _check_tasks(paths: tuple[Path, ...], eval_mode: str) -> None:
     """Every task loads, names are distinct (they name the work directories) and fit ``--eval-mode``."""
-    from arte.tasks import load_task
 
     names: dict[str, Path] = {}
     for p in paths:
@@ -101,14 +109,6 @@ def _check_tasks(paths: tuple[Path, ...], eval_mode: str) -> None:
 
 def _settings(o: dict[str, Any]) -> Any:
     """The :class:`~arte_cli.experiment_run.ExperimentSettings` of the command's options."""
-    from arte.dpo import AlignConfig
-    from arte.elicit import ElicitConfig
-    from arte.pairs import PairConfig
-    from arte.pipeline import PipelineConfig
-    from arte.sft import SFTConfig
-    from arte.tailor import TailorConfig
-    from arte_cli.experiment_run import ExperimentSettings
-    from arte_cli.teacher import _styles
 
     q = {"seed": o["seed"], "n_seeds": o["n_seeds"], "question_max_new_tokens": o["question_tokens"]}
     elicit = _build(ElicitConfig, ELICIT_OPTIONS, n_questions=o["n_questions"], styles=_styles(o["styles"]),
@@ -213,7 +213,6 @@ def experiment(tasks: tuple[Path, ...], out_dir: Path, work_dir: Path | None, ve
                **options: Any) -> None:
     """Compare the paper's conditions with bootstrap confidence intervals: untuned, Original Teacher, ARTE,
     Question Only and Rationale Only (keys: untuned, original, arte, question-only, rationale-only)."""
-    from arte_cli.output import fail, session
 
     settings = _settings(options)
     _check_tasks(tasks, settings.eval_mode)
@@ -221,10 +220,6 @@ def experiment(tasks: tuple[Path, ...], out_dir: Path, work_dir: Path | None, ve
     out_dir.mkdir(parents=True, exist_ok=True)
     with session(verbose) as bars:
         try:
-            from arte_cli.experiment_report import plot
-            from arte_cli.experiment_run import run_experiment
-            from arte_cli.output import set_threads
-
             set_threads(settings.threads)
             doc = run_experiment(tasks, settings, work_dir or out_dir / "work", bars)
             json_path = out_dir / "experiment.json"
@@ -232,7 +227,6 @@ def experiment(tasks: tuple[Path, ...], out_dir: Path, work_dir: Path | None, ve
             plot(doc, out_dir / "experiment.png")
         except ArteError as e:
             fail(e)
-    from arte_cli.experiment_report import brief, table
 
     if as_json:
         click.echo(json.dumps(doc, indent=1))

@@ -61,7 +61,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from arte.errors import ArteError, ConfigError
+from arte.backends.hf import load_hf
+from arte.drafts import read_drafts
+from arte.errors import ArteError, ConfigError, ModelError
+from arte.evaluate import EvalConfig, split_demos
+from arte.export import export_gguf_lora
+from arte.finetune import FinetuneConfig, evaluate_with
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model, sha256_file
+from arte.pairs import KINDS, NO_SIGNAL, preferred_rationales
+from arte.pipeline import Pipeline
+from arte.scoring import MODES
+from arte.sft import run_sft
+from arte.sft_data import ChatFormat, encode_records
+from arte.tasks import label_counts, load_task
+from arte_cli.experiment_report import COMPARED, CONDITIONS, FORMAT, NO_DATA, PAIR_CONDITIONS, summarize
+from arte_cli.teacher import _student_opener, _teacher_opener
 
 __all__ = ["ExperimentSettings", "run_experiment", "equalize", "SEED_VARIES"]
 
@@ -105,7 +120,6 @@ class ExperimentSettings:
             raise ConfigError("seeds", f"must be >= 1, got {self.seeds}")
         if self.teacher_seeds < 1:
             raise ConfigError("teacher_seeds", f"must be >= 1, got {self.teacher_seeds}")
-        from arte_cli.experiment_report import CONDITIONS
 
         if isinstance(self.conditions, list):
             object.__setattr__(self, "conditions", tuple(self.conditions))
@@ -115,7 +129,6 @@ class ExperimentSettings:
                                             f"fine-tuned, got {self.conditions!r}")
         # in the paper's order, whatever order they were given in
         object.__setattr__(self, "conditions", tuple(c for c in CONDITIONS if c in self.conditions))
-        from arte.scoring import MODES
 
         if self.eval_mode not in ("auto", *MODES):
             raise ConfigError("eval_mode", f"must be auto or one of {', '.join(MODES)}, got {self.eval_mode!r}")
@@ -176,11 +189,6 @@ class _Models:
 
 
 def _models(s: ExperimentSettings) -> _Models:
-    from arte.errors import ModelError
-    from arte.models import resolve_model
-    from arte.home import model_dir
-    from arte_cli.teacher import _student_opener, _teacher_opener
-
     teacher = resolve_model(s.teacher, model_dir())
     student = resolve_model(s.student, model_dir())
     backend = s.student_backend
@@ -205,9 +213,6 @@ class _TaskRun:
     """One task's part of the experiment (see the module docstring)."""
 
     def __init__(self, task_path: Path, s: ExperimentSettings, m: _Models, work_root: Path, bars: Bars) -> None:
-        from arte.models import sha256_file
-        from arte.tasks import load_task
-
         self.s, self.m = s, m
         self.task = load_task(task_path)
         self.task_sha = sha256_file(task_path)
@@ -235,8 +240,6 @@ class _TaskRun:
 
     def pipeline(self, index: int) -> Any:
         """The full pipeline (both pair kinds: ARTE) of teacher seed number ``index``."""
-        from arte.pairs import KINDS
-        from arte.pipeline import Pipeline
 
         ts = self.s.pipeline.elicit.seed + index
         return Pipeline(self.work / f"teacher{ts}" / "arte", self.task, self.config(index, KINDS),
@@ -248,10 +251,6 @@ class _TaskRun:
         """Teacher seed number ``index``: every requested condition's training records (or why it has none)
         and the stages that made them. ``{"teacher_seed", "records": {condition: [...]}, "outcomes":
         {condition: {"outcome", "reason"?, ...numbers}}, "pipelines": {name: stages}, "signal"?}``."""
-        from arte.drafts import read_drafts
-        from arte.pairs import NO_SIGNAL, preferred_rationales
-
-        from arte_cli.experiment_report import COMPARED, PAIR_CONDITIONS
 
         main = self.pipeline(index)
         ts = self.s.pipeline.elicit.seed + index
@@ -299,7 +298,6 @@ class _TaskRun:
               ) -> tuple[Path, Path | None, dict[str, Any]]:
         """LoRA SFT of the student on ``records`` (``condition``'s data of ``teacher_seed``) with ``seed``:
         (PEFT adapter dir, GGUF adapter or None, the SFT summary)."""
-        from arte.sft import run_sft
 
         sft = dataclasses.replace(self.s.sft, seed=seed)
         out = self.work / "sft" / f"{condition}-t{teacher_seed}-seed{seed}"
@@ -323,7 +321,6 @@ class _TaskRun:
         del peft_model
         gc.collect()
         if gguf is not None:
-            from arte.export import export_gguf_lora
 
             export_gguf_lora(adapter, gguf, model_config)
         summary = {k: v for k, v in res.to_dict().items() if k in ("steps", "tokens", "seconds")}
@@ -335,9 +332,6 @@ class _TaskRun:
                  adapter: Path | None, gguf: Path | None) -> dict[int, dict[str, Any]]:
         """Per shot count ``{"outcomes", "answers", "seconds"}`` of the student with the adapter (None: the
         bare student)."""
-        from arte.evaluate import EvalConfig
-        from arte.finetune import FinetuneConfig, evaluate_with
-        from arte.models import sha256_file
 
         ev = EvalConfig(mode=self.mode, shots=tuple(self.s.shots), decide_on=self.s.shots[0],
                         max_new_tokens=self.s.max_new_tokens)
@@ -368,7 +362,6 @@ class _TaskRun:
                       ) -> tuple[dict[tuple[str, int], list[Any]], dict[str, Any]]:
         """Each (condition, teacher seed)'s training records, equal in number (see the module docstring),
         and the counts; with none to train on, the counts carry the ``problem``."""
-        from arte.sft_data import encode_records
 
         max_length = self.s.sft.max_length
         fit = {}
@@ -406,14 +399,6 @@ class _TaskRun:
                 **record, "runs": [], "seconds": self.seconds, "cached": self.cached, "work_dir": str(self.work)}
 
     def run(self) -> dict[str, Any]:
-        from arte.backends.hf import load_hf
-        from arte.evaluate import split_demos
-        from arte.pairs import NO_SIGNAL
-        from arte.sft_data import ChatFormat
-        from arte.tasks import label_counts
-
-        from arte_cli.experiment_report import COMPARED, NO_DATA, PAIR_CONDITIONS
-
         self._t_task = time.perf_counter()
         per_seed = [self.teacher_data(i) for i in range(self.s.teacher_seeds)]
         split = per_seed[0]["split"]
@@ -500,15 +485,12 @@ class _TaskRun:
 
 
 def _convert_dir() -> Path:
-    from arte.home import convert_dir
-
     return convert_dir()
 
 
 def run_experiment(task_paths: Sequence[Path], s: ExperimentSettings, work: Path, bars: Bars) -> dict[str, Any]:
     """Run every task (see the module docstring) and return the result document
     (:mod:`arte_cli.experiment_report`)."""
-    from arte_cli.experiment_report import FORMAT, summarize
 
     t0 = time.perf_counter()
     m = _models(s)

@@ -9,12 +9,23 @@ document with ``--json``), shows progress on stderr and writes a PNG of the rule
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from arte.backends.hf_teacher import TorchTeacher
+from arte.backends.llama_teacher import LlamaCppTeacher
+from arte.dpo import AlignConfig
+from arte.dpo import align as run_align
+from arte.elicit import ElicitConfig
 from arte.errors import ArteError
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
+from arte.selftest import SelftestConfig, alignment_selftest
+from arte.tasks import load_task
+from arte_cli.output import emit, fail, session, set_threads
 
 __all__ = ["selftest"]
 
@@ -50,8 +61,6 @@ def openers(ref: Any, device: str, threads: int | None, align_cfg: Any) -> tuple
     """``(open_teacher, open_drafter, align_pairs, torch_device)`` for :func:`arte.selftest.alignment_selftest`:
     torch for the before/after samples (adapter or none), llama.cpp for drafting (a GGUF teacher; None
     otherwise), :func:`arte.dpo.align` for the pairs."""
-    from arte.dpo import align as run_align
-    from arte.home import convert_dir
 
     torch_device = device
     if device == "auto":
@@ -60,14 +69,10 @@ def openers(ref: Any, device: str, threads: int | None, align_cfg: Any) -> tuple
         torch_device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def open_teacher(adapter: Path | None) -> Any:
-        from arte.backends.hf_teacher import TorchTeacher
-
         return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), device=torch_device,
                                      adapters={"aligned": str(adapter)} if adapter is not None else None)
 
     def open_drafter() -> Any:
-        from arte.backends.llama_teacher import LlamaCppTeacher
-
         return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
 
     def align_pairs(pairs: Any, out_dir: Path, progress: Any) -> dict[str, Any]:
@@ -186,15 +191,6 @@ def alignment(task_path: Path | None, teacher: str, device: str, drafter: str, w
               rationale_tokens: int, heldout: int, sample_seeds: int, temperature: float, lr: float, epochs: float,
               beta: float, max_length: int, seed: int, plot_path: Path | None, threads: int | None, verbose: bool,
               as_json: bool) -> None:
-    import json
-
-    from arte.dpo import AlignConfig
-    from arte.elicit import ElicitConfig
-    from arte.models import resolve_model
-    from arte.selftest import SelftestConfig, alignment_selftest
-    from arte.tasks import load_task
-    from arte.home import model_dir
-    from arte_cli.output import emit, fail, session, set_threads
 
     with session(verbose) as bars:
         try:

@@ -17,9 +17,23 @@ from typing import Any, Callable
 
 import click
 
+from arte.backends import open_student
+from arte.backends.hf_teacher import TorchTeacher
+from arte.backends.llama_teacher import LlamaCppTeacher
+from arte.backends.openai import STRUCTURED_OUTPUTS, OpenAITeacher
+from arte.dpo import AlignConfig
+from arte.dpo import align as run_align
+from arte.drafts import read_drafts, write_drafts
+from arte.elicit import ElicitConfig, elicit_drafts
 from arte.errors import ArteError
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
 from arte.pair_rules import COMPARISONS
-from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
+from arte.pairs import PairConfig, pair_counts, read_pairs, score_table, select_pairs, write_pairs
+from arte.pipeline import Pipeline, PipelineConfig, read_score_estimates, write_scores
+from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES, ScoringConfig, score_drafts
+from arte.tailor import TailorConfig, tailor_dataset
+from arte.tasks import label_counts, load_task, split_task
 from arte_cli.output import emit, fail, session, set_threads
 
 __all__ = ["COMMANDS"]
@@ -66,7 +80,6 @@ def _seeds_per_prompt_option(f: Callable) -> Callable:
 
 def _draft_format_options(f: Callable) -> Callable:
     """Options of the commands that elicit questions and rationales (``draft``, ``tailor``)."""
-    from arte.backends.openai import STRUCTURED_OUTPUTS
 
     f = click.option("--endpoint-structured-output", type=click.Choice(STRUCTURED_OUTPUTS),
                      default=STRUCTURED_OUTPUTS[0], show_default=True,
@@ -89,8 +102,6 @@ def _common(f: Callable) -> Callable:
 
 
 def _split(task_path: Path, split_seed: int, n_seeds: int, n_validation: int) -> tuple[Any, Any]:
-    from arte.tasks import load_task, split_task
-
     task = load_task(task_path)
     return task, split_task(task, seed=split_seed, n_seeds=n_seeds, validation=n_validation)
 
@@ -99,16 +110,12 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
                     threads: int | None, *, endpoint_retries: int = 4, endpoint_timeout: float = 120.0,
                     structured_output: str = "vllm") -> tuple[Callable[[Path | None], Any], str]:
     """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string."""
-    from arte.models import resolve_model
-    from arte.home import convert_dir, model_dir
 
     if endpoint:
         if not endpoint_model:
             raise click.UsageError("--endpoint needs --endpoint-model")
 
         def open_remote(adapter: Path | None) -> Any:
-            from arte.backends.openai import OpenAITeacher
-
             if adapter is not None:
                 raise click.UsageError("a local adapter cannot be applied to a remote --endpoint teacher; serve "
                                        "it there (e.g. vLLM --lora-modules) and pass its name as --endpoint-model")
@@ -121,10 +128,8 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
 
     def open_local(adapter: Path | None) -> Any:
         if backend == "llama" and adapter is None and ref.kind == "gguf":
-            from arte.backends.llama_teacher import LlamaCppTeacher
 
             return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
-        from arte.backends.hf_teacher import TorchTeacher
 
         set_threads(threads)
         adapters = {"aligned": str(adapter)} if adapter is not None else None
@@ -134,10 +139,6 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
 
 
 def _student_opener(student: str, backend: str, threads: int | None) -> tuple[Callable[[], Any], str]:
-    from arte.backends import open_student
-    from arte.models import resolve_model
-    from arte.home import convert_dir, model_dir
-
     ref = resolve_model(student, model_dir())
     return (lambda: open_student(ref, backend, n_threads=threads, convert_dir=convert_dir()),
             f"{backend}:{ref.name}:{ref.sha256 or ref.path}")
@@ -175,8 +176,6 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
           rationale_temperature: float, seed: int, constrain: bool, seeds_per_prompt: int,
           endpoint_structured_output: str, threads: int | None, verbose: bool, as_json: bool) -> None:
     """Elicit draft questions and rationales from the teacher (writes drafts JSONL)."""
-    from arte.drafts import write_drafts
-    from arte.elicit import ElicitConfig, elicit_drafts
 
     with session(verbose) as bars:
         try:
@@ -197,7 +196,6 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
             write_drafts(out_path, res.drafts)
         except ArteError as e:
             fail(e)
-    from arte.tasks import label_counts
 
     data = {"task": task.name, "out": str(out_path), **res.summary(), "labels": label_counts(res.drafts)}
     emit(data, as_json, f"{len(res.drafts)} drafts for {len(res.questions)} questions -> {out_path}\n"
@@ -221,9 +219,6 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
 def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, drafts_path: Path, student: str,
           backend: str, mode: str, out_path: Path, threads: int | None, verbose: bool, as_json: bool) -> None:
     """Score drafts with a local student on the validation items (writes scores JSON)."""
-    from arte.drafts import read_drafts
-    from arte.pipeline import write_scores
-    from arte.scoring import ScoringConfig, score_drafts
 
     with session(verbose) as bars:
         try:
@@ -248,7 +243,6 @@ def score(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, dra
                          item_ids=res.item_ids)
         except ArteError as e:
             fail(e)
-    from arte.tasks import label_counts
 
     acc = [x.accuracy for x in res.scores]
     data = {"task": task.name, "out": str(out_path), "drafts": len(scores), "items": len(split.validation),
@@ -279,9 +273,6 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int,
           out_path: Path, kinds: str, min_items: float, min_margin: float, confidence: float, comparison: str,
           threads: int | None, verbose: bool, as_json: bool) -> None:
     """Build DPO preference pairs from drafts and their scores (writes pairs JSONL; none without signal)."""
-    from arte.drafts import read_drafts
-    from arte.pairs import PairConfig, pair_counts, score_table, select_pairs, write_pairs
-    from arte.pipeline import read_score_estimates
 
     with session(verbose):
         try:
@@ -332,7 +323,6 @@ def _align_options(f: Callable) -> Callable:
 def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size: int, grad_accum: int,
                   max_length: int, lora_r: int, lora_alpha: int, device: str, eval_pairs: int,
                   holdout_share: float, align_seed: int) -> Any:
-    from arte.dpo import AlignConfig
 
     return AlignConfig(learning_rate=lr, beta=beta, epochs=epochs, max_steps=steps, batch_size=batch_size,
                        grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
@@ -350,10 +340,6 @@ def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size:
 def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, verbose: bool, as_json: bool,
           **opts: Any) -> None:
     """Align the teacher with DPO + LoRA on preference pairs (runs under `accelerate launch` too)."""
-    from arte.dpo import align as run_align
-    from arte.models import resolve_model
-    from arte.pairs import read_pairs
-    from arte.home import convert_dir, model_dir
 
     with session(verbose) as bars:
         try:
@@ -415,7 +401,6 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
            seed: int, constrain: bool, seeds_per_prompt: int, endpoint_structured_output: str,
            threads: int | None, verbose: bool, as_json: bool) -> None:
     """Write tailored training data with the (aligned) teacher: dataset.jsonl + manifest.json."""
-    from arte.tailor import TailorConfig, tailor_dataset
 
     with session(verbose) as bars:
         try:
@@ -485,14 +470,6 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
              rationale_tokens: int, tailor_questions: int, check_samples: int, seed: int, pair_confidence: float,
              select_items: int, stages: str, force: str, threads: int | None, verbose: bool, as_json: bool, **align_opts: Any) -> None:
     """Run draft -> score -> pairs -> align -> tailor in a work directory, resuming finished stages."""
-    from arte.elicit import ElicitConfig
-    from arte.models import resolve_model
-    from arte.pairs import PairConfig
-    from arte.pipeline import Pipeline, PipelineConfig
-    from arte.scoring import ScoringConfig
-    from arte.tailor import TailorConfig
-    from arte.tasks import load_task
-    from arte.home import convert_dir, model_dir
 
     with session(verbose) as bars:
         try:

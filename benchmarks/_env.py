@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import resource
 from typing import Iterable
 
 __all__ = ["machine_info", "versions", "peak_rss_mib"]
@@ -46,6 +47,5 @@ def versions(packages: Iterable[str]) -> dict[str, str | None]:
 
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB."""
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -37,8 +37,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import numpy as np
 
+from arte.dpo import AlignConfig
+from arte.drafts import read_drafts
+from arte.elicit import ElicitConfig
+from arte.home import model_dir
+from arte.models import resolve_model
+from arte.pairs import PairConfig
+from arte.planted import PlantedRule
+from arte.selftest import SelftestConfig, SelftestResult, offline_scorer, prepare, run_variant
+from arte.tasks import load_task, split_task
+from arte_cli.output import Bars
+from arte_cli.selftest import openers, plot_rates, table
 from benchmarks._env import machine_info, peak_rss_mib, versions  # noqa: E402
+from benchmarks.alignment_fleet import FleetServer, fleet_scorer, fleet_signal, policy
 
 log = logging.getLogger("benchmarks.alignment")
 
@@ -103,17 +116,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    import numpy as np
-
-    from arte.dpo import AlignConfig
-    from arte.elicit import ElicitConfig
-    from arte.models import resolve_model
-    from arte.selftest import SelftestConfig, SelftestResult, offline_scorer, prepare, run_variant
-    from arte.tasks import load_task
-    from arte.home import model_dir
-    from arte_cli.selftest import openers, plot_rates, table
-    from arte_cli.output import Bars
-
     if args.fleet_signal:
         return _fleet_signal(args)
     if args.threads:
@@ -135,8 +137,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     open_teacher, open_drafter, align_pairs, torch_device = openers(ref, args.device, args.threads, align_cfg)
     bars = Bars()
     try:
-        from arte.drafts import read_drafts
-
         prep = prepare(task, cfg, args.work_dir, open_teacher=open_teacher, open_drafter=open_drafter, progress=bars,
                        drafts=read_drafts(args.drafts) if args.drafts else None)
         scorer = offline_scorer(prep.work, task.name, cfg.n_items)
@@ -152,8 +152,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc = res.to_dict()
         fleet_rows: list[dict[str, Any]] = []
         if args.fleet:
-            from benchmarks.alignment_fleet import FleetServer, fleet_scorer, policy
-
             server = FleetServer(prep.work / "fleet-server")
             try:
                 for n_dev in args.devices:
@@ -225,11 +223,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _fleet_signal(args: argparse.Namespace) -> dict[str, Any]:
     """``--fleet-signal``: the fleet's pairs without a model (see the option's help)."""
-    from arte.drafts import read_drafts
-    from arte.pairs import PairConfig
-    from arte.planted import PlantedRule
-    from arte.tasks import load_task, split_task
-    from benchmarks.alignment_fleet import FleetServer, fleet_signal
 
     t0 = time.perf_counter()
     task = load_task(args.task)

@@ -18,16 +18,24 @@ in the round's scoring mode (``generate``); the planted rule stands in for the s
 from __future__ import annotations
 
 import math
+import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from fastapi.testclient import TestClient
 
 from arte import wire
 from arte.drafts import Draft
 from arte.pair_rules import ScoreEstimate
-from arte.planted import PlantedRule, planted_scores
+from arte.pairs import select_pairs
+from arte.planted import PlantedRule, holds, planted_scores
 from arte.privacy import PrivacyAccountant, PrivacyPolicy, report_scores
+from server import db, results, security
+from server.app import create_app
+from server.models import AdminKey, Round, new_id
+from server.settings import ServerSettings
 
 __all__ = ["FleetServer", "fleet_scorer", "policy"]
 
@@ -46,15 +54,6 @@ class FleetServer:
     """The fleet server in process, with an admin key, for simulated devices."""
 
     def __init__(self, data_dir: Path) -> None:
-        from fastapi.testclient import TestClient
-
-        from server import db, security
-        from server.app import create_app
-        from server.models import AdminKey, new_id
-        from server.settings import ServerSettings
-
-        import shutil
-
         shutil.rmtree(data_dir, ignore_errors=True)   # a fresh fleet per run: a rerun in the same work dir
         data_dir.mkdir(parents=True)                  # must not meet the tasks and cohorts of the last one
         self.settings = ServerSettings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'arte.db'}",
@@ -64,7 +63,6 @@ class FleetServer:
         self.sessions = db.make_sessionmaker(self.engine)
         row_id = new_id("adm")
         key, key_hash = security.new_secret("ak", row_id)
-        from datetime import datetime, timezone
 
         with db.transaction(self.sessions) as s:
             s.add(AdminKey(id=row_id, key_hash=key_hash, created_at=datetime.now(timezone.utc)))
@@ -99,8 +97,6 @@ class FleetServer:
 
     def estimates(self, round_id: str) -> tuple[dict[str, ScoreEstimate], dict[str, Any]]:
         """The server's aggregate of the round: the estimates its align job would pair, and a summary."""
-        from server import db, results
-        from server.models import Round
 
         with db.transaction(self.sessions) as s:
             rnd = s.get(Round, round_id)
@@ -146,8 +142,6 @@ def fleet_signal(server: FleetServer, task: Any, drafts: Sequence[Draft], seeds:
     """Without a model: per (devices, ε), the pairs the server's aggregate makes from planted reports, and
     how many point the rule's way (chosen has the property, rejected lacks it) or the other way: the
     signal DPO would be given through the fleet."""
-    from arte.pairs import select_pairs
-    from arte.planted import holds
 
     rows = []
     for n_dev in devices:

@@ -44,7 +44,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from arte.backends.hf import load_hf
+from arte.dpo import AlignConfig, align
+from arte.home import convert_dir, model_dir
+from arte.models import ModelRef, resolve_model
+from arte.pairs import PreferencePair
+from arte.prompts import rationale_prompt
+from arte.tasks import format_question, load_task
 from benchmarks._env import machine_info, peak_rss_mib, versions  # noqa: E402
 
 RANDOM_SHAPES = {
@@ -61,9 +67,6 @@ GPU_PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "
 def make_pairs(n: int) -> list[Any]:
     """``n`` rationale pairs on BIG-bench sports_understanding questions (plain prompt, as alignment uses);
     vendored in tests/data/bigbench."""
-    from arte.pairs import PreferencePair
-    from arte.prompts import rationale_prompt
-    from arte.tasks import format_question, load_task
 
     task = load_task(ROOT / "tests" / "data" / "bigbench" / "sports_understanding.json")
     pairs = []
@@ -82,8 +85,6 @@ def make_pairs(n: int) -> list[Any]:
 
 def model_ref(name: str, work: Path) -> Any:
     """The benchmark model as a ModelRef (random-weight shapes are built once into ``work``)."""
-    from arte.models import ModelRef, resolve_model
-    from arte.home import convert_dir, model_dir
 
     if name == "default" or Path(name).exists():
         return resolve_model(name, model_dir())
@@ -93,8 +94,6 @@ def model_ref(name: str, work: Path) -> Any:
     if not (out / "config.json").is_file():
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
-
-        from arte.backends.hf import load_hf
 
         _, tok = load_hf(resolve_model("default", model_dir()), convert_dir=convert_dir())
         torch.manual_seed(0)
@@ -111,8 +110,6 @@ def model_ref(name: str, work: Path) -> Any:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from arte.home import convert_dir
-
     torch.set_num_threads(spec["threads"])
     work = Path(spec["work"])
     ref = model_ref(spec["model"], work)
@@ -123,7 +120,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["path"] in ("ours", "ours+margins"):
-        from arte.dpo import AlignConfig, align
 
         cfg = AlignConfig(learning_rate=spec["lr"], beta=0.1, max_steps=spec["steps"], batch_size=spec["batch_size"],
                           warmup_ratio=0.1, max_length=spec["max_length"], device=spec["device"], seed=0,
@@ -137,8 +133,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         from datasets import Dataset
         from peft import LoraConfig
         from trl import DPOConfig, DPOTrainer
-
-        from arte.backends.hf import load_hf
 
         model, tok = load_hf(ref, convert_dir=convert_dir())
         ds = Dataset.from_list([p.to_trl() for p in pairs])
@@ -169,8 +163,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def model_shape(ref: Any) -> dict[str, int]:
     """Parameter count (tied embeddings once: they are the LM head's matmul), layers and width."""
-    from arte.backends.hf import load_hf
-    from arte.home import convert_dir
 
     model, _ = load_hf(ref, convert_dir=convert_dir())
     return {"n_params": sum(p.numel() for p in model.parameters()), "layers": model.config.num_hidden_layers,

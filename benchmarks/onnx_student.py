@@ -24,6 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from arte.backends.hf import TorchStudent
+from arte.backends.llama import LlamaCppStudent
+from arte.backends.onnx import OnnxStudent
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
 
 PROMPT = ("Determine whether an artificially constructed sentence relating to sports is plausible or implausible. "
           "Include your final answer with the tag <ans> and </ans>.\n\nQuestion: Statement: Mike Trout was out at "
@@ -68,11 +73,6 @@ def main() -> None:
     import transformers
 
     torch.set_num_threads(a.threads)
-    from arte.backends.hf import TorchStudent
-    from arte.backends.llama import LlamaCppStudent
-    from arte.backends.onnx import OnnxStudent
-    from arte.models import resolve_model
-    from arte.home import convert_dir, model_dir
 
     ref = resolve_model("default", model_dir())
     t = time.perf_counter()

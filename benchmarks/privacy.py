@@ -43,8 +43,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import importlib.metadata as md
 
+from arte.backends import open_student
+from arte.drafts import read_drafts
+from arte.home import arte_home, model_dir
+from arte.models import resolve_model
 from arte.privacy import calibrate, debias_counts, pool_accuracy, privatize  # noqa: E402
+from arte.scoring import ScoringConfig, score_drafts
+from arte.tasks import load_task, split_task
 
 log = logging.getLogger("benchmarks.privacy")
 
@@ -61,10 +68,6 @@ def _sha(path: Path) -> str:
 def outcome_matrix(task_name: str, bigbench: Path, n_items: int, cache_dir: Path, threads: int) -> dict:
     """The real draft × item outcome matrix of one task (cached); keys: outcomes, draft_ids, question_ids,
     item_ids, seconds (the scoring time, also when read back from the cache), cached."""
-    from arte.drafts import read_drafts
-    from arte.models import resolve_model
-    from arte.tasks import load_task, split_task
-    from arte.home import model_dir
 
     drafts_path = ROOT / "tests" / "data" / f"drafts_{task_name}.jsonl"
     ref = resolve_model("default", model_dir())
@@ -77,8 +80,6 @@ def outcome_matrix(task_name: str, bigbench: Path, n_items: int, cache_dir: Path
         return {"outcomes": z["outcomes"], "draft_ids": list(z["draft_ids"]),
                 "question_ids": list(z["question_ids"]), "item_ids": list(z["item_ids"]),
                 "seconds": float(z["seconds"]), "cached": True}
-    from arte.backends import open_student
-    from arte.scoring import ScoringConfig, score_drafts
 
     task = load_task(bigbench / f"{task_name}.json")
     sources = {str(d.provenance.get("source_example", "")) for d in drafts}
@@ -193,7 +194,6 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
     for pkg in ("numpy", "llama-cpp-python", "matplotlib", "arte-edge"):
@@ -254,7 +254,6 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     if args.cache_dir is None:
-        from arte.home import arte_home
 
         args.cache_dir = arte_home() / "bench"
     if not 1 <= args.items_per_device <= args.items:

@@ -50,7 +50,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sqlite3
+
+import sqlalchemy as sa
 from _env import machine_info, versions  # noqa: E402
+
+from benchmarks.pg_cluster import pg_bin, pg_cluster
+from server import db
+from server.models import Report, ReportScore
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"
@@ -404,7 +412,6 @@ class PgCpu:
     def _pids(self) -> list[int]:
         if not self.url:
             return []
-        import sqlalchemy as sa
 
         eng = sa.create_engine(self.url)
         with eng.connect() as c:
@@ -494,10 +501,6 @@ async def baseline(srv: Server, args: argparse.Namespace) -> dict[str, Any]:
 
 def count_stored(env: dict[str, str], pg_url: str | None, n_drafts: int) -> dict[str, Any]:
     """What the database holds for the benchmark's rounds (read directly, not through the API)."""
-    import sqlalchemy as sa
-
-    from server import db
-    from server.models import Report, ReportScore
 
     url = pg_url or f"sqlite:///{Path(env['ARTE_SERVER_DATA_DIR']) / 'arte.db'}"
     eng = db.make_engine(url, schema=env.get("ARTE_SERVER_DB_SCHEMA"))
@@ -555,9 +558,6 @@ async def run_config(backend: str, workers: int, env: dict[str, str], args: argp
 @contextlib.contextmanager
 def postgres(choice: str) -> Any:
     """(SQLAlchemy URL, postmaster pid or None) of the PostgreSQL to measure on (see ``--postgres``)."""
-    sys.path.insert(0, str(ROOT))
-    from tests.fault_support import pg_bin, pg_cluster
-
     if choice != "throwaway":
         yield choice, None
         return
@@ -590,7 +590,7 @@ def main() -> None:
     ap.add_argument("--keep-dir", default=None, help="state dir to use and keep (server log: serve.log)")
     args = ap.parse_args()
     try:
-        import uvloop
+        import uvloop  # optional: not on Windows
 
         uvloop.install()
         loop_name = "uvloop"
@@ -618,7 +618,6 @@ def main() -> None:
                     env = {**base, "ARTE_SERVER_DATA_DIR": args.keep_dir or tmp}
                     schema = None
                     if backend == "postgresql":
-                        from server import db
 
                         schema = f"arte_load_{secrets.token_hex(4)}"
                         db.create_schema(pg_url, schema)
@@ -632,12 +631,9 @@ def main() -> None:
                             postmaster if backend == "postgresql" else None)))
                     finally:
                         if schema:
-                            from server import db
-
                             db.drop_schema(pg_url, schema)
         pg_version = None
         if pg_url:
-            import sqlalchemy as sa
 
             eng = sa.create_engine(pg_url)
             with eng.connect() as c:
@@ -665,7 +661,6 @@ def main() -> None:
           f"{args.resend:.0%} re-sent; loop {loop_name}; loopback; machine shared: see load1m)")
     vers = versions(["fastapi", "starlette", "uvicorn", "uvloop", "httptools", "SQLAlchemy", "psycopg",
                      "pydantic"])
-    import sqlite3
 
     vers["sqlite"] = sqlite3.sqlite_version
     if pg_version:

@@ -20,6 +20,7 @@ import os
 import platform
 import secrets
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import fastapi
 import httpx
+import psycopg
+import sqlalchemy
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from server import db
 
 API = "/api/v1"
 N_DRAFTS = 20
@@ -184,7 +192,6 @@ def main() -> None:
             {**base, "ARTE_SERVER_DATA_DIR": tmp}, args.devices, args.rounds, args.concurrency
         )
     if args.postgres:
-        from server import db
 
         schema = f"arte_bench_{secrets.token_hex(4)}"
         db.create_schema(args.postgres, schema)
@@ -218,10 +225,6 @@ def main() -> None:
         f"{N_DRAFTS} scores each, {args.concurrency} concurrent clients, one uvicorn process, loopback)"
     )
 
-    import fastapi
-    import sqlalchemy
-    import uvicorn
-
     versions = {
         "python": platform.python_version(),
         "fastapi": fastapi.__version__,
@@ -229,20 +232,13 @@ def main() -> None:
         "uvicorn": uvicorn.__version__,
         "httpx": httpx.__version__,
     }
-    try:
-        import psycopg
-
-        versions["psycopg"] = psycopg.__version__
-    except ImportError:
-        pass
+    versions["psycopg"] = psycopg.__version__
     if "postgresql" in results:
-        from sqlalchemy import create_engine, text
 
         eng = create_engine(args.postgres)
         with eng.connect() as c:
             versions["postgresql"] = c.execute(text("SHOW server_version")).scalar_one()
         eng.dispose()
-    import sqlite3
 
     versions["sqlite"] = sqlite3.sqlite_version
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}

@@ -33,8 +33,29 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import sessionmaker
 
 from benchmarks._env import machine_info, versions  # noqa: E402
+from server import db
+from server.app import create_app
+from server.models import (
+    AdminKey,
+    Cohort,
+    Dataset,
+    Device,
+    DeviceMetrics,
+    Job,
+    Report,
+    Round,
+    Task,
+    new_id,
+    utcnow,
+)
+from server.security import new_secret
+from server.settings import ServerSettings
+from server.telemetry import RequestMetrics, Telemetry
 
 
 class _Route:
@@ -50,10 +71,6 @@ async def _trivial_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def middleware_cost(calls: int) -> dict[str, float]:
     """Microseconds per request: the trivial app alone, and wrapped, for a GET and a report POST."""
-    import sqlalchemy as sa
-    from sqlalchemy.orm import sessionmaker
-
-    from server.telemetry import RequestMetrics, Telemetry
 
     telemetry = Telemetry(sessionmaker(sa.create_engine("sqlite://")))
     wrapped = RequestMetrics(_trivial_app, telemetry)
@@ -83,8 +100,6 @@ def middleware_cost(calls: int) -> dict[str, float]:
 def seed(sessions: Any, n_devices: int) -> dict[str, int]:
     """Insert a fleet with the ORM: 4 cohorts, ``n_devices`` devices, 40 rounds (half the cohort's
     devices report to each), 40 datasets, 2 fine-tunes per device, 200 jobs in mixed states."""
-    from server import db
-    from server.models import Cohort, Dataset, Device, DeviceMetrics, Job, Report, Round, Task, new_id, utcnow
 
     now = utcnow()
     counts = {"devices": n_devices, "reports": 0, "metrics": 0}
@@ -137,13 +152,6 @@ def seed(sessions: Any, n_devices: int) -> dict[str, int]:
 
 def read_costs(n_devices: int, repeat: int) -> tuple[dict[str, float], dict[str, int]]:
     """Median milliseconds per call of each read on the seeded fleet."""
-    from fastapi.testclient import TestClient
-
-    from server import db
-    from server.app import create_app
-    from server.models import AdminKey, new_id, utcnow
-    from server.security import new_secret
-    from server.settings import ServerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = ServerSettings(data_dir=Path(tmp), rate_limit_per_s=0)

@@ -43,6 +43,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import contextlib
+
+from arte.backends.hf import load_hf
+from arte.drafts import read_drafts
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
+from arte.precision import BF16_FLAGS, host_cpu_flags, resolve_precision
+from arte.sft import SFTConfig, peak_rss_mb, train_lora
+from arte.sft_data import ChatFormat, PackedRow, batch_order, encode_records, pack, templated_records
+from arte.tasks import load_task, split_task
+
 DEV_DATA = ROOT / "tests" / "data" / "bigbench"
 VARIANTS = ("plain", "ours", "ours-nobudget", "ours-bf16", "ours-bf16-nobudget", "plain-autocast")
 DEFAULT_VARIANTS = VARIANTS[:5]
@@ -54,12 +65,6 @@ LR = 2e-4
 def build_rows(path: Path, max_length: int) -> dict:
     """Tailored-format records: the hand-written development drafts (teacher-like rationales) plus
     templated records of both tasks, packed into rows of ``max_length``."""
-    from arte.backends.hf import load_hf
-    from arte.drafts import read_drafts
-    from arte.models import resolve_model
-    from arte.sft_data import ChatFormat, encode_records, pack, templated_records
-    from arte.tasks import load_task, split_task
-    from arte.home import convert_dir, model_dir
 
     ref = resolve_model("default", model_dir())
     _, tok = load_hf(ref, convert_dir=convert_dir())
@@ -83,11 +88,6 @@ def worker(variant: str, rows_path: Path, steps: int, threads: int, batch: int, 
     import torch
 
     torch.set_num_threads(threads)
-    from arte.backends.hf import load_hf
-    from arte.models import resolve_model
-    from arte.sft import SFTConfig, peak_rss_mb, train_lora
-    from arte.sft_data import PackedRow, batch_order
-    from arte.home import convert_dir, model_dir
 
     raw = json.loads(rows_path.read_text())["rows"]
     rows = [PackedRow(tuple(i), tuple(p), tuple(lab), (), n) for i, p, lab, n in raw]
@@ -97,7 +97,6 @@ def worker(variant: str, rows_path: Path, steps: int, threads: int, batch: int, 
     order = [b for e in range(2) for b in batch_order(len(rows), batch, seed=0, epoch=e)][:steps]
     tokens = [sum(rows[i].n_tokens for i in b) for b in order]
     if variant.startswith("plain"):
-        import contextlib
 
         from peft import LoraConfig, get_peft_model
         from transformers import get_cosine_schedule_with_warmup
@@ -164,7 +163,6 @@ def machine() -> dict:
                    if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    from arte.precision import BF16_FLAGS, host_cpu_flags, resolve_precision
 
     flags = host_cpu_flags()
     shown = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c", "bf16"))

@@ -3,23 +3,52 @@
 Commands: ``enroll``, ``doctor``, ``score``, ``run``, ``status``, ``config show|set|unset``,
 ``service install``. Every data command takes ``--json`` and then prints exactly one JSON document on
 stdout; progress bars and logs go to stderr. Errors are converted to exit codes once, here
-(:func:`edge_agent.errors.exit_code_for`; the table is in ``--help``). Heavy modules (httpx, llama.cpp,
-torch) are imported inside the commands, so ``edge-agent --help`` stays light.
+(:func:`edge_agent.errors.exit_code_for`; the table is in ``--help``). The commands parse options and
+print; the work lives in the modules they call (enroll, doctor, loop, status, config, service,
+train_step). llama.cpp and torch load only when a command runs a model, so ``edge-agent --help`` stays light.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import getpass
 import json
+import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from tqdm import tqdm
 
+import arte
+from arte.backends import open_student
+from arte.backends.llama_check import installed_build_record, self_check
+from arte.drafts import read_drafts
 from arte.errors import ArteError, ConfigError
 from arte.exit_codes import render
-from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
+from arte.retry import RetryPolicy
+from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES, ScoringConfig, check_items, score_drafts
+from arte.tasks import label_counts, load_task, split_task
+from edge_agent.client import ServerClient
+from edge_agent.config import SETTABLE, validate_setting
+from edge_agent.doctor import Check, run_checks
+from edge_agent.enroll import enroll as enroll_device
 from edge_agent.errors import AgentError, ExitCode, exit_code_for
+from edge_agent.hardware import detect
+from edge_agent.loop import Agent, Iteration, run_forever, run_once
+from edge_agent.service import ServiceSpec, enable_commands, render_unit
+from edge_agent.settings import AgentSettings
+from edge_agent.state import State, utc_now
+from edge_agent.status import status as agent_status
+from edge_agent.status import status_lines
+from edge_agent.student import open_profile_student
+from edge_agent.train_step import TrainOptions, run_train, train_step
+from firmware_profiles import PROFILE_DIR, ProfileError, load_profile
 
 
 def fail(err: Exception) -> NoReturn:
@@ -65,14 +94,6 @@ def main(ctx: click.Context, state_dir: Path | None, verbose: bool) -> None:
 def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: str, n_items: int | None,
           split_seed: int, validation: float, threads: int | None, max_new_tokens: int, as_json: bool) -> None:
     """Score drafts locally by the student's one-shot accuracy; prints scores only."""
-    from tqdm import tqdm
-
-    from arte.backends import open_student
-    from arte.drafts import read_drafts
-    from arte.models import resolve_model
-    from arte.scoring import ScoringConfig, check_items, score_drafts
-    from arte.tasks import label_counts, load_task, split_task
-    from arte.home import convert_dir, model_dir
 
     try:
         cfg = ScoringConfig(mode=mode, max_new_tokens=max_new_tokens)
@@ -107,9 +128,6 @@ def score(task_path: Path, drafts_path: Path, model: str, backend: str, mode: st
 
 def _settings(ctx: click.Context) -> Any:
     """Process settings (env ``EDGE_AGENT_*``), with ``--state-dir`` on top; configures stderr logging."""
-    import logging
-
-    from edge_agent.settings import AgentSettings
 
     try:
         settings = AgentSettings()
@@ -126,12 +144,7 @@ def _settings(ctx: click.Context) -> Any:
 
 
 def _client(settings: Any, state: Any, device_key: str | None, server_url: str | None = None) -> Any:
-    from arte.retry import RetryPolicy
-    from edge_agent.client import ServerClient
-
     def contact() -> None:
-        from edge_agent.state import utc_now
-
         if not state.read_only:
             state.set(last_contact_at=utc_now())
 
@@ -142,8 +155,6 @@ def _client(settings: Any, state: Any, device_key: str | None, server_url: str |
 
 
 def _profile(state: Any, settings: Any) -> Any:
-    from firmware_profiles import PROFILE_DIR, ProfileError, load_profile
-
     pid = state.require("profile")
     path = PROFILE_DIR / f"{pid}.toml"
     if not path.is_file():
@@ -152,7 +163,6 @@ def _profile(state: Any, settings: Any) -> Any:
     profile = load_profile(path)
     threads = state.get("threads")   # `edge-agent config set threads N` overrides the profile's
     if threads:
-        import dataclasses
 
         profile = dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, threads=int(threads)))
     return profile
@@ -177,53 +187,17 @@ def _profile(state: Any, settings: Any) -> Any:
 def enroll(ctx: click.Context, server_url: str, token: str, profile_id: str | None, device_name: str | None,
            data_path: Path | None, dataset_key: str | None, force: bool, as_json: bool) -> None:
     """Enroll this device with a fleet server (one-time token) and store its identity locally."""
-    import json as _json
-    import socket
-
-    import arte
-    from arte.wire import EnrollRequest
-    from edge_agent.client import encode
-    from edge_agent.config import validate_setting
-    from edge_agent.hardware import detect, match_profile
-    from edge_agent.state import State
-    from firmware_profiles import load_profiles
-
     settings = _settings(ctx)
     try:
         with State(settings.state_dir) as st:
-            if st.get("device_id") and not force:
-                raise AgentError(f"already enrolled as device {st.get('device_id')} in {st.path}; "
-                                 "use --force to replace the enrollment")
-            hw = detect(settings.root)
-            profiles = load_profiles()
-            if profile_id is None:
-                picked, why = match_profile(hw, profiles)
-                if picked is None:
-                    raise AgentError("no firmware profile matches this device (" + "; ".join(why) + "); pass "
-                                     "--profile ID, one of " + ", ".join(sorted(profiles)))
-                profile_id = picked.id
-            updates = {"profile": validate_setting("profile", profile_id)}
-            if data_path is not None:
-                updates["data_path"] = validate_setting("data_path", str(data_path))
-            if dataset_key is not None:
-                updates["dataset_key"] = validate_setting("dataset_key", dataset_key)
-            req = EnrollRequest(token=token, device_name=device_name or socket.gethostname(),
-                                profile_id=profile_id, hardware=hw.summary(), agent_version=arte.__version__)
-            with _client(settings, st, None, server_url) as client:
-                resp, sent = client.enroll(req)
-            redacted = encode(EnrollRequest(**{**req.__dict__, "token": "<redacted>"}))
-            with st.transaction():
-                st.write_device_key(resp.device_key)
-                st.set(server_url=server_url.rstrip("/"), device_id=resp.device_id, cohort_id=resp.cohort_id,
-                       device_name=req.device_name, enrolled_at=resp.server_time, **updates)
-                st.log_sent("enroll", "POST", sent.path, redacted, sent.status,
-                            _json.dumps({**_json.loads(sent.response), "device_key": "<redacted>"}))
+            data = enroll_device(st, lambda: _client(settings, st, None, server_url), detect(settings.root),
+                                 server_url=server_url, token=token, profile_id=profile_id, device_name=device_name,
+                                 data_path=data_path, dataset_key=dataset_key, force=force)
     except (AgentError, ArteError) as e:
         fail(e)
-    data = {"device_id": resp.device_id, "cohort_id": resp.cohort_id, "profile": profile_id,
-            "server": server_url, "state_dir": str(settings.state_dir), "key_file": str(st.key_path)}
-    emit(data, as_json, f"enrolled as device {resp.device_id} (cohort {resp.cohort_id}, profile {profile_id}); "
-                        f"key in {st.key_path} (mode 0600)")
+    data["state_dir"] = str(settings.state_dir)
+    emit(data, as_json, f"enrolled as device {data['device_id']} (cohort {data['cohort_id']}, profile "
+                        f"{data['profile']}); key in {data['key_file']} (mode 0600)")
 
 
 # -- doctor ---------------------------------------------------------------------------------------------------
@@ -236,14 +210,10 @@ def enroll(ctx: click.Context, server_url: str, token: str, profile_id: str | No
 def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
     """Check this device: hardware and profile, runtimes, the llama.cpp build (a real batch in a child
     process, compared with the profile), model, disk, memory, state, data, server."""
-    from edge_agent.doctor import Check, run_checks
-    from edge_agent.hardware import detect
 
     settings = _settings(ctx)
 
     def probe(st: Any) -> Check:
-        from arte.retry import RetryPolicy
-
         try:
             with _client(settings.model_copy(update={"retries": 1}), st, st.read_device_key()) as client:
                 client.retry = RetryPolicy(attempts=1)
@@ -273,9 +243,6 @@ def doctor(ctx: click.Context, offline: bool, as_json: bool) -> None:
 
 def _llama_check(root: Path) -> Any:
     """The llama.cpp self-check, reading this device's cpuinfo under ``root`` and the installed build record."""
-    import functools
-
-    from arte.backends.llama_check import installed_build_record, self_check
 
     return functools.partial(self_check, cpuinfo_path=root / "proc" / "cpuinfo", build_record=installed_build_record())
 
@@ -294,11 +261,6 @@ def _llama_check(root: Path) -> Any:
 @click.pass_context
 def run(ctx: click.Context, once: bool, iterations: int | None, ignore_conditions: bool, as_json: bool) -> None:
     """Run the loop: score the round's drafts, report scores, fetch data, fine-tune, report metrics."""
-    import arte
-    from edge_agent.hardware import detect
-    from edge_agent.loop import Agent, Iteration, run_forever, run_once
-    from edge_agent.state import State
-    from edge_agent.train_step import train_step
 
     if once:
         iterations = 1
@@ -337,8 +299,6 @@ def run(ctx: click.Context, once: bool, iterations: int | None, ignore_condition
 
 def _student_opener(model: str) -> Any:
     def open_student(profile: Any, adapter: str | None) -> Any:
-        from edge_agent.student import open_profile_student
-
         return open_profile_student(model, profile, adapter)
 
     return open_student
@@ -354,64 +314,13 @@ def _student_opener(model: str) -> Any:
 @click.pass_context
 def status(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Show the agent's state, its last contact and exactly what it last sent."""
-    from edge_agent.items import irt_status
-    from edge_agent.privacy import budget_status
-    from edge_agent.state import State
-
     settings = _settings(ctx)
     try:
         with State(settings.state_dir) as st:
-            conf = st.settings()
-            sent = st.sent(limit)
-            for m in sent:
-                m["body"] = json.loads(m["body"])
-            data = {
-                "state_dir": str(st.dir), "enrolled": "device_id" in conf,
-                "device_id": conf.get("device_id"), "cohort_id": conf.get("cohort_id"),
-                "profile": conf.get("profile"), "server_url": conf.get("server_url"),
-                "data_path": conf.get("data_path"), "last_contact_at": conf.get("last_contact_at"),
-                "outbox": st.outbox_counts(),
-                "pending": [{"kind": i.kind, "path": i.path, "idempotency_key": i.idempotency_key,
-                             "attempts": i.attempts, "last_error": i.last_error} for i in st.pending()],
-                "last_sent": sent, "active_adapter": st.active_adapter(),
-                "privacy": {"epsilon_spent": st.privacy_spent(), "charges": st.privacy_charges(),
-                            **budget_status(st)},
-                "journal": st.journals(),
-                "item_selection": irt_status(st.dir),
-            }
+            data = agent_status(st, limit)
     except (AgentError, ArteError) as e:
         fail(e)
-    lines = [f"state: {data['state_dir']}",
-             f"device: {data['device_id'] or 'not enrolled'} (cohort {data['cohort_id']}, profile {data['profile']})",
-             f"server: {data['server_url']}, last contact {data['last_contact_at'] or 'never'}",
-             f"private data (local only, never sent): {data['data_path'] or 'not configured'}",
-             f"outbox: {data['outbox'] or 'empty'}",
-             f"active adapter: {data['active_adapter']['version'] if data['active_adapter'] else 'none'}",
-             _privacy_line(data["privacy"]),
-             _items_line(data["item_selection"]),
-             "last sent (exact bodies, newest first; secrets redacted):"]
-    for m in sent:
-        lines.append(f"  {m['at']} {m['method']} {m['path']} -> {m['status']}")
-        lines.append("    " + json.dumps(m["body"], sort_keys=True))
-    emit(data, as_json, "\n".join(lines))
-
-
-def _items_line(sel: dict[str, Any] | None) -> str:
-    if not sel:
-        return "items: all validation items (no IRT selection yet)"
-    a = sel["agreement"]
-    return (f"items: {sel['kept_items']} of {sel['of_items']} kept by IRT (fitted on {sel['fitted_on_drafts']} "
-            f"drafts; best/worst draft agreement {a['best']:.2f}/{a['worst']:.2f} over {a['groups']} questions)")
-
-
-def _privacy_line(p: dict[str, Any]) -> str:
-    budget = "no limit" if p["budget"]["epsilon"] is None else f"{p['budget']['epsilon']:g}"
-    if not p["n_reports"]:
-        return f"privacy: nothing spent (epsilon budget {budget})"
-    spent = p.get("spent", {"epsilon": p["epsilon_spent"], "method": "basic"})
-    eps = "unbounded" if spent["epsilon"] is None else f"{spent['epsilon']:.4g}"
-    return (f"privacy: epsilon spent {eps} of {budget} ({spent['method']} composition, "
-            f"{p['n_reports']} noised report(s); sum of epsilons {p['basic']['epsilon']:g})")
+    emit(data, as_json, status_lines(data))
 
 
 # -- config ---------------------------------------------------------------------------------------------------
@@ -427,7 +336,6 @@ def config() -> None:
 @click.pass_context
 def config_show(ctx: click.Context, as_json: bool) -> None:
     """Print the local settings (the dataset key is masked)."""
-    from edge_agent.state import State
 
     settings = _settings(ctx)
     try:
@@ -447,8 +355,6 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def config_set(ctx: click.Context, key: str, value: str, as_json: bool) -> None:
     """Set KEY to VALUE (keys: see `edge_agent.config.SETTABLE`); the value is checked first."""
-    from edge_agent.config import validate_setting
-    from edge_agent.state import State
 
     settings = _settings(ctx)
     try:
@@ -469,8 +375,6 @@ def config_set(ctx: click.Context, key: str, value: str, as_json: bool) -> None:
 @click.pass_context
 def config_unset(ctx: click.Context, key: str) -> None:
     """Remove KEY from the local settings."""
-    from edge_agent.config import SETTABLE
-    from edge_agent.state import State
 
     if key not in SETTABLE:
         raise click.BadParameter(f"one of {', '.join(SETTABLE)}", param_hint="KEY")
@@ -506,11 +410,6 @@ def service() -> None:
 def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_file: Path | None,
                     exec_path: Path | None, working_dir: Path | None, name: str, as_json: bool) -> None:
     """Write a systemd unit (Restart=on-failure) and print the commands that enable it."""
-    import getpass
-    import shutil
-
-    from arte.errors import ConfigError
-    from edge_agent.service import ServiceSpec, enable_commands, render_unit
 
     settings = _settings(ctx)
     if exec_path is None:
@@ -592,7 +491,6 @@ def train(data_path: Path, task_path: Path, model: str, adapters_dir: Path | Non
           max_new_tokens: int, significance: float, min_gain: float, as_json: bool) -> None:
     """Fine-tune the student with LoRA on tailored data, evaluate before/after on the local holdout, and
     activate the new adapter only if it is better. Prints the verdict and accuracies."""
-    from edge_agent.train_step import TrainOptions, run_train
 
     try:
         shot_counts = tuple(int(x) for x in shots.split(",") if x.strip())

@@ -23,8 +23,18 @@ from typing import Any, Callable, Iterator, TypeVar
 import httpx
 
 from arte.retry import RETRY_STATUS, Retryable, RetryPolicy, retry_after_seconds, retry_call
-from arte.wire import (API_PREFIX, DatasetManifest, DeviceInfo, EnrollRequest, EnrollResponse, RoundDrafts,
-                       RoundInfo, WireError, from_wire, to_wire)
+from arte.wire import (
+    API_PREFIX,
+    DatasetManifest,
+    DeviceInfo,
+    EnrollRequest,
+    EnrollResponse,
+    RoundDrafts,
+    RoundInfo,
+    WireError,
+    from_wire,
+    to_wire,
+)
 from edge_agent.errors import AuthError, NetworkError, ServerError
 
 __all__ = ["ServerClient", "Sent", "encode"]

@@ -14,6 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from arte.errors import ArteError, ConfigError
+from arte.home import model_dir
+from arte.models import resolve_model
+from arte.tasks import load_task
+from firmware_profiles import PROFILE_DIR, load_profile
 
 __all__ = ["SETTABLE", "validate_setting"]
 
@@ -26,21 +30,17 @@ def validate_setting(key: str, value: str) -> str:
     if key not in SETTABLE:
         raise ConfigError(key, f"not a setting; one of {', '.join(SETTABLE)}")
     if key == "data_path":
-        from arte.tasks import load_task
 
         path = Path(value).expanduser().resolve()
         load_task(path)  # raises TaskFormatError naming the file, example and field
         return str(path)
     if key == "profile":
-        from firmware_profiles import PROFILE_DIR, load_profile
 
         if not (PROFILE_DIR / f"{value}.toml").is_file():
             known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
             raise ConfigError(key, f"no profile {value!r}; one of {', '.join(known)}")
         return load_profile(PROFILE_DIR / f"{value}.toml").id
     if key == "model":
-        from arte.models import resolve_model
-        from arte.home import model_dir
 
         try:
             resolve_model(value, model_dir())

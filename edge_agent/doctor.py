@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from arte.errors import ArteError, ModelError
+from arte.home import model_dir
+from arte.models import resolve_model
+from arte.tasks import load_task
+from edge_agent.errors import AgentError
 from edge_agent.hardware import GIB, Hardware, match_profile, work_blockers
+from edge_agent.state import State
 from firmware_profiles import Profile, ProfileError, load_profiles
 
 __all__ = ["Check", "run_checks"]
@@ -116,10 +122,6 @@ def _runtimes(profile: Profile | None) -> list[Check]:
 
 
 def _model(model: str) -> Check:
-    from arte.errors import ModelError
-    from arte.models import resolve_model
-    from arte.home import model_dir
-
     try:
         ref = resolve_model(model, model_dir())
     except ModelError as e:
@@ -153,9 +155,6 @@ def _memory(hw: Hardware, profile: Profile | None) -> Check:
 
 
 def _state(state_dir: Path) -> tuple[Any, list[Check]]:
-    from edge_agent.errors import AgentError
-    from edge_agent.state import State
-
     try:
         st = State(state_dir)
     except AgentError as e:
@@ -175,9 +174,6 @@ def _state(state_dir: Path) -> tuple[Any, list[Check]]:
 
 def _llama_build(profile: Profile | None, model: str, llama_check: Callable[..., Any]) -> list[Check]:
     """Run the llama.cpp self-check with the profile's runtime and compare the build with the profile."""
-    from arte.errors import ModelError
-    from arte.models import resolve_model
-    from arte.home import model_dir
 
     name = "llama_cpp.build"
     if importlib.util.find_spec("llama_cpp") is None:
@@ -258,9 +254,6 @@ def run_checks(*, hw: Hardware, state_dir: Path, probe_server: Callable[[Any], C
 
 
 def _data(settings: dict[str, str], profile: Profile | None) -> Check:
-    from arte.errors import ArteError
-    from arte.tasks import load_task
-
     path = settings.get("data_path")
     if not path:
         return Check("data", "warn", "no private data configured: the agent cannot score or evaluate",

@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 
 from arte.models import sha256_file
-from arte.wire import DatasetManifest
 from arte.retry import Retryable
+from arte.wire import DatasetManifest
 from edge_agent.client import ServerClient
 from edge_agent.errors import IntegrityError
 

@@ -21,8 +21,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from arte.errors import (ArteError, BackendError, ConfigError, DraftFormatError, ModelError, ScoringError,
-                         TaskFormatError)
+from arte.errors import (
+    ArteError,
+    BackendError,
+    ConfigError,
+    DraftFormatError,
+    ModelError,
+    ScoringError,
+    TaskFormatError,
+)
 from arte.exit_codes import ExitCodes, code_for
 from firmware_profiles import ProfileError
 

@@ -35,16 +35,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from arte.drafts import draft_from_dict, write_drafts, read_drafts
+
+from arte.drafts import draft_from_dict, read_drafts, write_drafts
 from arte.errors import ArteError
 from arte.scoring import ScoringConfig, score_drafts
-from edge_agent.items import items_for_round, learn_from_round
 from arte.tasks import label_counts, label_of, load_task, split_task
 from arte.wire import Metrics, Report, RoundInfo, to_wire
 from edge_agent.client import ServerClient
 from edge_agent.download import download_dataset, verify_file
 from edge_agent.errors import AgentError, AuthError, BudgetError, NetworkError, StateError, TrainingError
 from edge_agent.hardware import Hardware, work_blockers
+from edge_agent.items import items_for_round, learn_from_round
 from edge_agent.privacy import private_scores
 from edge_agent.state import State
 from edge_agent.sync import deliver, queue_metrics, queue_report

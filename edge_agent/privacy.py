@@ -22,7 +22,9 @@ from typing import Any, Collection
 
 import numpy as np
 
-from arte.errors import ArteError, ConfigError
+from arte import privacy
+from arte.errors import ArteError, ConfigError, PrivacyBudgetExceeded
+from arte.privacy import Charge, PrivacyAccountant
 from arte.scoring import ScoreResult
 from arte.wire import DraftScoreMsg, PrivacyInfo, RoundInfo
 from edge_agent.errors import AgentError, BudgetError
@@ -34,8 +36,6 @@ __all__ = ["private_scores", "budget_status"]
 def private_scores(state: State, rnd: RoundInfo, result: ScoreResult, draft_ids: Collection[str],
                    rng: np.random.Generator) -> tuple[list[DraftScoreMsg], PrivacyInfo, dict[str, Any] | None]:
     """Scores to send for ``rnd``, the privacy declared, and the ledger charge (see the module docstring)."""
-    from arte import privacy
-    from arte.errors import PrivacyBudgetExceeded
 
     try:
         local = privacy.PrivacyPolicy(total_epsilon=float(state.get("privacy_total_epsilon", "inf")),
@@ -78,7 +78,6 @@ def budget_status(state: State) -> dict[str, Any]:
                   "delta": math.fsum(c["delta"] for c in charges)},
         "n_reports": len(charges),
     }
-    from arte.privacy import Charge, PrivacyAccountant
 
     at_delta = max([total_delta, *(c["delta"] for c in charges)]) if total_delta == 0 else total_delta
     keys = ("round_id", "mechanism", "epsilon", "delta", "rho")

@@ -15,6 +15,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from arte.backends import open_student
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
 from firmware_profiles import Profile, Runtime
 
 __all__ = ["TORCH_DTYPES", "open_profile_student", "student_options"]
@@ -38,9 +41,6 @@ def student_options(runtime: Runtime) -> dict[str, Any]:
 def open_profile_student(model: str, profile: Profile, adapter: str | None = None) -> Any:
     """Open ``model`` ('default', a GGUF file or an HF directory) on ``profile``'s runtime; ``adapter`` is a
     GGUF LoRA adapter, used on the llama backend."""
-    from arte.backends import open_student
-    from arte.models import resolve_model
-    from arte.home import convert_dir, model_dir
 
     rt = profile.runtime
     if rt.backend == "llama" and rt.device == "cuda" and not _llama_gpu_offload():
@@ -53,6 +53,6 @@ def open_profile_student(model: str, profile: Profile, adapter: str | None = Non
 
 
 def _llama_gpu_offload() -> bool:
-    import llama_cpp   # only on the llama backend, when the student opens anyway
+    import llama_cpp  # only on the llama backend, when the student opens anyway
 
     return bool(llama_cpp.llama_supports_gpu_offload())

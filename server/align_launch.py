@@ -12,13 +12,13 @@ import json
 import sys
 from pathlib import Path
 
+from arte.dpo import AlignConfig, align
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
+from arte.pairs import pair_from_dict
+
 
 def main(argv: list[str] | None = None) -> int:
-    from arte.dpo import AlignConfig, align
-    from arte.models import resolve_model
-    from arte.pairs import pair_from_dict
-    from arte.home import convert_dir, model_dir
-
     path = (argv or sys.argv[1:])[0]
     spec = json.loads(Path(path).read_text())
     pairs = [pair_from_dict(p, path=path, line=i) for i, p in enumerate(spec["pairs"])]

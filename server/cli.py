@@ -12,12 +12,16 @@ Exit codes: :class:`server.cli_common.Exit` (shown by ``arte-server --help``).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
 
 import click
+import sqlalchemy as sa
+import uvicorn
 
+from server import db, security
 from server.cli_admin import aggregates, cohorts, devices, jobs, rounds, tasks, tokens
 from server.cli_common import (
     Exit,
@@ -26,6 +30,9 @@ from server.cli_common import (
     _fail,
     json_option,
 )
+from server.errors import NotReady
+from server.models import AdminKey, new_id, utcnow
+from server.worker import Worker
 
 __all__ = ["Exit", "main"]
 
@@ -59,10 +66,6 @@ def main(ctx: click.Context, data_dir: Path | None, database_url: str | None, lo
 @click.pass_obj
 def init(obj: _Ctx, rotate_admin_key: bool, as_json: bool) -> None:
     """Create the database, run migrations, and create the admin key (printed once, stored hashed)."""
-    import sqlalchemy as sa
-
-    from server import db, security
-    from server.models import AdminKey, new_id, utcnow
 
     settings = obj.settings()
     revision = db.upgrade(obj.engine())
@@ -92,8 +95,6 @@ def init(obj: _Ctx, rotate_admin_key: bool, as_json: bool) -> None:
 
 
 def _redact(url: str) -> str:
-    import sqlalchemy as sa
-
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
@@ -119,12 +120,6 @@ def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_lo
 
     With ``--workers N`` uvicorn supervises N processes sharing the port; the settings reach them as
     ``ARTE_SERVER_*`` environment variables (the options given here override the environment)."""
-    import os
-
-    import uvicorn
-
-    from server import db
-    from server.errors import NotReady
 
     settings = obj.settings()
     engine = obj.engine()
@@ -155,8 +150,6 @@ def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_lo
 @click.pass_obj
 def worker(obj: _Ctx, once: bool, as_json: bool) -> None:
     """Run queued jobs (aggregate, elicit, align, tailor) until interrupted."""
-    from server.errors import NotReady
-    from server.worker import Worker
 
     try:
         w = Worker(obj.settings(), obj.sessions())

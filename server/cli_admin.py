@@ -14,7 +14,10 @@ from typing import Any
 import click
 
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
+from server import fleet, queue, results
 from server.cli_common import _load_json_file, _run, _table, json_option
+from server.errors import NotFound
+from server.schemas import CohortIn, JobIn, RoundIn, TaskIn, TokenIn, TokenInfo, TokenOut
 
 PRIVACY_MECHANISMS = ("none", "randomized_response", "laplace", "gaussian")
 
@@ -36,7 +39,6 @@ def tasks() -> None:
 @click.pass_obj
 def tasks_list(obj: Any, as_json: bool) -> None:
     """List tasks."""
-    from server import fleet
 
     _run(
         obj,
@@ -52,7 +54,6 @@ def tasks_list(obj: Any, as_json: bool) -> None:
 @click.pass_obj
 def tasks_show(obj: Any, task_id: str, as_json: bool) -> None:
     """Show one task."""
-    from server import fleet
 
     _run(obj, as_json, lambda s, now: fleet.task_out(fleet.get_task(s, task_id)))
 
@@ -71,8 +72,6 @@ def tasks_show(obj: Any, task_id: str, as_json: bool) -> None:
 @click.pass_obj
 def tasks_create(obj: Any, name: str, instruction: str, seeds_path: Path | None, as_json: bool) -> None:
     """Create a task."""
-    from server import fleet
-    from server.schemas import TaskIn
 
     seeds = _load_json_file(seeds_path) if seeds_path else []
     _run(
@@ -97,7 +96,6 @@ def cohorts() -> None:
 @click.pass_obj
 def cohorts_list(obj: Any, as_json: bool) -> None:
     """List cohorts."""
-    from server import fleet
 
     _run(
         obj,
@@ -113,7 +111,6 @@ def cohorts_list(obj: Any, as_json: bool) -> None:
 @click.pass_obj
 def cohorts_show(obj: Any, cohort_id: str, as_json: bool) -> None:
     """Show one cohort."""
-    from server import fleet
 
     _run(obj, as_json, lambda s, now: fleet.cohort_out(s, fleet.get_cohort(s, cohort_id)))
 
@@ -154,8 +151,6 @@ def cohorts_create(
     as_json: bool,
 ) -> None:
     """Create a cohort."""
-    from server import fleet
-    from server.schemas import CohortIn
 
     def fn(s: Any, now: Any) -> Any:
         body = CohortIn(
@@ -185,8 +180,6 @@ def tokens() -> None:
 @click.pass_obj
 def tokens_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
     """List tokens (never the secrets)."""
-    from server import fleet
-    from server.schemas import TokenInfo
 
     _run(
         obj,
@@ -213,9 +206,6 @@ def tokens_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
 @click.pass_obj
 def tokens_show(obj: Any, token_id: str, as_json: bool) -> None:
     """Show one token's state."""
-    from server import fleet
-    from server.errors import NotFound
-    from server.schemas import TokenInfo
 
     def fn(s: Any, now: Any) -> Any:
         for t in fleet.list_tokens(s):
@@ -242,8 +232,6 @@ def tokens_show(obj: Any, token_id: str, as_json: bool) -> None:
 @click.pass_obj
 def tokens_create(obj: Any, cohort_id: str, ttl_s: int | None, note: str, as_json: bool) -> None:
     """Create a token; it is printed once."""
-    from server import fleet
-    from server.schemas import TokenIn, TokenOut
 
     def fn(s: Any, now: Any) -> Any:
         row, token = fleet.create_token(
@@ -271,7 +259,6 @@ def rounds() -> None:
 @click.pass_obj
 def rounds_list(obj: Any, cohort_id: str | None, state: str | None, as_json: bool) -> None:
     """List rounds."""
-    from server import fleet
 
     _run(
         obj,
@@ -287,7 +274,6 @@ def rounds_list(obj: Any, cohort_id: str | None, state: str | None, as_json: boo
 @click.pass_obj
 def rounds_show(obj: Any, round_id: str, as_json: bool) -> None:
     """Show one round."""
-    from server import fleet
 
     _run(obj, as_json, lambda s, now: fleet.round_out(s, fleet.get_round(s, round_id)))
 
@@ -321,8 +307,6 @@ def rounds_create(
     obj: Any, cohort_id: str, drafts_path: Path, mode: str, max_new_tokens: int, min_items: int, as_json: bool
 ) -> None:
     """Open a round of drafts."""
-    from server import fleet
-    from server.schemas import RoundIn
 
     drafts = _load_json_file(drafts_path)
     _run(
@@ -351,7 +335,6 @@ def rounds_create(
 @click.pass_obj
 def rounds_close(obj: Any, round_id: str, as_json: bool) -> None:
     """Close a round (later reports are refused)."""
-    from server import fleet
 
     _run(obj, as_json, lambda s, now: fleet.round_out(s, fleet.close_round(s, round_id, now)))
 
@@ -399,8 +382,6 @@ def _aggregate_table(d: dict[str, Any]) -> str:
 @click.pass_obj
 def aggregates_show(obj: Any, round_id: str, stored: bool, as_json: bool) -> None:
     """Per-draft estimates of a round: accuracy, variance, 95% interval, eligibility (>= k devices)."""
-    from server import fleet, results
-    from server.errors import NotFound
 
     def fn(s: Any, now: Any) -> Any:
         rnd = fleet.get_round(s, round_id)
@@ -429,7 +410,6 @@ def jobs() -> None:
 @click.pass_obj
 def jobs_list(obj: Any, state: str | None, kind: str | None, as_json: bool) -> None:
     """List jobs."""
-    from server import queue
 
     _run(
         obj,
@@ -446,7 +426,6 @@ def jobs_list(obj: Any, state: str | None, kind: str | None, as_json: bool) -> N
 @click.pass_obj
 def jobs_show(obj: Any, job_id: str, logs: bool, as_json: bool) -> None:
     """Show one job (and its logs)."""
-    from server import queue
 
     def fn(s: Any, now: Any) -> Any:
         out = queue.job_out(queue.get_job(s, job_id)).model_dump(mode="json")
@@ -482,8 +461,6 @@ def jobs_create(
     as_json: bool,
 ) -> None:
     """Queue a job."""
-    from server import queue
-    from server.schemas import JobIn
 
     try:
         parsed = json.loads(params)
@@ -515,7 +492,6 @@ def jobs_create(
 @click.pass_obj
 def jobs_cancel(obj: Any, job_id: str, as_json: bool) -> None:
     """Cancel a job."""
-    from server import queue
 
     _run(obj, as_json, lambda s, now: queue.job_out(queue.cancel(s, job_id, now)))
 
@@ -534,7 +510,6 @@ def devices() -> None:
 @click.pass_obj
 def devices_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
     """List devices."""
-    from server import fleet
 
     _run(
         obj,
@@ -550,6 +525,5 @@ def devices_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
 @click.pass_obj
 def devices_revoke(obj: Any, device_id: str, as_json: bool) -> None:
     """Revoke a device's key."""
-    from server import fleet
 
     _run(obj, as_json, lambda s, now: fleet.device_out(fleet.revoke_device(s, device_id, now)))

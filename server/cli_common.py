@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel, ValidationError
 
 from arte.exit_codes import ExitCodes, render
-
+from arte.wire import to_wire
+from server import db
+from server.app import field_path
+from server.db import transaction
+from server.errors import ApiError, NotReady, to_body
+from server.models import utcnow
+from server.settings import ServerSettings
 
 
 class Exit(ExitCodes):
@@ -31,21 +38,16 @@ class _Ctx:
         self._engine: Any = None
 
     def settings(self) -> Any:
-        from server.settings import ServerSettings
-
         return ServerSettings(**self.overrides)
 
     def engine(self) -> Any:
         if self._engine is None:
-            from server import db
 
             s = self.settings()
             self._engine = db.make_engine(s.resolved_database_url(), schema=s.db_schema)
         return self._engine
 
     def sessions(self, check: bool = True) -> Any:
-        from server import db
-
         if check:
             db.check_current(self.engine())
         return db.make_sessionmaker(self.engine())
@@ -59,8 +61,6 @@ def _emit(as_json: bool, data: Any, human: Callable[[Any], str] | None = None) -
 
 
 def _fail(as_json: bool, code: int, type_: str, message: str, detail: dict[str, Any] | None = None) -> None:
-    from server.errors import to_body
-
     if as_json:
         click.echo(json.dumps(to_body(type_, message, detail or {}), default=str))
     click.echo(f"error: {message}", err=True)
@@ -71,12 +71,6 @@ def _run(
     obj: _Ctx, as_json: bool, fn: Callable[[Any, Any], Any], human: Callable[[Any], str] | None = None
 ) -> None:
     """Run ``fn(session, now)`` in one transaction; convert server errors to exit codes once."""
-    from pydantic import ValidationError
-
-    from server.app import field_path
-    from server.db import transaction
-    from server.errors import ApiError, NotReady
-    from server.models import utcnow
 
     try:
         with transaction(obj.sessions()) as s:
@@ -94,10 +88,6 @@ def _run(
 
 
 def _jsonable(data: Any) -> Any:
-    from pydantic import BaseModel
-
-    from arte.wire import to_wire
-
     if isinstance(data, BaseModel):
         return data.model_dump(mode="json")
     if isinstance(data, list):

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -175,8 +179,6 @@ def core_transaction(engine: Engine) -> Iterator[sa.Connection]:
 
 
 def _alembic_config(connection: sa.Connection) -> Any:
-    from alembic.config import Config
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -185,7 +187,6 @@ def _alembic_config(connection: sa.Connection) -> Any:
 
 def upgrade(engine: Engine, revision: str = "head") -> str:
     """Run the migrations up to ``revision``; returns the revision the database is at afterwards."""
-    from alembic import command
 
     with engine.begin() as conn:
         command.upgrade(_alembic_config(conn), revision)
@@ -193,9 +194,6 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
 
 
 def head_revision() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     head = ScriptDirectory.from_config(cfg).get_current_head()
@@ -204,8 +202,6 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 

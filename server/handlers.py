@@ -35,7 +35,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from arte.backends.hf_teacher import TorchTeacher
+from arte.backends.llama_teacher import LlamaCppTeacher
+from arte.dpo import METADATA_FILE, AlignConfig, align
+from arte.drafts import draft_from_dict
+from arte.elicit import ElicitConfig, elicit_drafts
+from arte.home import convert_dir, model_dir
+from arte.models import resolve_model
+from arte.pairs import NO_SIGNAL, PairConfig, select_pairs
 from arte.procs import child_env, death_message
+from arte.tailor import TailorConfig, tailor_dataset
+from arte.tasks import Example, Task, label_counts
 from server import fleet, queue, results
 from server.db import transaction
 from server.errors import ApiError, JobError
@@ -119,8 +129,6 @@ def run_aggregate(ctx: JobContext) -> dict[str, Any]:
 
 
 def _arte_task(s: Session, cohort_id: str) -> tuple[Any, list[Any]]:
-    from arte.tasks import Example, Task
-
     cohort = fleet.get_cohort(s, cohort_id)
     row = fleet.get_task(s, cohort.task_id)
     seeds = []
@@ -139,23 +147,16 @@ def _arte_task(s: Session, cohort_id: str) -> tuple[Any, list[Any]]:
 
 def _open_teacher(settings: ServerSettings, adapter: str | None) -> Any:
     """The configured teacher; with a PEFT adapter (from align) on torch, else on llama.cpp."""
-    from arte.models import resolve_model
-    from arte.home import convert_dir, model_dir
 
     ref = resolve_model(settings.teacher_model, model_dir())
     if adapter:
-        from arte.backends.hf_teacher import TorchTeacher
 
         return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), adapters={"cohort": adapter})
-    from arte.backends.llama_teacher import LlamaCppTeacher
 
     return LlamaCppTeacher(ref.path, name=ref.name)
 
 
 def run_elicit(ctx: JobContext) -> dict[str, Any]:
-    from arte.elicit import ElicitConfig, elicit_drafts
-    from arte.tasks import label_counts
-
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
         task, seeds = _arte_task(s, ctx.claim.cohort_id or "")
@@ -194,9 +195,6 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         task, seeds = _arte_task(s, rnd.cohort_id)
         drafts_raw = fleet.round_drafts(s, rnd).drafts
         cohort = fleet.get_cohort(s, rnd.cohort_id)
-    from arte.pairs import NO_SIGNAL, PairConfig, select_pairs
-
-    from arte.drafts import draft_from_dict
 
     scores = agg.alignment_estimates()  # only drafts scored by at least k distinct devices
     drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
@@ -212,10 +210,6 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
     if ctx.settings.align_launcher == "accelerate":
         _align_subprocess(ctx, pairs, config, out_dir)
     else:
-        from arte.dpo import AlignConfig, align
-
-        from arte.models import resolve_model
-        from arte.home import convert_dir, model_dir
 
         result = align(
             resolve_model(ctx.settings.teacher_model, model_dir()),
@@ -235,7 +229,6 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
 
 def _align_summary(out_dir: Path) -> dict[str, Any]:
     """What the job's result shows of the training (either launcher wrote it next to the adapter)."""
-    from arte.dpo import METADATA_FILE
 
     try:
         meta = json.loads((out_dir / METADATA_FILE).read_text(encoding="utf-8"))
@@ -291,8 +284,6 @@ def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any],
 
 
 def run_tailor(ctx: JobContext) -> dict[str, Any]:
-    from arte.tailor import TailorConfig, tailor_dataset
-
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
         task, seeds = _arte_task(s, ctx.claim.cohort_id or "")

@@ -15,12 +15,12 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from arte.home import arte_home
+
 __all__ = ["ServerSettings"]
 
 
 def _default_data_dir() -> Path:
-    from arte.home import arte_home
-
     return arte_home() / "server"
 
 

@@ -8,15 +8,12 @@ pg_isready says yes, a count is reached) and fails after a generous deadline.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,15 +23,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import pytest
+
+from benchmarks.pg_cluster import PgCluster, PgUnavailable, free_port
+from benchmarks.pg_cluster import pg_cluster as throwaway_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def poll(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
@@ -117,74 +112,14 @@ def _port_open(port: int) -> bool:
 # --- a throwaway PostgreSQL cluster ---------------------------------------------------------------------
 
 
-def pg_bin() -> Path | None:
-    """The newest installed PostgreSQL server binaries (Debian layout), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
-    return Path(found[-1]).parent if found else None
-
-
-class PgCluster:
-    """initdb + pg_ctl in ``root`` on a free loopback port, trust auth; run as the ``postgres`` user
-    when we are root (PostgreSQL refuses to run as root)."""
-
-    def __init__(self, root: Path, bindir: Path, shared_buffers: str = "32MB") -> None:
-        self.root, self.bindir = root, bindir
-        self.shared_buffers = shared_buffers
-        self.data = root / "data"
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            import pwd
-
-            pw = pwd.getpwnam("postgres")
-            os.chown(root, pw.pw_uid, pw.pw_gid)
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-sync", "--no-instructions")
-
-    def _run(self, exe: str, *args: str) -> None:
-        out = subprocess.run([*self.as_user, str(self.bindir / exe), *args], capture_output=True, text=True,
-                             cwd=self.root)
-        assert out.returncode == 0, f"{exe}: {out.stdout[-1000:]} {out.stderr[-2000:]}"
-
-    def _options(self) -> str:
-        return (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on "
-                f"-c max_connections=200 -c shared_buffers={self.shared_buffers}")
-
-    def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", self._options(),
-                  "-w", "-t", "120", "start")
-
-    def restart(self, mode: str = "fast") -> None:
-        """Stop (``fast``: abort sessions, ``immediate``: crash-like) and start again."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "120", "stop")
-        self.start()
-
-    def stop(self) -> None:
-        subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                        "-w", "stop"], capture_output=True)
-
-
 @contextmanager
 def pg_cluster(shared_buffers: str = "32MB") -> Iterator[PgCluster]:
-    """A started throwaway cluster in its own temp dir (not under pytest's tmp_path, whose 0700 parents
-    the ``postgres`` user cannot enter), stopped and removed afterwards."""
-    bindir = pg_bin()
-    if bindir is None or (os.geteuid() == 0 and shutil.which("runuser") is None):
-        import pytest
-
-        pytest.skip("PostgreSQL server binaries (/usr/lib/postgresql/*/bin) not installed")
-    root = Path(tempfile.mkdtemp(prefix="arte-pg-"))
+    """:func:`benchmarks.pg_cluster.pg_cluster`, skipping the test where PostgreSQL is not installed."""
     try:
-        cluster = PgCluster(root, bindir, shared_buffers)
-        cluster.start()
-        try:
+        with throwaway_cluster(shared_buffers) as cluster:
             yield cluster
-        finally:
-            cluster.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    except PgUnavailable as e:
+        pytest.skip(str(e))
 
 
 # --- agents: the real edge-agent state, outbox and client ---------------------------------------------

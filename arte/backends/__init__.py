@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from arte.backends.hf import TorchStudent
+from arte.backends.llama import LlamaCppStudent
+from arte.backends.onnx import OnnxStudent
 from arte.errors import ConfigError, ModelError
 from arte.models import ModelRef
 
@@ -26,7 +29,6 @@ def open_student(ref: ModelRef, backend: str = "llama", *, n_threads: int | None
         if ref.kind != "gguf":
             raise ModelError(f"the llama backend needs a GGUF file; {ref.path} is a {ref.kind} model "
                              f"(use --backend torch)")
-        from arte.backends.llama import LlamaCppStudent
 
         return LlamaCppStudent(ref.path, n_threads=n_threads, lora_path=lora_path, name=ref.name, **kwargs)
     if backend == "torch":
@@ -34,14 +36,12 @@ def open_student(ref: ModelRef, backend: str = "llama", *, n_threads: int | None
             import torch
 
             torch.set_num_threads(n_threads)
-        from arte.backends.hf import TorchStudent
 
         return TorchStudent.from_ref(ref, convert_dir=convert_dir, **kwargs)
     if backend == "onnx":
         if lora_path is not None:
             raise ConfigError("lora_path", "the onnx backend runs exported models; merge the adapter "
                                            "(arte.export.merge_lora) and export it (arte.backends.onnx.export_onnx)")
-        from arte.backends.onnx import OnnxStudent
 
         return OnnxStudent.from_ref(ref, n_threads=n_threads, convert_dir=convert_dir, **kwargs)
     raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")

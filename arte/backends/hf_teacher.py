@@ -19,12 +19,14 @@ byte-level (GPT-2 style) or SentencePiece (``▁``, ``<0xNN>``) vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from arte.backends.hf import load_hf
 from arte.constrain import TokenGuard, Vocabulary, check_formats, sample
 from arte.errors import ConfigError, ModelError
 from arte.grammar import Format
@@ -60,7 +62,6 @@ class TorchTeacher:
                  batch_size: int = 8) -> "TorchTeacher":
         """Load ``ref`` (see :func:`arte.backends.hf.load_hf`) and attach ``adapters`` ({name: dir}); the
         last one listed is active."""
-        from arte.backends.hf import load_hf
 
         model, tok = load_hf(ref, dtype=dtype, convert_dir=convert_dir, device=device)
         teacher = cls(model, tok, name=ref.name, batch_size=batch_size)
@@ -105,8 +106,6 @@ class TorchTeacher:
         self._active = name
 
     def _context(self) -> Any:
-        import contextlib
-
         if self._active is None and self._adapters:
             return self.model.disable_adapter()
         return contextlib.nullcontext()

@@ -17,6 +17,7 @@ portable baseline (:data:`BASELINE_CMAKE_ARGS`, the Makefile's default; a test k
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from arte.backends.llama import LlamaCppStudent
 from arte.procs import ChildResult, describe_exit, passive_openmp, run_child, signal_name
 
 __all__ = ["BASELINE_CMAKE_ARGS", "SelfCheck", "baseline_cmake_args", "build_features", "cpu_flags",
@@ -276,12 +278,11 @@ def _say(stage: str, **data: Any) -> None:
 
 def _child(model: str, n_threads: int, n_gpu_layers: int) -> int:
     _say("started")
-    import llama_cpp   # the first native code; a build that traps at load time dies here
+    import llama_cpp  # the first native code; a build that traps at load time dies here
 
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
     _say("build", version=llama_cpp.__version__, system_info=info.strip(), cpu_features=build_features(info),
          gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()))
-    from arte.backends.llama import LlamaCppStudent
 
     with LlamaCppStudent(model, n_ctx=2048, n_threads=n_threads, n_parallel=4, n_gpu_layers=n_gpu_layers) as s:
         ftype = s.metadata("general.file_type")
@@ -310,7 +311,6 @@ def _child(model: str, n_threads: int, n_gpu_layers: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The child's entry point: ``python -m arte.backends.llama_check MODEL [--threads N] [--gpu-layers N]``."""
-    import argparse
 
     ap = argparse.ArgumentParser(prog="python -m arte.backends.llama_check")
     ap.add_argument("model")

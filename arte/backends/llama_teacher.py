@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from arte.backends.llama import LlamaCppStudent
 from arte.constrain import TokenGuard, Vocabulary, check_formats
 from arte.errors import BackendError, ModelError
 from arte.grammar import Format
@@ -35,7 +36,6 @@ class LlamaCppTeacher:
     def __init__(self, model_path: str | Path, *, n_ctx: int = 8192, n_threads: int | None = None,
                  n_parallel: int = 8, lora_path: str | Path | None = None, name: str | None = None,
                  chat_template: str | None = None, **kwargs: Any) -> None:
-        from arte.backends.llama import LlamaCppStudent
 
         self._llm = LlamaCppStudent(model_path, n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel,
                                     lora_path=lora_path, name=name, **kwargs)

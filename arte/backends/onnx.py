@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from arte.backends.hf import load_hf
 from arte.errors import BackendError, ConfigError, ModelError
 from arte.models import ModelRef
 from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
@@ -44,7 +47,6 @@ def is_onnx_dir(path: str | Path) -> bool:
 def export_onnx(hf_dir: str | Path, out_dir: str | Path) -> Path:
     """Export the HF model in ``hf_dir`` to ``out_dir`` (model.onnx, config, tokenizer). ~30 s and ~3 GB
     of memory for the 135M default model. Written to a temporary directory, then renamed."""
-    import shutil
 
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
@@ -128,10 +130,6 @@ class OnnxStudent:
                              f"export it, or export it with arte.backends.onnx.export_onnx")
         target = Path(export_dir) / f"{ref.name}-{(ref.sha256 or 'local')[:12]}-onnx"
         if not is_onnx_dir(target):
-            import shutil
-            import tempfile
-
-            from arte.backends.hf import load_hf
 
             model, tok = load_hf(ref, convert_dir=convert_dir)
             Path(export_dir).mkdir(parents=True, exist_ok=True)

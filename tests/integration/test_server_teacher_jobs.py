@@ -123,8 +123,8 @@ def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monk
         (out_dir / arte.dpo.METADATA_FILE).write_text(json.dumps(meta))
         return arte.dpo.AlignResult(out_dir, meta)
 
-    monkeypatch.setattr(arte.dpo, "align", fake_align)
-    monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: ref)
+    monkeypatch.setattr(handlers, "align", fake_align)
+    monkeypatch.setattr(handlers, "resolve_model", lambda ref, cache: ref)
     job = _run(f, {"kind": "align", "cohort_id": cohort, "round_id": rnd,
                    "params": {"pairs": {"questions_per_block": 1}}})
     kinds = {p.kind: p for p in seen["pairs"]}
@@ -156,7 +156,7 @@ def test_align_without_signal_succeeds_as_no_signal_and_keeps_the_teacher(fleet:
     for _ in range(2):
         _, dev = f.device(cohort)
         f.ok(f.report(rnd, dev, [(d, 6, 4) for d in ids]))
-    monkeypatch.setattr(arte.dpo, "align", lambda *a, **kw: pytest.fail("DPO must not run without pairs"))
+    monkeypatch.setattr(handlers, "align", lambda *a, **kw: pytest.fail("DPO must not run without pairs"))
     job = _run(f, {"kind": "align", "cohort_id": cohort, "round_id": rnd, "max_attempts": 3})
     res = job["result"]
     assert job["state"] == "succeeded" and job["attempts"] == 1 and job["error"] is None

@@ -240,7 +240,7 @@ def test_the_default_train_step_is_bounded_by_the_profile(tmp_path: Path, privat
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The profile's LoRA, batch, sequence, memory, time and thread limits reach arte.finetune, and its
     McNemar verdict is the loop's keep decision."""
-    import arte.finetune
+    import edge_agent.train_step as step
     from arte.finetune import FinetuneResult
 
     seen = {}
@@ -249,8 +249,8 @@ def test_the_default_train_step_is_bounded_by_the_profile(tmp_path: Path, privat
         seen.update(config=config, records=records, work_dir=work_dir, store=store.root)
         return FinetuneResult("incomplete", None, None, None, len(records), 10, {"steps": 3, "total_steps": 9})
 
-    monkeypatch.setattr(arte.finetune, "finetune", fake_finetune)
-    monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: type("R", (), {"kind": "gguf"})())
+    monkeypatch.setattr(step, "finetune", fake_finetune)
+    monkeypatch.setattr(step, "resolve_model", lambda ref, cache: type("R", (), {"kind": "gguf"})())
     fleet = FakeFleet()
     fleet.publish(b"".join(json.dumps({"id": f"t{i}", "question": f"Is {i} even?", "rationale": "<ans>yes</ans>",
                                        "answer": "yes"}).encode() + b"\n" for i in range(500)))

@@ -111,7 +111,7 @@ def test_align_never_trains_on_the_held_out_pairs(tmp_path: Path, monkeypatch: p
     from arte.models import ModelRef
 
     monkeypatch.setattr(trl, "DPOTrainer", _RecordingTrainer)
-    monkeypatch.setattr("arte.backends.hf.load_hf",
+    monkeypatch.setattr("arte.dpo.load_hf",
                         lambda ref, **kw: (SimpleNamespace(train=lambda: None), object()))
     monkeypatch.setattr(dpo, "lora_config", lambda config: None)
     pairs = _pairs(10)

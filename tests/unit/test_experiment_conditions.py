@@ -95,7 +95,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
                     "answers": ["x"] * len(items), "seconds": 0.0} for k in self.s.shots}
 
     monkeypatch.setattr(arte.pipeline, "align", align)
-    monkeypatch.setattr(arte.backends.hf, "load_hf", lambda ref, **kw: (None, CharTokenizer()))
+    monkeypatch.setattr(experiment_run, "load_hf", lambda ref, **kw: (None, CharTokenizer()))
     monkeypatch.setattr(_TaskRun, "train", train)
     monkeypatch.setattr(_TaskRun, "evaluate", evaluate)
     monkeypatch.setattr(experiment_run, "_convert_dir", lambda: Path("/nonexistent-convert"))

@@ -40,6 +40,7 @@ OPTIONAL = {
     "optimum": "ONNX export: onnx extra",
     "matplotlib": "plots: experiment/server extra, a second to import",
     "psutil": "process memory: training extra",
+    "uvloop": "uvicorn's faster event loop: not on Windows",
     "schemathesis": "API fuzzing: dev extra",
     "playwright": "browser tests: dev extra",
 }

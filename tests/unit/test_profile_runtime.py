@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import arte.backends.hf as hf
-import arte.backends.llama as llama
+import arte.backends as backends
 import arte.backends.onnx as onnx
 import edge_agent.student as student
 from arte.backends.llama_check import BASELINE_CMAKE_ARGS
@@ -39,7 +39,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             raise _Opened(backend, kwargs)
         return opened
 
-    monkeypatch.setattr(llama, "LlamaCppStudent", rec("llama"))
+    monkeypatch.setattr(backends, "LlamaCppStudent", rec("llama"))
     monkeypatch.setattr(hf.TorchStudent, "from_ref", rec("torch"))
     monkeypatch.setattr(onnx.OnnxStudent, "from_ref", rec("onnx"))
     monkeypatch.setattr(student, "_llama_gpu_offload", lambda: True)
@@ -88,7 +88,7 @@ def test_gpu_layers_and_the_cpu_fallback(recorded: Path, caplog: pytest.LogCaptu
 @pytest.mark.parametrize("pid", IDS)
 def test_fine_tuning_evaluates_on_the_profile_runtime(pid: str, recorded: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import arte.finetune
+    import edge_agent.train_step as step
     from arte.tasks import Example, Task
     from edge_agent.train_step import TrainRequest, train_step
 
@@ -98,7 +98,7 @@ def test_fine_tuning_evaluates_on_the_profile_runtime(pid: str, recorded: Path, 
         seen["config"] = config
         raise _Opened("finetune", {})
 
-    monkeypatch.setattr(arte.finetune, "finetune", finetune)
+    monkeypatch.setattr(step, "finetune", finetune)
     p = PROFILES[pid]
     task = Task(name="t", description="", examples=(Example("e0", "q", ("a",), ("a", "b")),))
     req = TrainRequest(dataset_path=ROOT / "tests/data/drafts_navigate.jsonl", task=task, holdout=(), profile=p,
