@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from arte.backends import TORCH_DTYPES
 from arte.errors import ArteError
 from arte.pair_rules import COMPARISONS
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
@@ -110,6 +111,12 @@ def _teacher_options(f: Callable) -> Callable:
                      help=f"Served model name at --endpoint (API key from ${API_KEY_ENV}).")(f)
     f = click.option("--endpoint", default=None,
                      help="An OpenAI-compatible server (vLLM, llama-server) to use as the teacher.")(f)
+    f = click.option("--teacher-dtype", type=click.Choice(TORCH_DTYPES), default="auto", show_default=True,
+                     help="Weights' dtype of a torch teacher (auto: bf16 on a GPU, fp32 on the CPU).")(f)
+    f = click.option("--teacher-device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True, help="Device of a torch teacher (auto: CUDA when available).")(f)
+    f = click.option("--teacher-gpu-layers", default=0, show_default=True, type=click.IntRange(min=-1),
+                     help="Layers of a llama.cpp teacher offloaded to the GPU (-1: all; needs a CUDA build).")(f)
     f = click.option("--teacher-backend", type=click.Choice(["llama", "torch"]), default="llama",
                      show_default=True, help="Runtime of a local teacher (with --adapter: torch).")(f)
     f = click.option("--teacher", default="default", show_default=True,
@@ -156,8 +163,11 @@ def _split(task_path: Path, split_seed: int, n_seeds: int, n_validation: int) ->
 
 def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_model: str | None,
                     threads: int | None, *, endpoint_retries: int = 4, endpoint_timeout: float = 120.0,
-                    structured_output: str = "vllm") -> tuple[Callable[[Path | None], Any], str]:
-    """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string."""
+                    structured_output: str = "vllm", device: str = "auto", dtype: str = "auto",
+                    n_gpu_layers: int = 0) -> tuple[Callable[[Path | None], Any], str]:
+    """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string
+    (:func:`arte.backends.open_teacher`)."""
+    from arte.backends import open_teacher
     from arte.models import resolve_model
     from arte.home import convert_dir, model_dir
 
@@ -166,28 +176,21 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
             raise click.UsageError("--endpoint needs --endpoint-model")
 
         def open_remote(adapter: Path | None) -> Any:
-            from arte.backends.openai import OpenAITeacher
-
             if adapter is not None:
                 raise click.UsageError("a local adapter cannot be applied to a remote --endpoint teacher; serve "
                                        "it there (e.g. vLLM --lora-modules) and pass its name as --endpoint-model")
-            return OpenAITeacher(endpoint, endpoint_model, api_key=os.environ.get(API_KEY_ENV),
-                                 max_retries=endpoint_retries, timeout=endpoint_timeout,
-                                 structured_output=structured_output)
+            return open_teacher(None, "openai", endpoint=endpoint, endpoint_model=endpoint_model,
+                                api_key=os.environ.get(API_KEY_ENV), max_retries=endpoint_retries,
+                                timeout=endpoint_timeout, structured_output=structured_output)
 
         return open_remote, f"openai:{endpoint}:{endpoint_model}"
     ref = resolve_model(teacher, model_dir())
 
     def open_local(adapter: Path | None) -> Any:
-        if backend == "llama" and adapter is None and ref.kind == "gguf":
-            from arte.backends.llama_teacher import LlamaCppTeacher
-
-            return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
-        from arte.backends.hf_teacher import TorchTeacher
-
-        _threads(threads)
-        adapters = {"aligned": str(adapter)} if adapter is not None else None
-        return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), adapters=adapters)
+        # --teacher-backend llama means llama.cpp where it can run the teacher: a PEFT adapter (from
+        # `arte align`) or an HF directory go to torch ("auto"), as they always did.
+        return open_teacher(ref, "torch" if backend == "torch" else "auto", adapter=adapter, n_threads=threads,
+                            n_gpu_layers=n_gpu_layers, device=device, dtype=dtype, convert_dir=convert_dir())
 
     return open_local, f"{backend}:{ref.name}:{ref.sha256 or ref.path}"
 
@@ -228,6 +231,7 @@ def _styles(value: str) -> tuple[str, ...]:
 @_draft_format_options
 @_common
 def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
+          teacher_gpu_layers: int, teacher_device: str, teacher_dtype: str,
           endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
           out_path: Path, n_questions: int, styles: str,
           max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
@@ -247,7 +251,8 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
                                         endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout,
-                                        structured_output=endpoint_structured_output)
+                                        structured_output=endpoint_structured_output, device=teacher_device,
+                                        dtype=teacher_dtype, n_gpu_layers=teacher_gpu_layers)
             t = opener(None)
             try:
                 res = elicit_drafts(t, task, split.seeds, cfg, bars)
@@ -468,6 +473,7 @@ def _reward_lines(reward: dict[str, Any]) -> list[str]:
 @_draft_format_options
 @_common
 def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
+           teacher_gpu_layers: int, teacher_device: str, teacher_dtype: str,
            endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
            adapter: Path | None, out_dir: Path, n_questions: int,
            check_samples: int, max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
@@ -485,7 +491,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
                                         endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout,
-                                        structured_output=endpoint_structured_output)
+                                        structured_output=endpoint_structured_output, device=teacher_device,
+                                        dtype=teacher_dtype, n_gpu_layers=teacher_gpu_layers)
             t = opener(adapter)
             try:
                 res = tailor_dataset(t, task, split.seeds, cfg, out_dir, bars)
@@ -537,7 +544,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @_align_options
 @_common
 def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int, n_validation: int, teacher: str,
-             teacher_backend: str, endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
+             teacher_backend: str, teacher_gpu_layers: int, teacher_device: str, teacher_dtype: str,
+             endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
              endpoint_timeout: float, work_dir: Path, student: str,
              student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
              question_tokens: int,
@@ -569,7 +577,9 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
                 raise click.UsageError("the pipeline aligns a local teacher; --endpoint works with `arte draft`")
             _threads(threads)
             task = load_task(task_path)
-            open_teacher, teacher_key = _teacher_opener(teacher, teacher_backend, None, None, threads)
+            open_teacher, teacher_key = _teacher_opener(teacher, teacher_backend, None, None, threads,
+                                                        device=teacher_device, dtype=teacher_dtype,
+                                                        n_gpu_layers=teacher_gpu_layers)
             open_student, student_key = _student_opener(student, student_backend, threads)
             base = resolve_model(teacher, model_dir())
             runner = Pipeline(work_dir, task, cfg, teacher_model=base, open_teacher=open_teacher,
