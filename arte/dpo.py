@@ -33,7 +33,7 @@ pass of the base before training instead of one per step), TRL's Liger kernels (
 Checkpoints: with ``save_steps`` > 0 the trainer saves adapter, optimizer, scheduler and RNG state every
 ``save_steps`` steps into ``checkpoint_dir`` (default ``out_dir/trainer``), keeping the last two;
 ``resume=True`` continues from the newest one there (the global step, the loss curve and the data order
-go on where they stopped). They are deleted once the adapter is written. Learning rate (:func:`lr_factor`): linear warm-up over
+go on where they stopped). The directory is the trainer's: it is deleted once the adapter is written. Learning rate (:func:`lr_factor`): linear warm-up over
 ``floor(warmup_ratio × steps)`` steps, then cosine decay (the paper's schedule), shifted so that no step
 runs at learning rate 0: transformers' schedule starts its warm-up at 0, which spends the first step of a
 short run on nothing (2 steps with ``warmup_ratio`` 0.1: the first at lr 0, and a mean loss of exactly
@@ -418,10 +418,7 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
     if trainer.accelerator.is_main_process:
         # The pickled TrainingArguments are not needed to use the adapter; the config is in the metadata.
         (out / "training_args.bin").unlink(missing_ok=True)
-        for ckpt in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():   # only needed to resume
-            shutil.rmtree(ckpt, ignore_errors=True)
-        if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
-            ckpt_dir.rmdir()
+        shutil.rmtree(ckpt_dir, ignore_errors=True)   # the trainer's: checkpoints only serve a resume
         _stable_base_name(out, model_ref.name)
         (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     rm = metadata["reward_margin"]

@@ -136,9 +136,11 @@ class PreferencePair:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSONL record: TRL's conversational preference format (:meth:`to_trl`) plus our fields, so
-        ``datasets.load_dataset("json", ...)`` feeds ``DPOTrainer`` the file as it is."""
+        ``datasets.load_dataset("json", ...)`` feeds ``DPOTrainer`` the file as it is. The draft/question
+        ids behind each side are ``chosen_from``/``rejected_from``: TRL 1.x tokenizes into columns named
+        ``chosen_ids``/``rejected_ids`` (older files used those names; :func:`pair_from_dict` reads both)."""
         return {"id": self.id, "kind": self.kind, **self.to_trl(), "margin": self.margin,
-                "chosen_ids": list(self.chosen_ids), "rejected_ids": list(self.rejected_ids), "task": self.task}
+                "chosen_from": list(self.chosen_ids), "rejected_from": list(self.rejected_ids), "task": self.task}
 
     def to_trl(self) -> dict[str, Any]:
         """TRL's conversational preference format: ``prompt`` messages, ``chosen`` and ``rejected`` as
@@ -462,11 +464,12 @@ def pair_from_dict(d: Any, *, path: str = "<pairs>", line: int | None = None) ->
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise PairFormatError(path, "expected a number", line, "margin")
     ids = {}
-    for key in ("chosen_ids", "rejected_ids"):
-        v = d.get(key, [])
+    for key, old in (("chosen_from", "chosen_ids"), ("rejected_from", "rejected_ids")):
+        field_name = key if key in d else old
+        v = d.get(field_name, [])
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise PairFormatError(path, "expected a list of strings", line, key)
-        ids[key] = tuple(v)
+            raise PairFormatError(path, "expected a list of strings", line, field_name)
+        ids[old] = tuple(v)
     return PreferencePair(id=d["id"], kind=d["kind"],
                           prompt=tuple({"role": m["role"], "content": m["content"]} for m in prompt),
                           chosen=texts["chosen"], rejected=texts["rejected"], margin=float(margin),

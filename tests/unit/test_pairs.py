@@ -206,7 +206,8 @@ def test_jsonl_round_trip_and_trl_format(tmp_path) -> None:
 def test_pair_files_of_the_old_shape_are_read(tmp_path) -> None:
     """Files written before chosen/rejected became messages: plain strings."""
     pair = PreferencePair("g", "rationale", ({"role": "user", "content": "q"},), "c", "r", 0.5, ("a",), ("b",))
-    old = {**pair.to_dict(), "chosen": "c", "rejected": "r"}
+    old = {**{k: v for k, v in pair.to_dict().items() if not k.endswith("_from")}, "chosen": "c", "rejected": "r",
+           "chosen_ids": ["a"], "rejected_ids": ["b"]}
     path = tmp_path / "old.jsonl"
     path.write_text(json.dumps(old) + "\n")
     assert read_pairs(path) == [pair]
