@@ -37,6 +37,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from arte.backends.hf import model_config
+from arte.export import export_gguf_lora
+from arte.home import convert_dir
 from server.errors import JobError
 from server.settings import SERVING_KINDS, ServerSettings
 
@@ -131,17 +134,8 @@ def _write_llama_config(settings: ServerSettings, base_gguf: Path, name: str, gg
 
 def export_gguf(adapter_dir: Path, teacher_ref: Any) -> Path:
     """The PEFT adapter as a GGUF LoRA beside it, for the base's architecture and head counts."""
-    # heavy: transformers reads the base's config (from the GGUF's metadata or config.json)
-    from transformers import AutoConfig
-
-    from arte.export import export_gguf_lora
-
-    if teacher_ref.kind == "gguf":
-        config = AutoConfig.from_pretrained(teacher_ref.path.parent, gguf_file=teacher_ref.path.name)
-    else:
-        config = AutoConfig.from_pretrained(teacher_ref.path)
     out = adapter_dir / GGUF_ADAPTER_FILE
-    export_gguf_lora(adapter_dir, out, config)
+    export_gguf_lora(adapter_dir, out, model_config(teacher_ref, convert_dir()))
     return out
 
 

@@ -25,7 +25,7 @@ def build_tiny_hf(out: Path, seed: int = 0) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(_CORPUS, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|im_start|>", "<|im_end|>"],
+        vocab_size=320, show_progress=False, special_tokens=["<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
     hf_tok.chat_template = CHATML

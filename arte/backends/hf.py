@@ -26,7 +26,7 @@ from arte.errors import BackendError, ConfigError, ModelError
 from arte.models import ModelRef
 from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
 
-__all__ = ["load_hf", "fix_gguf_tokenizer", "TorchStudent"]
+__all__ = ["load_hf", "converted_path", "model_config", "fix_gguf_tokenizer", "TorchStudent"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,23 @@ def fix_gguf_tokenizer(tok: Any, model: Any | None = None) -> None:
         model.generation_config.pad_token_id = tok.pad_token_id
         model.config.eos_token_id = tok.eos_token_id
         model.config.pad_token_id = tok.pad_token_id
+
+
+def converted_path(ref: ModelRef, convert_dir: str | Path) -> Path:
+    """Where :func:`load_hf` keeps the HF conversion of the GGUF ``ref`` under ``convert_dir``."""
+    return Path(convert_dir) / f"{ref.path.stem}-{(ref.sha256 or 'local')[:12]}"
+
+
+def model_config(ref: ModelRef, convert_dir: str | Path | None = None) -> dict[str, Any]:
+    """The transformers config of ``ref`` as a dict (``config.json``; for a GGUF, its conversion's when
+    ``convert_dir`` holds one, which is instant, else read from the GGUF by transformers, ~10 s)."""
+    src = ref.path if ref.kind == "hf" else converted_path(ref, convert_dir) if convert_dir else None
+    if src is not None and (src / "config.json").is_file():
+        return json.loads((src / "config.json").read_text(encoding="utf-8"))
+    # heavy: transformers parses the GGUF's metadata
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(ref.path.parent, gguf_file=ref.path.name).to_dict()
 
 
 def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None = None,
@@ -64,7 +81,7 @@ def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None 
         src, kw = ref.path, {}
     elif ref.kind == "gguf":
         if convert_dir is not None:
-            cached = Path(convert_dir) / f"{ref.path.stem}-{(ref.sha256 or 'local')[:12]}"
+            cached = converted_path(ref, convert_dir)
             if not ((cached / "config.json").is_file() and (cached / "arte-source.json").is_file()):
                 model, tok = load_hf(ref, dtype=torch.float32, convert_dir=None, device="cpu")
                 tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")

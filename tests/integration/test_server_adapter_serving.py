@@ -44,7 +44,7 @@ def vllm() -> Iterator[FakeVLLM]:
 
 def _fleet(sqlite_backend: Backend, tmp_path: Path, vllm: FakeVLLM, **kw: Any) -> Fleet:
     return build_fleet(sqlite_backend, tmp_path, drafting_endpoint=vllm.url, drafting_endpoint_model="teacher-base",
-                       drafting_adapter_serving="vllm", **kw)
+                       **{"drafting_adapter_serving": "vllm", **kw})
 
 
 def _run(f: Fleet, body: dict, state: str = "succeeded") -> dict:
@@ -93,7 +93,7 @@ def test_the_tailor_requests_use_the_cohort_adapter_served_on_vllm(sqlite_backen
     align = _run(f, {"kind": "align", "cohort_id": cohort, "round_id": rnd, "params": {"pairs": {"questions_per_block": 1}}})
     adapter = align["result"]["adapter"]
     name = serving.served_name(adapter)
-    assert name == f"arte-{cohort}-{align['id']}"
+    assert name == f"arte-{cohort}-{align['job_id']}"
     assert vllm.calls("/v1/load_lora_adapter") == [{"lora_name": name, "lora_path": adapter}]
     assert align["result"]["serving"] == {"kind": "vllm", "name": name, "endpoint": vllm.url, "unloaded": None}
     assert vllm.loras == {name: adapter}
@@ -214,11 +214,11 @@ def test_a_retried_align_job_resumes_from_its_checkpoint(sqlite_backend: Backend
             "params": {"config": config, "pairs": {"questions_per_block": 1}}}
     job = _run(f, body, state="queued")                     # re-queued: a retryable failure
     assert "went away" in job["error"]
-    ckpt = Path(f.settings.data_dir) / "jobs" / job["id"] / "checkpoints"
+    ckpt = Path(f.settings.data_dir) / "jobs" / job["job_id"] / "checkpoints"
     assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-2"]
     f.clock.advance(3600)
-    assert Worker(f.settings, f.sessions, worker_id="w2", clock=f.clock, heartbeat_thread=False).run_once() == job["id"]
-    job = f.ok(f.client.get(f"/api/v1/jobs/{job['id']}", headers=f.admin))
+    assert Worker(f.settings, f.sessions, worker_id="w2", clock=f.clock, heartbeat_thread=False).run_once() == job["job_id"]
+    job = f.ok(f.client.get(f"/api/v1/jobs/{job['job_id']}", headers=f.admin))
     assert job["state"] == "succeeded" and job["attempts"] == 2
     res = job["result"]
     assert res["resumed_from_step"] == 2 and res["steps"] == 4 and [x["step"] for x in res["losses"]] == [1, 2, 3, 4]

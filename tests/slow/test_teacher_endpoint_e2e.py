@@ -93,15 +93,19 @@ def test_elicit_align_tailor_through_the_llama_cpp_server(tmp_path: Path, defaul
             return job
 
         cohort = f.cohort(k=1)
-        small = {"n_questions": 2, "question_max_new_tokens": 160, "max_question_prompts": 4, "batch_size": 2}
+        # the grammar bounds a rationale to 160 characters, so it ends in its <ans> inside the token budget
+        small = {"n_questions": 1, "questions_per_prompt": 2, "question_max_new_tokens": 96, "max_question_prompts": 4,
+                 "batch_size": 2, "max_rationale_chars": 160, "rationale_max_new_tokens": 80}
         elicit = run({"kind": "elicit", "cohort_id": cohort,
-                      "params": {"config": {**small, "styles": ["plain", "expert"], "rationale_max_new_tokens": 96}}})
+                      "params": {"config": {**small, "styles": ["plain", "expert"], "rationale_temperature": 1.0}}})
         rnd = elicit["result"]["round_id"]
         drafts = f.ok(f.client.get(f"/api/v1/rounds/{rnd}/drafts", headers=f.admin))["drafts"]
         by_question: dict[str, list[str]] = {}
         for d in drafts:
             by_question.setdefault(d["question_id"], []).append(d["id"])
-        best, worst = next(ids for ids in by_question.values() if len(ids) >= 2)[:2]
+        pairs = [ids for ids in by_question.values() if len(ids) >= 2]
+        assert pairs, (drafts, elicit["result"])
+        best, worst = pairs[0][:2]
         _, dev = f.device(cohort)   # one device: the first rationale right on 9 of 10 items, the other on 1
         f.ok(f.report(rnd, dev, [(d["id"], 10, 9 if d["id"] == best else 1 if d["id"] == worst else 5)
                                  for d in drafts]))
@@ -111,6 +115,7 @@ def test_elicit_align_tailor_through_the_llama_cpp_server(tmp_path: Path, defaul
                                 "config": {"max_steps": 1, "batch_size": 1, "max_length": 512, "holdout_share": 0.0,
                                            "eval_pairs": 0, "device": "cpu", "warmup_ratio": 0.0}}})
         res = align["result"]
+        assert res["outcome"] == "pairs", (res["reason"], [(d["id"], d["rationale"]) for d in drafts])
         name = serving.served_name(res["adapter"])
         assert res["n_pairs"] >= 1 and res["steps"] == 1 and res["serving"]["name"] == name
         gguf = Path(res["serving"]["gguf"])
@@ -122,7 +127,7 @@ def test_elicit_align_tailor_through_the_llama_cpp_server(tmp_path: Path, defaul
         server.start()
         before = len(server.log.read_text(errors="replace"))
         tailor = run({"kind": "tailor", "cohort_id": cohort, "round_id": rnd,
-                      "params": {"config": {**small, "check_samples": 0, "rationale_max_new_tokens": 96}}})
+                      "params": {"config": {**small, "check_samples": 0}}})
         assert tailor["result"]["n_examples"] >= 0
         log = server.log.read_text(errors="replace")[before:]
         assert str(gguf) in log   # llama.cpp loaded the cohort's GGUF LoRA to answer the tailor requests
