@@ -277,7 +277,8 @@ def load_placement(config: AlignConfig, args: Any) -> dict[str, Any]:
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         sharded = is_deepspeed_zero3_enabled()
-    placement: dict[str, Any] = {"device": "cpu" if args.use_cpu or sharded else str(args.device), "dtype": dtype}
+    device = str(args.device)   # sets up the process group under accelerate: FSDP's rank-0-only loading needs it
+    placement: dict[str, Any] = {"device": "cpu" if args.use_cpu or sharded else device, "dtype": dtype}
     if config.load_in_4bit:
         from transformers import BitsAndBytesConfig
 

@@ -20,7 +20,9 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from tests.teacher_fakes import serve
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -112,14 +114,6 @@ class FakeVLLM(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-@contextlib.contextmanager
-def serve_vllm(base: str, reply: Callable[[dict[str, Any]], str]) -> Iterator[FakeVLLM]:
-    srv = FakeVLLM(base, reply)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join()
+def serve_vllm(base: str, reply: Callable[[dict[str, Any]], str]) -> contextlib.AbstractContextManager[FakeVLLM]:
+    """The fake on a free loopback port, stopped when the block ends; ``srv.url`` is its root."""
+    return serve(FakeVLLM(base, reply))

@@ -11,21 +11,15 @@ cohort's adapter by name, and the server's log shows it loading the GGUF LoRA fo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.live_server import free_port, wait_until_up
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:
@@ -36,23 +30,11 @@ class LlamaServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        import httpx
-
         doc = json.loads(self.config.read_text())
-        url = f"http://{doc['host']}:{doc['port']}"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(self.config)],
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:   # wait until it answers (start-up, not a timing assumption)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("llama_cpp.server did not come up in 120 s")
+        wait_until_up(self.proc, f"http://{doc['host']}:{doc['port']}/v1/models", self.log, "llama_cpp.server", 120)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -71,7 +53,7 @@ def test_elicit_align_tailor_through_the_llama_cpp_server(tmp_path: Path, defaul
     from tests.server_support import build_fleet
 
     torch.set_num_threads(1)
-    port = _free_port()
+    port = free_port()
     opts = {"n_ctx": 2048, "n_threads": n_threads, "verbose": True}
     config = tmp_path / "llama_server.json"
     config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": [
