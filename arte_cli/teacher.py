@@ -365,6 +365,17 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int,
 
 def _align_options(f: Callable) -> Callable:
     opts = [
+        click.option("--save-steps", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Save a resumable checkpoint every N steps (0: none; `arte align --resume` goes on)."),
+        click.option("--liger", "use_liger_kernel", is_flag=True,
+                     help="TRL's Liger kernels (CUDA only; the liger-kernel package)."),
+        click.option("--precompute-ref-log-probs", is_flag=True,
+                     help="The reference model's log-probs of every pair once before training."),
+        click.option("--load-in-4bit", is_flag=True, help="QLoRA: the frozen base in 4-bit NF4 (CUDA, bitsandbytes)."),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True,
+                     help="Recompute activations in the backward pass (memory for compute; large models)."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                     help="Training dtype (auto: bf16 on a GPU that has it, fp32 on the CPU); the base loads in it."),
         click.option("--eval-pairs", default=64, show_default=True, type=click.IntRange(min=0),
                      help="Training pairs the before/after reward is also measured on (labelled train)."),
         click.option("--holdout-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -393,14 +404,11 @@ def _align_options(f: Callable) -> Callable:
     return f
 
 
-def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size: int, grad_accum: int,
-                  max_length: int, lora_r: int, lora_alpha: int, device: str, eval_pairs: int,
-                  holdout_share: float, align_seed: int) -> Any:
+def _align_config(lr: float, steps: int, align_seed: int, **opts: Any) -> Any:
+    """The AlignConfig of the ``_align_options`` (the other options are its fields by name)."""
     from arte.dpo import AlignConfig
 
-    return AlignConfig(learning_rate=lr, beta=beta, epochs=epochs, max_steps=steps, batch_size=batch_size,
-                       grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
-                       device=device, eval_pairs=eval_pairs, holdout_share=holdout_share, seed=align_seed)
+    return AlignConfig(learning_rate=lr, max_steps=steps, seed=align_seed, **opts)
 
 
 @click.command()
@@ -409,10 +417,11 @@ def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size:
 @click.option("--pairs", "pairs_path", required=True, type=click.Path(path_type=Path), help="Pairs JSONL.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Directory for the PEFT adapter and arte_align.json.")
+@click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT/trainer (see --save-steps).")
 @_align_options
 @_common
-def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, verbose: bool, as_json: bool,
-          **opts: Any) -> None:
+def align(teacher: str, pairs_path: Path, out_dir: Path, resume: bool, threads: int | None, verbose: bool,
+          as_json: bool, **opts: Any) -> None:
     """Align the teacher with DPO + LoRA on preference pairs (runs under `accelerate launch` too)."""
     from arte.dpo import align as run_align
     from arte.models import resolve_model
@@ -424,7 +433,8 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
             cfg = _align_config(**opts)
             _threads(threads)
             ref = resolve_model(teacher, model_dir())
-            res = run_align(ref, read_pairs(pairs_path), cfg, out_dir, bars, convert_dir=convert_dir())
+            res = run_align(ref, read_pairs(pairs_path), cfg, out_dir, bars, convert_dir=convert_dir(),
+                            resume=resume)
         except ArteError as e:
             _fail(e)
     m = res.metadata

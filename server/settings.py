@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from arte.backends import TEACHER_BACKENDS, TORCH_DTYPES
@@ -175,6 +175,15 @@ class ServerSettings(BaseSettings):
     check_migrations: bool = Field(
         default=True, description="Refuse to start when the database is not at the head revision."
     )
+
+    @model_validator(mode="after")
+    def _drafting_endpoint_needed(self) -> "ServerSettings":
+        if self.drafting_adapter_serving != "none" and not self.drafting_endpoint:
+            raise ValueError(f"drafting_adapter_serving={self.drafting_adapter_serving} serves adapters on "
+                             f"drafting_endpoint: set drafting_endpoint")
+        if self.drafting_backend == "openai" and not self.drafting_endpoint:
+            raise ValueError("drafting_backend=openai needs drafting_endpoint")
+        return self
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL in use (the SQLite default under ``data_dir`` when none is set)."""
