@@ -26,14 +26,17 @@ that is what makes ``from_pretrained`` partition the weights as it loads them), 
 in the training dtype on this process's device (:func:`load_placement`): bf16 on a GPU that has it, fp32
 on the CPU, never a full fp32 copy in host memory first. Options for large teachers: gradient
 checkpointing, a 4-bit base (QLoRA: bitsandbytes NF4, CUDA only), precomputed reference log-probs (one
-pass of the base before training instead of one per step), TRL's Liger kernels (CUDA only). Under
+pass of the base before training instead of one per step), TRL's Liger layer kernels (CUDA only; TRL 1.16
+already computes log-probs with a fused, chunked LM head, never the full-vocabulary logits). Under
 ``accelerate launch`` the same call trains on every process (DDP, FSDP or ZeRO-3 by the accelerate config:
 ``configs/accelerate/``); only the main process writes files.
 
 Checkpoints: with ``save_steps`` > 0 the trainer saves adapter, optimizer, scheduler and RNG state every
 ``save_steps`` steps into ``checkpoint_dir`` (default ``out_dir/trainer``), keeping the last two;
 ``resume=True`` continues from the newest one there (the global step, the loss curve and the data order
-go on where they stopped). The directory is the trainer's: it is deleted once the adapter is written. Learning rate (:func:`lr_factor`): linear warm-up over
+go on where they stopped). The directory is the trainer's: it is deleted once the adapter is written.
+
+Learning rate (:func:`lr_factor`): linear warm-up over
 ``floor(warmup_ratio × steps)`` steps, then cosine decay (the paper's schedule), shifted so that no step
 runs at learning rate 0: transformers' schedule starts its warm-up at 0, which spends the first step of a
 short run on nothing (2 steps with ``warmup_ratio`` 0.1: the first at lr 0, and a mean loss of exactly
@@ -91,8 +94,8 @@ class AlignConfig:
             training dtype.
         precompute_ref_log_probs: compute the reference (base) log-probs of every pair once before
             training (TRL), instead of a forward pass of the base per step.
-        use_liger_kernel: TRL's Liger kernels (fused linear + cross-entropy: no full-vocabulary logits
-            in memory; CUDA only, needs the ``liger-kernel`` package).
+        use_liger_kernel: TRL's Liger layer kernels (RMSNorm, RoPE, SwiGLU; CUDA only, needs the
+            ``liger-kernel`` package; TRL 1.16 deprecates it for Hub kernels).
         save_steps: save a resumable checkpoint every this many optimizer steps (0: none).
         eval_pairs: how many training pairs the before/after reward is measured on (0: skip; the
             held-out pairs are always measured).
@@ -268,6 +271,7 @@ def load_placement(config: AlignConfig, args: Any) -> dict[str, Any]:
     bitsandbytes ``quantization_config``. Under FSDP or ZeRO-3 the weights stay on the CPU (or are
     partitioned as they load) and the trainer places them; otherwise they go straight to ``args.device``
     (this rank's GPU under DDP)."""
+    # heavy: torch and transformers, only when aligning
     import torch
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32
@@ -280,6 +284,7 @@ def load_placement(config: AlignConfig, args: Any) -> dict[str, Any]:
     device = str(args.device)   # sets up the process group under accelerate: FSDP's rank-0-only loading needs it
     placement: dict[str, Any] = {"device": "cpu" if args.use_cpu or sharded else device, "dtype": dtype}
     if config.load_in_4bit:
+        # heavy: transformers' bitsandbytes config
         from transformers import BitsAndBytesConfig
 
         placement["quantization_config"] = BitsAndBytesConfig(

@@ -59,6 +59,7 @@ def open_student(ref: ModelRef, backend: str = "llama", *, n_threads: int | None
 def resolve_torch(device: str = "auto", dtype: str = "auto") -> tuple[str, Any]:
     """``(device, torch dtype)`` for a torch model: ``auto`` is CUDA when torch sees one, and bf16 there
     (fp16 on a GPU without bf16), fp32 on the CPU."""
+    # heavy: torch, only for a torch teacher
     import torch
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
