@@ -21,9 +21,22 @@ learnt beyond its training data: the judgement that matters) and on up to ``eval
 the headline: the held-out numbers, or the training ones when no pair could be held out, with ``on``
 saying which.
 
-Runs on CPU (fp32; ``use_cpu``, no bf16, no gradient checkpointing for small models) and on CUDA (bf16
-autocast where supported). Under ``accelerate launch`` the same call trains data-parallel on every
-process; only the main process writes files. Learning rate (:func:`lr_factor`): linear warm-up over
+Scale: the TRL config is built first (:func:`dpo_args`; under ``accelerate launch`` with DeepSpeed ZeRO-3
+that is what makes ``from_pretrained`` partition the weights as it loads them), then the model is loaded
+in the training dtype on this process's device (:func:`load_placement`): bf16 on a GPU that has it, fp32
+on the CPU, never a full fp32 copy in host memory first. Options for large teachers: gradient
+checkpointing, a 4-bit base (QLoRA: bitsandbytes NF4, CUDA only), precomputed reference log-probs (one
+pass of the base before training instead of one per step), TRL's Liger layer kernels (CUDA only; TRL 1.16
+already computes log-probs with a fused, chunked LM head, never the full-vocabulary logits). Under
+``accelerate launch`` the same call trains on every process (DDP, FSDP or ZeRO-3 by the accelerate config:
+``configs/accelerate/``); only the main process writes files.
+
+Checkpoints: with ``save_steps`` > 0 the trainer saves adapter, optimizer, scheduler and RNG state every
+``save_steps`` steps into ``checkpoint_dir`` (default ``out_dir/trainer``), keeping the last two;
+``resume=True`` continues from the newest one there (the global step, the loss curve and the data order
+go on where they stopped). The directory is the trainer's: it is deleted once the adapter is written.
+
+Learning rate (:func:`lr_factor`): linear warm-up over
 ``floor(warmup_ratio × steps)`` steps, then cosine decay (the paper's schedule), shifted so that no step
 runs at learning rate 0: transformers' schedule starts its warm-up at 0, which spends the first step of a
 short run on nothing (2 steps with ``warmup_ratio`` 0.1: the first at lr 0, and a mean loss of exactly
@@ -36,6 +49,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,8 +62,8 @@ from arte.models import ModelRef
 from arte.pairs import PreferencePair, pair_counts
 from arte.progress import Progress, report
 
-__all__ = ["AlignConfig", "AlignResult", "align", "METADATA_FILE", "lora_config", "dpo_args", "split_pairs",
-           "warmup_steps", "lr_factor"]
+__all__ = ["AlignConfig", "AlignResult", "align", "METADATA_FILE", "lora_config", "dpo_args", "load_placement",
+           "split_pairs", "warmup_steps", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +91,13 @@ class AlignConfig:
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 on CUDA when supported, else fp32), ``fp32`` or ``bf16``.
         gradient_checkpointing: trade compute for memory (off: the default, best for small models).
+        load_in_4bit: QLoRA: the frozen base in 4-bit NF4 (bitsandbytes; CUDA only), the adapter in the
+            training dtype.
+        precompute_ref_log_probs: compute the reference (base) log-probs of every pair once before
+            training (TRL), instead of a forward pass of the base per step.
+        use_liger_kernel: TRL's Liger layer kernels (RMSNorm, RoPE, SwiGLU; CUDA only, needs the
+            ``liger-kernel`` package; TRL 1.16 deprecates it for Hub kernels).
+        save_steps: save a resumable checkpoint every this many optimizer steps (0: none).
         eval_pairs: how many training pairs the before/after reward is measured on (0: skip; the
             held-out pairs are always measured).
         holdout_share: share of the pairs held out of training to judge it (:func:`split_pairs`; 0: none).
@@ -101,6 +123,10 @@ class AlignConfig:
     eval_pairs: int = 64
     logging_steps: int = 1
     holdout_share: float = 0.2
+    load_in_4bit: bool = False
+    precompute_ref_log_probs: bool = False
+    use_liger_kernel: bool = False
+    save_steps: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):   # configs built from JSON
@@ -129,6 +155,11 @@ class AlignConfig:
             raise ConfigError("eval_pairs", f"must be >= 0, got {self.eval_pairs}")
         if not 0.0 <= self.holdout_share < 1.0:
             raise ConfigError("holdout_share", f"must be in [0, 1), got {self.holdout_share}")
+        if isinstance(self.save_steps, bool) or not isinstance(self.save_steps, int) or self.save_steps < 0:
+            raise ConfigError("save_steps", f"must be an integer >= 0, got {self.save_steps!r}")
+        for name in ("gradient_checkpointing", "load_in_4bit", "precompute_ref_log_probs", "use_liger_kernel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -193,23 +224,30 @@ def lora_config(config: AlignConfig) -> Any:
 
 
 def _resolve_device(config: AlignConfig) -> tuple[bool, bool]:
-    """(use_cpu, bf16) for the config on this machine."""
+    """(use_cpu, bf16) for the config on this machine; refuses the CUDA-only options on a CPU."""
     import torch
 
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
         raise ConfigError("device", "cuda was asked for but torch sees no CUDA device")
     use_cpu = config.device == "cpu" or (config.device == "auto" and not cuda)
+    if use_cpu and config.load_in_4bit:
+        raise ConfigError("load_in_4bit", "a 4-bit base (QLoRA, bitsandbytes) needs a CUDA GPU; on the CPU "
+                                          "train on the full-precision base (load_in_4bit=false)")
+    if use_cpu and config.use_liger_kernel:
+        raise ConfigError("use_liger_kernel", "the Liger kernels are Triton kernels for CUDA GPUs; turn them "
+                                              "off on the CPU")
     if config.precision == "bf16":
-        if use_cpu:
-            raise ConfigError("precision", "bf16 training is only supported on CUDA here; use fp32 on CPU")
-        return use_cpu, True
+        return use_cpu, True   # on the CPU too: torch's bf16 autocast (slow without native bf16 units)
     bf16 = config.precision == "auto" and not use_cpu and torch.cuda.is_bf16_supported()
     return use_cpu, bf16
 
 
 def dpo_args(config: AlignConfig, output_dir: str | Path) -> Any:
-    """The TRL ``DPOConfig`` for ``config`` (TRL 1.16: ``max_length`` only, ``bf16``/``use_cpu`` explicit)."""
+    """The TRL ``DPOConfig`` for ``config`` (TRL 1.16: ``max_length`` only, ``bf16``/``use_cpu`` explicit).
+
+    Build it before loading the model: under ``accelerate launch`` with DeepSpeed ZeRO-3 it is what tells
+    ``from_pretrained`` to partition the weights while loading them."""
     from trl import DPOConfig
 
     use_cpu, bf16 = _resolve_device(config)
@@ -220,8 +258,40 @@ def dpo_args(config: AlignConfig, output_dir: str | Path) -> Any:
         gradient_accumulation_steps=config.grad_accum, warmup_ratio=config.warmup_ratio,
         lr_scheduler_type="cosine", max_length=config.max_length, seed=config.seed, data_seed=config.seed,
         use_cpu=use_cpu, bf16=bf16, fp16=False, gradient_checkpointing=config.gradient_checkpointing,
-        logging_steps=config.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
+        # non-reentrant: the frozen base's inputs need no grad for the LoRA factors' gradients to flow
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        precompute_ref_log_probs=config.precompute_ref_log_probs, use_liger_kernel=config.use_liger_kernel,
+        logging_steps=config.logging_steps, save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500, save_total_limit=2, eval_strategy="no", report_to="none",
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0)
+
+
+def load_placement(config: AlignConfig, args: Any) -> dict[str, Any]:
+    """How this process loads the base for training with ``args`` (:func:`dpo_args`): ``load_hf``'s
+    ``device`` and ``dtype`` (the training dtype: bf16 when ``args.bf16``, else fp32), and for QLoRA a
+    bitsandbytes ``quantization_config``. Under FSDP or ZeRO-3 the weights stay on the CPU (or are
+    partitioned as they load) and the trainer places them; otherwise they go straight to ``args.device``
+    (this rank's GPU under DDP)."""
+    # heavy: torch and transformers, only when aligning
+    import torch
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    # accelerate launch passes FSDP by environment; TrainingArguments may not have read it yet
+    sharded = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if not sharded:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        sharded = is_deepspeed_zero3_enabled()
+    device = str(args.device)   # sets up the process group under accelerate: FSDP's rank-0-only loading needs it
+    placement: dict[str, Any] = {"device": "cpu" if args.use_cpu or sharded else device, "dtype": dtype}
+    if config.load_in_4bit:
+        # heavy: transformers' bitsandbytes config
+        from transformers import BitsAndBytesConfig
+
+        placement["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    return placement
 
 
 def _progress_callback(progress: Progress | None) -> Any:
@@ -265,18 +335,22 @@ def _versions() -> dict[str, str]:
 
 def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignConfig = AlignConfig(),
           out_dir: str | Path = "adapter", progress: Progress | None = None, *,
-          convert_dir: str | Path | None = None) -> AlignResult:
+          convert_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
+          resume: bool = False) -> AlignResult:
     """Train a LoRA adapter with DPO on ``pairs`` and write it to ``out_dir`` (see the module docstring).
 
     ``convert_dir`` caches the GGUF→HF conversion (see :func:`arte.backends.hf.load_hf`).
-    ``progress("train", step, total_steps)`` is called after each optimizer step. Stable entry point: the
-    server's job worker calls it by this name.
+    ``progress("train", step, total_steps)`` is called after each optimizer step. ``checkpoint_dir``
+    holds the trainer's checkpoints (``config.save_steps``; default ``out_dir/trainer``); with ``resume``
+    training continues from the newest checkpoint there, if any (the same pairs and config are the
+    caller's to pass). Stable entry point: the server's job worker calls it by this name.
     """
     if not pairs:
         raise ConfigError("pairs", "no preference pairs to train on")
     from datasets import Dataset
     from torch.optim.lr_scheduler import LambdaLR
     from transformers import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
 
     class _Trainer(DPOTrainer):
@@ -292,14 +366,17 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
 
     t0 = time.perf_counter()
     out = Path(out_dir)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "trainer"
     train_pairs, held_out = split_pairs(pairs, config.holdout_share, config.seed)
-    model, tok = load_hf(model_ref, convert_dir=convert_dir, device="cpu")
+    args = dpo_args(config, ckpt_dir)   # first: ZeRO-3 must be known before the weights load
+    placement = load_placement(config, args)
+    model, tok = load_hf(model_ref, convert_dir=convert_dir, **placement)
     model.train()
     load_s = time.perf_counter() - t0
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
     train_ds = Dataset.from_list([p.to_trl() for p in train_pairs])
     eval_sets = {"held_out": held_out, "train": train_pairs[:config.eval_pairs]}
     eval_ds = {k: Dataset.from_list([p.to_trl() for p in v]) if v else None for k, v in eval_sets.items()}
-    args = dpo_args(config, out / "trainer")
     trainer = _Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                        peft_config=lora_config(config), callbacks=[_progress_callback(progress)])
     # With tqdm disabled, transformers adds a callback that print()s every log line to stdout; a library
@@ -310,7 +387,9 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
                                         f"TRL dropped them all")
     before = {k: _margin(trainer, ds) for k, ds in eval_ds.items()}
     t1, c1 = time.perf_counter(), time.process_time()
-    train_out = trainer.train()
+    if last is not None:
+        log.info("resuming DPO from %s", last)
+    train_out = trainer.train(**({"resume_from_checkpoint": last} if last is not None else {}))
     train_s, train_cpu_s = time.perf_counter() - t1, time.process_time() - c1
     after = {k: _margin(trainer, ds) for k, ds in eval_ds.items()}
     evals = {k: {"pairs": len(v), "before": before[k], "after": after[k]} for k, v in eval_sets.items()}
@@ -326,6 +405,7 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
         "pairs": {"total": len(pairs), "trained": len(trainer.train_dataset), "held_out": len(held_out),
                   **pair_counts(pairs), "held_out_ids": [p.id for p in held_out]},
         "steps": trainer.state.global_step,
+        "resumed_from_step": _checkpoint_step(last),
         "warmup_steps": warmup_steps(config.warmup_ratio, trainer.state.max_steps),
         "train_loss": train_out.training_loss,
         "losses": losses,
@@ -335,6 +415,7 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
         "seconds": {"load": round(load_s, 3), "train": round(train_s, 3), "train_cpu": round(train_cpu_s, 3),
                     "total": round(time.perf_counter() - t0, 3)},
         "device": str(trainer.args.device), "bf16": bool(trainer.args.bf16),
+        "load_dtype": str(placement["dtype"]).removeprefix("torch."), "load_in_4bit": config.load_in_4bit,
         "world_size": trainer.args.world_size,
         "versions": _versions(),
     }
@@ -342,8 +423,7 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
     if trainer.accelerator.is_main_process:
         # The pickled TrainingArguments are not needed to use the adapter; the config is in the metadata.
         (out / "training_args.bin").unlink(missing_ok=True)
-        if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):
-            (out / "trainer").rmdir()
+        shutil.rmtree(ckpt_dir, ignore_errors=True)   # the trainer's: checkpoints only serve a resume
         _stable_base_name(out, model_ref.name)
         (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     rm = metadata["reward_margin"]
@@ -351,6 +431,11 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
              "accuracy %s -> %s", len(train_pairs), len(held_out), metadata["steps"], rm["on"], rm["before"],
              rm["after"], rm["accuracy_before"], rm["accuracy_after"])
     return AlignResult(out, metadata)
+
+
+def _checkpoint_step(path: str | None) -> int | None:
+    """The global step of a ``checkpoint-N`` directory."""
+    return int(Path(path).name.rsplit("-", 1)[1]) if path else None
 
 
 def _stable_base_name(adapter_dir: Path, name: str) -> None:

@@ -195,9 +195,16 @@ def extract_answers(teacher: Teacher, conversations: Sequence[Sequence[dict[str,
 def rationale_formats(questions: Sequence[Question], *, multiple_choice: bool, min_chars: int = 0,
                       max_chars: int = 4000, max_answer_chars: int = 200) -> list[Format]:
     """Each question's rationale format (:func:`arte.formats.rationale_format`): its own options for a
-    multiple-choice task, a free non-empty answer otherwise."""
-    return [rationale_format(parse_options(q.text) if multiple_choice else None, min_chars=min_chars,
-                             max_chars=max_chars, max_answer_chars=max_answer_chars) for q in questions]
+    multiple-choice task, a free non-empty answer otherwise. ``max_chars`` bounds the whole rationale as
+    :func:`check_rationale` counts it, the answer tag included, so the reasoning gets what the tag leaves
+    (an endpoint cannot finish early: a reply that used the grammar's whole bound must still pass)."""
+    out = []
+    for q in questions:
+        options = parse_options(q.text) if multiple_choice else None
+        tag = len(ANS_OPEN) + len(ANS_CLOSE) + (max(map(len, options)) if options else max_answer_chars)
+        out.append(rationale_format(options, min_chars=min_chars, max_chars=max(min_chars, max_chars - tag),
+                                    max_answer_chars=max_answer_chars))
+    return out
 
 
 def write_rationales(teacher: Teacher, task: Task, questions: Sequence[Question], styles: Sequence[str], *,

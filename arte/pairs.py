@@ -5,7 +5,9 @@ the :class:`PreferencePair` objects (``prompt`` messages, ``chosen`` and ``rejec
 ``margin``, the draft/question ids behind each side), what was skipped and why, and the numbers of the
 signal (score spread, the drafts' answers, items). ``outcome`` is ``pairs``, or ``no_signal`` when no
 pair passes: a result, not an error. :func:`build_pairs` returns just the pairs; :func:`write_pairs` /
-:func:`read_pairs` keep them as JSONL. Pure: no model, no I/O beyond the paths given.
+:func:`read_pairs` keep them as JSONL in TRL's conversational preference format (``prompt``, ``chosen`` and
+``rejected`` as messages, plus ids and margins: ``DPOTrainer`` loads the file as it is; plain-string
+``chosen``/``rejected`` of older files are read too). Pure: no model, no I/O beyond the paths given.
 
 Scores (:func:`score_table`): ``scores[draft_id]`` is an :class:`arte.pair_rules.ScoreEstimate` (score,
 variance, the unit it was scored on, per-item outcomes when known) or plain ``(n_items, n_correct)``
@@ -133,12 +135,16 @@ class PreferencePair:
     task: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "prompt": [dict(m) for m in self.prompt],
-                "chosen": self.chosen, "rejected": self.rejected, "margin": self.margin,
-                "chosen_ids": list(self.chosen_ids), "rejected_ids": list(self.rejected_ids), "task": self.task}
+        """The JSONL record: TRL's conversational preference format (:meth:`to_trl`) plus our fields, so
+        ``datasets.load_dataset("json", ...)`` feeds ``DPOTrainer`` the file as it is. The draft/question
+        ids behind each side are ``chosen_from``/``rejected_from``: TRL 1.x tokenizes into columns named
+        ``chosen_ids``/``rejected_ids`` (older files used those names; :func:`pair_from_dict` reads both)."""
+        return {"id": self.id, "kind": self.kind, **self.to_trl(), "margin": self.margin,
+                "chosen_from": list(self.chosen_ids), "rejected_from": list(self.rejected_ids), "task": self.task}
 
     def to_trl(self) -> dict[str, Any]:
-        """TRL's conversational preference format."""
+        """TRL's conversational preference format: ``prompt`` messages, ``chosen`` and ``rejected`` as
+        one assistant message each."""
         return {"prompt": [dict(m) for m in self.prompt],
                 "chosen": [{"role": "assistant", "content": self.chosen}],
                 "rejected": [{"role": "assistant", "content": self.rejected}]}
@@ -423,14 +429,30 @@ def write_pairs(path: str | Path, pairs: Iterable[PreferencePair]) -> int:
     return n
 
 
+def _completion(value: Any, path: str, line: int | None, key: str) -> str:
+    """The text of ``chosen``/``rejected``: one assistant message (TRL's conversational format, what
+    :meth:`PreferencePair.to_dict` writes) or a plain string (files written before)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        if value[0].get("role") != "assistant":
+            raise PairFormatError(path, f"the message's role must be assistant, got {value[0].get('role')!r}",
+                                  line, key)
+        value = value[0].get("content")
+    elif isinstance(value, list):
+        raise PairFormatError(path, f"expected one assistant message, got a list of {len(value)}", line, key)
+    if not isinstance(value, str) or not value.strip():
+        raise PairFormatError(path, "missing or not a non-empty string (or one assistant message)", line, key)
+    return value
+
+
 def pair_from_dict(d: Any, *, path: str = "<pairs>", line: int | None = None) -> PreferencePair:
-    """Validate one pair object (``PreferencePair.to_dict()``'s shape); errors name ``path``, ``line``
-    and the field."""
+    """Validate one pair object (``PreferencePair.to_dict()``'s shape; ``chosen``/``rejected`` as plain
+    strings too, as older files have them); errors name ``path``, ``line`` and the field."""
     if not isinstance(d, dict):
         raise PairFormatError(path, f"expected an object, got {type(d).__name__}", line)
-    for key in ("id", "kind", "chosen", "rejected"):
+    for key in ("id", "kind"):
         if not isinstance(d.get(key), str) or not d[key].strip():
             raise PairFormatError(path, "missing or not a non-empty string", line, key)
+    texts = {key: _completion(d.get(key), path, line, key) for key in ("chosen", "rejected")}
     if d["kind"] not in KINDS:
         raise PairFormatError(path, f"must be one of {', '.join(KINDS)}, got {d['kind']!r}", line, "kind")
     prompt = d.get("prompt")
@@ -442,14 +464,15 @@ def pair_from_dict(d: Any, *, path: str = "<pairs>", line: int | None = None) ->
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise PairFormatError(path, "expected a number", line, "margin")
     ids = {}
-    for key in ("chosen_ids", "rejected_ids"):
-        v = d.get(key, [])
+    for key, old in (("chosen_from", "chosen_ids"), ("rejected_from", "rejected_ids")):
+        field_name = key if key in d else old
+        v = d.get(field_name, [])
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise PairFormatError(path, "expected a list of strings", line, key)
-        ids[key] = tuple(v)
+            raise PairFormatError(path, "expected a list of strings", line, field_name)
+        ids[old] = tuple(v)
     return PreferencePair(id=d["id"], kind=d["kind"],
                           prompt=tuple({"role": m["role"], "content": m["content"]} for m in prompt),
-                          chosen=d["chosen"], rejected=d["rejected"], margin=float(margin),
+                          chosen=texts["chosen"], rejected=texts["rejected"], margin=float(margin),
                           chosen_ids=ids["chosen_ids"], rejected_ids=ids["rejected_ids"],
                           task=d.get("task", "") if isinstance(d.get("task", ""), str) else "")
 

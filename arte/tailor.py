@@ -6,7 +6,12 @@ Contract: ``tailor_dataset(teacher, task, seeds, config, out_dir, progress)`` wr
 * ``dataset.jsonl`` — one example per line in the :class:`arte.drafts.Draft` shape
   (``id, question, rationale, answer, question_id, style, task, provenance``); the rationale ends in
   ``<ans>answer</ans>``. The device's SFT reads this format (:func:`arte.drafts.read_drafts` validates it).
-* ``manifest.json`` — ``format``, ``file``, ``sha256`` and ``size`` (bytes) of the JSONL, ``n_examples``,
+* ``messages.jsonl`` — the same examples as chat conversations, ``{"messages": [user, assistant]}``, the
+  format TRL's ``SFTTrainer`` and most fine-tuning tools load as is; the turns are exactly what the
+  device's SFT trains on (:func:`arte.sft_data.user_message` with the task's instruction,
+  :func:`arte.sft_data.assistant_message`).
+* ``manifest.json`` — ``format``, ``file``, ``sha256`` and ``size`` (bytes) of the JSONL, ``messages_file``,
+  ``n_examples``,
   ``task``, ``teacher``, ``adapter``, ``counts`` (flat ``{reason: n}``, see below), ``labels`` (the kept
   examples' answers, :func:`arte.tasks.label_counts`), ``config``, ``seconds``.
 
@@ -54,13 +59,16 @@ from arte.errors import ConfigError
 from arte.progress import Progress
 from arte.prompts import PLAIN_STYLE
 from arte.questions import QuestionConfig, generate_questions
+from arte.sft_data import assistant_message, user_message
 from arte.tasks import Example, Task, label_counts
 from arte.teacher import Teacher, teacher_id
 
-__all__ = ["TailorConfig", "TailorResult", "tailor_dataset", "DATASET_FILE", "MANIFEST_FILE", "FORMAT"]
+__all__ = ["TailorConfig", "TailorResult", "tailor_dataset", "chat_record", "DATASET_FILE", "MESSAGES_FILE",
+           "MANIFEST_FILE", "FORMAT"]
 
 DATASET_FILE = "dataset.jsonl"
 MANIFEST_FILE = "manifest.json"
+MESSAGES_FILE = "messages.jsonl"
 FORMAT = "arte-tailored/1"
 
 
@@ -120,6 +128,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def chat_record(task: Task, example: Draft) -> dict[str, Any]:
+    """One tailored example as a ``messages`` conversation (the user and assistant turns the student's
+    SFT trains on)."""
+    return {"messages": [{"role": "user", "content": user_message(task.instruction, example.question)},
+                         {"role": "assistant", "content": assistant_message(example)}]}
 
 
 def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], config: TailorConfig = TailorConfig(),
@@ -190,6 +205,8 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     data = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
     dataset_path, manifest_path = out / DATASET_FILE, out / MANIFEST_FILE
     _atomic_write(dataset_path, data)
+    _atomic_write(out / MESSAGES_FILE, "".join(json.dumps(chat_record(task, e), ensure_ascii=False) + "\n"
+                                               for e in examples).encode("utf-8"))
     counts: dict[str, int] = {"questions": len(questions), "kept": len(examples), "question_prompts": qres.prompts,
               "question_prompts_with_questions": qres.productive_prompts}
     counts.update({f"rejected/question/{k}": v for k, v in sorted(qres.rejections.items())})
@@ -199,7 +216,8 @@ def tailor_dataset(teacher: Teacher, task: Task, seeds: Sequence[Example], confi
     counts.update({f"constraint/questions/{k}": v for k, v in sorted(qres.constraint.items())})
     counts.update({f"constraint/rationales/{k}": v for k, v in sorted(constrained.items())})
     manifest = {"format": FORMAT, "file": DATASET_FILE, "sha256": hashlib.sha256(data).hexdigest(),
-                "size": len(data), "n_examples": len(examples), "task": task.name, **teacher_id(teacher),
+                "size": len(data), "messages_file": MESSAGES_FILE, "n_examples": len(examples), "task": task.name,
+                **teacher_id(teacher),
                 "counts": counts, "labels": label_counts(examples), "config": asdict(config),
                 "seconds": round(time.perf_counter() - t0, 3)}
     _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))

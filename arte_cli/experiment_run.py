@@ -61,6 +61,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from arte.backends import open_student, open_teacher
 from arte.backends.hf import load_hf
 from arte.drafts import read_drafts
 from arte.errors import ArteError, ConfigError, ModelError
@@ -76,7 +77,6 @@ from arte.sft import run_sft
 from arte.sft_data import ChatFormat, encode_records
 from arte.tasks import label_counts, load_task
 from arte_cli.experiment_report import COMPARED, CONDITIONS, FORMAT, NO_DATA, PAIR_CONDITIONS, summarize
-from arte_cli.teacher import _student_opener, _teacher_opener
 
 __all__ = ["ExperimentSettings", "run_experiment", "equalize", "SEED_VARIES"]
 
@@ -188,6 +188,11 @@ class _Models:
     identity: dict[str, str] = field(default_factory=dict)
 
 
+def _key(backend: str, ref: Any) -> str:
+    """A model's identity in cache keys: runtime, name and sha256 (or path)."""
+    return f"{backend}:{ref.name}:{ref.sha256 or ref.path}"
+
+
 def _models(s: ExperimentSettings) -> _Models:
     teacher = resolve_model(s.teacher, model_dir())
     student = resolve_model(s.student, model_dir())
@@ -197,12 +202,19 @@ def _models(s: ExperimentSettings) -> _Models:
     if backend == "llama" and student.kind != "gguf":
         raise ModelError(f"--student-backend llama needs a GGUF student; {student.path} is an HF directory "
                          f"(use torch)")
-    open_teacher, teacher_key = _teacher_opener(s.teacher, s.teacher_backend, None, None, s.threads)
+    # Drafts on the chosen runtime; tailoring with the DPO adapter (a PEFT directory) on torch ("auto").
+    teacher_backend = "torch" if s.teacher_backend == "torch" else "auto"
+
+    def open_t(adapter: Path | None) -> Any:
+        return open_teacher(teacher, teacher_backend, adapter=adapter, n_threads=s.threads, convert_dir=_convert_dir())
+
+    def open_s() -> Any:
+        return open_student(student, backend, n_threads=s.threads, convert_dir=_convert_dir())
+
     # The pipeline tailors with the torch teacher plus the DPO adapter: its identity keys the tailor stage.
-    _plain, plain_key = _teacher_opener(s.teacher, "torch", None, None, s.threads)
-    open_student, student_key = _student_opener(s.student, backend, s.threads)
-    return _Models(teacher, student, backend, open_teacher, open_student,
-                   {"teacher": teacher_key, "student": student_key, "tailor_teacher": plain_key})
+    return _Models(teacher, student, backend, open_t, open_s,
+                   {"teacher": _key(s.teacher_backend, teacher), "student": _key(backend, student),
+                    "tailor_teacher": _key("torch", teacher)})
 
 
 def _timed(seconds: dict[str, float], name: str, t0: float) -> None:

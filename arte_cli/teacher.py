@@ -17,10 +17,8 @@ from typing import Any, Callable
 
 import click
 
-from arte.backends import open_student
-from arte.backends.hf_teacher import TorchTeacher
-from arte.backends.llama_teacher import LlamaCppTeacher
-from arte.backends.openai import STRUCTURED_OUTPUTS, OpenAITeacher
+from arte.backends import TORCH_DTYPES, open_student, open_teacher
+from arte.backends.openai import STRUCTURED_OUTPUTS
 from arte.dpo import AlignConfig
 from arte.dpo import align as run_align
 from arte.drafts import read_drafts, write_drafts
@@ -65,6 +63,12 @@ def _teacher_options(f: Callable) -> Callable:
                      help=f"Served model name at --endpoint (API key from ${API_KEY_ENV}).")(f)
     f = click.option("--endpoint", default=None,
                      help="An OpenAI-compatible server (vLLM, llama-server) to use as the teacher.")(f)
+    f = click.option("--teacher-dtype", type=click.Choice(TORCH_DTYPES), default="auto", show_default=True,
+                     help="Weights' dtype of a torch teacher (auto: bf16 on a GPU, fp32 on the CPU).")(f)
+    f = click.option("--teacher-device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True, help="Device of a torch teacher (auto: CUDA when available).")(f)
+    f = click.option("--teacher-gpu-layers", default=0, show_default=True, type=click.IntRange(min=-1),
+                     help="Layers of a llama.cpp teacher offloaded to the GPU (-1: all; needs a CUDA build).")(f)
     f = click.option("--teacher-backend", type=click.Choice(["llama", "torch"]), default="llama",
                      show_default=True, help="Runtime of a local teacher (with --adapter: torch).")(f)
     f = click.option("--teacher", default="default", show_default=True,
@@ -108,8 +112,10 @@ def _split(task_path: Path, split_seed: int, n_seeds: int, n_validation: int) ->
 
 def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_model: str | None,
                     threads: int | None, *, endpoint_retries: int = 4, endpoint_timeout: float = 120.0,
-                    structured_output: str = "vllm") -> tuple[Callable[[Path | None], Any], str]:
-    """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string."""
+                    structured_output: str = "vllm", device: str = "auto", dtype: str = "auto",
+                    n_gpu_layers: int = 0) -> tuple[Callable[[Path | None], Any], str]:
+    """A function that opens the teacher (bare, or with a local PEFT adapter dir) and an identity string
+    (:func:`arte.backends.open_teacher`)."""
 
     if endpoint:
         if not endpoint_model:
@@ -119,21 +125,18 @@ def _teacher_opener(teacher: str, backend: str, endpoint: str | None, endpoint_m
             if adapter is not None:
                 raise click.UsageError("a local adapter cannot be applied to a remote --endpoint teacher; serve "
                                        "it there (e.g. vLLM --lora-modules) and pass its name as --endpoint-model")
-            return OpenAITeacher(endpoint, endpoint_model, api_key=os.environ.get(API_KEY_ENV),
-                                 max_retries=endpoint_retries, timeout=endpoint_timeout,
-                                 structured_output=structured_output)
+            return open_teacher(None, "openai", endpoint=endpoint, endpoint_model=endpoint_model,
+                                api_key=os.environ.get(API_KEY_ENV), max_retries=endpoint_retries,
+                                timeout=endpoint_timeout, structured_output=structured_output)
 
         return open_remote, f"openai:{endpoint}:{endpoint_model}"
     ref = resolve_model(teacher, model_dir())
 
     def open_local(adapter: Path | None) -> Any:
-        if backend == "llama" and adapter is None and ref.kind == "gguf":
-
-            return LlamaCppTeacher(ref.path, n_threads=threads, name=ref.name)
-
-        set_threads(threads)
-        adapters = {"aligned": str(adapter)} if adapter is not None else None
-        return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), adapters=adapters)
+        # --teacher-backend llama means llama.cpp where it can run the teacher: a PEFT adapter (from
+        # `arte align`) or an HF directory go to torch ("auto"), as they always did.
+        return open_teacher(ref, "torch" if backend == "torch" else "auto", adapter=adapter, n_threads=threads,
+                            n_gpu_layers=n_gpu_layers, device=device, dtype=dtype, convert_dir=convert_dir())
 
     return open_local, f"{backend}:{ref.name}:{ref.sha256 or ref.path}"
 
@@ -170,6 +173,7 @@ def _styles(value: str) -> tuple[str, ...]:
 @_draft_format_options
 @_common
 def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
+          teacher_gpu_layers: int, teacher_device: str, teacher_dtype: str,
           endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
           out_path: Path, n_questions: int, styles: str,
           max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
@@ -187,7 +191,8 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
                                         endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout,
-                                        structured_output=endpoint_structured_output)
+                                        structured_output=endpoint_structured_output, device=teacher_device,
+                                        dtype=teacher_dtype, n_gpu_layers=teacher_gpu_layers)
             t = opener(None)
             try:
                 res = elicit_drafts(t, task, split.seeds, cfg, bars)
@@ -292,6 +297,17 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int,
 
 def _align_options(f: Callable) -> Callable:
     opts = [
+        click.option("--save-steps", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Save a resumable checkpoint every N steps (0: none; `arte align --resume` goes on)."),
+        click.option("--liger", "use_liger_kernel", is_flag=True,
+                     help="TRL's Liger kernels (CUDA only; the liger-kernel package)."),
+        click.option("--precompute-ref-log-probs", is_flag=True,
+                     help="The reference model's log-probs of every pair once before training."),
+        click.option("--load-in-4bit", is_flag=True, help="QLoRA: the frozen base in 4-bit NF4 (CUDA, bitsandbytes)."),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True,
+                     help="Recompute activations in the backward pass (memory for compute; large models)."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                     help="Training dtype (auto: bf16 on a GPU that has it, fp32 on the CPU); the base loads in it."),
         click.option("--eval-pairs", default=64, show_default=True, type=click.IntRange(min=0),
                      help="Training pairs the before/after reward is also measured on (labelled train)."),
         click.option("--holdout-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -320,13 +336,10 @@ def _align_options(f: Callable) -> Callable:
     return f
 
 
-def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size: int, grad_accum: int,
-                  max_length: int, lora_r: int, lora_alpha: int, device: str, eval_pairs: int,
-                  holdout_share: float, align_seed: int) -> Any:
+def _align_config(lr: float, steps: int, align_seed: int, **opts: Any) -> Any:
+    """The AlignConfig of the ``_align_options`` (the other options are its fields by name)."""
 
-    return AlignConfig(learning_rate=lr, beta=beta, epochs=epochs, max_steps=steps, batch_size=batch_size,
-                       grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
-                       device=device, eval_pairs=eval_pairs, holdout_share=holdout_share, seed=align_seed)
+    return AlignConfig(learning_rate=lr, max_steps=steps, seed=align_seed, **opts)
 
 
 @click.command()
@@ -335,10 +348,11 @@ def _align_config(lr: float, beta: float, epochs: float, steps: int, batch_size:
 @click.option("--pairs", "pairs_path", required=True, type=click.Path(path_type=Path), help="Pairs JSONL.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Directory for the PEFT adapter and arte_align.json.")
+@click.option("--resume", is_flag=True, help="Go on from the newest checkpoint in OUT/trainer (see --save-steps).")
 @_align_options
 @_common
-def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, verbose: bool, as_json: bool,
-          **opts: Any) -> None:
+def align(teacher: str, pairs_path: Path, out_dir: Path, resume: bool, threads: int | None, verbose: bool,
+          as_json: bool, **opts: Any) -> None:
     """Align the teacher with DPO + LoRA on preference pairs (runs under `accelerate launch` too)."""
 
     with session(verbose) as bars:
@@ -346,7 +360,8 @@ def align(teacher: str, pairs_path: Path, out_dir: Path, threads: int | None, ve
             cfg = _align_config(**opts)
             set_threads(threads)
             ref = resolve_model(teacher, model_dir())
-            res = run_align(ref, read_pairs(pairs_path), cfg, out_dir, bars, convert_dir=convert_dir())
+            res = run_align(ref, read_pairs(pairs_path), cfg, out_dir, bars, convert_dir=convert_dir(),
+                            resume=resume)
         except ArteError as e:
             fail(e)
     m = res.metadata
@@ -395,6 +410,7 @@ def _reward_lines(reward: dict[str, Any]) -> list[str]:
 @_draft_format_options
 @_common
 def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, teacher: str, teacher_backend: str,
+           teacher_gpu_layers: int, teacher_device: str, teacher_dtype: str,
            endpoint: str | None, endpoint_model: str | None, endpoint_retries: int, endpoint_timeout: float,
            adapter: Path | None, out_dir: Path, n_questions: int,
            check_samples: int, max_question_prompts: int | None, question_tokens: int, rationale_tokens: int,
@@ -411,7 +427,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             opener, _ = _teacher_opener(teacher, teacher_backend, endpoint, endpoint_model, threads,
                                         endpoint_retries=endpoint_retries, endpoint_timeout=endpoint_timeout,
-                                        structured_output=endpoint_structured_output)
+                                        structured_output=endpoint_structured_output, device=teacher_device,
+                                        dtype=teacher_dtype, n_gpu_layers=teacher_gpu_layers)
             t = opener(adapter)
             try:
                 res = tailor_dataset(t, task, split.seeds, cfg, out_dir, bars)
@@ -463,7 +480,8 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @_align_options
 @_common
 def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int, n_validation: int, teacher: str,
-             teacher_backend: str, endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
+             teacher_backend: str, teacher_gpu_layers: int, teacher_device: str, teacher_dtype: str,
+             endpoint: str | None, endpoint_model: str | None, endpoint_retries: int,
              endpoint_timeout: float, work_dir: Path, student: str,
              student_backend: str, mode: str, n_questions: int, styles: str, max_question_prompts: int | None,
              question_tokens: int,
@@ -487,7 +505,9 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
                 raise click.UsageError("the pipeline aligns a local teacher; --endpoint works with `arte draft`")
             set_threads(threads)
             task = load_task(task_path)
-            open_teacher, teacher_key = _teacher_opener(teacher, teacher_backend, None, None, threads)
+            open_teacher, teacher_key = _teacher_opener(teacher, teacher_backend, None, None, threads,
+                                                        device=teacher_device, dtype=teacher_dtype,
+                                                        n_gpu_layers=teacher_gpu_layers)
             open_student, student_key = _student_opener(student, student_backend, threads)
             base = resolve_model(teacher, model_dir())
             runner = Pipeline(work_dir, task, cfg, teacher_model=base, open_teacher=open_teacher,

@@ -2,7 +2,8 @@
 
 The worker writes SPEC (teacher model reference, DPO config, output dir, the preference pairs) and
 starts this module under ``accelerate`` so DPO can use every GPU (DeepSpeed/FSDP by accelerate config);
-it exits non-zero on failure and the worker records the log tail. Set ``ARTE_SERVER_ALIGN_LAUNCHER=
+it exits non-zero on failure and the worker records the log tail. With ``checkpoint_dir`` in SPEC it
+saves checkpoints there and resumes from the newest one (the worker passes the job's work dir). Set ``ARTE_SERVER_ALIGN_LAUNCHER=
 accelerate`` and, e.g., ``ARTE_SERVER_ACCELERATE_ARGS='["--num_processes","4"]'``.
 """
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         AlignConfig(**spec["config"]),
         Path(spec["out_dir"]),
         convert_dir=convert_dir(),
+        checkpoint_dir=spec.get("checkpoint_dir"),
+        resume=spec.get("checkpoint_dir") is not None,   # a retried job goes on from its last checkpoint
     )
     return 0
 

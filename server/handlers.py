@@ -35,8 +35,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from arte.backends.hf_teacher import TorchTeacher
-from arte.backends.llama_teacher import LlamaCppTeacher
+from arte.backends import open_teacher
 from arte.dpo import METADATA_FILE, AlignConfig, align
 from arte.drafts import draft_from_dict
 from arte.elicit import ElicitConfig, elicit_drafts
@@ -46,7 +45,7 @@ from arte.pairs import NO_SIGNAL, PairConfig, select_pairs
 from arte.procs import child_env, death_message
 from arte.tailor import TailorConfig, tailor_dataset
 from arte.tasks import Example, Task, label_counts
-from server import fleet, queue, results
+from server import fleet, queue, results, serving
 from server.db import transaction
 from server.errors import ApiError, JobError
 from server.models import Round
@@ -146,14 +145,32 @@ def _arte_task(s: Session, cohort_id: str) -> tuple[Any, list[Any]]:
 
 
 def _open_teacher(settings: ServerSettings, adapter: str | None) -> Any:
-    """The configured teacher; with a PEFT adapter (from align) on torch, else on llama.cpp."""
+    """The elicit/tailor teacher of the settings (``drafting_*``, :func:`arte.backends.open_teacher`),
+    with the cohort's adapter (the PEFT directory an align job wrote) when given: on an endpoint under its
+    served name (:mod:`server.serving`), on llama.cpp as its GGUF LoRA export, on torch as it is."""
 
-    ref = resolve_model(settings.teacher_model, model_dir())
-    if adapter:
-
-        return TorchTeacher.from_ref(ref, convert_dir=convert_dir(), adapters={"cohort": adapter})
-
-    return LlamaCppTeacher(ref.path, name=ref.name)
+    backend = settings.drafting_backend
+    remote = backend == "openai" or (backend == "auto" and settings.drafting_endpoint)
+    if remote and (adapter is None or settings.drafting_adapter_serving != "none"):
+        key = settings.drafting_api_key.get_secret_value() if settings.drafting_api_key else None
+        return open_teacher(None, "openai", endpoint=settings.drafting_endpoint,
+                            endpoint_model=settings.drafting_endpoint_model, api_key=key,
+                            adapter=serving.ensure_served(settings, adapter) if adapter else None,
+                            structured_output=settings.drafting_structured_output,
+                            timeout=settings.drafting_timeout_s)
+    if remote:   # the endpoint does not serve adapters: the cohort's adapter runs here, on torch
+        backend = "torch"
+    ref = resolve_model(settings.drafting_model or settings.teacher_model, model_dir())
+    local_adapter: str | None = adapter
+    if adapter and backend == "llama":   # llama.cpp applies the adapter's GGUF LoRA export
+        gguf = Path(adapter) / serving.GGUF_ADAPTER_FILE
+        if not gguf.is_file():
+            serving.export_gguf(Path(adapter), resolve_model(settings.teacher_model, model_dir()))
+        local_adapter = str(gguf)
+    return open_teacher(ref, backend, adapter=local_adapter, adapter_name="cohort",
+                        n_gpu_layers=settings.drafting_gpu_layers, device=settings.drafting_device,
+                        dtype=settings.drafting_dtype, device_map=settings.drafting_device_map,
+                        convert_dir=convert_dir())
 
 
 def run_elicit(ctx: JobContext) -> dict[str, Any]:
@@ -182,6 +199,25 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
     return out
 
 
+def _pairs_of_this_job(ctx: JobContext, select: Callable[[], Any]) -> tuple[list[Any], dict[str, Any], str]:
+    """(pairs, selection numbers, its description): selected now and kept in the job's work dir, or
+    those of an earlier attempt of this job, so a retried job resumes training on the same pairs."""
+    from arte.pairs import read_pairs, write_pairs
+
+    pairs_path, sel_path = ctx.work_dir() / "pairs.jsonl", ctx.work_dir() / "selection.json"
+    if pairs_path.is_file() and sel_path.is_file():
+        saved = json.loads(sel_path.read_text(encoding="utf-8"))
+        pairs = read_pairs(pairs_path)
+        ctx.log(f"a retried attempt: training on the {len(pairs)} pairs of the first ({pairs_path})")
+        return pairs, saved["selection"], saved["describe"]
+    selection = select()
+    if selection.pairs:   # TRL's conversational format: `datasets` loads this file as it is
+        write_pairs(pairs_path, selection.pairs)
+        sel_path.write_text(json.dumps({"selection": selection.to_dict(), "describe": selection.describe()}),
+                            encoding="utf-8")
+    return selection.pairs, selection.to_dict(), selection.describe()
+
+
 def run_align(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
@@ -195,36 +231,52 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         task, seeds = _arte_task(s, rnd.cohort_id)
         drafts_raw = fleet.round_drafts(s, rnd).drafts
         cohort = fleet.get_cohort(s, rnd.cohort_id)
+        previous = cohort.adapter
 
-    scores = agg.alignment_estimates()  # only drafts scored by at least k distinct devices
-    drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
-    ctx.log(f"{len(drafts)} of {len(drafts_raw)} drafts were scored by at least k={agg.min_devices} devices")
-    selection = select_pairs(task, drafts, scores, seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
-    pairs = selection.pairs
-    ctx.log(f"pairs: {selection.describe()}", "info" if pairs else "warning")
+
+    def select() -> Any:
+        scores = agg.alignment_estimates()  # only drafts scored by at least k distinct devices
+        drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
+        ctx.log(f"{len(drafts)} of {len(drafts_raw)} drafts were scored by at least k={agg.min_devices} devices")
+        return select_pairs(task, drafts, scores, seeds, PairConfig(**ctx.claim.params.get("pairs", {})))
+
+    pairs, selection, described = _pairs_of_this_job(ctx, select)
+    ctx.log(f"pairs: {described}", "info" if pairs else "warning")
     if not pairs:   # a result, not a failure: the teacher stays as it is
-        return {"outcome": NO_SIGNAL, "reason": selection.describe(), "adapter": None, "n_pairs": 0,
-                "n_devices": agg.n_devices, "pair_selection": selection.to_dict()}
+        return {"outcome": NO_SIGNAL, "reason": described, "adapter": None, "n_pairs": 0,
+                "n_devices": agg.n_devices, "pair_selection": selection}
     out_dir = Path(ctx.settings.data_dir) / "adapters" / rnd.cohort_id / ctx.claim.job_id
-    config = ctx.claim.params.get("config", {})
-    if ctx.settings.align_launcher == "accelerate":
-        _align_subprocess(ctx, pairs, config, out_dir)
+    config = {**ctx.settings.align_defaults, **ctx.claim.params.get("config", {})}
+    config.setdefault("save_steps", ctx.settings.align_checkpoint_steps)
+    checkpoints = ctx.work_dir() / "checkpoints"
+    from arte.dpo import METADATA_FILE
+    from arte.home import convert_dir, model_dir
+    from arte.models import resolve_model
+
+    teacher_ref = resolve_model(ctx.settings.teacher_model, model_dir())
+    if (out_dir / METADATA_FILE).is_file():   # written last: an earlier attempt finished training
+        ctx.log(f"the adapter of an earlier attempt is complete: {out_dir}")
+    elif ctx.settings.align_launcher == "accelerate":
+        _align_subprocess(ctx, pairs, config, out_dir, checkpoints)
     else:
 
-        result = align(
-            resolve_model(ctx.settings.teacher_model, model_dir()),
-            pairs,
-            AlignConfig(**config),
-            out_dir,
-            progress=ctx.stage_progress,
-            convert_dir=convert_dir(),
-        )
+        result = align(teacher_ref, pairs, AlignConfig(**config), out_dir, progress=ctx.stage_progress,
+                       convert_dir=convert_dir(), checkpoint_dir=checkpoints, resume=True)
+        if result.metadata.get("resumed_from_step"):
+            ctx.log(f"resumed DPO from the checkpoint of step {result.metadata['resumed_from_step']}")
         ctx.log(f"DPO reward margin on the {result.margin_on} pairs: {result.margin_before} -> {result.margin_after}")
+    drafting_ref = (resolve_model(ctx.settings.drafting_model, model_dir()) if ctx.settings.drafting_model
+                    else teacher_ref)
+    served = serving.publish(ctx.settings, out_dir, previous, teacher_ref=teacher_ref, drafting_ref=drafting_ref)
+    if served["kind"] != "none":
+        ctx.log(f"adapter served as {served['name']} ({served['kind']})"
+                + (f"; restart the llama.cpp server: {served['restart']}" if "restart" in served else ""))
     with transaction(ctx.sessions) as s:
         fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
     ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
-    return {"outcome": selection.outcome, "adapter": str(out_dir), "n_pairs": len(pairs),
-            "n_devices": agg.n_devices, "pair_selection": selection.to_dict(), **_align_summary(out_dir)}
+    return {"outcome": "pairs", "adapter": str(out_dir), "n_pairs": len(pairs),
+            "n_devices": agg.n_devices, "pair_selection": selection, "serving": served,
+            **_align_summary(out_dir)}
 
 
 def _align_summary(out_dir: Path) -> dict[str, Any]:
@@ -236,13 +288,15 @@ def _align_summary(out_dir: Path) -> dict[str, Any]:
         return {}
     # reward: accuracy and margin before/after on the held-out pairs and on the training pairs (labelled);
     # reward_margin: the headline (held-out when any pair was held out; "on" says which)
-    return {k: meta.get(k) for k in ("pairs", "steps", "warmup_steps", "train_loss", "losses", "reward",
-                                     "reward_margin", "seconds")}
+    return {k: meta.get(k) for k in ("pairs", "steps", "resumed_from_step", "warmup_steps", "train_loss", "losses",
+                                     "reward", "reward_margin", "seconds")}
 
 
-def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any], out_dir: Path) -> None:
+def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any], out_dir: Path,
+                      checkpoints: Path | None = None) -> None:
     """``accelerate launch [accelerate_args] -m server.align_launch spec.json``; heartbeats while it runs
-    and terminates it when the job is cancelled."""
+    and terminates it when the job is cancelled. The child resumes from the newest checkpoint in
+    ``checkpoints`` (a retried job)."""
     spec = ctx.work_dir() / "align.json"
     spec.write_text(
         json.dumps(
@@ -250,6 +304,7 @@ def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any],
                 "teacher_model": ctx.settings.teacher_model,
                 "config": config,
                 "out_dir": str(out_dir),
+                "checkpoint_dir": str(checkpoints) if checkpoints else None,
                 "pairs": [p.to_dict() for p in pairs],
             }
         )

@@ -2,22 +2,30 @@
 
 Everything a deployment tunes lives here and nowhere else: where the state is (``data_dir``,
 ``database_url``), request limits (body sizes, per-key rate limit), enrollment-token lifetime, the job
-queue's timing (heartbeat, dead-worker timeout, attempts) and how job handlers run models (teacher
-reference, ``align_launcher``). ``ARTE_SERVER_DATABASE_URL=postgresql+psycopg://user@host/db`` selects
+queue's timing (heartbeat, dead-worker timeout, attempts) and how job handlers run models, per role:
+``drafting_*`` opens the teacher that writes drafts and tailored data (:func:`arte.backends.open_teacher`:
+llama.cpp, torch, or an OpenAI-compatible endpoint such as vLLM) and how the cohort's aligned adapter
+reaches it (``drafting_adapter_serving``, :mod:`server.serving`); ``teacher_model``, ``align_*`` and
+``accelerate_args`` are the alignment's (TRL on the same weights). ``ARTE_SERVER_DATABASE_URL=postgresql+psycopg://user@host/db`` selects
 PostgreSQL; without it the server keeps an SQLite file under ``data_dir``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from arte.backends import TEACHER_BACKENDS, TORCH_DTYPES
+from arte.backends.openai import STRUCTURED_OUTPUTS
 from arte.home import arte_home
 
-__all__ = ["ServerSettings"]
+__all__ = ["SERVING_KINDS", "ServerSettings"]
+
+# How an align job's cohort adapter reaches the drafting endpoint (server.serving).
+SERVING_KINDS = ("none", "vllm", "llama-cpp")
 
 
 def _default_data_dir() -> Path:
@@ -94,7 +102,63 @@ class ServerSettings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts before a job fails.")
     worker_poll_s: float = Field(default=2.0, gt=0, description="Idle worker's wait between claims.")
     teacher_model: str = Field(
-        default="default", description="Teacher for elicit/tailor jobs: 'default', a GGUF path or HF dir."
+        default="default",
+        description="The teacher's base weights: 'default', a GGUF path or an HF dir. Align jobs train a LoRA "
+        "adapter on it (TRL); elicit/tailor jobs run it too unless drafting_model or drafting_endpoint is set.",
+    )
+    drafting_backend: Literal[TEACHER_BACKENDS] = Field(  # type: ignore[valid-type]
+        default="auto",
+        description="Runtime of the elicit/tailor teacher: llama (GGUF), torch (HF dir or GGUF), openai "
+        "(drafting_endpoint) or auto (openai with an endpoint; torch for an HF dir or a cohort's PEFT "
+        "adapter; else llama).",
+    )
+    drafting_model: str | None = Field(
+        default=None, description="Local model of the elicit/tailor teacher (None: teacher_model), e.g. a GGUF "
+        "of the same weights for llama.cpp; with llama-cpp serving, the base the llama.cpp server runs."
+    )
+    drafting_endpoint: str | None = Field(
+        default=None, description="OpenAI-compatible server root (vLLM, llama-server) for elicit/tailor jobs."
+    )
+    drafting_endpoint_model: str = Field(default="teacher", description="The base model's name at the endpoint.")
+    drafting_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key of drafting_endpoint (set ARTE_SERVER_DRAFTING_API_KEY)."
+    )
+    drafting_structured_output: Literal[STRUCTURED_OUTPUTS] = Field(  # type: ignore[valid-type]
+        default="vllm", description="How the endpoint is told the draft format (arte.backends.openai)."
+    )
+    drafting_timeout_s: float = Field(default=120.0, gt=0, description="Seconds per request to the endpoint.")
+    drafting_adapter_serving: Literal[SERVING_KINDS] = Field(  # type: ignore[valid-type]
+        default="none",
+        description="How an align job's cohort adapter reaches drafting_endpoint (server.serving): vllm "
+        "(/v1/load_lora_adapter), llama-cpp (GGUF LoRA + llama_server_config, then a server restart), or "
+        "none (tailoring with an adapter runs the teacher locally on torch).",
+    )
+    llama_server_config: Path | None = Field(
+        default=None, description="The llama-cpp-python server config file llama-cpp serving writes (None: "
+        "<data_dir>/serving/llama_cpp_server.json)."
+    )
+    llama_server_options: dict[str, Any] = Field(
+        default_factory=dict, description="Model settings of every model in llama_server_config (n_ctx, "
+        "n_gpu_layers, ...)."
+    )
+    drafting_device: str = Field(default="auto", description="torch teacher: auto, cpu, cuda or cuda:N.")
+    drafting_dtype: Literal[TORCH_DTYPES] = Field(  # type: ignore[valid-type]
+        default="auto", description="torch teacher's weights: auto (bf16 on a GPU, fp32 on a CPU), bf16, fp16, fp32."
+    )
+    drafting_device_map: str | None = Field(
+        default=None, description="torch teacher: 'auto' spreads a model larger than one GPU over all of them."
+    )
+    drafting_gpu_layers: int = Field(
+        default=0, ge=-1, description="llama.cpp teacher: layers offloaded to the GPU (-1: all)."
+    )
+    align_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="arte.dpo.AlignConfig fields applied to every align job under its own params['config'] "
+        "(e.g. {\"precision\": \"bf16\", \"gradient_checkpointing\": true, \"load_in_4bit\": true}).",
+    )
+    align_checkpoint_steps: int = Field(
+        default=50, ge=0, description="Align jobs save a checkpoint every this many steps (in the job's work "
+        "dir) and a retried job resumes from the last one (0: no checkpoints)."
     )
     align_launcher: Literal["inprocess", "accelerate"] = Field(
         default="inprocess", description="Run align jobs in the worker or as `accelerate launch` subprocess."
@@ -110,6 +174,15 @@ class ServerSettings(BaseSettings):
     check_migrations: bool = Field(
         default=True, description="Refuse to start when the database is not at the head revision."
     )
+
+    @model_validator(mode="after")
+    def _drafting_endpoint_needed(self) -> "ServerSettings":
+        if self.drafting_adapter_serving != "none" and not self.drafting_endpoint:
+            raise ValueError(f"drafting_adapter_serving={self.drafting_adapter_serving} serves adapters on "
+                             f"drafting_endpoint: set drafting_endpoint")
+        if self.drafting_backend == "openai" and not self.drafting_endpoint:
+            raise ValueError("drafting_backend=openai needs drafting_endpoint")
+        return self
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL in use (the SQLite default under ``data_dir`` when none is set)."""

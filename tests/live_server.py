@@ -21,10 +21,25 @@ DATASET = "".join(json.dumps({"input": f"Is {i} even?", "target": "yes" if i % 2
                   for i in range(200))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, log: Path, what: str, timeout_s: float = 60.0) -> None:
+    """Wait until ``GET url`` answers 200 (start-up, not a timing assumption); raise with the log's tail when
+    the process exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up in {timeout_s:.0f} s")
 
 
 class LiveServer:
@@ -32,7 +47,7 @@ class LiveServer:
 
     def __init__(self, tmp: Path, signing_key: str | None = None) -> None:
         self.dir = tmp / "server"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.exe = str(Path(sys.executable).parent / "arte-server")
         # the server of this checkout, whatever is installed
@@ -49,16 +64,7 @@ class LiveServer:
         log = (self.dir / "serve.log").open("ab")
         self.proc = subprocess.Popen([self.exe, "--data-dir", str(self.dir), "serve", "--port", str(self.port)],
                                      stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until it answers (start-up, not a timing assumption)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"arte-server serve exited: {(self.dir / 'serve.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("arte-server serve did not come up in 60 s")
+        wait_until_up(self.proc, f"{self.url}/api/v1/health", self.dir / "serve.log", "arte-server serve")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -148,9 +148,8 @@ class ChatServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve_chat() -> Iterator[ChatServer]:
-    """A real OpenAI-style chat server on a free loopback port, stopped on exit; ``srv.url`` is its root."""
-    srv = ChatServer()
+def serve(srv: ThreadingHTTPServer) -> Iterator[Any]:
+    """Run ``srv`` in a thread until the block ends, then stop and close it."""
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -159,6 +158,11 @@ def serve_chat() -> Iterator[ChatServer]:
         srv.shutdown()
         srv.server_close()
         thread.join()
+
+
+def serve_chat() -> contextlib.AbstractContextManager[ChatServer]:
+    """A real OpenAI-style chat server on a free loopback port, stopped on exit; ``srv.url`` is its root."""
+    return serve(ChatServer())
 
 
 class FakeLMTeacher:

@@ -26,7 +26,7 @@ from arte.errors import BackendError, ConfigError, ModelError
 from arte.models import ModelRef
 from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
 
-__all__ = ["load_hf", "fix_gguf_tokenizer", "TorchStudent"]
+__all__ = ["load_hf", "converted_path", "model_config", "fix_gguf_tokenizer", "TorchStudent"]
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +46,43 @@ def fix_gguf_tokenizer(tok: Any, model: Any | None = None) -> None:
         model.config.pad_token_id = tok.pad_token_id
 
 
+def converted_path(ref: ModelRef, convert_dir: str | Path) -> Path:
+    """Where :func:`load_hf` keeps the HF conversion of the GGUF ``ref`` under ``convert_dir``."""
+    return Path(convert_dir) / f"{ref.path.stem}-{(ref.sha256 or 'local')[:12]}"
+
+
+def model_config(ref: ModelRef, convert_dir: str | Path | None = None) -> dict[str, Any]:
+    """The transformers config of ``ref`` as a dict (``config.json``; for a GGUF, its conversion's when
+    ``convert_dir`` holds one, which is instant, else read from the GGUF by transformers, ~10 s)."""
+    src = ref.path if ref.kind == "hf" else converted_path(ref, convert_dir) if convert_dir else None
+    if src is not None and (src / "config.json").is_file():
+        return json.loads((src / "config.json").read_text(encoding="utf-8"))
+    # heavy: transformers parses the GGUF's metadata
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(ref.path.parent, gguf_file=ref.path.name).to_dict()
+
+
 def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None = None,
-            device: str = "cpu") -> tuple[Any, Any]:
-    """Load ``ref`` into transformers: ``(model, tokenizer)``, model in eval mode on ``device``."""
+            device: str = "cpu", device_map: str | dict[str, Any] | None = None,
+            quantization_config: Any = None) -> tuple[Any, Any]:
+    """Load ``ref`` into transformers: ``(model, tokenizer)``, model in eval mode on ``device``.
+
+    ``device_map`` (e.g. ``"auto"``: spread over every GPU, then the CPU) and ``quantization_config``
+    (e.g. bitsandbytes 4-bit) go to ``from_pretrained``, which then places the weights itself: loaded
+    straight onto their devices in ``dtype``, never as a full fp32 copy in host memory (a GGUF is
+    converted once into ``convert_dir`` first, which these options need)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.float32
+    placed = device_map is not None or quantization_config is not None
     if ref.kind == "hf":
         src, kw = ref.path, {}
     elif ref.kind == "gguf":
         if convert_dir is not None:
-            cached = Path(convert_dir) / f"{ref.path.stem}-{(ref.sha256 or 'local')[:12]}"
-            if (cached / "config.json").is_file() and (cached / "arte-source.json").is_file():
-                src, kw = cached, {}
-            else:
+            cached = converted_path(ref, convert_dir)
+            if not ((cached / "config.json").is_file() and (cached / "arte-source.json").is_file()):
                 model, tok = load_hf(ref, dtype=torch.float32, convert_dir=None, device="cpu")
                 tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
                 model.save_pretrained(tmp)
@@ -70,13 +92,24 @@ def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None 
                     tmp.rename(cached)
                 except OSError:   # another process converted it first
                     shutil.rmtree(tmp, ignore_errors=True)
-                return (model.to(device=device, dtype=dtype), tok)
+                if not placed:
+                    return (model.to(device=device, dtype=dtype), tok)
+                del model
+            src, kw = cached, {}
+        elif placed:
+            raise ConfigError("convert_dir", "device_map / quantization_config need the GGUF converted once "
+                                             "into a directory: pass convert_dir")
         else:
             src, kw = ref.path.parent, {"gguf_file": ref.path.name}
     else:
         raise ModelError(f"unknown model kind {ref.kind!r}")
+    if device_map is not None:
+        kw["device_map"] = device_map
+    if quantization_config is not None:
+        kw["quantization_config"] = quantization_config
+        kw.setdefault("device_map", {"": device})
     try:
-        tok = AutoTokenizer.from_pretrained(src, **kw)
+        tok = AutoTokenizer.from_pretrained(src, **{k: v for k, v in kw.items() if k == "gguf_file"})
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
     except (OSError, ValueError) as e:
         raise ModelError(f"transformers could not load {ref.path}: {e}") from e
@@ -84,7 +117,8 @@ def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None 
         fix_gguf_tokenizer(tok, model)
     elif tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model.to(device)
+    if "device_map" not in kw:
+        model.to(device)
     model.eval()
     return model, tok
 

@@ -58,12 +58,12 @@ class TorchTeacher:
 
     @classmethod
     def from_ref(cls, ref: ModelRef, *, convert_dir: str | Path | None = None, device: str = "cpu",
-                 dtype: Any = None, adapters: Mapping[str, str | Path] | None = None,
-                 batch_size: int = 8) -> "TorchTeacher":
-        """Load ``ref`` (see :func:`arte.backends.hf.load_hf`) and attach ``adapters`` ({name: dir}); the
-        last one listed is active."""
+                 dtype: Any = None, device_map: str | None = None,
+                 adapters: Mapping[str, str | Path] | None = None, batch_size: int = 8) -> "TorchTeacher":
+        """Load ``ref`` (see :func:`arte.backends.hf.load_hf`; ``device_map="auto"`` spreads it over every
+        GPU) and attach ``adapters`` ({name: dir}); the last one listed is active."""
 
-        model, tok = load_hf(ref, dtype=dtype, convert_dir=convert_dir, device=device)
+        model, tok = load_hf(ref, dtype=dtype, convert_dir=convert_dir, device=device, device_map=device_map)
         teacher = cls(model, tok, name=ref.name, batch_size=batch_size)
         for adapter_name, path in (adapters or {}).items():
             teacher.load_adapter(adapter_name, path)

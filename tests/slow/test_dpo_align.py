@@ -140,4 +140,20 @@ def test_align_on_cuda(tmp_path, default_model) -> None:
                       eval_pairs=len(pairs), holdout_share=0.0, device="cuda")
     res = align(default_model, pairs, cfg, tmp_path / "adapter", convert_dir=convert_dir())
     assert res.metadata["device"].startswith("cuda") and res.metadata["bf16"] == torch.cuda.is_bf16_supported()
+    assert res.metadata["load_dtype"] == ("bfloat16" if res.metadata["bf16"] else "float32")   # the training dtype
+    assert res.margin_after > res.margin_before
+
+
+@pytest.mark.gpu
+def test_qlora_with_checkpointing_and_a_precomputed_reference_on_cuda(tmp_path, default_model) -> None:
+    pytest.importorskip("bitsandbytes")
+    from arte.dpo import AlignConfig, align
+    from arte.home import convert_dir
+
+    pairs = _pairs()
+    cfg = AlignConfig(learning_rate=2e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, max_length=128,
+                      eval_pairs=len(pairs), holdout_share=0.0, device="cuda", load_in_4bit=True,
+                      gradient_checkpointing=True, precompute_ref_log_probs=True, save_steps=2)
+    res = align(default_model, pairs, cfg, tmp_path / "adapter", convert_dir=convert_dir())
+    assert res.metadata["load_in_4bit"] and res.metadata["steps"] == 3
     assert res.margin_after > res.margin_before

@@ -199,12 +199,30 @@ def test_jsonl_round_trip_and_trl_format(tmp_path) -> None:
     assert [pair_from_dict(json.loads(json.dumps(p.to_dict()))) for p in pairs] == pairs   # e.g. a job spec
     trl = pairs[-1].to_trl()
     assert trl["prompt"][0]["role"] == "system" and trl["chosen"] == [{"role": "assistant", "content": pairs[-1].chosen}]
+    first = json.loads(path.read_text().splitlines()[0])     # the file is TRL's conversational format as it is
+    assert {k: first[k] for k in ("prompt", "chosen", "rejected")} == pairs[0].to_trl()
+
+
+def test_pair_files_of_the_old_shape_are_read(tmp_path) -> None:
+    """Files written before chosen/rejected became messages: plain strings."""
+    pair = PreferencePair("g", "rationale", ({"role": "user", "content": "q"},), "c", "r", 0.5, ("a",), ("b",))
+    old = {**{k: v for k, v in pair.to_dict().items() if not k.endswith("_from")}, "chosen": "c", "rejected": "r",
+           "chosen_ids": ["a"], "rejected_ids": ["b"]}
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    assert read_pairs(path) == [pair]
 
 
 @pytest.mark.parametrize("line, field", [
     ('{"id": "a", "kind": "poem", "chosen": "c", "rejected": "r", "prompt": [{"role": "user", "content": "x"}]}', "kind"),
     ('{"id": "a", "kind": "question", "chosen": "", "rejected": "r", "prompt": [{"role": "user", "content": "x"}]}', "chosen"),
     ('{"id": "a", "kind": "question", "chosen": "c", "rejected": "r", "prompt": []}', "prompt"),
+    ('{"id": "a", "kind": "question", "chosen": [{"role": "user", "content": "c"}], "rejected": "r", '
+     '"prompt": [{"role": "user", "content": "x"}]}', "chosen"),
+    ('{"id": "a", "kind": "question", "chosen": "c", "rejected": [{"role": "assistant", "content": "r"}, '
+     '{"role": "assistant", "content": "s"}], "prompt": [{"role": "user", "content": "x"}]}', "rejected"),
+    ('{"id": "a", "kind": "question", "chosen": [{"role": "assistant", "content": " "}], "rejected": "r", '
+     '"prompt": [{"role": "user", "content": "x"}]}', "chosen"),
     ('{"id": "a", "kind": "question", "chosen": "c", "rejected": "r", "prompt": [{"role": "user"}]}', "prompt"),
     ('{"id": "a", "kind": "question", "chosen": "c", "rejected": "r", "prompt": [{"role": "user", "content": "x"}],'
      ' "margin": "big"}', "margin"),

@@ -10,6 +10,7 @@ import pytest
 from arte.drafts import read_drafts
 from arte.errors import ConfigError
 from arte.prompts import RATIONALE_STYLES, question_block
+from arte.sft_data import assistant_message, user_message
 from arte.tailor import TailorConfig, tailor_dataset
 from arte.tasks import Example, Task
 from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
@@ -75,6 +76,11 @@ def test_tailor_filters_writes_jsonl_and_manifest(tmp_path) -> None:
     assert m["teacher"] == "teacher-base" and m["adapter"] == "cohort-a"
     assert json.loads(res.manifest_path.read_text()) == m
     assert read_drafts(res.dataset_path) == res.examples        # the device's SFT reads it this way
+    # the same examples as `messages` conversations: the turns the student's SFT trains on
+    chats = [json.loads(x) for x in (tmp_path / "out" / m["messages_file"]).read_text().splitlines()]
+    assert len(chats) == 3 and [c["messages"][1]["content"] for c in chats] == [
+        assistant_message(e) for e in res.examples]
+    assert chats[0]["messages"][0] == {"role": "user", "content": user_message(TASK.instruction, QUESTIONS[0])}
     e = res.examples[0]
     assert e.id == "q0000" and e.style == "plain" and e.rationale.endswith("<ans>plausible</ans>")
     assert e.provenance["consistency"] == {"samples": 1, "agreed": 1, "temperature": 0.7}
