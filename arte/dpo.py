@@ -41,8 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from arte.adapters import stamp_adapter_base
 from arte.errors import ConfigError
-from arte.models import ModelRef
+from arte.models import ModelRef, adapter_base
 from arte.pairs import PreferencePair, pair_counts
 from arte.progress import Progress, report
 
@@ -345,18 +346,10 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
         (out / "training_args.bin").unlink(missing_ok=True)
         if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):
             (out / "trainer").rmdir()
-        _stable_base_name(out, model_ref.name)
+        stamp_adapter_base(out, *adapter_base(model_ref))
         (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     rm = metadata["reward_margin"]
     log.info("aligned on %d pairs (%d held out) in %d steps: reward margin on the %s pairs %s -> %s, "
              "accuracy %s -> %s", len(train_pairs), len(held_out), metadata["steps"], rm["on"], rm["before"],
              rm["after"], rm["accuracy_before"], rm["accuracy_after"])
     return AlignResult(out, metadata)
-
-
-def _stable_base_name(adapter_dir: Path, name: str) -> None:
-    """Record the base model by name, not by this machine's conversion path (RUNTIME-NOTES §5)."""
-    cfg_path = adapter_dir / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = name
-    cfg_path.write_text(json.dumps(cfg, indent=2))

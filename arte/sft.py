@@ -53,8 +53,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from arte.adapters import stamp_adapter_base
 from arte.errors import ConfigError
 from arte.families import lora_modules
+from arte.models import adapter_base
 from arte.precision import DEVICES, PRECISIONS, bf16_matmuls, resolve_precision
 from arte.sft_data import PackedRow, batch_order
 
@@ -316,11 +318,12 @@ def _touch_weights(model: Any) -> None:
 
 
 def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_dir: str | Path, *,
-               base_name: str = "", progress: Callable[[int, int, float], None] | None = None,
+               base_name: str = "", base_revision: str | None = None, progress: Callable[[int, int, float], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
                clock: Callable[[], float] = time.monotonic) -> tuple[Any, SFTResult]:
     """Train a LoRA adapter on ``rows``; returns (the PEFT model, the result). See the module docstring.
 
+    ``base_name``/``base_revision`` are what the adapter records as its base (:func:`arte.models.adapter_base`).
     ``model`` is modified in place (PEFT injects the adapter; with bf16 precision its frozen weights are
     then the bf16-rounded values, back in fp32: :func:`run_sft` returns the adapter on a reloaded base). ``progress(step, total_steps, loss)`` is
     called after every optimizer step; ``should_stop()`` is checked before each step.
@@ -419,11 +422,8 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
         checkpoint()
     adapter_dir = out / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
-    if base_name:   # PEFT records the local directory it loaded from; ship a stable name instead
-        cfg_path = adapter_dir / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = base_name
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    if base_name:   # PEFT records the local directory it loaded from; ship a resolvable name instead
+        stamp_adapter_base(adapter_dir, base_name, base_revision)
     peft_model.eval()
     result = SFTResult(
         adapter_dir=str(adapter_dir), status=status, steps=step, total_steps=total, resumed_from=resumed_from,
@@ -452,8 +452,9 @@ def run_sft(ref: Any, records: Sequence[Any], instruction: str, config: SFTConfi
         log.warning("%d of %d records are longer than max_length=%d tokens and were left out",
                     len(dropped), len(records), config.max_length)
     rows = pack(examples, config.max_length, tok.pad_token_id)
-    peft_model, result = train_lora(model, rows, config, output_dir, base_name=ref.name, progress=progress,
-                                    should_stop=should_stop)
+    base_name, base_revision = adapter_base(ref)
+    peft_model, result = train_lora(model, rows, config, output_dir, base_name=base_name, base_revision=base_revision,
+                                    progress=progress, should_stop=should_stop)
     if result.precision != "fp32":
         from peft import PeftModel
 

@@ -165,3 +165,46 @@ def test_lora_targets_follow_the_family() -> None:
     assert lora_modules({"model_type": "phi3"}, ["v_proj"]) == ["qkv_proj"]
     assert lora_modules({"model_type": "qwen2"}, llama_names) == llama_names
     assert lora_modules({"model_type": "mistral"}, ["q_proj"]) == ["q_proj"]   # trains; only export refuses
+
+
+def test_cli_exports_any_adapter_against_an_hf_or_gguf_base(tmp_path: Path) -> None:
+    """`arte export gguf-lora ADAPTER_DIR --base MODEL`: the base's family from its config.json or its GGUF
+    header; a base the export cannot serve exits 3 naming the field."""
+    from click.testing import CliRunner
+
+    from arte_cli.cli import main as arte
+
+    adir, sd = make_adapter(tmp_path / "a")
+    hf = tmp_path / "qwen-student"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({**CONFIG, "model_type": "qwen2"}))
+    r = CliRunner().invoke(arte, ["export", "gguf-lora", str(adir), "--base", str(hf), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["model_type"] == "qwen2" and out["n_tensors"] == 16 and Path(out["path"]) == adir / "adapter.gguf"
+    kv, tensors = read(adir / "adapter.gguf")
+    assert kv["general.architecture"] == "qwen2"
+    assert np.array_equal(tensors["blk.0.attn_q.weight.lora_b"],
+                          sd["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"])   # unpermuted
+
+    w = gguf.GGUFWriter(str(tmp_path / "base.gguf"), arch="llama")
+    for add, v in ((w.add_block_count, 2), (w.add_head_count, 4), (w.add_head_count_kv, 2)):
+        add(v)
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = CliRunner().invoke(arte, ["export", "gguf-lora", str(adir), "--base", str(tmp_path / "base.gguf"),
+                                  "--out", str(tmp_path / "l.gguf"), "--dtype", "f16"])
+    assert r.exit_code == 0, r.output
+    _, tensors = read(tmp_path / "l.gguf")
+    assert np.array_equal(tensors["blk.1.attn_k.weight.lora_b"],
+                          permute_rows(sd["base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight"], 2)
+                          .astype(np.float16))
+
+    (hf / "config.json").write_text(json.dumps({**CONFIG, "model_type": "mamba"}))
+    r = CliRunner().invoke(arte, ["export", "gguf-lora", str(adir), "--base", str(hf)])
+    assert r.exit_code == 3 and "model_type" in r.output
+    r = CliRunner().invoke(arte, ["export", "gguf-lora", str(tmp_path), "--base", str(hf)])
+    assert r.exit_code == 4 and "not a PEFT adapter" in r.output

@@ -123,3 +123,38 @@ def test_config_fixes_follow_llama_cpp(tmp_path: Path, arch: str, layers: int, e
     if arch == "gemma2":
         kv.update(attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
     assert gguf_config_fixes(_write_base(tmp_path / "c.gguf", arch, layers, **kv)) == expected
+
+
+def test_adapters_record_a_resolvable_base(tmp_path: Path) -> None:
+    """A hub id (and commit) where the model comes from the hub, else the model's name; never a local path,
+    in the adapter config and in PEFT's model card alike."""
+    import json
+
+    from arte.adapters import stamp_adapter_base
+    from arte.models import DEFAULT_MODEL, ModelRef, adapter_base
+
+    default = ModelRef("gguf", tmp_path / DEFAULT_MODEL.filename, DEFAULT_MODEL.name, DEFAULT_MODEL.sha256)
+    assert adapter_base(default) == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    snap = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "7ae557604adf67be50417f59c2c2f167def9a775"
+    assert adapter_base(ModelRef("hf", snap, "x")) == ("Qwen/Qwen2.5-0.5B-Instruct",
+                                                       "7ae557604adf67be50417f59c2c2f167def9a775")
+    assert adapter_base(ModelRef("hf", tmp_path / "my-student", "my-student")) == ("my-student", None)
+    sourced = _write_base(tmp_path / "q.gguf", "qwen2", source_repo_url="https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct")
+    assert adapter_base(ModelRef("gguf", sourced, "q")) == ("Qwen/Qwen2.5-0.5B-Instruct", None)
+    by_url = _write_base(tmp_path / "u.gguf", "qwen2", source_url="https://huggingface.co/google/gemma-3-1b-it")
+    assert adapter_base(ModelRef("gguf", by_url, "u")) == ("google/gemma-3-1b-it", None)
+    local = _write_base(tmp_path / "l.gguf", "qwen2", source_url="/home/me/models/qwen")
+    assert adapter_base(ModelRef("gguf", local, "l")) == ("l", None)
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/x/hf/m",
+                                                             "r": 8}))
+    (adapter / "README.md").write_text("---\nbase_model: /root/.cache/x/hf/m\nlibrary_name: peft\ntags:\n"
+                                       "- 'base_model:adapter:/root/.cache/x/hf/m'\n- lora\n---\n# card\n")
+    stamp_adapter_base(adapter, "Qwen/Qwen2.5-0.5B-Instruct", "7ae5576")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg == {"base_model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "7ae5576", "r": 8}
+    card = (adapter / "README.md").read_text()
+    assert "/root" not in card and "base_model: Qwen/Qwen2.5-0.5B-Instruct\n" in card
+    assert "- base_model:adapter:Qwen/Qwen2.5-0.5B-Instruct\n" in card
