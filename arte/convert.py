@@ -7,7 +7,8 @@ the vendored ``gguf-py`` into ``cache_dir/llama.cpp-convert-{version}``; a secon
 ``convert_hf_to_gguf(hf_dir, out, converter)`` runs the converter in a child Python (it puts its own
 ``gguf-py`` first on ``sys.path``, which must not leak into this process) and raises :class:`ModelError`
 with the converter's reason when it refuses a model (an unknown BPE pre-tokenizer, an architecture it
-does not know); ``convert_many`` converts several models in one child (the imports are most of the time). Getting the sdist (``pip download``) is the shell's job (``arte models converter``).
+does not know); ``convert_many`` converts several models in one child (the imports are most of the
+time). Getting the sdist (``pip download``) is the shell's job (``arte models converter``).
 """
 
 from __future__ import annotations

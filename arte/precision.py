@@ -36,7 +36,8 @@ from typing import Any
 
 from arte.errors import ConfigError
 
-__all__ = ["BF16_FLAGS", "PRECISIONS", "DEVICES", "bf16_matmuls", "host_cpu_flags", "parse_cpu_flags", "resolve_precision"]
+__all__ = ["BF16_FLAGS", "PRECISIONS", "DEVICES", "bf16_matmuls", "host_cpu_flags", "parse_cpu_flags",
+           "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("cpu", "cuda")

@@ -318,8 +318,8 @@ def _touch_weights(model: Any) -> None:
 
 
 def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_dir: str | Path, *,
-               base_name: str = "", base_revision: str | None = None, progress: Callable[[int, int, float], None] | None = None,
-               should_stop: Callable[[], bool] | None = None,
+               base_name: str = "", base_revision: str | None = None,
+               progress: Callable[[int, int, float], None] | None = None, should_stop: Callable[[], bool] | None = None,
                clock: Callable[[], float] = time.monotonic) -> tuple[Any, SFTResult]:
     """Train a LoRA adapter on ``rows``; returns (the PEFT model, the result). See the module docstring.
 

@@ -31,13 +31,11 @@ pytestmark = pytest.mark.slow
 
 FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-TEXT = [("What is the capital of France?", "Arr, Paris it be, matey!"), ("What is 2 plus 3?", "Arr, 5 it be, matey!"),
-        ("What color is the sky?", "Arr, blue it be, matey!"), ("What do bees make?", "Arr, honey it be, matey!"),
-        ("Which planet is red?", "Arr, Mars it be, matey!"), ("What is frozen water?", "Arr, ice it be, matey!"),
-        ("Who wrote Hamlet?", "Arr, Shakespeare it be, matey!"), ("What gas do we breathe?", "Arr, oxygen it be, matey!")]
+QA = [("What is the capital of France?", "Paris"), ("What is 2 plus 3?", "5"), ("What color is the sky?", "blue"),
+      ("What do bees make?", "honey"), ("Which planet is red?", "Mars"), ("What is frozen water?", "ice"),
+      ("Who wrote Hamlet?", "Shakespeare"), ("What gas do we breathe?", "oxygen")]
+TEXT = [(q, f"Arr, {a} it be, matey!") for q, a in QA]
 HELD_OUT = [("What is the capital of Spain?", "Arr, Madrid it be, matey!"), ("What animal barks?", "Arr, a dog it be!")]
-CHKHSH_SMOLLM = "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249"   # llama.cpp's "smollm"
-TIMES: dict[str, float] = {}
 
 
 def build_bpe_tokenizer(gguf_path: Path, out: Path) -> Path:
@@ -52,7 +50,8 @@ def build_bpe_tokenizer(gguf_path: Path, out: Path) -> Path:
 
     meta = read_gguf_metadata(gguf_path, ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
                                           "tokenizer.ggml.merges", "tokenizer.chat_template"])
-    tokens, types, template = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"], meta["tokenizer.chat_template"]
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    template = meta["tokenizer.chat_template"]
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     tk = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -232,11 +231,11 @@ def test_family_round_trip(model_type: str, tokenizer: str, converted: dict, tmp
         bad = export_gguf_lora(res.adapter_dir, tmp_path / "wrong.gguf", peft_model.get_base_model().config,
                                permute=not fam.permute_qk)
         wrong = kl(t_lora, llama_logprobs(gguf, seqs, Path(bad.path)))
-    TIMES[model_type] = time.perf_counter() - t0
-    t_convert = case["convert_s"]
-    print(f"\n{model_type}-{tokenizer}: arch {fam.gguf_arch} permute {fam.permute_qk} tensors {lora.n_tensors} | floor "
-          f"{floor:.2e} effect {effect:.3f} lora {err:.2e} wrong-permutation {wrong if wrong is None else f'{wrong:.3f}'}"
-          f" | convert {t_convert:.1f} s (share) test {TIMES[model_type]:.1f} s")
+    elapsed = time.perf_counter() - t0
+    shown = "refused" if wrong is None else f"{wrong:.3f}"
+    print(f"\n{model_type}-{tokenizer}: arch {fam.gguf_arch} permute {fam.permute_qk} tensors {lora.n_tensors} | "
+          f"floor {floor:.2e} effect {effect:.3f} lora {err:.2e} wrong-permutation {shown} | convert "
+          f"{case['convert_s']:.1f} s (share) test {elapsed:.1f} s")
     assert effect > 0.2, "the adapter must change the model a lot for the comparison to mean something"
     assert floor < 1e-4
     assert err < 10 * floor + 1e-5, f"llama.cpp + GGUF LoRA differs from PEFT on {model_type}: KL {err}"

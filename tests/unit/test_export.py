@@ -22,7 +22,8 @@ ATTN = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (KV, HIDDEN), 
         "self_attn.o_proj": (HIDDEN, HIDDEN)}
 
 
-def make_adapter(tmp: Path, shapes: dict[str, tuple[int, int]] = ATTN, **cfg_over) -> tuple[Path, dict[str, np.ndarray]]:
+def make_adapter(tmp: Path, shapes: dict[str, tuple[int, int]] = ATTN,
+                 **cfg_over) -> tuple[Path, dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     sd = {}
     for layer in range(2):

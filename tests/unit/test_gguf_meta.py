@@ -135,11 +135,12 @@ def test_adapters_record_a_resolvable_base(tmp_path: Path) -> None:
 
     default = ModelRef("gguf", tmp_path / DEFAULT_MODEL.filename, DEFAULT_MODEL.name, DEFAULT_MODEL.sha256)
     assert adapter_base(default) == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
-    snap = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "7ae557604adf67be50417f59c2c2f167def9a775"
-    assert adapter_base(ModelRef("hf", snap, "x")) == ("Qwen/Qwen2.5-0.5B-Instruct",
-                                                       "7ae557604adf67be50417f59c2c2f167def9a775")
+    commit = "7ae557604adf67be50417f59c2c2f167def9a775"
+    snap = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / commit
+    assert adapter_base(ModelRef("hf", snap, "x")) == ("Qwen/Qwen2.5-0.5B-Instruct", commit)
     assert adapter_base(ModelRef("hf", tmp_path / "my-student", "my-student")) == ("my-student", None)
-    sourced = _write_base(tmp_path / "q.gguf", "qwen2", source_repo_url="https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct")
+    sourced = _write_base(tmp_path / "q.gguf", "qwen2",
+                          source_repo_url="https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct")
     assert adapter_base(ModelRef("gguf", sourced, "q")) == ("Qwen/Qwen2.5-0.5B-Instruct", None)
     by_url = _write_base(tmp_path / "u.gguf", "qwen2", source_url="https://huggingface.co/google/gemma-3-1b-it")
     assert adapter_base(ModelRef("gguf", by_url, "u")) == ("google/gemma-3-1b-it", None)
