@@ -65,7 +65,8 @@ __all__ = ["SFTConfig", "SFTResult", "MemoryPlan", "plan_memory", "train_lora", 
 
 log = logging.getLogger(__name__)
 
-# Module names the GGUF export knows how to map (llama-family blocks).
+# The projections a LoRA may target, by their llama names; a family that fuses some (Phi-3: qkv_proj,
+# gate_up_proj) gets its fused modules instead (arte.families.lora_modules), which the GGUF export maps too.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STATUSES = ("done", "time_budget", "stopped")
 BF16_EXTRA_MB = 200.0
