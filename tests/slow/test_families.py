@@ -4,13 +4,17 @@ converter (``convert_hf_to_gguf.py`` from the llama-cpp-python sdist, f32), a Lo
 MLP projection trained a few steps by our trainer, exported by :func:`arte.export.export_gguf_lora`, and
 llama.cpp + the GGUF adapter compared with PEFT + the adapter on full next-token distributions.
 
-The GGUF is f32, so the noise floor is llama.cpp's own arithmetic (an f16 KV cache): far below the
-Q4_1 floor of the llama round trip on the real model (``test_sft_real.py``). Each family also shows that
-its q/k permutation choice matters (llama permutes, the others must not), that transformers loads the
-converted GGUF back to the same model (the device trains on the dequantized GGUF), and that the GGUF's
-EOS/BOS are the tokenizer's. Tokenizers are built offline: the embedded SmolLM2 GGUF's BPE tokenizer
-(byte-for-byte the one llama.cpp's converter recognizes as ``smollm``), and for Gemma 2, whose converter
-reads SentencePiece only, a 320-piece SentencePiece model trained here.
+The GGUF is f32, so the noise floor is llama.cpp's own arithmetic (f16 KV cache): ~1e-7 nats, far below
+the Q4_1 floor of the llama round trip on the real model (``test_sft_real.py``). Each family also shows
+that its q/k permutation choice matters (llama permutes, the others must not; Phi-3's fused qkv cannot be
+permuted and the export refuses to), that transformers loads the converted GGUF back to the same model
+(what the device trains on) with the GGUF's own special tokens.
+
+Tokenizers are built offline. Every family takes a 320-piece SentencePiece model trained here (each
+family's converter reads SentencePiece; Gemma's only reads that), which keeps the vocabulary small. One
+case takes the BPE path instead, as real Qwen models do: the embedded SmolLM2 GGUF's tokenizer rebuilt
+from its vocabulary and merges, which llama.cpp's converter recognizes by its pre-tokenizer hash
+(``smollm``); it refuses a BPE tokenizer it does not know.
 """
 
 from __future__ import annotations
@@ -145,8 +149,6 @@ CASES = [(f, "sp") for f in FAMILIES] + [("qwen2", "bpe")]
 def converted(default_model, tmp_path_factory) -> dict[tuple[str, str], dict[str, Any]]:
     """Every case's tiny model, saved with its tokenizer and converted by llama.cpp's converter (all in
     one converter process: its imports are most of the time): case -> model, tokenizer, gguf or error."""
-    import json
-
     from transformers import AutoTokenizer
 
     from arte.convert import convert_many
@@ -165,9 +167,6 @@ def converted(default_model, tmp_path_factory) -> dict[tuple[str, str], dict[str
         hf_dir = root / f"{model_type}-{tk}"
         model.save_pretrained(hf_dir)
         tok.save_pretrained(hf_dir)
-        if model_type == "phi3" and tk == "bpe":   # Phi-3's converter reads BPE only for GPT2Tokenizer (Phi-4)
-            cfg_path = hf_dir / "tokenizer_config.json"
-            cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
         cases[(model_type, tk)] = {"model": model, "tok": tok, "hf_dir": hf_dir}
     t0 = time.perf_counter()
     results = convert_many([(c["hf_dir"], c["hf_dir"].with_suffix(".gguf")) for c in cases.values()], converter,
