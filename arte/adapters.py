@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 from arte.errors import ConfigError, ModelError
 from arte.models import sha256_file
 
-__all__ = ["AdapterStore", "AdapterVersion", "MANIFEST", "FORMAT"]
+__all__ = ["AdapterStore", "AdapterVersion", "MANIFEST", "FORMAT", "stamp_adapter_base"]
 
 MANIFEST = "manifest.json"
 FORMAT = "arte-adapter/1"
@@ -53,6 +53,21 @@ class AdapterVersion:
     @property
     def base_sha256(self) -> str | None:
         return self.manifest.get("base_model", {}).get("sha256")
+
+
+def stamp_adapter_base(adapter_dir: str | Path, base: str, revision: str | None = None) -> None:
+    """Record ``base`` (and ``revision``) as the base of the PEFT adapter in ``adapter_dir``: its
+    ``adapter_config.json`` (``base_model_name_or_path``, ``revision``, what ``AutoPeftModel`` loads) and
+    its model card's ``base_model``. PEFT writes the directory it loaded the base from, a path of this
+    machine (a conversion cache); :func:`arte.models.adapter_base` says what to write instead."""
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"], cfg["revision"] = base, revision
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    card = Path(adapter_dir) / "README.md"
+    if card.is_file():
+        text = re.sub(r"(?m)^base_model: .*$", f"base_model: {base}", card.read_text(), count=1)
+        card.write_text(re.sub(r"(?m)^- '?base_model:adapter:[^\n]*$", f"- base_model:adapter:{base}", text))
 
 
 class AdapterStore:

@@ -20,6 +20,8 @@ weight), while the chunk's logits are at hand:
 So no logits outlive their chunk and nothing is recomputed in backward; what is stored for backward is
 the gradient itself (labelled tokens × hidden), which backward only scales. The head's weight gets a
 gradient too when it requires one (it does not under LoRA: the head is frozen, tied to the embeddings).
+A model whose config has ``final_logit_softcapping`` (Gemma 2) gets its logits capped the same way here
+(``cap · tanh(z / cap)``, the chain rule's ``1 - tanh²`` in the gradient), so the loss is the model's own.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _function() -> Any:
         """Sum over rows of cross-entropy(hidden @ weight.T, targets), chunked; see the module docstring."""
 
         @staticmethod
-        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, chunk: int) -> Any:
+        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, chunk: int, softcap: float | None) -> Any:
             need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
             total = torch.zeros((), dtype=acc, device=hidden.device)
@@ -46,11 +48,16 @@ def _function() -> Any:
                 h = hidden[s:s + chunk]
                 y = targets[s:s + chunk, None]
                 z = (h @ weight.t()).to(acc)   # low-precision logits are summed in fp32
+                if softcap:   # Gemma 2: z = cap·tanh(z/cap), dz/dz_raw = 1 - tanh²
+                    t = torch.tanh(z / softcap)
+                    z = t * softcap
                 lse = torch.logsumexp(z, dim=-1, keepdim=True)
                 total += (lse - z.gather(1, y)).sum()
                 if need_h or need_w:
                     z.sub_(lse).exp_()                                   # softmax, in place
                     z.scatter_add_(1, y, torch.full_like(y, -1, dtype=z.dtype))   # minus one-hot
+                    if softcap:
+                        z.mul_(1 - t * t)
                     z = z.to(hidden.dtype)
                     if need_h:
                         torch.mm(z, weight, out=grad_h[s:s + chunk])
@@ -63,7 +70,7 @@ def _function() -> Any:
         def backward(ctx: Any, grad_out: Any) -> Any:
             grad_h, grad_w = ctx.saved_tensors
             return (None if grad_h is None else grad_h * grad_out,
-                    None if grad_w is None else grad_w * grad_out, None, None)
+                    None if grad_w is None else grad_w * grad_out, None, None, None)
 
     return LinearCrossEntropy
 
@@ -71,15 +78,17 @@ def _function() -> Any:
 _FN: Any = None
 
 
-def linear_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk_tokens: int = 256) -> Any:
+def linear_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk_tokens: int = 256,
+                         softcap: float | None = None) -> Any:
     """``sum_i CE(hidden[i] @ weight.T, targets[i])`` for ``hidden`` (N, d), ``weight`` (V, d), ``targets`` (N,),
-    never holding more than ``chunk_tokens × V`` logits. Differentiable in ``hidden`` and ``weight``."""
+    never holding more than ``chunk_tokens × V`` logits. Differentiable in ``hidden`` and ``weight``.
+    ``softcap``: the logits are ``softcap · tanh(logits / softcap)`` (Gemma 2's final logit soft-capping)."""
     global _FN
     if _FN is None:
         _FN = _function()
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    return _FN.apply(hidden, weight, targets, int(chunk_tokens))
+    return _FN.apply(hidden, weight, targets, int(chunk_tokens), float(softcap) if softcap else None)
 
 
 def backbone_and_head(model: Any) -> tuple[Any, Any]:
@@ -87,7 +96,16 @@ def backbone_and_head(model: Any) -> tuple[Any, Any]:
     from peft import PeftModel
 
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return getattr(base, base.base_model_prefix), base.get_output_embeddings().weight
+    # the decoder is `model` in every supported family (Gemma3ForCausalLM's base_model_prefix names another)
+    backbone = base.model if hasattr(base, "model") else getattr(base, base.base_model_prefix)
+    return backbone, base.get_output_embeddings().weight
+
+
+def _softcap(model: Any) -> float | None:
+    from peft import PeftModel
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return getattr(base.config, "final_logit_softcapping", None)
 
 
 def lm_loss_sum(model: Any, input_ids: Any, position_ids: Any, labels: Any, *, chunk_tokens: int = 256
@@ -107,4 +125,4 @@ def lm_loss_sum(model: Any, input_ids: Any, position_ids: Any, labels: Any, *, c
     if n == 0:
         return hidden.sum() * 0.0, 0   # keeps the graph connected: backward is a no-op
     # a bf16 head (arte.precision) takes bf16 rows; its logits are still summed in fp32
-    return linear_cross_entropy(hidden[mask].to(weight.dtype), weight, labels[mask], chunk_tokens), n
+    return linear_cross_entropy(hidden[mask].to(weight.dtype), weight, labels[mask], chunk_tokens, _softcap(model)), n

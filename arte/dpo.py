@@ -56,9 +56,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from arte.adapters import stamp_adapter_base
 from arte.backends.hf import load_hf
 from arte.errors import ConfigError
-from arte.models import ModelRef
+from arte.models import ModelRef, adapter_base
 from arte.pairs import PreferencePair, pair_counts
 from arte.progress import Progress, report
 
@@ -424,7 +425,7 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
         # The pickled TrainingArguments are not needed to use the adapter; the config is in the metadata.
         (out / "training_args.bin").unlink(missing_ok=True)
         shutil.rmtree(ckpt_dir, ignore_errors=True)   # the trainer's: checkpoints only serve a resume
-        _stable_base_name(out, model_ref.name)
+        stamp_adapter_base(out, *adapter_base(model_ref))
         (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     rm = metadata["reward_margin"]
     log.info("aligned on %d pairs (%d held out) in %d steps: reward margin on the %s pairs %s -> %s, "
@@ -436,11 +437,3 @@ def align(model_ref: ModelRef, pairs: Sequence[PreferencePair], config: AlignCon
 def _checkpoint_step(path: str | None) -> int | None:
     """The global step of a ``checkpoint-N`` directory."""
     return int(Path(path).name.rsplit("-", 1)[1]) if path else None
-
-
-def _stable_base_name(adapter_dir: Path, name: str) -> None:
-    """Record the base model by name, not by this machine's conversion path (RUNTIME-NOTES §5)."""
-    cfg_path = adapter_dir / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = name
-    cfg_path.write_text(json.dumps(cfg, indent=2))

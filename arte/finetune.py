@@ -34,7 +34,7 @@ from arte.drafts import Draft
 from arte.errors import ConfigError, ModelError
 from arte.evaluate import EvalConfig, EvalResult, evaluate, keep_if_better, split_demos
 from arte.export import export_gguf_lora
-from arte.models import ModelRef
+from arte.models import ModelRef, adapter_base
 from arte.sft import SFTConfig, run_sft
 from arte.sft_data import ChatFormat
 from arte.tasks import Task, label_counts, split_task
@@ -213,7 +213,8 @@ def finetune(ref: ModelRef, task: Task, records: Sequence[Draft], store: Adapter
     version = store.add({"adapter.gguf": gguf.path,
                          "adapter_model.safetensors": adapter_dir / "adapter_model.safetensors",
                          "adapter_config.json": adapter_dir / "adapter_config.json"},
-                        base_model={"name": ref.name, "sha256": ref.sha256}, metrics=metrics,
+                        base_model={"name": ref.name, "sha256": ref.sha256,
+                                    **dict(zip(("id", "revision"), adapter_base(ref)))}, metrics=metrics,
                         decision=decision_d, training={"config": asdict(config.sft), "result": sft.to_dict()})
     if decision.keep:
         store.activate(version.version)

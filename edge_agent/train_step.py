@@ -14,6 +14,7 @@ the adapter only when it is kept, so a step never changes what the agent serves.
 * ``training.lora_rank/lora_alpha/batch_size/max_seq_len`` set the adapter and the batches,
   ``training.max_examples`` caps the records used, ``runtime.threads`` the CPU threads;
   ``runtime.device``/``gpu_layers`` the llama.cpp layers evaluation offloads (as in :mod:`edge_agent.student`);
+  ``runtime.device``/``quantization`` the trainer's device and precision (``edge_agent.student.train_options``);
 * ``budget.memory_mib`` bounds the trainer's memory (micro-batches and checkpointing are chosen to fit) and
   ``budget.train_seconds`` its wall time: a run that reaches it checkpoints and raises
   :class:`TrainingIncomplete`; the next call with the same request resumes from the checkpoint;
@@ -57,6 +58,7 @@ from arte.sft import SFTConfig
 from arte.tasks import Example, Task, load_task
 from arte.wire import Accuracy
 from edge_agent.errors import TrainingError
+from edge_agent.student import train_options
 from firmware_profiles import Profile
 
 __all__ = ["TrainOptions", "TrainRequest", "TrainResult", "TrainingIncomplete", "run_train", "train_step"]
@@ -146,7 +148,8 @@ def train_step(req: TrainRequest) -> TrainResult:
     multiple_choice = all(x.choices for x in req.holdout) if req.holdout else False
     sft = SFTConfig(rank=p.training.lora_rank, alpha=float(p.training.lora_alpha), batch_size=p.training.batch_size,
                     max_length=p.training.max_seq_len, threads=p.runtime.threads,
-                    memory_budget_mb=p.budget.memory_mib, time_budget_s=p.budget.train_seconds)
+                    memory_budget_mb=p.budget.memory_mib, time_budget_s=p.budget.train_seconds,
+                    **train_options(p.runtime))   # runtime.device / quantization reach the trainer
     # The profile's scoring mode (default cot-choice: the student reasons); answer-first loglik cannot
     # evaluate exact-match items, which are then generated and matched.
     mode = "generate" if p.scoring.mode == "loglik" and not multiple_choice else p.scoring.mode

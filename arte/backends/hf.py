@@ -1,8 +1,9 @@
 """torch/transformers student, and the one place that loads a model into transformers.
 
 Contract: ``load_hf(ref)`` returns ``(model, tokenizer)`` for a GGUF file (dequantized by transformers,
-``gguf_file=``) or an HF directory, with the GGUF tokenizer's special tokens fixed (transformers 4.57 sets
-EOS to ``<|im_start|>`` and adds a BOS the GGUF says not to add; see RUNTIME-NOTES §4). A GGUF load takes
+``gguf_file=``) or an HF directory, with the GGUF tokenizer's special tokens set from the GGUF's own
+metadata (transformers 4.57 sets EOS to ``<|im_start|>`` on SmolLM2 and adds a BOS the GGUF says not to
+add; see RUNTIME-NOTES §4). A GGUF load takes
 ~15 s, so with ``convert_dir`` the converted model is saved once and later loads take a fraction of a
 second. ``TorchStudent`` implements :class:`arte.student.Student`, reusing the KV cache of the longest
 common prefix with the previous prompt and scoring all continuations of a prompt in one batch.
@@ -23,24 +24,74 @@ from typing import Any, Sequence
 import numpy as np
 
 from arte.errors import BackendError, ConfigError, ModelError
+from arte.gguf_meta import read_gguf_metadata
 from arte.models import ModelRef
 from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
 
-__all__ = ["load_hf", "converted_path", "model_config", "fix_gguf_tokenizer", "TorchStudent"]
+__all__ = ["load_hf", "converted_path", "model_config", "fix_gguf_tokenizer", "gguf_special_tokens",
+           "gguf_config_fixes", "GGUF_SPECIAL", "TorchStudent"]
 
 log = logging.getLogger(__name__)
 
 
-def fix_gguf_tokenizer(tok: Any, model: Any | None = None) -> None:
-    """Repair the special tokens of a tokenizer built from a GGUF by transformers 4.57."""
-    eos = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else tok.eos_token
-    tok.eos_token = eos
-    if tok.pad_token is None or tok.pad_token == tok.bos_token:
-        tok.pad_token = eos
+GGUF_SPECIAL = ("bos_token_id", "eos_token_id", "eot_token_id", "eom_token_id", "padding_token_id",
+                "add_bos_token", "add_eos_token")
+
+
+def gguf_special_tokens(path: str | Path) -> dict[str, int | bool]:
+    """The special-token metadata of a GGUF (``tokenizer.ggml.{bos,eos,eot,eom,padding}_token_id``,
+    ``add_bos_token``, ``add_eos_token``), the keys it has, by their short names."""
+    meta = read_gguf_metadata(path, [f"tokenizer.ggml.{k}" for k in GGUF_SPECIAL])
+    return {k: (bool(v) if k.startswith("add_") else int(v))
+            for k in GGUF_SPECIAL if (v := meta.get(f"tokenizer.ggml.{k}")) is not None}
+
+
+def gguf_config_fixes(path: str | Path) -> dict[str, Any]:
+    """Config values transformers 4.57's GGUF loader leaves at its defaults although the GGUF (or
+    llama.cpp's rule) fixes them: ``head_dim`` (``attention.key_length``; Qwen3's loader ignores it) and,
+    for Gemma 2/3, the attention scale ``query_pre_attn_scalar`` (llama.cpp: the head size, the width per
+    head for the 27B models) and the logit soft-capping. Without them a model of non-default shape would be
+    trained in transformers as another model than the one llama.cpp runs."""
+    meta = read_gguf_metadata(path)
+    arch = meta.get("general.architecture")
+    fixes: dict[str, Any] = {}
+    head_dim = meta.get(f"{arch}.attention.key_length")
+    if head_dim:
+        fixes["head_dim"] = int(head_dim)
+    if arch in ("gemma2", "gemma3") and head_dim:
+        big = meta.get(f"{arch}.block_count") == {"gemma2": 46, "gemma3": 62}[arch]   # llama.cpp's LLM_TYPE_27B
+        per_head = int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"])
+        fixes["query_pre_attn_scalar"] = per_head if big else int(head_dim)
+        fixes["final_logit_softcapping"] = meta.get(f"{arch}.final_logit_softcapping")
+        if arch == "gemma2":
+            fixes["attn_logit_softcapping"] = meta.get(f"{arch}.attn_logit_softcapping")
+    return fixes
+
+
+def fix_gguf_tokenizer(tok: Any, model: Any | None = None, special: dict[str, int | bool] | None = None) -> None:
+    """Set the special tokens of a tokenizer transformers built from a GGUF to the GGUF's own metadata
+    (``special``: :func:`gguf_special_tokens`). transformers 4.57 gets them wrong (on SmolLM2 it takes
+    ``<|im_start|>`` for EOS and adds a BOS the GGUF says not to add). EOS is the GGUF's EOS; the model
+    stops generating at every end-of-generation id llama.cpp stops at (EOS, EOT, EOM); padding is the GGUF's
+    padding token unless it is missing or the BOS, then EOS; BOS is added only if the GGUF says so."""
+    special = special or {}
+    n = len(tok)
+
+    def token(key: str) -> str | None:
+        i = special.get(key)
+        return tok.convert_ids_to_tokens(int(i)) if isinstance(i, int) and 0 <= i < n else None
+
+    tok.eos_token = token("eos_token_id") or tok.eos_token
+    if token("bos_token_id"):
+        tok.bos_token = token("bos_token_id")
+    pad = token("padding_token_id")
+    tok.pad_token = pad if pad is not None and pad != tok.bos_token else tok.eos_token
     if hasattr(tok, "add_bos_token"):
-        tok.add_bos_token = False
+        tok.add_bos_token = bool(special.get("add_bos_token", False))
     if model is not None:
-        model.generation_config.eos_token_id = tok.eos_token_id
+        eog = [tok.eos_token_id] + [int(special[k]) for k in ("eot_token_id", "eom_token_id")
+                                     if isinstance(special.get(k), int) and special[k] != tok.eos_token_id]
+        model.generation_config.eos_token_id = eog[0] if len(eog) == 1 else eog
         model.generation_config.pad_token_id = tok.pad_token_id
         model.config.eos_token_id = tok.eos_token_id
         model.config.pad_token_id = tok.pad_token_id
@@ -73,7 +124,7 @@ def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None 
     straight onto their devices in ``dtype``, never as a full fp32 copy in host memory (a GGUF is
     converted once into ``convert_dir`` first, which these options need)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.float32
     placed = device_map is not None or quantization_config is not None
@@ -109,12 +160,18 @@ def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None 
         kw["quantization_config"] = quantization_config
         kw.setdefault("device_map", {"": device})
     try:
-        tok = AutoTokenizer.from_pretrained(src, **{k: v for k, v in kw.items() if k == "gguf_file"})
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        if "gguf_file" in kw:
+            config = AutoConfig.from_pretrained(src, **kw)
+            for key, value in gguf_config_fixes(ref.path).items():
+                if hasattr(config, key):
+                    setattr(config, key, value)
+            kw["config"] = config
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
     except (OSError, ValueError) as e:
         raise ModelError(f"transformers could not load {ref.path}: {e}") from e
     if ref.kind == "gguf" or "gguf_file" in kw:
-        fix_gguf_tokenizer(tok, model)
+        fix_gguf_tokenizer(tok, model, gguf_special_tokens(ref.path))
     elif tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if "device_map" not in kw:
@@ -136,7 +193,9 @@ class TorchStudent:
         self.name = name
         self.reuse = reuse
         self._n_ctx = n_ctx or int(getattr(model.config, "max_position_embeddings", 2048))
-        self._eos = {t for t in [tokenizer.eos_token_id] if t is not None}
+        eog = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eog = eog if isinstance(eog, list) else [eog]
+        self._eos = {int(t) for t in [tokenizer.eos_token_id, *eog] if t is not None}
         self._cache: Any = None
         self._cached: list[int] = []
         self._last_logits: Any = None

@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from arte.models import DEFAULT_MODEL
+
 pytestmark = pytest.mark.slow
 
 
@@ -44,10 +46,10 @@ def test_align_changes_the_adapter_and_raises_the_margin(tmp_path, default_model
     res = align(default_model, pairs, cfg, tmp_path / "adapter", progress=lambda s, d, n: steps.append((s, d, n)),
                 convert_dir=convert_dir())
 
-    # Files: a PEFT adapter with a stable base name, the metadata, no pickles.
+    # Files: a PEFT adapter with a resolvable base (the hub model the default quantizes), the metadata, no pickles.
     out = tmp_path / "adapter"
     assert (out / "adapter_model.safetensors").is_file() and not (out / "training_args.bin").exists()
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == default_model.name
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == DEFAULT_MODEL.hub_id
     meta = json.loads((out / METADATA_FILE).read_text())
     assert meta["base_model"]["sha256"] == default_model.sha256 and meta["steps"] == 3
     assert meta["pairs"] == {"total": 6, "trained": 6, "held_out": 0, "question": 0, "rationale": 6,

@@ -50,5 +50,9 @@ def test_train_resumes_after_its_time_budget_then_stores_a_verdict(default_model
     v = store.verify("v0001")
     assert set(v.manifest["files"]) == {"adapter.gguf", "adapter_model.safetensors", "adapter_config.json"}
     assert v.manifest["base_model"]["sha256"] == default_model.sha256
+    # the adapter names a base another machine can resolve: the hub model the default quantizes
+    hub = {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": None}
+    assert {k: v.manifest["base_model"][k] for k in hub} == hub
+    assert json.loads(v.file("adapter_config.json").read_text())["base_model_name_or_path"] == hub["id"]
     assert v.manifest["decision"]["keep"] == (doc["status"] == "kept")
     assert (store.active() is not None) == (doc["status"] == "kept")

@@ -47,11 +47,21 @@ def test_an_explicit_precision_is_kept_whatever_the_cpu(precision: str) -> None:
         assert resolve_precision(precision, parse_cpu_flags(cpuinfo)) == precision
 
 
-@pytest.mark.parametrize("bad", ["fp16", "BF16", "", "float32"])
+@pytest.mark.parametrize("bad", ["half", "BF16", "", "float32"])
 def test_an_unknown_precision_names_the_field(bad: str) -> None:
     with pytest.raises(ConfigError) as e:
         resolve_precision(bad, ())
     assert e.value.field == "precision" and repr(bad) in str(e.value)
+
+
+def test_fp16_is_for_cuda_only() -> None:
+    assert resolve_precision("fp16", (), device="cuda") == "fp16"
+    with pytest.raises(ConfigError, match="cuda") as e:
+        resolve_precision("fp16", ())
+    assert e.value.field == "precision"
+    with pytest.raises(ConfigError) as e:
+        resolve_precision("auto", (), device="tpu")
+    assert e.value.field == "device"
 
 
 def test_host_flags_come_from_the_given_cpuinfo_file(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(hf.TorchStudent, "from_ref", rec("torch"))
     monkeypatch.setattr(onnx.OnnxStudent, "from_ref", rec("onnx"))
     monkeypatch.setattr(student, "_llama_gpu_offload", lambda: True)
+    monkeypatch.setattr(student, "_torch_cuda", lambda: True)
     model = tmp_path / "student.gguf"
     model.write_bytes(b"GGUF" + bytes(60))
     return model
@@ -110,6 +111,27 @@ def test_fine_tuning_evaluates_on_the_profile_runtime(pid: str, recorded: Path, 
     assert cfg.backend == p.runtime.backend
     assert cfg.n_gpu_layers == (p.runtime.n_gpu_layers if p.runtime.backend == "llama" else 0)
     assert cfg.sft.rank == p.training.lora_rank and cfg.sft.memory_budget_mb == p.budget.memory_mib
+    # the trainer runs where the student runs, in the dtype a torch student runs in
+    assert cfg.sft.device == p.runtime.device
+    assert cfg.sft.precision == (p.runtime.quantization if p.runtime.backend == "torch" else "auto")
+
+
+def test_training_falls_back_to_the_cpu_without_cuda(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A cuda profile on a torch without CUDA trains on the CPU (warned), and fp16, which needs CUDA,
+    becomes the CPU's own choice; the options are valid SFT settings either way."""
+    from arte.sft import SFTConfig
+
+    agx = PROFILES["jetson-agx-orin"].runtime
+    assert agx.backend == "torch" and agx.device == "cuda" and agx.quantization == "fp16"
+    monkeypatch.setattr(student, "_torch_cuda", lambda: True)
+    assert student.train_options(agx) == {"device": "cuda", "precision": "fp16"}
+    monkeypatch.setattr(student, "_torch_cuda", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.student"):
+        opts = student.train_options(agx)
+    assert opts == {"device": "cpu", "precision": "auto"} and "training on the CPU" in caplog.text
+    for pid in IDS:
+        SFTConfig(**student.train_options(PROFILES[pid].runtime))
 
 
 def _attributes_read(path: Path, properties_only: bool = False) -> set[str]:
