@@ -15,8 +15,13 @@ from arte.errors import ArteError, BackendError, ModelError
 from arte.home import model_dir
 from arte.models import resolve_model
 from arte.tasks import load_task, split_task
+from arte_cli import demo as _demo
+from arte_cli import export as _export
+from arte_cli.experiment import experiment as _experiment
 from arte_cli.fetch import fetch_default_model
 from arte_cli.output import Exit, emit, fail
+from arte_cli.selftest import selftest as _selftest
+from arte_cli.teacher import COMMANDS as _TEACHER_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
@@ -112,27 +117,13 @@ def tasks_inspect(path: Path, seed: int, n_seeds: int, validation: float, as_jso
     emit(data, as_json, "\n".join(f"{k:12} {v}" for k, v in data.items()))
 
 
-# The teacher side (draft, score, pairs, align, tailor, pipeline) lives in its own module; imported here,
-# at the end, because it uses `fail` and `emit` from this one.
-from arte_cli.teacher import COMMANDS as _TEACHER_COMMANDS  # noqa: E402
-
+# The teacher side (draft, score, pairs, align, tailor, pipeline), the demo, the experiment, the self-test
+# and the export commands live in their own modules.
 for _command in _TEACHER_COMMANDS:
     main.add_command(_command)
-
-from arte_cli import demo as _demo  # noqa: E402
-
 main.add_command(_demo.command())
-
-from arte_cli.experiment import experiment as _experiment  # noqa: E402
-
 main.add_command(_experiment)
-
-from arte_cli.selftest import selftest as _selftest  # noqa: E402
-
 main.add_command(_selftest)
-
-from arte_cli import export as _export  # noqa: E402
-
 main.add_command(_export.export)
 models.add_command(_export.models_converter)
 models.add_command(_export.models_convert)

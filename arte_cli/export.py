@@ -9,23 +9,21 @@ from typing import Any
 
 import click
 
+from arte.convert import LLAMA_CPP_SDIST, convert_hf_to_gguf
 from arte.errors import ArteError, ConfigError, ModelError
+from arte.export import export_gguf_lora as export_adapter
+from arte.families import gguf_model_config
 from arte.home import arte_home, model_dir
+from arte.models import resolve_model, sha256_file
+from arte_cli.fetch import fetch_converter
+from arte_cli.output import emit, fail
 
 __all__ = ["export", "models_converter", "models_convert", "base_config"]
-
-
-def _cli() -> Any:
-    from arte_cli import cli   # the shared fail/emit helpers; imported late (cli imports this module)
-
-    return cli
 
 
 def base_config(model: str) -> dict[str, Any]:
     """The transformers config of ``model`` ('default', a GGUF file or an HF directory) that the export
     needs: an HF directory's ``config.json``, or a GGUF's own metadata."""
-    from arte.families import gguf_model_config
-    from arte.models import resolve_model
 
     ref = resolve_model(model, model_dir())
     if ref.kind == "gguf":
@@ -54,15 +52,13 @@ def export() -> None:
 def export_gguf_lora(adapter_dir: Path, base: str, out: Path | None, dtype: str, as_json: bool) -> None:
     """Write the PEFT LoRA adapter in ADAPTER_DIR as a GGUF LoRA adapter llama.cpp loads (lora_path=) on the
     GGUF of --base made by llama.cpp's converter. Families: llama, qwen2, qwen3, gemma2, gemma3, phi3."""
-    from arte.export import export_gguf_lora as export_adapter
 
-    cli = _cli()
     try:
         cfg = base_config(base)
         info = export_adapter(adapter_dir, out or adapter_dir / "adapter.gguf", cfg, dtype=dtype)
     except ArteError as e:
-        cli.fail(e)
-    cli.emit({**info.__dict__, "base": base, "model_type": cfg.get("model_type")}, as_json,
+        fail(e)
+    emit({**info.__dict__, "base": base, "model_type": cfg.get("model_type")}, as_json,
              f"wrote {info.path} ({info.n_tensors} tensors, rank {info.rank}, alpha {info.alpha:g}, "
              f"{info.bytes} bytes) for a {cfg.get('model_type')} base")
 
@@ -73,15 +69,12 @@ def export_gguf_lora(adapter_dir: Path, base: str, out: Path | None, dtype: str,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def models_converter(sdist: Path | None, as_json: bool) -> None:
     """Install llama.cpp's HF -> GGUF converter from the llama-cpp-python sdist (sha256-checked, cached)."""
-    from arte.convert import LLAMA_CPP_SDIST
-    from arte_cli.fetch import fetch_converter
 
-    cli = _cli()
     try:
         path, fetched = fetch_converter(arte_home() / "tools", sdist=sdist)
     except ArteError as e:
-        cli.fail(e)
-    cli.emit({"path": str(path), "version": LLAMA_CPP_SDIST.version, "fetched": fetched}, as_json,
+        fail(e)
+    emit({"path": str(path), "version": LLAMA_CPP_SDIST.version, "fetched": fetched}, as_json,
              f"{'installed' if fetched else 'already installed'}: llama.cpp converter "
              f"({LLAMA_CPP_SDIST.package} {LLAMA_CPP_SDIST.version}) at {path}")
 
@@ -95,14 +88,10 @@ def models_converter(sdist: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def models_convert(hf_dir: Path, out: Path | None, outtype: str, as_json: bool) -> None:
     """Convert a Hugging Face model directory to GGUF with llama.cpp's own converter (installed on first use)."""
-    from arte.convert import convert_hf_to_gguf
-    from arte.models import sha256_file
-    from arte_cli.fetch import fetch_converter
 
-    cli = _cli()
     try:
         converter, _ = fetch_converter(arte_home() / "tools")
         path = convert_hf_to_gguf(hf_dir, out or hf_dir / f"model-{outtype}.gguf", converter, outtype=outtype)
     except (ArteError, OSError) as e:
-        cli.fail(e if isinstance(e, ArteError) else ModelError(str(e)))
-    cli.emit({"path": str(path), "sha256": sha256_file(path), "outtype": outtype}, as_json, f"wrote {path}")
+        fail(e if isinstance(e, ArteError) else ModelError(str(e)))
+    emit({"path": str(path), "sha256": sha256_file(path), "outtype": outtype}, as_json, f"wrote {path}")

@@ -41,7 +41,7 @@ from arte.drafts import draft_from_dict
 from arte.elicit import ElicitConfig, elicit_drafts
 from arte.home import convert_dir, model_dir
 from arte.models import resolve_model
-from arte.pairs import NO_SIGNAL, PairConfig, select_pairs
+from arte.pairs import NO_SIGNAL, PairConfig, read_pairs, select_pairs, write_pairs
 from arte.procs import child_env, death_message
 from arte.tailor import TailorConfig, tailor_dataset
 from arte.tasks import Example, Task, label_counts
@@ -202,7 +202,6 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
 def _pairs_of_this_job(ctx: JobContext, select: Callable[[], Any]) -> tuple[list[Any], dict[str, Any], str]:
     """(pairs, selection numbers, its description): selected now and kept in the job's work dir, or
     those of an earlier attempt of this job, so a retried job resumes training on the same pairs."""
-    from arte.pairs import read_pairs, write_pairs
 
     pairs_path, sel_path = ctx.work_dir() / "pairs.jsonl", ctx.work_dir() / "selection.json"
     if pairs_path.is_file() and sel_path.is_file():
@@ -233,7 +232,6 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         cohort = fleet.get_cohort(s, rnd.cohort_id)
         previous = cohort.adapter
 
-
     def select() -> Any:
         scores = agg.alignment_estimates()  # only drafts scored by at least k distinct devices
         drafts = [draft_from_dict(d) for d in drafts_raw if d["id"] in scores]
@@ -249,9 +247,6 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
     config = {**ctx.settings.align_defaults, **ctx.claim.params.get("config", {})}
     config.setdefault("save_steps", ctx.settings.align_checkpoint_steps)
     checkpoints = ctx.work_dir() / "checkpoints"
-    from arte.dpo import METADATA_FILE
-    from arte.home import convert_dir, model_dir
-    from arte.models import resolve_model
 
     teacher_ref = resolve_model(ctx.settings.teacher_model, model_dir())
     if (out_dir / METADATA_FILE).is_file():   # written last: an earlier attempt finished training

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from arte.backends.hf import TorchStudent
+from arte.backends.hf_teacher import TorchTeacher
 from arte.backends.llama import LlamaCppStudent
+from arte.backends.llama_teacher import LlamaCppTeacher
 from arte.backends.onnx import OnnxStudent
+from arte.backends.openai import OpenAITeacher
 from arte.errors import ConfigError, ModelError
 from arte.models import ModelRef
 
@@ -113,7 +116,6 @@ def open_teacher(ref: ModelRef | None, backend: str = "auto", *, adapter: str | 
             raise ConfigError("adapter", f"{adapter} is a local path; a remote endpoint uses adapters it serves: "
                                          f"load it there (vLLM /v1/load_lora_adapter, llama.cpp --lora) and "
                                          f"pass its served name")
-        from arte.backends.openai import OpenAITeacher
 
         return OpenAITeacher(endpoint, endpoint_model, adapter=str(adapter) if adapter else None, api_key=api_key,
                              **kwargs)
@@ -126,7 +128,6 @@ def open_teacher(ref: ModelRef | None, backend: str = "auto", *, adapter: str | 
         if adapter is not None and not Path(adapter).is_file():
             raise ModelError(f"the llama teacher applies a GGUF LoRA adapter file; {adapter} is not one (a PEFT "
                              f"adapter directory needs the torch backend, or arte.export.export_gguf_lora)")
-        from arte.backends.llama_teacher import LlamaCppTeacher
 
         return LlamaCppTeacher(ref.path, n_threads=n_threads, n_gpu_layers=n_gpu_layers, lora_path=adapter,
                                name=ref.name, **kwargs)
@@ -134,7 +135,6 @@ def open_teacher(ref: ModelRef | None, backend: str = "auto", *, adapter: str | 
         import torch
 
         torch.set_num_threads(n_threads)
-    from arte.backends.hf_teacher import TorchTeacher
 
     torch_device, torch_dtype = resolve_torch(device, dtype)
     return TorchTeacher.from_ref(ref, convert_dir=convert_dir, device=torch_device, dtype=torch_dtype,
