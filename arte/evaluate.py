@@ -40,7 +40,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-
 from arte.answers import ANS_CLOSE, ANS_OPEN, is_correct, parse_answer
 from arte.drafts import Draft
 from arte.errors import ConfigError, ScoringError

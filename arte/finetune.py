@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from arte.adapters import AdapterStore
-from arte.backends import open_student
+from arte.backends import LOCAL_BACKENDS, open_student
 from arte.backends.hf import TorchStudent, load_hf
 from arte.drafts import Draft
 from arte.errors import ConfigError, ModelError
@@ -44,7 +44,7 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "holdout_items", "eva
 
 log = logging.getLogger(__name__)
 
-EVAL_BACKENDS = ("llama", "torch")
+EVAL_BACKENDS = LOCAL_BACKENDS
 Progress = Callable[[str, int, int], None]   # (phase, units done now, phase total)
 
 

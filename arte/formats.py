@@ -31,7 +31,21 @@ from __future__ import annotations
 from typing import Sequence
 
 from arte.answers import ANS_CLOSE, ANS_OPEN
-from arte.grammar import CONTROL, DIGITS, LOWER, UPPER, Alt, CharClass, Chars, Format, Items, Lit, Node, Opt, Seq
+from arte.grammar import (
+    CONTROL,
+    DIGITS,
+    LOWER,
+    UPPER,
+    Alt,
+    CharClass,
+    Chars,
+    Format,
+    Items,
+    Lit,
+    Node,
+    Opt,
+    Seq,
+)
 from arte.prompts import OPTIONS_LABEL, seed_question
 from arte.tasks import Example, Task
 

@@ -49,8 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from arte.drafts import read_drafts, write_drafts
 from arte.dpo import METADATA_FILE, AlignConfig, align
+from arte.drafts import read_drafts, write_drafts
 from arte.elicit import ElicitConfig, elicit_drafts
 from arte.errors import ConfigError, DraftFormatError
 from arte.irt import choose_items

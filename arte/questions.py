@@ -53,10 +53,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from arte.errors import ConfigError
-from arte.progress import Progress, report
 from arte.answers import normalize_answer
+from arte.errors import ConfigError
 from arte.formats import question_format, shared_options
+from arte.progress import Progress, report
 from arte.prompts import OPTIONS_LABEL, question_prompt, seed_question
 from arte.tasks import Example, Task
 from arte.teacher import Teacher, teacher_id

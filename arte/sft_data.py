@@ -33,8 +33,8 @@ from arte.answers import ANS_CLOSE, ANS_OPEN
 from arte.drafts import Draft
 from arte.errors import ConfigError
 from arte.prompts import demo_rationale
-from arte.tasks import Task, format_question
 from arte.tasks import Example as TaskExample
+from arte.tasks import Task, format_question
 
 __all__ = ["OPENER", "IGNORE", "ChatFormat", "Example", "PackedRow", "user_message", "assistant_message",
            "encode_records", "pack", "batch_order", "templated_records"]

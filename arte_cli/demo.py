@@ -52,6 +52,7 @@ from arte.errors import ArteError, ConfigError
 from arte.home import model_dir
 from arte.models import resolve_model
 from arte.pairs import NO_SIGNAL
+from arte.privacy import MECHANISMS
 from arte.procs import child_env, death_message, log_tail
 from arte.prompts import RATIONALE_STYLES
 from arte.scoring import DEFAULT_MODE
@@ -124,7 +125,7 @@ def privacy_policy(spec: str) -> dict[str, Any]:
     if spec == "none":
         return {"mechanism": "none"}
     mech, _, eps = spec.partition(":")
-    mechanisms = ("randomized_response", "laplace", "gaussian")
+    mechanisms = tuple(m for m in MECHANISMS if m != "none")
     try:
         epsilon = float(eps)
     except ValueError:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import click
 
+from arte.backends import LOCAL_BACKENDS
 from arte.dpo import AlignConfig
 from arte.elicit import ElicitConfig
 from arte.errors import ArteError, ConfigError
@@ -146,7 +147,7 @@ def _int(minimum: int) -> click.IntRange:
               help="Cache of every step, reused by reruns (default: OUT/work).")
 @click.option("--teacher", default="default", show_default=True,
               help="Teacher model: 'default', a .gguf file or an HF directory.")
-@click.option("--teacher-backend", type=click.Choice(["llama", "torch"]), default="llama", show_default=True,
+@click.option("--teacher-backend", type=click.Choice(LOCAL_BACKENDS), default="llama", show_default=True,
               help="Runtime that writes drafts (tailoring with a DPO adapter runs on torch).")
 @click.option("--student", default="default", show_default=True,
               help="Student model: 'default', a .gguf file or an HF directory.")

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from arte.backends import LOCAL_BACKENDS
 from arte.backends.hf_teacher import TorchTeacher
 from arte.backends.llama_teacher import LlamaCppTeacher
 from arte.dpo import AlignConfig
@@ -149,7 +150,7 @@ def selftest() -> None:
               help="Teacher model: 'default', a .gguf file or an HF directory.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where torch samples and trains (llama.cpp drafting stays on the CPU).")
-@click.option("--drafter", type=click.Choice(["llama", "torch"]), default="llama", show_default=True,
+@click.option("--drafter", type=click.Choice(LOCAL_BACKENDS), default="llama", show_default=True,
               help="Runtime that writes the drafts (llama needs a GGUF teacher; falls back to torch otherwise).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("selftest-alignment"), show_default=True,
               help="Drafts, scores, pairs and adapters of the run.")

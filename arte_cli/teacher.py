@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from arte.backends import TORCH_DTYPES, open_student, open_teacher
+from arte.backends import BACKENDS, LOCAL_BACKENDS, TORCH_DTYPES, open_student, open_teacher
 from arte.backends.openai import STRUCTURED_OUTPUTS
 from arte.dpo import AlignConfig
 from arte.dpo import align as run_align
@@ -69,7 +69,7 @@ def _teacher_options(f: Callable) -> Callable:
                      show_default=True, help="Device of a torch teacher (auto: CUDA when available).")(f)
     f = click.option("--teacher-gpu-layers", default=0, show_default=True, type=click.IntRange(min=-1),
                      help="Layers of a llama.cpp teacher offloaded to the GPU (-1: all; needs a CUDA build).")(f)
-    f = click.option("--teacher-backend", type=click.Choice(["llama", "torch"]), default="llama",
+    f = click.option("--teacher-backend", type=click.Choice(LOCAL_BACKENDS), default="llama",
                      show_default=True, help="Runtime of a local teacher (with --adapter: torch).")(f)
     f = click.option("--teacher", default="default", show_default=True,
                      help="Teacher model: 'default', a .gguf file or an HF directory.")(f)
@@ -216,7 +216,7 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
 @click.option("--drafts", "drafts_path", required=True, type=click.Path(path_type=Path), help="Drafts JSONL.")
 @click.option("--student", default="default", show_default=True,
               help="Student model: 'default', a .gguf file or an HF directory.")
-@click.option("--backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="llama", show_default=True,
               help="Student runtime.")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Scores JSON to write.")
@@ -449,7 +449,7 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @click.option("--work", "work_dir", required=True, type=click.Path(path_type=Path),
               help="Work directory (resumable: finished stages are skipped).")
 @click.option("--student", default="default", show_default=True, help="Student model.")
-@click.option("--student-backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama",
+@click.option("--student-backend", type=click.Choice(BACKENDS), default="llama",
               show_default=True, help="Student runtime.")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
 @click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),

@@ -24,7 +24,7 @@ import click
 from tqdm import tqdm
 
 import arte
-from arte.backends import open_student
+from arte.backends import BACKENDS, LOCAL_BACKENDS, open_student
 from arte.backends.llama_check import installed_build_record, self_check
 from arte.drafts import read_drafts
 from arte.errors import ArteError, ConfigError
@@ -79,7 +79,7 @@ def main(ctx: click.Context, state_dir: Path | None, verbose: bool) -> None:
               help="Teacher drafts, JSONL with id, question, rationale, answer.")
 @click.option("--model", "model", default="default", show_default=True,
               help="'default', a .gguf file or a Hugging Face model directory.")
-@click.option("--backend", type=click.Choice(["llama", "torch", "onnx"]), default="llama", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="llama", show_default=True,
               help="Model runtime.")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
 @click.option("--items", "n_items", type=click.IntRange(min=1), default=None,
@@ -450,7 +450,7 @@ def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_f
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Checkpoints of this job (default: under $ARTE_HOME/sft-work, keyed by data and settings); "
                    "rerunning the same command resumes from it.")
-@click.option("--backend", type=click.Choice(["llama", "torch"]), default="llama", show_default=True,
+@click.option("--backend", type=click.Choice(LOCAL_BACKENDS), default="llama", show_default=True,
               help="Runtime of the before/after evaluation.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps (default: --epochs).")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1), help="Passes over the data.")

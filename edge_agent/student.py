@@ -72,7 +72,7 @@ def open_profile_student(model: str, profile: Profile, adapter: str | None = Non
 
 
 def _torch_cuda() -> bool:
-    import torch   # only when training, which loads torch anyway
+    import torch  # only when training, which loads torch anyway
 
     return bool(torch.cuda.is_available())
 

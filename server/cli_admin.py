@@ -13,13 +13,12 @@ from typing import Any
 
 import click
 
+from arte.privacy import MECHANISMS
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
 from server import fleet, queue, results
 from server.cli_common import _load_json_file, _run, _table, json_option
 from server.errors import NotFound
 from server.schemas import CohortIn, JobIn, RoundIn, TaskIn, TokenIn, TokenInfo, TokenOut
-
-PRIVACY_MECHANISMS = ("none", "randomized_response", "laplace", "gaussian")
 
 
 def _id_arg(name: str) -> Any:
@@ -122,7 +121,7 @@ def cohorts_show(obj: Any, cohort_id: str, as_json: bool) -> None:
 @click.option("--profile-class", required=True, help="Firmware profile class of the devices.")
 @click.option(
     "--mechanism",
-    type=click.Choice(PRIVACY_MECHANISMS),
+    type=click.Choice(MECHANISMS),
     default="none",
     show_default=True,
     help="Local DP mechanism required of reports.",

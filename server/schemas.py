@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from arte.privacy import MECHANISMS
 from arte.scoring import DEFAULT_MODE, MODES
 from server.models import ID_PATTERN
 
@@ -64,7 +65,6 @@ __all__ = [
 ]
 
 MAX_COUNT = 1e9  # no device scores a billion items; noised counts stay far below this too
-MECHANISMS = ("none", "randomized_response", "laplace", "gaussian")
 JOB_KINDS = ("aggregate", "elicit", "align", "tailor")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -113,7 +113,7 @@ class PrivacyIn(_In):
     """Local DP per round: a cohort's policy, a round's requirement, or what a report declares. The
     combination is checked as :class:`arte.privacy.PrivacyPolicy` checks it (errors name the field)."""
 
-    mechanism: Literal["none", "randomized_response", "laplace", "gaussian"] = "none"
+    mechanism: Literal[MECHANISMS] = "none"  # type: ignore[valid-type]  # arte.privacy.MECHANISMS
     epsilon: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] | None = Field(
         default=None, validate_default=True, description="Privacy loss per round; unset for 'none'."
     )

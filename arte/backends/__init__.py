@@ -25,9 +25,10 @@ from arte.backends.openai import OpenAITeacher
 from arte.errors import ConfigError, ModelError
 from arte.models import ModelRef
 
-__all__ = ["BACKENDS", "TEACHER_BACKENDS", "TORCH_DTYPES", "open_student", "open_teacher", "resolve_torch"]
+__all__ = ["BACKENDS", "LOCAL_BACKENDS", "TEACHER_BACKENDS", "TORCH_DTYPES", "open_student", "open_teacher", "resolve_torch"]
 
-BACKENDS = ("llama", "torch", "onnx")
+BACKENDS = ("llama", "torch", "onnx")            # students
+LOCAL_BACKENDS = ("llama", "torch")              # runtimes that run a teacher and train-evaluate a student here
 TEACHER_BACKENDS = ("auto", "llama", "torch", "openai")
 TORCH_DTYPES = ("auto", "bf16", "fp16", "fp32")
 

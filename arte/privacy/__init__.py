@@ -15,12 +15,28 @@ side). Pure numpy; every random draw comes from an injected ``numpy.random.Gener
 """
 
 from arte.privacy.accounting import Charge, PrivacyAccountant, Spent, zcdp_epsilon
-from arte.privacy.estimates import (CohortDecision, DraftEstimate, PooledDraft, cohort_threshold,
-                                    debias_counts, debias_report, estimate_report, pool_accuracy,
-                                    pool_estimates)
-from arte.privacy.mechanisms import (MECHANISMS, Calibration, PrivacyPolicy, analytic_gaussian_sigma,
-                                     calibrate, classic_gaussian_sigma, gaussian_delta, privatize,
-                                     randomized_response)
+from arte.privacy.estimates import (
+                                    CohortDecision,
+                                    DraftEstimate,
+                                    PooledDraft,
+                                    cohort_threshold,
+                                    debias_counts,
+                                    debias_report,
+                                    estimate_report,
+                                    pool_accuracy,
+                                    pool_estimates,
+)
+from arte.privacy.mechanisms import (
+                                    MECHANISMS,
+                                    Calibration,
+                                    PrivacyPolicy,
+                                    analytic_gaussian_sigma,
+                                    calibrate,
+                                    classic_gaussian_sigma,
+                                    gaussian_delta,
+                                    privatize,
+                                    randomized_response,
+)
 from arte.privacy.report import SCORE_FIELDS, ReportScores, check_scores_only, policy_for_round, report_scores
 
 __all__ = [

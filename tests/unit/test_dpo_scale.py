@@ -61,7 +61,7 @@ def test_the_config_comes_first_and_the_model_loads_in_the_training_dtype(tiny: 
         return model, tok
 
     monkeypatch.setattr(dpo, "dpo_args", args_spy)
-    monkeypatch.setattr(hf, "load_hf", load_spy)
+    monkeypatch.setattr(dpo, "load_hf", load_spy)
     res = dpo.align(tiny, _pairs(4), AlignConfig(max_steps=1, precision="bf16", **_FAST), tmp_path / "bf16")
     assert events == [("config",), ("load", torch.bfloat16, torch.bfloat16, "cpu")]
     meta = res.metadata

@@ -22,8 +22,8 @@ def opened(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, An
         calls.append({"ref": ref, "backend": backend, **kw})
         return calls[-1]
 
-    monkeypatch.setattr("arte.backends.open_teacher", fake_open)
-    monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: ModelRef("gguf", Path(ref), "m"))
+    monkeypatch.setattr(handlers, "open_teacher", fake_open)
+    monkeypatch.setattr(handlers, "resolve_model", lambda ref, cache: ModelRef("gguf", Path(ref), "m"))
     monkeypatch.setattr(serving, "ensure_served", lambda settings, adapter: serving.served_name(adapter))
     monkeypatch.setattr(serving, "export_gguf", lambda adapter, ref: calls.append({"exported": adapter}))
     return calls
