@@ -4,7 +4,7 @@ Contract: :class:`RetryPolicy` says how often and how long to wait: before retry
 ``uniform(0, min(max_delay, base_delay * 2**(n-1)))`` seconds, at most ``attempts`` tries in all; a
 server's ``Retry-After`` is a lower bound (capped at ``max_delay``). :func:`retry_call` runs an attempt
 until it succeeds, retrying only the exceptions it is told to (``retry_on``), and after the last attempt
-calls ``give_up(problem, attempts)`` for the exception to raise. ``wait`` and ``rng`` are injectable,
+calls ``give_up(error, attempts)`` for the exception to raise (:func:`problem` says what went wrong). ``wait`` and ``rng`` are injectable,
 so tests never sleep. Users: the agent's server client (:mod:`edge_agent.client`), the endpoint teacher
 (:mod:`arte.backends.openai`) and the server's job queue (a failed job's ``not_before``).
 
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-__all__ = ["RETRY_STATUS", "RetryPolicy", "Retryable", "retry_after_seconds", "retry_call"]
+__all__ = ["RETRY_STATUS", "RetryPolicy", "Retryable", "problem", "retry_after_seconds", "retry_call"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +60,11 @@ class Retryable(Exception):
         super().__init__(problem)
 
 
+def problem(err: BaseException) -> str:
+    """What a failed attempt's exception says went wrong."""
+    return err.problem if isinstance(err, Retryable) else f"{type(err).__name__}: {err}"
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """A ``Retry-After`` header in seconds, or None (absent, or an HTTP date)."""
     try:
@@ -69,19 +74,18 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 def retry_call(attempt: Callable[[], T], policy: RetryPolicy, *, what: str,
-               retry_on: tuple[type[BaseException], ...], give_up: Callable[[str, int], BaseException],
+               retry_on: tuple[type[BaseException], ...], give_up: Callable[[BaseException, int], BaseException],
                wait: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> T:
     """``attempt()`` until it returns; an exception in ``retry_on`` (or :class:`Retryable`) is retried after
-    the policy's delay, and after the last attempt ``give_up(problem, attempts)`` is raised. ``what`` names
+    the policy's delay, and after the last attempt ``give_up(error, attempts)`` is raised. ``what`` names
     the operation in the log."""
     for n in range(1, policy.attempts + 1):
         try:
             return attempt()
         except (Retryable, *retry_on) as e:
-            problem = e.problem if isinstance(e, Retryable) else f"{type(e).__name__}: {e}"
             if n == policy.attempts:
-                raise give_up(problem, n) from e
+                raise give_up(e, n) from e
             delay = policy.delay(n, rng, e.retry_after if isinstance(e, Retryable) else None)
-            log.warning("%s: %s; retry %d/%d in %.2f s", what, problem, n, policy.attempts - 1, delay)
+            log.warning("%s: %s; retry %d/%d in %.2f s", what, problem(e), n, policy.attempts - 1, delay)
             wait(delay)
     raise AssertionError("unreachable")  # pragma: no cover

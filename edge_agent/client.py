@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 
-from arte.retry import RETRY_STATUS, Retryable, RetryPolicy, retry_after_seconds, retry_call
+from arte.retry import RETRY_STATUS, Retryable, RetryPolicy, problem, retry_after_seconds, retry_call
 from arte.wire import (
     API_PREFIX,
     DatasetManifest,
@@ -103,7 +103,7 @@ class ServerClient:
     def call(self, path: str, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` until it succeeds, retrying transport errors and retryable statuses."""
         return retry_call(attempt, self.retry, what=path, retry_on=(httpx.TransportError,), wait=self.wait,
-                          rng=self.rng, give_up=lambda problem, n: NetworkError(self.url(path), problem, n))
+                          rng=self.rng, give_up=lambda e, n: NetworkError(self.url(path), problem(e), n))
 
     def check(self, path: str, resp: httpx.Response) -> httpx.Response:
         """Raise for an error answer (retryable ones as :class:`arte.retry.Retryable`); note the contact."""

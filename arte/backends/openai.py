@@ -21,8 +21,8 @@ The endpoint cannot be made to finish early (:mod:`arte.constrain`'s finishing i
 token budget cuts is rejected downstream. ``counts["generations"]`` counts constrained requests.
 
 Failures: connection errors, timeouts, HTTP 408/409/429 and 5xx are retried up to ``max_retries`` times
-with exponential backoff and full jitter (``backoff * 2**attempt``, capped at ``max_backoff``, times a
-uniform draw); a ``Retry-After`` header in seconds is honoured as a lower bound. Other 4xx and malformed
+with exponential backoff and full jitter (:mod:`arte.retry`: ``backoff * 2**attempt``, capped at ``max_backoff``, times a
+uniform draw); a ``Retry-After`` header in seconds is a lower bound (up to ``max_backoff``). Other 4xx and malformed
 bodies fail at once. Every failure is a :class:`arte.errors.TeacherHTTPError` naming the endpoint URL
 and the HTTP status. ``sleep`` and ``random`` are injectable so tests never wait. This is the one module
 of ``arte`` that talks to the network, by design.
@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 from arte.constrain import add_counts, check_formats
 from arte.errors import ConfigError, TeacherHTTPError
 from arte.grammar import Format
+from arte.retry import Retryable, RetryPolicy, problem, retry_after_seconds, retry_call
 from arte.teacher import Message, check_conversations, check_sampling
 
 __all__ = ["OpenAITeacher", "RETRY_STATUSES", "STRUCTURED_OUTPUTS"]
@@ -111,7 +112,8 @@ class OpenAITeacher:
         self.concurrency = concurrency
         self.structured_output = structured_output
         self._sleep = sleep
-        self._random = random
+        self._rng = _Draws(random)
+        self._retry = RetryPolicy(attempts=max_retries + 1, base_delay=backoff, max_delay=max_backoff)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._httpx = httpx
         self._client = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers, transport=transport)
@@ -155,48 +157,48 @@ class OpenAITeacher:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
             return list(pool.map(self._post, bodies))
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * self._random()
-        return max(delay, retry_after or 0.0)
-
     def _post(self, body: dict[str, Any]) -> str:
         httpx = self._httpx
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+
+        def attempt() -> str:
             try:
                 resp = self._client.post(self.url, json=body)
             except httpx.TimeoutException as e:
-                if last:
-                    raise TeacherHTTPError(self.url, f"timed out ({type(e).__name__})", attempts=attempts) from e
-                self._wait(attempt, None, f"timeout ({type(e).__name__})")
-                continue
+                raise Retryable(f"timed out ({type(e).__name__})") from e
             except httpx.TransportError as e:
-                if last:
-                    raise TeacherHTTPError(self.url, f"could not connect: {e}", attempts=attempts) from e
-                self._wait(attempt, None, f"transport error: {e}")
-                continue
-            if resp.status_code in RETRY_STATUSES and not last:
-                self._wait(attempt, _retry_after(resp), f"HTTP {resp.status_code}")
-                continue
+                raise Retryable(f"could not connect: {e}") from e
+            if resp.status_code in RETRY_STATUSES:
+                raise _StatusError(resp)
             if resp.status_code >= 400:
-                raise TeacherHTTPError(self.url, _error_text(resp), status=resp.status_code,
-                                       attempts=attempt + 1)
+                raise TeacherHTTPError(self.url, _error_text(resp), status=resp.status_code, attempts=1)
             return _content(self.url, resp)
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _wait(self, attempt: int, retry_after: float | None, why: str) -> None:
-        delay = self._delay(attempt, retry_after)
-        log.warning("%s: %s; retry %d/%d in %.2fs", self.url, why, attempt + 1, self.max_retries, delay)
-        self._sleep(delay)
+        def give_up(e: BaseException, attempts: int) -> TeacherHTTPError:
+            if isinstance(e, _StatusError):
+                return TeacherHTTPError(self.url, e.text, status=e.status, attempts=attempts)
+            return TeacherHTTPError(self.url, problem(e), attempts=attempts)
+
+        return retry_call(attempt, self._retry, what=self.url, retry_on=(), give_up=give_up, wait=self._sleep,
+                          rng=self._rng)
 
 
-def _retry_after(resp: Any) -> float | None:
-    value = resp.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:   # an HTTP date: fall back to our own backoff
-        return None
+class _StatusError(Retryable):
+    """A retryable HTTP status; its error text is what the last attempt reports."""
+
+    def __init__(self, resp: Any) -> None:
+        self.status = resp.status_code
+        self.text = _error_text(resp)
+        super().__init__(f"HTTP {resp.status_code}", retry_after_seconds(resp.headers.get("retry-after")))
+
+
+class _Draws:
+    """``random.Random``'s ``uniform`` over an injected uniform [0, 1) draw (tests fix the jitter)."""
+
+    def __init__(self, draw: Callable[[], float]) -> None:
+        self.draw = draw
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.draw()
 
 
 def _error_text(resp: Any) -> str:
