@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from arte.errors import DraftFormatError
+from arte.jsonl import read_records
 
 __all__ = ["Draft", "read_drafts", "write_drafts", "draft_from_dict"]
 
@@ -66,26 +67,9 @@ def draft_from_dict(d: Any, *, path: str = "<drafts>", line: int | None = None) 
 
 def read_drafts(path: str | Path) -> list[Draft]:
     """Read and validate a drafts JSONL file; ids must be unique."""
-    p = Path(path)
-    if not p.is_file():
-        raise DraftFormatError(str(p), "no such file")
-    drafts: list[Draft] = []
-    seen: dict[str, int] = {}
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DraftFormatError(str(p), f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
-            d = draft_from_dict(obj, path=str(p), line=lineno)
-            if d.id in seen:
-                raise DraftFormatError(str(p), f"duplicate id {d.id!r} (first on line {seen[d.id]})", lineno, "id")
-            seen[d.id] = lineno
-            drafts.append(d)
+    drafts = read_records(path, draft_from_dict, DraftFormatError)
     if not drafts:
-        raise DraftFormatError(str(p), "no drafts (the file is empty)")
+        raise DraftFormatError(str(path), "no drafts (the file is empty)")
     return drafts
 
 

@@ -58,6 +58,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from arte.drafts import Draft
 from arte.errors import ConfigError, PairFormatError
+from arte.jsonl import read_records
 from arte.pair_rules import COMPARISONS, TIE_TOLERANCE, ScoreEstimate, binomial_estimate, separation, z_value
 from arte.prompts import PLAIN_STYLE, demo_rationale, question_block, question_prompt, rationale_prompt
 from arte.questions import draw_seeds
@@ -479,23 +480,4 @@ def pair_from_dict(d: Any, *, path: str = "<pairs>", line: int | None = None) ->
 
 def read_pairs(path: str | Path) -> list[PreferencePair]:
     """Read and validate a pairs JSONL file; errors name the file, line and field. Ids must be unique."""
-    p = Path(path)
-    if not p.is_file():
-        raise PairFormatError(str(p), "no such file")
-    pairs: list[PreferencePair] = []
-    seen: dict[str, int] = {}
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PairFormatError(str(p), f"invalid JSON: {e.msg} (column {e.colno})", lineno) from None
-            pair = pair_from_dict(obj, path=str(p), line=lineno)
-            if pair.id in seen:
-                raise PairFormatError(str(p), f"duplicate id {pair.id!r} (first on line {seen[pair.id]})", lineno,
-                                      "id")
-            seen[pair.id] = lineno
-            pairs.append(pair)
-    return pairs
+    return read_records(path, pair_from_dict, PairFormatError)
