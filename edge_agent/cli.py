@@ -499,25 +499,43 @@ def service() -> None:
               help="The edge-agent executable (default: this one).")
 @click.option("--working-dir", type=click.Path(path_type=Path), default=None, help="WorkingDirectory= (absolute).")
 @click.option("--name", default="edge-agent", show_default=True, help="Unit name.")
+@click.option("--memory-max-mib", type=click.IntRange(min=64), default=None,
+              help="MemoryMax= (default: the enrolled profile's memory budget plus a quarter).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_file: Path | None,
-                    exec_path: Path | None, working_dir: Path | None, name: str, as_json: bool) -> None:
-    """Write a systemd unit (Restart=on-failure) and print the commands that enable it."""
+                    exec_path: Path | None, working_dir: Path | None, name: str, memory_max_mib: int | None,
+                    as_json: bool) -> None:
+    """Write a hardened systemd unit (Restart=on-failure, read-only system but the state dir, MemoryMax
+    from the profile's budget) and print the commands that enable it."""
     import getpass
     import shutil
 
     from arte.errors import ConfigError
-    from edge_agent.service import ServiceSpec, enable_commands, render_unit
+    from arte.home import model_dir
+    from edge_agent import service as svc
+    from edge_agent.state import DB_NAME, State
 
     settings = _settings(ctx)
     if exec_path is None:
         found = shutil.which("edge-agent")
         exec_path = Path(found).resolve() if found else Path(sys.argv[0]).resolve()
+    state_dir = Path(settings.state_dir).expanduser().resolve()
+    warnings = []
+    if memory_max_mib is None and (state_dir / DB_NAME).exists():
+        try:
+            with State(state_dir) as st:
+                memory_max_mib = svc.memory_max_mib(_profile(st, settings).budget.memory_mib)
+        except (AgentError, ArteError) as e:
+            warnings.append(f"no MemoryMax: {e}; pass --memory-max-mib")
+    elif memory_max_mib is None:
+        warnings.append(f"no MemoryMax: {state_dir} holds no enrolled agent yet (enroll first, or pass "
+                        "--memory-max-mib)")
     try:
-        spec = ServiceSpec(exec_path=exec_path, state_dir=Path(settings.state_dir).expanduser().resolve(),
-                           user=user or getpass.getuser(), name=name, env_file=env_file, working_dir=working_dir)
-        text = render_unit(spec)
+        spec = svc.ServiceSpec(exec_path=exec_path, state_dir=state_dir, user=user or getpass.getuser(), name=name,
+                               env_file=env_file, working_dir=working_dir, memory_max_mib=memory_max_mib,
+                               write_paths=(model_dir().resolve(),))
+        text = svc.render_unit(spec)
         unit_path.parent.mkdir(parents=True, exist_ok=True)
         unit_path.write_text(text)
     except ConfigError as e:
@@ -525,9 +543,9 @@ def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_f
     except OSError as e:
         click.echo(f"error: cannot write {unit_path}: {e.strerror}", err=True)
         sys.exit(int(ExitCode.INPUT))
-    commands = enable_commands(unit_path.resolve(), name)
-    warnings = [f"env file {env_file} does not exist yet: create it before starting the service"] \
-        if env_file is not None and not env_file.exists() else []
+    commands = svc.enable_commands(unit_path.resolve(), name)
+    if env_file is not None and not env_file.exists():
+        warnings.append(f"env file {env_file} does not exist yet: create it before starting the service")
     data = {"unit_path": str(unit_path.resolve()), "unit": text, "commands": commands, "warnings": warnings}
     human = [f"wrote {unit_path.resolve()}", *[f"warning: {w}" for w in warnings], "to enable it, run:",
              *[f"  {c}" for c in commands]]
