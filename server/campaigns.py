@@ -192,12 +192,14 @@ class CampaignOut(BaseModel):
 # --- rows -------------------------------------------------------------------------------------------------
 
 
-def record(s: Session, c: Campaign, event: str, message: str, now: datetime, job_id: str | None = None) -> str:
-    """Count one transition: bump ``version`` and append its event (unique per campaign and version)."""
+def record(s: Session, c: Campaign, event: str, message: str, now: datetime, job_id: str | None = None, *,
+           step: str | None = None, round_no: int | None = None) -> str:
+    """Count one transition: bump ``version`` and append its event (unique per campaign and version);
+    ``step`` and ``round_no``: what the transition finished (default: where the campaign is now)."""
     c.version += 1
     c.updated_at = now
-    s.add(CampaignEvent(campaign_id=c.id, version=c.version, round_no=c.round_no, step=c.step, event=event,
-                        message=message, job_id=job_id, at=now))
+    s.add(CampaignEvent(campaign_id=c.id, version=c.version, round_no=round_no or c.round_no, step=step or c.step,
+                        event=event, message=message, job_id=job_id, at=now))
     s.flush()
     return f"{c.id} v{c.version} {event}: {message}"
 

@@ -161,7 +161,7 @@ def _collect(s: Session, c: Campaign, now: datetime) -> str | None:
     row = _round_row(s, c)
     row.n_reports, row.closed_at = n, now
     c.step = "aggregate"
-    return record(s, c, "closed", f"round {c.round_no}: round {rnd.id} closed: {why}", now)
+    return record(s, c, "closed", f"round {c.round_no}: round {rnd.id} closed: {why}", now, step="collect")
 
 
 def _succeeded(s: Session, c: Campaign, job: Job, now: datetime) -> str:
@@ -195,8 +195,8 @@ def _succeeded(s: Session, c: Campaign, job: Job, now: datetime) -> str:
                else f"no new adapter ({row.align}): {res.get('reason', '')}".rstrip(": "))
     else:   # tailor: the dataset is published (the cohort's newest); the round is done
         row.dataset_id, row.finished_at = res.get("dataset_id"), now
-        return _round_done(s, c, row, now)
-    return record(s, c, "done", f"round {c.round_no}: {step} job {job.id}: {msg}", now, job.id)
+        return _round_done(s, c, row, job, now)
+    return record(s, c, "done", f"round {c.round_no}: {step} job {job.id}: {msg}", now, job.id, step=step)
 
 
 def _stop_rule(s: Session, c: Campaign) -> str | None:
@@ -219,17 +219,18 @@ def _stop_rule(s: Session, c: Campaign) -> str | None:
             f"dataset {prev.dataset_id} (round {prev.round_no}); the policy stops below {threshold:g}")
 
 
-def _round_done(s: Session, c: Campaign, row: CampaignRound, now: datetime) -> str:
-    done = f"round {c.round_no}: dataset {row.dataset_id} published"
+def _round_done(s: Session, c: Campaign, row: CampaignRound, job: Job, now: datetime) -> str:
+    done = f"round {c.round_no}: tailor job {job.id}: dataset {row.dataset_id} published"
+    finished = {"step": "tailor", "round_no": c.round_no}
     why_stop = _stop_rule(s, c)
     if c.rounds is not None and c.round_no >= c.rounds:
         c.state, c.finished_at = "completed", now
-        return record(s, c, "completed", f"{done}; all {c.rounds} rounds done", now)
+        return record(s, c, "completed", f"{done}; all {c.rounds} rounds done", now, job.id, **finished)
     if why_stop is not None:
         c.state, c.reason, c.finished_at = "stopped", why_stop, now
-        return record(s, c, "stopped", f"{done}; {why_stop}", now)
+        return record(s, c, "stopped", f"{done}; {why_stop}", now, job.id, **finished)
     c.round_no, c.step, c.round_id = c.round_no + 1, "elicit", None
-    return record(s, c, "done", f"{done}; round {c.round_no} next", now)
+    return record(s, c, "done", f"{done}; round {c.round_no} next", now, job.id, **finished)
 
 
 def _failed(s: Session, c: Campaign, job: Job | None, now: datetime) -> str:

@@ -103,6 +103,14 @@ class Workers:
     def alive(self) -> list[subprocess.Popen[bytes]]:
         return [p for p in self.procs if p.poll() is None]
 
+    def supervise(self, want: int) -> int:
+        """Start workers until ``want`` are alive (what systemd's Restart=on-failure does); returns how many."""
+        started = 0
+        while len(self.alive()) < want:
+            self.start()
+            started += 1
+        return started
+
     def stop(self) -> None:
         for p in self.alive():
             p.send_signal(signal.SIGINT)
@@ -187,8 +195,7 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
     server, workers = fleet
     t0 = time.monotonic()
     cohort, agents, _ = _setup(server, tmp_path)
-    workers.start()
-    workers.start()
+    workers.supervise(2)
     policy = {"drafts": {"n_questions": 4, "styles": ["plain", "expert"], "batch_size": 4}, "min_items": 4,
               "close_devices": CLOSE_AT, "deadline_s": 5, "tailor": {"n_questions": 6, "check_samples": 0,
                                                                     "batch_size": 4},
@@ -198,6 +205,7 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
     faults: list[str] = []
     sweep = Sweep()
     killed = restarted = False
+    restarts = 0
     while camp["state"] == "active":
         assert time.monotonic() - t0 < TIMEOUT_S, f"campaign stuck: {json.dumps(camp, default=str)[:3000]}"
         offline = set(range(OFFLINE)) if camp["round_no"] == 2 else set()
@@ -209,7 +217,6 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
             if victims:
                 victims[0].kill()
                 victims[0].wait()
-                workers.start()
                 killed = True
                 faults.append(f"worker SIGKILLed during {running[0]['kind']} job {running[0]['job_id']}")
         if not restarted and camp["round_no"] == 3 and camp["step"] == "collect":
@@ -218,6 +225,7 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
             server.start()
             restarted = True
             faults.append("server restarted while round 3 collected reports")
+        restarts += workers.supervise(2)
         camp = server.admin("GET", f"/campaigns/{cid}?events=1000", status=200)
     elapsed_campaign = time.monotonic() - t0
     assert camp["state"] == "completed", json.dumps(camp, default=str)[:3000]
@@ -282,7 +290,9 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
 
     elapsed = time.monotonic() - t0
     assert len(faults) >= 6, faults
-    figures = {"devices": DEVICES, "rounds": ROUNDS, "faults": len(faults), "reports": len(stored),
+    figures = {"devices": DEVICES, "rounds": ROUNDS, "faults": len(faults), "worker_restarts": restarts,
+               "reports": len(stored), "reports_per_round": [r["n_reports"] for r in history],
+               "pairs_per_round": [r["n_pairs"] for r in history],
                "duplicates": duplicates, "late_reports_refused": len(sweep.rejected),
                "network_errors": sweep.network_errors, "campaign_s": round(elapsed_campaign, 1),
                "total_s": round(elapsed, 1)}
