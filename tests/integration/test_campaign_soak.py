@@ -4,7 +4,8 @@ Real parts: ``arte-server serve`` (a subprocess on loopback, SQLite), two real w
 (``tests/soak_worker.py``: the real worker loop, queue, handlers and campaign driver, with a scripted
 teacher and a fake DPO, so it takes seconds), and 20 simulated devices: real ``edge_agent`` loops with their
 own state dirs over real HTTP, each with a fast fake student (:class:`tests.fakes.RationaleStudent`) and a
-fake trainer. The only command after ``campaigns create`` is the devices' iterations.
+fake trainer. The operator types one command, ``arte-server campaigns create --cohort-id … --rounds 3``;
+after it only the server, the workers and the devices act.
 
 Faults injected while the campaign runs:
 
@@ -196,12 +197,16 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
     t0 = time.monotonic()
     cohort, agents, _ = _setup(server, tmp_path)
     workers.supervise(2)
-    policy = {"drafts": {"n_questions": 4, "styles": ["plain", "expert"], "batch_size": 4}, "min_items": 4,
-              "close_devices": CLOSE_AT, "deadline_s": 5, "tailor": {"n_questions": 6, "check_samples": 0,
-                                                                    "batch_size": 4},
-              "max_failures": 5}
-    camp = server.admin("POST", "/campaigns", {"cohort_id": cohort, "rounds": ROUNDS, "policy": policy})
+    # the operator's one command; from here on only the server, the workers and the devices act
+    out = subprocess.run(
+        [server.exe, "--data-dir", str(server.dir), "campaigns", "create", "--cohort-id", cohort, "--rounds",
+         str(ROUNDS), "--questions", "4", "--styles", "plain,expert", "--drafts-config", '{"batch_size": 4}',
+         "--min-items", "4", "--close-devices", str(CLOSE_AT), "--deadline-s", "5", "--max-failures", "5",
+         "--tailor-config", '{"n_questions": 6, "check_samples": 0, "batch_size": 4}', "--json"],
+        capture_output=True, text=True, env=server.env, check=True)
+    camp = json.loads(out.stdout)
     cid = camp["campaign_id"]
+    assert camp["policy"]["drafts"] == {"batch_size": 4, "n_questions": 4, "styles": ["plain", "expert"]}
     faults: list[str] = []
     sweep = Sweep()
     killed = restarted = False
