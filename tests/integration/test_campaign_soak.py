@@ -12,7 +12,7 @@ Faults injected while the campaign runs:
 * a worker killed (SIGKILL) in the middle of a job;
 * a worker dying after a handler stored its output but before its job was marked done, for the elicit,
   align and tailor steps (the window in which a naive retry stores a second round, adapter or dataset);
-* the server stopped and restarted while devices report (their reports wait in the outbox);
+* the server stopped while a device scores (its report waits in its outbox) and restarted;
 * six devices offline for round 2 (the round then closes on its deadline, not on the device count);
 * lost answers: some devices' reports reach the server but the answer does not come back, so they
   send them again.
@@ -144,7 +144,22 @@ def _private_data(path: Path, device: int, truth: dict[str, str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _setup(server: LiveServer, tmp: Path) -> tuple[str, list[Agent], dict[str, str]]:
+class Students:
+    """Opens the devices' fake students; ``before_next`` runs once before the next one opens (a fault that
+    lands while a device is scoring: its drafts are in, its report is not sent yet)."""
+
+    def __init__(self, truth: dict[str, str]) -> None:
+        self.truth = truth
+        self.before_next: Any = None
+
+    def __call__(self, profile: Any, adapter: str | None) -> RationaleStudent:
+        if self.before_next is not None:
+            hook, self.before_next = self.before_next, None
+            hook()
+        return RationaleStudent(self.truth)
+
+
+def _setup(server: LiveServer, tmp: Path) -> tuple[str, list[Agent], Students]:
     seeds = [{"input": f"Seed player {i} played {SPORTS[i]} today", "choices": ["yes", "no"],
               "answer": ("yes", "no")[i % 2]} for i in range(4)]
     task = server.admin("POST", "/tasks", {"name": "soak-sports", "instruction": "Is the sentence plausible?",
@@ -152,6 +167,7 @@ def _setup(server: LiveServer, tmp: Path) -> tuple[str, list[Agent], dict[str, s
     cohort = server.admin("POST", "/cohorts", {"name": "soak", "task_id": task, "student_model": "default",
                                                "profile_class": "laptop-cpu", "min_devices": K})["cohort_id"]
     truth: dict[str, str] = {}
+    students = Students(truth)
     agents = []
     for i in range(DEVICES):
         token = server.admin("POST", "/tokens", {"cohort_id": cohort})["token"]
@@ -165,9 +181,9 @@ def _setup(server: LiveServer, tmp: Path) -> tuple[str, list[Agent], dict[str, s
         client = ServerClient(server.url, st.read_device_key(), wait=lambda s: None, timeout=10,
                               retry=RetryPolicy(attempts=3), transport=LoseReportAnswers() if i % 5 == 0 else None)
         agents.append(Agent(state=st, client=client, profile=load_profiles()["laptop-cpu"],
-                            open_student=lambda p, a: RationaleStudent(truth), train=_trainer, detect=lambda: IDLE,
+                            open_student=students, train=_trainer, detect=lambda: IDLE,
                             noise_seed=i))
-    return cohort, agents, truth
+    return cohort, agents, students
 
 
 class Sweep:
@@ -195,13 +211,13 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
         fleet: tuple[LiveServer, Workers], tmp_path: Path) -> None:
     server, workers = fleet
     t0 = time.monotonic()
-    cohort, agents, _ = _setup(server, tmp_path)
+    cohort, agents, students = _setup(server, tmp_path)
     workers.supervise(2)
     # the operator's one command; from here on only the server, the workers and the devices act
     out = subprocess.run(
         [server.exe, "--data-dir", str(server.dir), "campaigns", "create", "--cohort-id", cohort, "--rounds",
          str(ROUNDS), "--questions", "4", "--styles", "plain,expert", "--drafts-config", '{"batch_size": 4}',
-         "--min-items", "4", "--close-devices", str(CLOSE_AT), "--deadline-s", "5", "--max-failures", "5",
+         "--min-items", "4", "--close-devices", str(CLOSE_AT), "--deadline-s", "10", "--max-failures", "5",
          "--tailor-config", '{"n_questions": 6, "check_samples": 0, "batch_size": 4}', "--json"],
         capture_output=True, text=True, env=server.env, check=True)
     camp = json.loads(out.stdout)
@@ -213,6 +229,15 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
     restarts = 0
     while camp["state"] == "active":
         assert time.monotonic() - t0 < TIMEOUT_S, f"campaign stuck: {json.dumps(camp, default=str)[:3000]}"
+        if not restarted and camp["round_no"] == 3 and camp["step"] == "collect":
+            # the server goes down while the first device scores: its report waits in its outbox, the
+            # others cannot reach the server; then it comes back
+            students.before_next = server.stop
+            sweep(agents, set())
+            assert server.proc is None and students.before_next is None
+            server.start()
+            restarted = True
+            faults.append("server stopped while a device scored round 3, then restarted")
         offline = set(range(OFFLINE)) if camp["round_no"] == 2 else set()
         sweep(agents, offline)
         if not killed:   # SIGKILL the worker that runs a job, in the middle of it
@@ -224,12 +249,6 @@ def test_a_campaign_completes_its_rounds_through_worker_kills_server_restarts_an
                 victims[0].wait()
                 killed = True
                 faults.append(f"worker SIGKILLed during {running[0]['kind']} job {running[0]['job_id']}")
-        if not restarted and camp["round_no"] == 3 and camp["step"] == "collect":
-            server.stop()
-            sweep(agents, set())   # devices score and queue their reports; delivery fails
-            server.start()
-            restarted = True
-            faults.append("server restarted while round 3 collected reports")
         restarts += workers.supervise(2)
         camp = server.admin("GET", f"/campaigns/{cid}?events=1000", status=200)
     elapsed_campaign = time.monotonic() - t0
