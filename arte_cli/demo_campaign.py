@@ -13,7 +13,8 @@ figures). :func:`campaign_lines` is the summary's table of rounds.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from arte.errors import ArteError
 
@@ -68,8 +69,8 @@ def _pct(x: Any) -> str:
 def campaign_lines(camp: dict[str, Any]) -> list[str]:
     """The campaign's rounds: reports, alignment, DPO held-out reward accuracy, dataset, kept, accuracy."""
     lines = [f"  campaign {camp['campaign_id']}: {camp['state']}, {len(camp['history'])} rounds",
-             f"  {'round':>5} {'reports':>8} {'align':>10} {'pairs':>6} {'DPO held-out acc':>17} {'examples':>9} "
-             f"{'kept':>6} {'0-shot before->after':>21} {'adapter <- parent':>30}"]
+             (f"  {'round':>5} {'reports':>8} {'align':>10} {'pairs':>6} {'DPO held-out acc':>17} {'examples':>9} "
+              f"{'kept':>6} {'0-shot before->after':>21} {'adapter <- parent':>30}")]
     for r in camp["history"]:
         dpo = (f"{_pct(r['reward_accuracy_before'])}->{_pct(r['reward_accuracy_after'])}"
                if r["reward_accuracy_after"] is not None else "-")

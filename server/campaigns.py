@@ -26,8 +26,8 @@ from arte.pairs import PairConfig
 from arte.scoring import DEFAULT_MODE, MODES
 from arte.tailor import TailorConfig
 from server import fleet, queue
-from server.lineage import reward_accuracy
 from server.errors import Conflict, NotFound
+from server.lineage import reward_accuracy
 from server.models import (
     Adapter,
     Campaign,

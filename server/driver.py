@@ -58,7 +58,7 @@ def tick(
     jitter: Callable[[], float] = random.random,
 ) -> list[str]:
     """Advance every active campaign as far as it can go now; returns the events written."""
-    with transaction(sessions) as s:
+    with sessions() as s:   # a read: no write lock (SQLite) to find out that nothing is active
         ids = list(s.scalars(sa.select(Campaign.id).where(Campaign.state == "active")
                              .order_by(Campaign.created_at, Campaign.id)))
     events: list[str] = []
@@ -133,8 +133,8 @@ def _queue_step(
                            campaign_id=c.id, key=f"{c.id}:{c.version + 1}")
     wait = ""
     if c.failures:   # the step's last job failed: the new one waits, as a job's own retry does
-        job.not_before, delay = queue.Backoff(settings.job_retry_base_s, settings.job_retry_max_s,
-                                              jitter).not_before(c.failures, now)
+        job.not_before, _ = queue.Backoff(settings.job_retry_base_s, settings.job_retry_max_s,
+                                          jitter).not_before(c.failures, now)
         wait = f", not before {job.not_before.isoformat()}" if job.not_before else ""
     c.job_id = job.id
     return record(s, c, "queued", f"round {c.round_no}: {c.step} job {job.id} queued{wait}", now, job.id)

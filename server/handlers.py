@@ -37,11 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from arte.procs import child_env, death_message
-import sqlalchemy as sa
-
 from server import fleet, lineage, queue, results
 from server.db import transaction
 from server.errors import JobError, ServerError

@@ -93,8 +93,8 @@ def render_units(spec: ServerServiceSpec) -> dict[str, str]:
         *_common(spec),
         # 3: the database is not at the current revision; restarting cannot help (run `arte-server init`)
         "RestartPreventExitStatus=3",
-        f"ExecStart={_q(spec.exec_path)} serve --host {spec.host} --port {spec.port} --workers {spec.api_workers}"
-        " --no-access-log",
+        (f"ExecStart={_q(spec.exec_path)} serve --host {spec.host} --port {spec.port} "
+         f"--workers {spec.api_workers} --no-access-log"),
         "",
         "[Install]",
         "WantedBy=multi-user.target",

@@ -30,26 +30,25 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("uvicorn")
-
-import edge_agent.cli as agent_cli  # noqa: E402
-from arte.wire import Accuracy  # noqa: E402
-from edge_agent.client import RetryPolicy, ServerClient  # noqa: E402
-from edge_agent.errors import AgentError  # noqa: E402
-from edge_agent.hardware import Hardware  # noqa: E402
-from edge_agent.loop import Agent, run_once  # noqa: E402
-from edge_agent.state import State  # noqa: E402
-from edge_agent.training import TrainRequest, TrainResult  # noqa: E402
-from firmware_profiles import load_profiles  # noqa: E402
-from tests.fakes import RationaleStudent  # noqa: E402
-from tests.live_server import ROOT, LiveServer  # noqa: E402
+import edge_agent.cli as agent_cli
+from arte.wire import Accuracy
+from edge_agent.client import RetryPolicy, ServerClient
+from edge_agent.errors import AgentError
+from edge_agent.hardware import Hardware
+from edge_agent.loop import Agent, run_once
+from edge_agent.state import State
+from edge_agent.training import TrainRequest, TrainResult
+from firmware_profiles import load_profiles
+from tests.fakes import RationaleStudent
+from tests.live_server import ROOT, LiveServer
 
 DEVICES, ROUNDS, OFFLINE, CLOSE_AT, K = 20, 3, 6, 16, 5
 ITEMS_PER_DEVICE = 16

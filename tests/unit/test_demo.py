@@ -147,8 +147,8 @@ def test_devices_share_the_cores() -> None:
 class _CampaignFleet:
     """The admin API as run_campaign sees it: a campaign that moves one step per poll."""
 
-    STEPS = [("elicit", None), ("collect", "rnd_a"), ("tailor", "rnd_a"), ("collect", "rnd_b"), ("collect", "rnd_b"),
-             ("align", "rnd_b")]
+    STEPS = (("elicit", None), ("collect", "rnd_a"), ("tailor", "rnd_a"), ("collect", "rnd_b"), ("collect", "rnd_b"),
+             ("align", "rnd_b"))
 
     def __init__(self, end: str = "completed") -> None:
         self.polls, self.end, self.created = 0, end, None
