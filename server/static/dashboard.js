@@ -362,7 +362,9 @@
     const acc = (a, b) => (a === null && b === null ? "—" : `${pct(a)} → ${pct(b)}`);
     const parts = (data.campaigns || []).slice().reverse().map((c) => {
       const head = el("p", {}, el("strong", {}, `${name.cohort(c.cohort_id)} · `), badge(c.state, "state-" + c.state),
-        ` round ${c.round_no}${c.rounds ? "/" + c.rounds : ""}, step ${c.step}` + (c.reason ? ` — ${c.reason}` : ""));
+        ` round ${c.round_no}${c.rounds ? "/" + c.rounds : ""}, step ${c.step}; a round closes at `
+        + `${c.policy.close_devices} devices` + (c.policy.deadline_s ? ` or after ${c.policy.deadline_s} s` : "")
+        + (c.reason ? ` — ${c.reason}` : ""));
       const box = el("div", {});
       table(box, [
         ["Round", (r) => r.round_no], ["Reports", (r) => r.n_reports],
