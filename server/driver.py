@@ -5,15 +5,15 @@ job it works on, so a long align does not hold the other campaigns back); ``Work
 A round goes ``elicit → collect → aggregate → align → tailor`` and then the next round's ``elicit``:
 
 * ``elicit``: queue an elicit job (the teacher, with the cohort's newest adapter unless the policy says
-  otherwise, writes the drafts; the job opens the round); its success records the round and, with a
-  deadline, sets the round's ``closes_at``;
+  otherwise, writes the drafts with the policy's seed + round − 1; the job opens the round); its success
+  records the round and, with a deadline, sets the round's ``closes_at``;
 * ``collect``: close the round when ``close_devices`` devices reported, when its deadline passed, or when
   an operator closed it;
 * ``aggregate``: queue the aggregate job; it says whether the k threshold allows alignment: if not, the
   round skips ``align`` (recorded as ``below_k``);
 * ``align``: queue the align job (DPO on the round's pairs; ``no_signal`` leaves the adapter as it is);
-* ``tailor``: queue the tailor job: the cohort's dataset, published to the devices as soon as it is
-  stored; then the stop rule, and the next round or ``completed``.
+* ``tailor``: queue the tailor job (seed + round − 1): the cohort's dataset, published to the devices as
+  soon as it is stored; then the stop rule, and the next round or ``completed``.
 
 A job step has two transitions: queue the job, then take its outcome. Each transition is one transaction
 that holds the campaign's row (``FOR UPDATE SKIP LOCKED``: on PostgreSQL several workers tick at once and
@@ -120,12 +120,12 @@ def _queue_step(
                                 started_at=now))
         round_id = None
         params: dict[str, Any] = {"mode": p["mode"], "max_new_tokens": p["max_new_tokens"],
-                                  "min_items": p["min_items"], "config": p["drafts"],
+                                  "min_items": p["min_items"], "config": _round_seed(p["drafts"], c.round_no),
                                   "use_cohort_adapter": p["elicit_with_adapter"]}
     elif c.step == "align":
         params = {"config": p["align"], "pairs": p["pairs"]}
     elif c.step == "tailor":
-        params = {"config": p["tailor"]}
+        params = {"config": _round_seed(p["tailor"], c.round_no)}
     else:
         params = {}
     job = queue.create_job(s, kind=c.step, cohort_id=c.cohort_id, round_id=round_id, params=params,
@@ -138,6 +138,11 @@ def _queue_step(
         wait = f", not before {job.not_before.isoformat()}" if job.not_before else ""
     c.job_id = job.id
     return record(s, c, "queued", f"round {c.round_no}: {c.step} job {job.id} queued{wait}", now, job.id)
+
+
+def _round_seed(config: dict[str, Any], round_no: int) -> dict[str, Any]:
+    """The config with its sampling seed moved on by the round: each round gets new drafts and new data."""
+    return {**config, "seed": int(config.get("seed", 0)) + round_no - 1}
 
 
 def _n_reported(s: Session, round_id: str) -> int:
