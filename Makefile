@@ -101,6 +101,7 @@ test-fast: install
 # One ARTE round on real parts: arte-server + worker, 3 enrolled agents with private shards, drafts ->
 # on-device scoring -> DPO -> tailored data -> on-device LoRA -> keep/reject; report in demo-run/report.html.
 # Bigger runs: make demo DEMO_ARGS="--questions 16 --tailored 48 --examples-per-device 60"
+# Several rounds driven by the server (a campaign): make demo DEMO_ARGS="--rounds 3"
 DEMO_ARGS ?=
 demo: model
 	$(BIN)/arte demo --fresh --work-dir demo-run $(DEMO_ARGS)

@@ -18,6 +18,11 @@ it with ``edge-agent enroll`` (laptop-CPU profile). Then one round, exactly as a
    student with LoRA within its profile, evaluates before/after on its private holdout and keeps the
    adapter only if it is significantly better; the metrics (accuracies only) go back to the server.
 
+With ``rounds`` (``arte demo --rounds N``) the same fleet runs N rounds as a campaign instead
+(:mod:`arte_cli.demo_campaign`): the demo creates the campaign and then only lets the devices iterate; the
+server's worker elicits, closes, aligns and tailors each round by itself, each round's drafts written by the
+teacher with the newest adapter. The summary adds a table of the rounds with their lineage.
+
 Everything the demo shows comes from the server's API (aggregates, job results, metrics) and the agents'
 ``--json`` output, as an operator would see it. Files go under ``work_dir`` (kept; the report is
 ``work_dir/report.html``). Before any process starts, :func:`preflight` proves that llama.cpp runs a real
@@ -57,6 +62,7 @@ from arte.procs import child_env, death_message, log_tail
 from arte.prompts import RATIONALE_STYLES
 from arte.scoring import DEFAULT_MODE
 from arte.tasks import load_task, split_task
+from arte_cli.demo_campaign import campaign_lines, run_campaign
 from arte_cli.output import emit, fail
 
 __all__ = ["DemoConfig", "DemoError", "preflight", "run_demo", "render_summary", "write_report"]
@@ -85,6 +91,7 @@ class DemoConfig:
             devices, which run at the same time; torch and the teacher take the library's default).
         privacy: ``none`` or ``MECHANISM:EPSILON`` (e.g. ``gaussian:2``); devices add local DP noise.
         split_seed: the shards' and every split's seed.
+        rounds: None runs one round job by job; N runs N rounds as a campaign (the server drives them).
     """
 
     task: Path
@@ -102,8 +109,12 @@ class DemoConfig:
     split_seed: int = 0
     profile: str = "laptop-cpu"
     timeout_s: float = 3600.0
+    rounds: int | None = None
 
     def __post_init__(self) -> None:
+        if self.rounds is not None and (isinstance(self.rounds, bool) or not isinstance(self.rounds, int)
+                                        or self.rounds < 1):
+            raise ConfigError("rounds", f"must be None or an integer >= 1, got {self.rounds!r}")
         for name, low in (("devices", 1), ("examples_per_device", 4), ("seed_examples", 1), ("questions", 1),
                           ("tailored", 3)):
             v = getattr(self, name)
@@ -291,7 +302,8 @@ def _env(cfg: DemoConfig) -> dict[str, str]:
     env = child_env()   # faulthandler on, unbuffered (a child's log holds everything up to its death), passive OpenMP
     env.update({"ARTE_SERVER_DATA_DIR": str(cfg.work_dir / "server"), "ARTE_SERVER_TEACHER_MODEL": cfg.model,
                 "ARTE_SERVER_DATASET_SIGNING_KEY": env.get("ARTE_DEMO_SIGNING_KEY", secrets.token_hex(32)),
-                "ARTE_SERVER_WORKER_POLL_S": "0.5", "ARTE_SERVER_JOB_HEARTBEAT_S": "5"})
+                "ARTE_SERVER_WORKER_POLL_S": "0.5", "ARTE_SERVER_JOB_HEARTBEAT_S": "5",
+                "ARTE_SERVER_CAMPAIGN_TICK_S": "1"})
     env.pop("ARTE_SERVER_DATABASE_URL", None)   # the demo's own SQLite database
     if cfg.threads is not None:
         env["OMP_NUM_THREADS"] = str(cfg.threads)
@@ -347,6 +359,100 @@ def _iterate(fleet: _Fleet, devices: list[dict[str, Any]], step: str, part: str,
         return list(pool.map(one, devices))
 
 
+def _elicit_params(cfg: DemoConfig, mode: str) -> dict[str, Any]:
+    # 48 reasoning tokens: on the embedded student as many items reach <ans> as with 96, in 70 % of the time
+    # (README, "Scoring drafts on a device").
+    return {"mode": mode, "max_new_tokens": 48, "min_items": max(1, cfg.examples_per_device // 4),
+            "config": {"n_questions": cfg.questions, "styles": list(cfg.styles), "seed": cfg.split_seed,
+                       "rationale_max_new_tokens": 160, "question_max_new_tokens": 320, "batch_size": 8}}
+
+
+def _align_config(cfg: DemoConfig) -> dict[str, Any]:
+    return {"epochs": cfg.dpo_epochs, "batch_size": 1, "learning_rate": 5e-5, "max_length": 512,
+            "eval_pairs": 8, "logging_steps": 1, "seed": cfg.split_seed}
+
+
+def _tailor_config(cfg: DemoConfig) -> dict[str, Any]:
+    return {"n_questions": cfg.tailored, "seed": cfg.split_seed + 1, "check_samples": 0,
+            "rationale_max_new_tokens": 128, "question_max_new_tokens": 256, "batch_size": 8}
+
+
+def _last_round(fleet: _Fleet, cohort_id: str, doc: dict[str, Any], devices: list[dict[str, Any]]) -> None:
+    """The one-round fields of the demo's document (what the report draws), from the campaign's last round."""
+    camp = doc["campaign"]
+    last = camp["history"][-1]
+    doc["round"] = {"round_id": last["round_id"], "n_drafts": None}
+    doc["aggregate"] = fleet.api("GET", f"/aggregates/{last['round_id']}")
+    jobs = {j["kind"]: j for j in fleet.api("GET", f"/jobs?cohort_id={cohort_id}&state=succeeded")
+            if j["round_id"] == last["round_id"] or j["kind"] == "elicit"}
+    doc["round"]["n_drafts"] = (jobs.get("elicit") or {}).get("result", {}).get("n_drafts")
+    doc["align"] = (jobs.get("align") or {}).get("result") or {"outcome": last["align"], "reason": last["align"]}
+    doc["dataset"] = (jobs.get("tailor") or {}).get("result") or {}
+    doc["scoring"] = camp["scoring"][-1] if camp["scoring"] else []
+    doc["training"] = camp["training"]
+    by_id = {d["device_id"]: d["name"] for d in devices}
+    doc["metrics"] = [{**m, "device": by_id.get(m["device_id"], m["device_id"])}
+                      for m in fleet.api("GET", "/metrics") if m["dataset_id"] == last["dataset_id"]]
+    doc["dashboard"] = f"{fleet.url}/dashboard"
+
+
+def _one_round(fleet: _Fleet, cfg: DemoConfig, cid: str, devices: list[dict[str, Any]], mode: str,
+               doc: dict[str, Any], log: Callable[[str], None], prog: Callable[[str, float], None]) -> None:
+    """One round, job by job, as an operator would drive it by hand."""
+    seconds = doc["seconds"]
+    done = _stage(log, f"teacher drafts {cfg.questions} questions x {len(cfg.styles)} rationales (elicit job)")
+    elicit = fleet.job("elicit", {"kind": "elicit", "cohort_id": cid, "params": _elicit_params(cfg, mode)},
+                       lambda f: prog("elicit", f))
+    round_id = elicit["result"]["round_id"]
+    doc["round"] = {"round_id": round_id, "n_drafts": elicit["result"]["n_drafts"]}
+    seconds["elicit"] = done()
+
+    done = _stage(log, f"{cfg.devices} devices score the drafts on their private validation items")
+    doc["scoring"] = _iterate(fleet, devices, "score", "round", prog)
+    seconds["score"] = done()
+    doc["aggregate"] = fleet.api("GET", f"/aggregates/{round_id}")
+
+    done = _stage(log, "server pools the scores, builds pairs, aligns the teacher with DPO (align job)")
+    align = fleet.job("align", {"kind": "align", "cohort_id": cid, "round_id": round_id,
+                                "params": {"config": _align_config(cfg)}}, lambda f: prog("align", f))
+    doc["align"] = align["result"]
+    seconds["align"] = done()
+    aligned = not _no_signal(doc["align"])
+    if not aligned:
+        log(f"  {doc['align'].get('reason')}; the round goes on with the unaligned teacher")
+
+    done = _stage(log, f"{'aligned' if aligned else 'unaligned'} teacher writes {cfg.tailored} tailored "
+                       f"examples (tailor job)")
+    tailor = fleet.job("tailor", {"kind": "tailor", "cohort_id": cid, "round_id": round_id,
+                                  "params": {"config": _tailor_config(cfg)}}, lambda f: prog("tailor", f))
+    doc["dataset"] = tailor["result"]
+    seconds["tailor"] = done()
+
+    done = _stage(log, f"{cfg.devices} devices fine-tune (LoRA), evaluate before/after and keep or reject")
+    doc["training"] = _iterate(fleet, devices, "train", "dataset", prog)
+    seconds["train"] = done()
+    by_id = {d["device_id"]: d["name"] for d in devices}
+    doc["metrics"] = [{**m, "device": by_id.get(m["device_id"], m["device_id"])}
+                      for m in fleet.api("GET", "/metrics")]
+    doc["dashboard"] = f"{fleet.url}/dashboard"
+
+
+def _campaign(fleet: _Fleet, cfg: DemoConfig, cid: str, devices: list[dict[str, Any]], mode: str,
+              doc: dict[str, Any], log: Callable[[str], None], prog: Callable[[str, float], None]) -> None:
+    """``cfg.rounds`` rounds as a campaign: the server's worker drives every step, the devices iterate."""
+    done = _stage(log, f"a campaign of {cfg.rounds} rounds: the server's worker drives every step, the devices "
+                       "iterate")
+    p = _elicit_params(cfg, mode)
+    policy = {"drafts": p["config"], "mode": mode, "max_new_tokens": p["max_new_tokens"],
+              "min_items": p["min_items"], "close_devices": cfg.devices, "align": _align_config(cfg),
+              "tailor": _tailor_config(cfg)}
+    doc["campaign"] = run_campaign(fleet, cid, cfg.rounds or 1, policy, devices,
+                                   lambda step, part: _iterate(fleet, devices, step, part, prog), log,
+                                   timeout_s=cfg.timeout_s)
+    doc["seconds"]["campaign"] = done()
+    _last_round(fleet, cid, doc, devices)
+
+
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
              progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
     """Run the round (see the module docstring); returns the demo's JSON document."""
@@ -397,50 +503,10 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda m: print(m,
         doc.update(server=fleet.url, cohort_id=cid, devices=devices)
         seconds["setup"] = done()
 
-        done = _stage(log, f"teacher drafts {cfg.questions} questions x {len(cfg.styles)} rationales (elicit job)")
-        elicit = fleet.job("elicit", {"kind": "elicit", "cohort_id": cid, "params": {
-            # 48 reasoning tokens: on the embedded student as many items reach <ans> as with 96, in 70 % of
-            # the time (docs/agent.md, "Scoring drafts on a device").
-            "mode": mode, "max_new_tokens": 48, "min_items": max(1, cfg.examples_per_device // 4),
-            "config": {"n_questions": cfg.questions, "styles": list(cfg.styles), "seed": cfg.split_seed,
-                       "rationale_max_new_tokens": 160, "question_max_new_tokens": 320, "batch_size": 8}}},
-            lambda f: prog("elicit", f))
-        round_id = elicit["result"]["round_id"]
-        doc["round"] = {"round_id": round_id, "n_drafts": elicit["result"]["n_drafts"]}
-        seconds["elicit"] = done()
-
-        done = _stage(log, f"{cfg.devices} devices score the drafts on their private validation items")
-        doc["scoring"] = _iterate(fleet, devices, "score", "round", prog)
-        seconds["score"] = done()
-        doc["aggregate"] = fleet.api("GET", f"/aggregates/{round_id}")
-
-        done = _stage(log, "server pools the scores, builds pairs, aligns the teacher with DPO (align job)")
-        align = fleet.job("align", {"kind": "align", "cohort_id": cid, "round_id": round_id, "params": {
-            "config": {"epochs": cfg.dpo_epochs, "batch_size": 1, "learning_rate": 5e-5, "max_length": 512,
-                       "eval_pairs": 8, "logging_steps": 1, "seed": cfg.split_seed}}},
-            lambda f: prog("align", f))
-        doc["align"] = align["result"]
-        seconds["align"] = done()
-        aligned = not _no_signal(doc["align"])
-        if not aligned:
-            log(f"  {doc['align'].get('reason')}; the round goes on with the unaligned teacher")
-
-        done = _stage(log, f"{'aligned' if aligned else 'unaligned'} teacher writes {cfg.tailored} tailored "
-                           f"examples (tailor job)")
-        tailor = fleet.job("tailor", {"kind": "tailor", "cohort_id": cid, "round_id": round_id, "params": {
-            "config": {"n_questions": cfg.tailored, "seed": cfg.split_seed + 1, "check_samples": 0,
-                       "rationale_max_new_tokens": 128, "question_max_new_tokens": 256, "batch_size": 8}}},
-            lambda f: prog("tailor", f))
-        doc["dataset"] = tailor["result"]
-        seconds["tailor"] = done()
-
-        done = _stage(log, f"{cfg.devices} devices fine-tune (LoRA), evaluate before/after and keep or reject")
-        doc["training"] = _iterate(fleet, devices, "train", "dataset", prog)
-        seconds["train"] = done()
-        by_id = {d["device_id"]: d["name"] for d in devices}
-        doc["metrics"] = [{**m, "device": by_id.get(m["device_id"], m["device_id"])}
-                          for m in fleet.api("GET", "/metrics")]
-        doc["dashboard"] = f"{fleet.url}/dashboard"
+        if cfg.rounds is not None:
+            _campaign(fleet, cfg, cid, devices, mode, doc, log, prog)
+        else:
+            _one_round(fleet, cfg, cid, devices, mode, doc, log, prog)
     finally:
         fleet.stop()
     seconds["total"] = round(time.monotonic() - t_start, 1)
@@ -498,6 +564,8 @@ def render_summary(doc: dict[str, Any]) -> str:
     for t in doc.get("training", []):
         if t.get("step") != "trained":
             lines.append(f"  {t['device']}: {t.get('step')} {t.get('error') or t.get('paused') or ''}")
+    if doc.get("campaign"):
+        lines += ["", *campaign_lines(doc["campaign"]), "  (the lines above the table describe its last round)"]
     s = doc.get("seconds", {})
     lines += ["", "  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.items())]
     if doc.get("report"):
@@ -627,12 +695,15 @@ def command() -> Any:
     @click.option("--privacy", default="none", show_default=True,
                   help="Local DP of the scores: none or MECHANISM:EPSILON (gaussian:2, laplace:4, ...).")
     @click.option("--seed", "split_seed", default=0, show_default=True, help="Seed of the shards and splits.")
+    @click.option("--rounds", type=click.IntRange(min=1), default=None,
+                  help="Run N rounds as a campaign: the server drives every step, the devices only iterate.")
     @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     def demo(task_path: Path | None, work_dir: Path, fresh: bool, model: str, devices: int, examples_per_device: int,
              questions: int, styles: str, tailored: int, dpo_epochs: float, privacy: str, split_seed: int,
-             threads: int | None, as_json: bool) -> None:
-        """Run one full ARTE round on this machine: a real server, DEVICES agents, a report."""
+             rounds: int | None, threads: int | None, as_json: bool) -> None:
+        """Run one full ARTE round on this machine (or --rounds N as a campaign): a real server, DEVICES
+        agents, a report."""
 
         try:
             if fresh:
@@ -640,7 +711,8 @@ def command() -> Any:
             cfg = DemoConfig(task=task_path or _default_task(), work_dir=work_dir.resolve(), model=model,
                              devices=devices, examples_per_device=examples_per_device, questions=questions,
                              styles=tuple(s.strip() for s in styles.split(",") if s.strip()), tailored=tailored,
-                             dpo_epochs=dpo_epochs, privacy=privacy, split_seed=split_seed, threads=threads)
+                             dpo_epochs=dpo_epochs, privacy=privacy, split_seed=split_seed, threads=threads,
+                             rounds=rounds)
             doc = run_demo(cfg)
         except ArteError as e:
             fail(e)

@@ -40,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from arte.backends.llama import LlamaCppStudent, _Entry  # noqa: E402
 from arte.drafts import read_drafts  # noqa: E402
+from arte.home import model_dir  # noqa: E402
 from arte.irt import fit_2pl, select_items, selection_agreement  # noqa: E402
 from arte.models import resolve_model  # noqa: E402
 from arte.scoring import MODES, ScoringConfig, score_drafts  # noqa: E402
 from arte.tasks import load_task, split_task  # noqa: E402
-from arte.home import model_dir  # noqa: E402
 from benchmarks._env import machine_info, versions  # noqa: E402
 
 TASKS = ("sports_understanding", "navigate")

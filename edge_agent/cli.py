@@ -34,6 +34,7 @@ from arte.models import resolve_model
 from arte.retry import RetryPolicy
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES, ScoringConfig, check_items, score_drafts
 from arte.tasks import label_counts, load_task, split_task
+from edge_agent import service as svc
 from edge_agent.client import ServerClient
 from edge_agent.config import SETTABLE, validate_setting
 from edge_agent.doctor import Check, run_checks
@@ -41,9 +42,8 @@ from edge_agent.enroll import enroll as enroll_device
 from edge_agent.errors import AgentError, ExitCode, exit_code_for
 from edge_agent.hardware import detect
 from edge_agent.loop import Agent, Iteration, run_forever, run_once
-from edge_agent.service import ServiceSpec, enable_commands, render_unit
 from edge_agent.settings import AgentSettings
-from edge_agent.state import State, utc_now
+from edge_agent.state import DB_NAME, State, utc_now
 from edge_agent.status import status as agent_status
 from edge_agent.status import status_lines
 from edge_agent.student import open_profile_student
@@ -405,20 +405,35 @@ def service() -> None:
               help="The edge-agent executable (default: this one).")
 @click.option("--working-dir", type=click.Path(path_type=Path), default=None, help="WorkingDirectory= (absolute).")
 @click.option("--name", default="edge-agent", show_default=True, help="Unit name.")
+@click.option("--memory-max-mib", type=click.IntRange(min=64), default=None,
+              help="MemoryMax= (default: the enrolled profile's memory budget plus a quarter).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_file: Path | None,
-                    exec_path: Path | None, working_dir: Path | None, name: str, as_json: bool) -> None:
-    """Write a systemd unit (Restart=on-failure) and print the commands that enable it."""
-
+                    exec_path: Path | None, working_dir: Path | None, name: str, memory_max_mib: int | None,
+                    as_json: bool) -> None:
+    """Write a hardened systemd unit (Restart=on-failure, read-only system but the state dir, MemoryMax
+    from the profile's budget) and print the commands that enable it."""
     settings = _settings(ctx)
     if exec_path is None:
         found = shutil.which("edge-agent")
         exec_path = Path(found).resolve() if found else Path(sys.argv[0]).resolve()
+    state_dir = Path(settings.state_dir).expanduser().resolve()
+    warnings = []
+    if memory_max_mib is None and (state_dir / DB_NAME).exists():
+        try:
+            with State(state_dir) as st:
+                memory_max_mib = svc.memory_max_mib(_profile(st, settings).budget.memory_mib)
+        except (AgentError, ArteError) as e:
+            warnings.append(f"no MemoryMax: {e}; pass --memory-max-mib")
+    elif memory_max_mib is None:
+        warnings.append(f"no MemoryMax: {state_dir} holds no enrolled agent yet (enroll first, or pass "
+                        "--memory-max-mib)")
     try:
-        spec = ServiceSpec(exec_path=exec_path, state_dir=Path(settings.state_dir).expanduser().resolve(),
-                           user=user or getpass.getuser(), name=name, env_file=env_file, working_dir=working_dir)
-        text = render_unit(spec)
+        spec = svc.ServiceSpec(exec_path=exec_path, state_dir=state_dir, user=user or getpass.getuser(), name=name,
+                               env_file=env_file, working_dir=working_dir, memory_max_mib=memory_max_mib,
+                               write_paths=(model_dir().resolve(),))
+        text = svc.render_unit(spec)
         unit_path.parent.mkdir(parents=True, exist_ok=True)
         unit_path.write_text(text)
     except ConfigError as e:
@@ -426,9 +441,9 @@ def service_install(ctx: click.Context, unit_path: Path, user: str | None, env_f
     except OSError as e:
         click.echo(f"error: cannot write {unit_path}: {e.strerror}", err=True)
         sys.exit(int(ExitCode.INPUT))
-    commands = enable_commands(unit_path.resolve(), name)
-    warnings = [f"env file {env_file} does not exist yet: create it before starting the service"] \
-        if env_file is not None and not env_file.exists() else []
+    commands = svc.enable_commands(unit_path.resolve(), name)
+    if env_file is not None and not env_file.exists():
+        warnings.append(f"env file {env_file} does not exist yet: create it before starting the service")
     data = {"unit_path": str(unit_path.resolve()), "unit": text, "commands": commands, "warnings": warnings}
     human = [f"wrote {unit_path.resolve()}", *[f"warning: {w}" for w in warnings], "to enable it, run:",
              *[f"  {c}" for c in commands]]

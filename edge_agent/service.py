@@ -4,6 +4,13 @@ Contract: :func:`render_unit` turns a :class:`ServiceSpec` into unit text (``Res
 user's account, env file and state dir) after validating every value (absolute paths, a valid user name,
 no newlines that could inject directives); :func:`enable_commands` lists the commands that install and
 start it, which the CLI prints rather than runs.
+
+The unit is hardened: no privilege gain (``NoNewPrivileges``), the whole filesystem read-only
+(``ProtectSystem=strict``, ``ProtectHome=read-only``: the private data stays readable) except the state
+dir and ``write_paths`` (the model dir, where models converted for training are cached; a path that does
+not exist is skipped), a private /tmp, idle I/O priority, and ``MemoryMax`` (:func:`memory_max_mib`: the
+profile's memory budget plus a quarter for the agent itself), so a runaway fine-tune is killed by the
+kernel instead of the device's other work.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from pathlib import Path
 
 from arte.errors import ConfigError
 
-__all__ = ["ServiceSpec", "render_unit", "enable_commands"]
+__all__ = ["ServiceSpec", "render_unit", "enable_commands", "memory_max_mib"]
 
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 
@@ -31,10 +38,13 @@ class ServiceSpec:
     working_dir: Path | None = None
     restart_sec: int = 30
     nice: int = 10
+    memory_max_mib: int | None = None
+    write_paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         for field, value in (("exec", self.exec_path), ("state_dir", self.state_dir),
-                             ("env_file", self.env_file), ("working_dir", self.working_dir)):
+                             ("env_file", self.env_file), ("working_dir", self.working_dir),
+                             *((f"write_paths[{i}]", p) for i, p in enumerate(self.write_paths))):
             if value is None:
                 continue
             if "\n" in str(value) or "\r" in str(value):
@@ -49,6 +59,14 @@ class ServiceSpec:
             raise ConfigError("restart_sec", f"must be in [1, 86400], got {self.restart_sec}")
         if not -20 <= self.nice <= 19:
             raise ConfigError("nice", f"must be in [-20, 19], got {self.nice}")
+        if self.memory_max_mib is not None and self.memory_max_mib < 64:
+            raise ConfigError("memory_max_mib", f"must be >= 64, got {self.memory_max_mib}")
+
+
+def memory_max_mib(budget_mib: int) -> int:
+    """``MemoryMax`` for a profile's memory budget: the budget bounds the student and the trainer; the
+    agent's own process (Python, SQLite, HTTP) gets a quarter more."""
+    return budget_mib + budget_mib // 4
 
 
 def _quote(path: Path) -> str:
@@ -81,6 +99,13 @@ def render_unit(spec: ServiceSpec) -> str:
         # auth refused (7) and not enrolled (12) need an operator: restarting would not help
         "RestartPreventExitStatus=7 12",
         f"Nice={spec.nice}",
+        "IOSchedulingClass=idle",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=read-only",
+        "PrivateTmp=yes",
+        "ReadWritePaths=" + " ".join([_quote(spec.state_dir), *("-" + _quote(p) for p in spec.write_paths)]),
+        *([f"MemoryMax={spec.memory_max_mib}M"] if spec.memory_max_mib else []),
         "",
         "[Install]",
         "WantedBy=multi-user.target",

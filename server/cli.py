@@ -3,7 +3,8 @@
 Commands: ``init`` (create the database, run migrations, create the admin key and print it once),
 ``serve`` (uvicorn), ``worker`` (run jobs), and ``tasks``/``cohorts``/``tokens``/``rounds``/
 ``aggregates``/``jobs``/``devices`` admin groups (list/show/create and a few actions) that work on the
-database directly. Every command takes ``--json`` and then prints exactly one JSON document on stdout;
+database directly; ``campaigns`` (automatic rounds), ``adapters`` (lineage, rollback) and ``service install``
+(systemd units) live in :mod:`server.cli_campaigns`. Every command takes ``--json`` and then prints exactly one JSON document on stdout;
 logs go to stderr.
 
 Exit codes: :class:`server.cli_common.Exit` (shown by ``arte-server --help``).
@@ -23,6 +24,7 @@ import uvicorn
 
 from server import db, security
 from server.cli_admin import aggregates, cohorts, devices, jobs, rounds, tasks, tokens
+from server.cli_campaigns import adapters, campaigns, service
 from server.cli_common import (
     Exit,
     _Ctx,
@@ -149,7 +151,7 @@ def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_lo
 @json_option
 @click.pass_obj
 def worker(obj: _Ctx, once: bool, as_json: bool) -> None:
-    """Run queued jobs (aggregate, elicit, align, tailor) until interrupted."""
+    """Run queued jobs (aggregate, elicit, align, tailor) and drive the campaigns until interrupted."""
 
     try:
         w = Worker(obj.settings(), obj.sessions())
@@ -170,7 +172,7 @@ def worker(obj: _Ctx, once: bool, as_json: bool) -> None:
         stop.set()
 
 
-for _group in (tasks, cohorts, tokens, rounds, aggregates, jobs, devices):
+for _group in (tasks, cohorts, tokens, rounds, aggregates, jobs, devices, campaigns, adapters, service):
     main.add_command(_group)
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from server import fleet
-from server.models import Cohort, Dataset, Device, DeviceMetrics, Job, Report, Round, Task
+from server import campaigns, fleet
+from server.campaigns import CampaignOut
+from server.models import Adapter, Campaign, Cohort, Dataset, Device, DeviceMetrics, Job, Report, Round, Task
 from server.schemas import JOB_KINDS, JOB_STATES
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "AccuracyPoint",
     "Summary",
     "summary",
+    "CampaignOut",
 ]
 
 DEFAULT_LIMIT = 500
@@ -66,7 +68,8 @@ class CohortRow(BaseModel):
     profile_class: str
     min_devices: int
     n_devices: int = Field(description="Devices of the cohort whose key is not revoked.")
-    adapter: str | None
+    adapter_id: str | None = Field(description="The teacher's adapter for the cohort (None: the base teacher).")
+    adapter_lineage: list[str] = Field(description="The adapter's ancestors, parent first.")
     created_at: datetime
 
 
@@ -150,6 +153,9 @@ class Summary(BaseModel):
     jobs: list[JobRow]
     datasets: list[DatasetRow]
     accuracy: list[AccuracyPoint] = Field(description="Before/after accuracy per device, oldest first.")
+    campaigns: list[CampaignOut] = Field(
+        default_factory=list, description="Campaigns with their rounds' lineage and figures, oldest first."
+    )
 
 
 def _count(s: Session, model: Any, *where: Any) -> int:
@@ -193,6 +199,14 @@ def _newest(s: Session, model: Any, created: Any, limit: int) -> tuple[list[Any]
 
 def _cohorts(s: Session) -> list[CohortRow]:
     active = _counts_by(s, Device.cohort_id, Device.revoked_at.is_(None))
+    parents = dict(s.execute(sa.select(Adapter.id, Adapter.parent_id)).all())
+
+    def lineage(adapter_id: str | None) -> list[str]:
+        out: list[str] = []
+        while adapter_id is not None and (adapter_id := parents.get(adapter_id)) is not None and adapter_id not in out:
+            out.append(adapter_id)
+        return out
+
     q = sa.select(Cohort, Task.name).join(Task, Task.id == Cohort.task_id).order_by(Cohort.created_at, Cohort.id)
     return [
         CohortRow(
@@ -204,7 +218,8 @@ def _cohorts(s: Session) -> list[CohortRow]:
             profile_class=c.profile_class,
             min_devices=c.min_devices,
             n_devices=active.get(c.id, 0),
-            adapter=c.adapter,
+            adapter_id=c.adapter_id,
+            adapter_lineage=lineage(c.adapter_id),
             created_at=c.created_at,
         )
         for c, task_name in s.execute(q)
@@ -332,6 +347,7 @@ def summary(s: Session, now: datetime, limit: int = DEFAULT_LIMIT) -> Summary:
     jobs, jobs_cut = _jobs(s, limit)
     datasets, datasets_cut = _datasets(s, limit)
     accuracy, accuracy_cut = _accuracy(s, limit)
+    newest_campaigns, campaigns_cut = _newest(s, Campaign, Campaign.created_at, limit)
     return Summary(
         generated_at=now,
         limit=limit,
@@ -344,6 +360,7 @@ def summary(s: Session, now: datetime, limit: int = DEFAULT_LIMIT) -> Summary:
             "jobs": jobs_cut,
             "datasets": datasets_cut,
             "accuracy": accuracy_cut,
+            "campaigns": campaigns_cut,
         },
         cohorts=_cohorts(s),
         devices=devices,
@@ -351,4 +368,5 @@ def summary(s: Session, now: datetime, limit: int = DEFAULT_LIMIT) -> Summary:
         jobs=jobs,
         datasets=datasets,
         accuracy=accuracy,
+        campaigns=[campaigns.campaign_out(s, c) for c in newest_campaigns],
     )

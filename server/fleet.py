@@ -142,6 +142,7 @@ def cohort_out(s: Session, c: Cohort) -> CohortOut:
         privacy=c.privacy,
         min_devices=c.min_devices,
         adapter=c.adapter,
+        adapter_id=c.adapter_id,
         n_devices=n or 0,
         created_at=c.created_at,
     )
@@ -258,8 +259,9 @@ def device_out(d: Device) -> DeviceOut:
 # --- rounds -------------------------------------------------------------------------------------------
 
 
-def create_round(s: Session, body: RoundIn, now: datetime) -> Round:
-    """A new open round of ``body.drafts`` for a cohort (drafts checked like a drafts file)."""
+def create_round(s: Session, body: RoundIn, now: datetime, job_id: str | None = None) -> Round:
+    """A new open round of ``body.drafts`` for a cohort (drafts checked like a drafts file); ``job_id``:
+    the elicit job that opened it."""
     cohort = get_cohort(s, body.cohort_id)
     seen: set[str] = set()
     rows: list[RoundDraft] = []
@@ -294,6 +296,7 @@ def create_round(s: Session, body: RoundIn, now: datetime) -> Round:
         created_at=now,
         closes_at=body.closes_at,
         closed_at=None,
+        job_id=job_id,
     )
     s.add(rnd)
     s.flush()

@@ -20,6 +20,10 @@ cancelled or taken away; it raises :class:`~server.errors.JobError` for a failur
 
 The teacher-side functions live in ``arte`` and are imported inside the handlers (heavy, and written
 in parallel): the config dataclasses are built from the job's ``params`` (``params["config"]``).
+
+Every handler is idempotent per job: the round, aggregate, adapter and dataset it stores carry its job id,
+and an attempt that finds its job's row (an earlier attempt stored it, then its worker died before the job
+was marked done) returns that instead of storing a second one (campaigns rely on it: :mod:`server.driver`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from arte.backends import open_teacher
@@ -45,10 +50,10 @@ from arte.pairs import NO_SIGNAL, PairConfig, read_pairs, select_pairs, write_pa
 from arte.procs import child_env, death_message
 from arte.tailor import TailorConfig, tailor_dataset
 from arte.tasks import Example, Task, label_counts
-from server import fleet, queue, results, serving
+from server import fleet, lineage, queue, results, serving
 from server.db import transaction
 from server.errors import ApiError, JobError
-from server.models import Round
+from server.models import Aggregate, Dataset, Round
 from server.schemas import DatasetIn, RoundIn
 from server.settings import ServerSettings
 
@@ -110,7 +115,8 @@ def run_aggregate(ctx: JobContext) -> dict[str, Any]:
     with transaction(ctx.sessions) as s:
         rnd = _round(s, ctx)
         agg = results.compute_aggregate(s, rnd)
-        row = results.store_aggregate(s, rnd, agg, ctx.clock(), job_id=ctx.claim.job_id)
+        row = s.scalar(sa.select(Aggregate).where(Aggregate.job_id == ctx.claim.job_id)) \
+            or results.store_aggregate(s, rnd, agg, ctx.clock(), job_id=ctx.claim.job_id)
         out = {
             "aggregate_id": row.id,
             "round_id": rnd.id,
@@ -176,9 +182,15 @@ def _open_teacher(settings: ServerSettings, adapter: str | None) -> Any:
 def run_elicit(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
+        done = s.scalar(sa.select(Round).where(Round.job_id == ctx.claim.job_id))
+        if done is not None:
+            return {"round_id": done.id, "n_drafts": done.n_drafts, "resumed": True}
         task, seeds = _arte_task(s, ctx.claim.cohort_id or "")
+        # campaigns: the drafts come from the teacher with the cohort's newest adapter
+        adapter = fleet.get_cohort(s, ctx.claim.cohort_id or "").adapter \
+            if ctx.claim.params.get("use_cohort_adapter") else None
     config = ElicitConfig(**ctx.claim.params.get("config", {}))
-    teacher = _open_teacher(ctx.settings, None)
+    teacher = _open_teacher(ctx.settings, adapter)
     try:
         res = elicit_drafts(teacher, task, seeds, config, progress=ctx.stage_progress)
     finally:
@@ -192,7 +204,7 @@ def run_elicit(ctx: JobContext) -> dict[str, Any]:
         **{k: v for k, v in ctx.claim.params.items() if k in ("mode", "max_new_tokens", "min_items")},
     )
     with transaction(ctx.sessions) as s:   # (ctx.log opens its own transaction: never inside one)
-        rnd = fleet.create_round(s, body, ctx.clock())
+        rnd = fleet.create_round(s, body, ctx.clock(), job_id=ctx.claim.job_id)
         out = {"round_id": rnd.id, "n_drafts": rnd.n_drafts, "elicitation": res.summary(),
                "labels": label_counts(res.drafts)}   # the drafts' answers
     ctx.log(f"round {out['round_id']} opened with {out['n_drafts']} drafts")
@@ -220,6 +232,9 @@ def _pairs_of_this_job(ctx: JobContext, select: Callable[[], Any]) -> tuple[list
 def run_align(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
+        done = lineage.adapter_for_job(s, ctx.claim.job_id)
+        if done is not None:
+            return {**done.summary, "resumed": True}
         rnd = _round(s, ctx)
         agg = results.compute_aggregate(s, rnd)
         if not agg.may_align:  # arte.privacy.cohort_threshold
@@ -266,12 +281,14 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
     if served["kind"] != "none":
         ctx.log(f"adapter served as {served['name']} ({served['kind']})"
                 + (f"; restart the llama.cpp server: {served['restart']}" if "restart" in served else ""))
+    out = {"outcome": selection["outcome"], "adapter": str(out_dir), "n_pairs": len(pairs),
+           "n_devices": agg.n_devices, "pair_selection": selection, "serving": served, **_align_summary(out_dir)}
     with transaction(ctx.sessions) as s:
-        fleet.get_cohort(s, cohort.id).adapter = str(out_dir)
-    ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out_dir}")
-    return {"outcome": "pairs", "adapter": str(out_dir), "n_pairs": len(pairs),
-            "n_devices": agg.n_devices, "pair_selection": selection, "serving": served,
-            **_align_summary(out_dir)}
+        row = lineage.record_adapter(s, fleet.get_cohort(s, cohort.id), path=str(out_dir), round_id=rnd.id,
+                                     job_id=ctx.claim.job_id, n_pairs=len(pairs), summary=out, now=ctx.clock())
+        out = row.summary = {**out, "adapter_id": row.id, "parent_id": row.parent_id}
+    ctx.log(f"aligned the teacher on {len(pairs)} pairs; adapter {out['adapter_id']} at {out_dir}")
+    return out
 
 
 def _align_summary(out_dir: Path) -> dict[str, Any]:
@@ -336,8 +353,13 @@ def _align_subprocess(ctx: JobContext, pairs: list[Any], config: dict[str, Any],
 def run_tailor(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
+        done = s.scalar(sa.select(Dataset).where(Dataset.job_id == ctx.claim.job_id))
+        if done is not None:
+            return {"dataset_id": done.id, "n_examples": done.n_examples, "sha256": done.sha256,
+                    "adapter_id": done.adapter_id, "resumed": True}
         task, seeds = _arte_task(s, ctx.claim.cohort_id or "")
-        adapter = fleet.get_cohort(s, ctx.claim.cohort_id or "").adapter
+        cohort = fleet.get_cohort(s, ctx.claim.cohort_id or "")
+        adapter, adapter_id = cohort.adapter, cohort.adapter_id
     teacher = _open_teacher(ctx.settings, adapter)
     out_dir = ctx.work_dir() / "tailor"
     try:
@@ -367,7 +389,8 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
     key = ctx.settings.dataset_signing_key.get_secret_value() if ctx.settings.dataset_signing_key else None
     with transaction(ctx.sessions) as s:
         ds = results.create_dataset(s, body, ctx.clock(), key)
-        out = {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256,
+        ds.adapter_id, ds.job_id = adapter_id, ctx.claim.job_id
+        out = {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256, "adapter_id": adapter_id,
                "counts": result.manifest.get("counts", {}), "labels": result.manifest.get("labels", {})}
     ctx.log(f"dataset {out['dataset_id']}: {out['n_examples']} examples, sha256 {out['sha256']}")
     return out

@@ -35,6 +35,10 @@ __all__ = [
     "Job",
     "JobLog",
     "Aggregate",
+    "Adapter",
+    "Campaign",
+    "CampaignRound",
+    "CampaignEvent",
     "ID_PATTERN",
 ]
 
@@ -101,6 +105,8 @@ class Cohort(Base):
     min_devices: Mapped[int] = mapped_column(sa.Integer)
     adapter: Mapped[str | None] = mapped_column(sa.String(1000), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the adapters row of ``adapter`` (None before the first alignment; see server.lineage)
+    adapter_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
 
 
 class EnrollmentToken(Base):
@@ -131,6 +137,7 @@ class Device(Base):
 
 class Round(Base):
     __tablename__ = "rounds"
+    __table_args__ = (sa.UniqueConstraint("job_id", name="uq_rounds_job_id"),)
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
     cohort_id: Mapped[str] = mapped_column(sa.ForeignKey("cohorts.id"), index=True)
     state: Mapped[str] = mapped_column(sa.String(16))  # open | closed
@@ -142,6 +149,8 @@ class Round(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closes_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the elicit job that opened it: a retried attempt finds its round instead of opening a second one
+    job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
 
 
 class RoundDraft(Base):
@@ -176,6 +185,7 @@ class ReportScore(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    __table_args__ = (sa.UniqueConstraint("job_id", name="uq_datasets_job_id"),)
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
     cohort_id: Mapped[str] = mapped_column(sa.ForeignKey("cohorts.id"), index=True)
     round_id: Mapped[str | None] = mapped_column(sa.ForeignKey("rounds.id"), nullable=True)
@@ -188,6 +198,8 @@ class Dataset(Base):
     signature: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
     counts: Mapped[dict[str, int]] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    adapter_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)  # the teacher's adapter
+    job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)  # the tailor job that wrote it
 
 
 class DeviceMetrics(Base):
@@ -208,7 +220,10 @@ class DeviceMetrics(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (sa.Index("ix_jobs_state_created", "state", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_jobs_state_created", "state", "created_at"),
+        sa.UniqueConstraint("key", name="uq_jobs_key"),
+    )
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(32))
     cohort_id: Mapped[str | None] = mapped_column(sa.ForeignKey("cohorts.id"), nullable=True)
@@ -226,6 +241,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # retry backoff: a queued job is not claimed before this time (None: at once)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the campaign that queued it, and a unique key per campaign transition (a step never queued twice)
+    campaign_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True, index=True)
+    key: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
 
 
 class JobLog(Base):
@@ -248,3 +268,75 @@ class Aggregate(Base):
     drafts: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Adapter(Base):
+    """A teacher adapter of a cohort (written by an align job), with its lineage."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (sa.UniqueConstraint("job_id", name="uq_adapters_job_id"),)
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    cohort_id: Mapped[str] = mapped_column(sa.ForeignKey("cohorts.id"), index=True)
+    path: Mapped[str] = mapped_column(sa.String(1000))
+    round_id: Mapped[str | None] = mapped_column(sa.ForeignKey("rounds.id"), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("adapters.id"), nullable=True)
+    n_pairs: Mapped[int] = mapped_column(sa.Integer)
+    summary: Mapped[dict[str, Any]] = mapped_column(sa.JSON)  # the align job's training summary
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Campaign(Base):
+    """A cohort's automatic rounds: its policy and where the state machine is (see server.driver)."""
+
+    __tablename__ = "campaigns"
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    cohort_id: Mapped[str] = mapped_column(sa.ForeignKey("cohorts.id"), index=True)
+    state: Mapped[str] = mapped_column(sa.String(16))  # active paused stopped completed
+    policy: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    rounds: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # None: until stopped
+    round_no: Mapped[int] = mapped_column(sa.Integer)
+    step: Mapped[str] = mapped_column(sa.String(16))  # elicit collect aggregate align tailor
+    job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    round_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    version: Mapped[int] = mapped_column(sa.Integer)
+    failures: Mapped[int] = mapped_column(sa.Integer)
+    reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CampaignRound(Base):
+    """One round of a campaign and its lineage: the round, the adapter it started from, what it produced."""
+
+    __tablename__ = "campaign_rounds"
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    round_no: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    round_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    parent_adapter_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    adapter_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    dataset_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    n_reports: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    n_devices: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    align: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)  # pairs no_signal below_k
+    n_pairs: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CampaignEvent(Base):
+    """Every transition of a campaign, numbered by the version it produced (unique: none happens twice)."""
+
+    __tablename__ = "campaign_events"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "version", name="uq_campaign_events_version"),)
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(sa.Integer)
+    round_no: Mapped[int] = mapped_column(sa.Integer)
+    step: Mapped[str] = mapped_column(sa.String(16))
+    event: Mapped[str] = mapped_column(sa.String(32))
+    message: Mapped[str] = mapped_column(sa.Text)
+    job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

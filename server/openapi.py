@@ -29,8 +29,8 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security.base import SecurityBase
-from starlette.routing import BaseRoute
 from pydantic import BaseModel
+from starlette.routing import BaseRoute
 
 from server import deps
 from server.errors import (

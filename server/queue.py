@@ -2,11 +2,19 @@
 
 States: ``queued`` → ``running`` → ``succeeded`` | ``failed`` | ``cancelled``; a running job goes back to
 ``queued`` when its attempt fails with a retryable error or its worker stops heartbeating, until
-``max_attempts`` attempts were made. Claiming is atomic: on PostgreSQL ``SELECT ... FOR UPDATE SKIP
+``max_attempts`` attempts were made; it waits ``not_before`` first (:func:`retry_delay`: exponential backoff
+with jitter, so an out-of-memory attempt is not repeated back to back). Claiming is atomic: on PostgreSQL ``SELECT ... FOR UPDATE SKIP
 LOCKED`` lets many workers claim different jobs without waiting on each other; on SQLite the claim runs
 in a ``BEGIN IMMEDIATE`` transaction (:func:`server.db.transaction`), which serializes claimers. Every
 state change after the claim is guarded by ``worker_id`` and ``attempts`` so a worker that was presumed
 dead (and whose job was re-queued and claimed again) cannot overwrite the new attempt's outcome.
+
+Kinds in :data:`COHORT_LOCKED` (``align``, ``tailor``: they read and write the cohort's adapter) run one at
+a time per cohort: a queued one is passed over while another of its cohort is running. The running job is
+the lock, so a dead worker's lock ends when :func:`requeue_dead` re-queues its job. On PostgreSQL the
+claimer first locks the cohort's row, so two workers cannot both see the cohort free.
+
+Every failed job carries its reason in ``error``.
 
 Every function runs in its own short transaction on the given session factory and takes ``now`` (tests
 drive time by hand; nothing sleeps).
@@ -14,6 +22,8 @@ drive time by hand; nothing sleeps).
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from server import fleet, results
 from server.db import transaction
 from server.errors import BadRequest, BelowK, Conflict, NotFound
-from server.models import Job, JobLog, new_id
+from server.models import Cohort, Job, JobLog, new_id
 from server.schemas import JobIn, JobLogOut, JobOut
 
 __all__ = [
@@ -42,10 +52,36 @@ __all__ = [
     "log",
     "job_logs",
     "job_out",
+    "retry_delay",
+    "Backoff",
     "TERMINAL",
+    "COHORT_LOCKED",
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+COHORT_LOCKED = ("align", "tailor")
+_CANDIDATES = 64   # queued jobs a claim looks at (the oldest first) when the first ones must wait
+
+
+def retry_delay(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): ``base_s * 2**(attempt-1)`` capped at
+    ``max_s``, times a factor in [0.5, 1) from ``jitter`` in [0, 1) (so workers that failed together do
+    not retry together)."""
+    exp = min(max_s, base_s * 2.0 ** min(max(attempt - 1, 0), 60))
+    return exp * (0.5 + 0.5 * jitter)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a failed job waits before its next attempt (see :func:`retry_delay`)."""
+
+    base_s: float = 0.0
+    max_s: float = 0.0
+    jitter: Callable[[], float] = random.random
+
+    def not_before(self, attempt: int, now: datetime) -> tuple[datetime | None, float]:
+        delay = retry_delay(attempt, self.base_s, self.max_s, self.jitter())
+        return (now + timedelta(seconds=delay) if delay > 0 else None), delay
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,8 @@ def create_job(
     params: dict[str, Any],
     max_attempts: int,
     now: datetime,
+    campaign_id: str | None = None,
+    key: str | None = None,
 ) -> Job:
     job = Job(
         id=new_id("job"),
@@ -86,6 +124,8 @@ def create_job(
         error=None,
         cancel_requested=False,
         created_at=now,
+        campaign_id=campaign_id,
+        key=key,
     )
     s.add(job)
     s.flush()
@@ -155,38 +195,64 @@ def log(
         _log(s, claim.job_id, claim.attempt, level, message, now)
 
 
+def _cohort_busy(s: Session, job: Job) -> bool:
+    """Whether another job of ``COHORT_LOCKED`` runs for the job's cohort (the cohort row is locked first:
+    on PostgreSQL a second claimer waits here and then sees the first one's committed claim)."""
+    s.execute(sa.select(Cohort.id).where(Cohort.id == job.cohort_id).with_for_update(key_share=True))
+    running = s.scalar(
+        sa.select(Job.id)
+        .where(Job.cohort_id == job.cohort_id, Job.state == "running", Job.kind.in_(COHORT_LOCKED))
+        .limit(1)
+    )
+    return running is not None
+
+
 def claim(
     sessions: sessionmaker[Session], worker_id: str, now: datetime, kinds: tuple[str, ...] | None = None
 ) -> Claim | None:
-    """Atomically take the oldest queued job (of ``kinds``), or None when there is none."""
+    """Atomically take the oldest queued job (of ``kinds``) whose ``not_before`` has passed and whose
+    cohort lock is free, or None when there is none."""
     with transaction(sessions) as s:
-        q = sa.select(Job).where(Job.state == "queued").order_by(Job.created_at, Job.id).limit(1)
+        q = (
+            sa.select(Job.id)
+            .where(Job.state == "queued", sa.or_(Job.not_before.is_(None), Job.not_before <= now))
+            .order_by(Job.created_at, Job.id)
+            .limit(_CANDIDATES)
+        )
         if kinds:
             q = q.where(Job.kind.in_(kinds))
-        job = s.scalar(q.with_for_update(skip_locked=True))
-        if job is None:
-            return None
-        job.state, job.worker_id = "running", worker_id
-        job.attempts += 1
-        job.started_at = job.heartbeat_at = now
-        job.progress = None
-        _log(
-            s,
-            job.id,
-            job.attempts,
-            "info",
-            f"attempt {job.attempts}/{job.max_attempts} claimed by {worker_id}",
-            now,
-        )
-        return Claim(
-            job_id=job.id,
-            kind=job.kind,
-            cohort_id=job.cohort_id,
-            round_id=job.round_id,
-            params=dict(job.params),
-            attempt=job.attempts,
-            worker_id=worker_id,
-        )
+        for job_id in list(s.scalars(q)):
+            job = s.scalar(
+                sa.select(Job).where(Job.id == job_id, Job.state == "queued").with_for_update(skip_locked=True)
+            )
+            if job is None or (job.kind in COHORT_LOCKED and job.cohort_id and _cohort_busy(s, job)):
+                continue
+            return _take(s, job, worker_id, now)
+        return None
+
+
+def _take(s: Session, job: Job, worker_id: str, now: datetime) -> Claim:
+    job.state, job.worker_id = "running", worker_id
+    job.attempts += 1
+    job.started_at = job.heartbeat_at = now
+    job.progress = None
+    _log(
+        s,
+        job.id,
+        job.attempts,
+        "info",
+        f"attempt {job.attempts}/{job.max_attempts} claimed by {worker_id}",
+        now,
+    )
+    return Claim(
+        job_id=job.id,
+        kind=job.kind,
+        cohort_id=job.cohort_id,
+        round_id=job.round_id,
+        params=dict(job.params),
+        attempt=job.attempts,
+        worker_id=worker_id,
+    )
 
 
 def _owned(s: Session, c: Claim) -> Job | None:
@@ -221,19 +287,34 @@ def succeed(sessions: sessionmaker[Session], c: Claim, result: dict[str, Any], n
         return True
 
 
-def fail(sessions: sessionmaker[Session], c: Claim, error: str, now: datetime, *, retry: bool) -> str:
-    """End the attempt with ``error``; re-queue when ``retry`` and attempts remain. Returns the new state
-    (or ``"lost"``)."""
+def _requeue(job: Job, now: datetime, backoff: Backoff) -> str:
+    job.state, job.worker_id = "queued", None
+    job.not_before, delay = backoff.not_before(job.attempts, now)
+    return f"; attempt {job.attempts + 1} not before {job.not_before.isoformat()} ({delay:.0f} s)" \
+        if job.not_before else ""
+
+
+def fail(
+    sessions: sessionmaker[Session],
+    c: Claim,
+    error: str,
+    now: datetime,
+    *,
+    retry: bool,
+    backoff: Backoff = Backoff(),
+) -> str:
+    """End the attempt with ``error`` (kept as the job's reason); re-queue when ``retry`` and attempts
+    remain, not before the backoff's delay. Returns the new state (or ``"lost"``)."""
     with transaction(sessions) as s:
         job = _owned(s, c)
         if job is None:
             return "lost"
         _log(s, job.id, c.attempt, "error", error, now)
-        job.error = error
+        job.error = error or "failed without a message"
         if job.cancel_requested:
             job.state, job.finished_at = "cancelled", now
         elif retry and job.attempts < job.max_attempts:
-            job.state, job.worker_id = "queued", None
+            _log(s, job.id, c.attempt, "info", "re-queued" + _requeue(job, now, backoff), now)
         else:
             job.state, job.finished_at = "failed", now
         return job.state
@@ -266,9 +347,12 @@ def cancel(s: Session, job_id: str, now: datetime) -> Job:
     return job
 
 
-def requeue_dead(sessions: sessionmaker[Session], now: datetime, dead_after_s: float) -> list[str]:
-    """Re-queue running jobs whose heartbeat is older than ``dead_after_s`` (their worker died), or fail
-    them when no attempts remain. Returns the ids handled."""
+def requeue_dead(
+    sessions: sessionmaker[Session], now: datetime, dead_after_s: float, backoff: Backoff = Backoff()
+) -> list[str]:
+    """Re-queue running jobs whose heartbeat is older than ``dead_after_s`` (their worker died; the next
+    attempt waits the backoff, as after a failure), or fail them when no attempts remain. Returns the
+    ids handled."""
     cutoff = now - timedelta(seconds=dead_after_s)
     handled = []
     with transaction(sessions) as s:
@@ -282,8 +366,8 @@ def requeue_dead(sessions: sessionmaker[Session], now: datetime, dead_after_s: f
             if job.cancel_requested:
                 job.state, job.finished_at = "cancelled", now
             elif job.attempts < job.max_attempts:
-                job.state, job.worker_id = "queued", None
-                msg += "; re-queued"
+                job.error = msg
+                msg += "; re-queued" + _requeue(job, now, backoff)
             else:
                 job.state, job.finished_at, job.error = "failed", now, msg + "; no attempts left"
             _log(s, job.id, job.attempts, "warning", msg, now)
@@ -316,4 +400,6 @@ def job_out(j: Job) -> JobOut:
         started_at=j.started_at,
         heartbeat_at=j.heartbeat_at,
         finished_at=j.finished_at,
+        not_before=j.not_before,
+        campaign_id=j.campaign_id,
     )

@@ -236,6 +236,7 @@ class CohortOut(BaseModel):
     adapter: str | None
     n_devices: int
     created_at: datetime
+    adapter_id: str | None = Field(default=None, description="The cohort's teacher adapter (lineage: /adapters).")
 
 
 class TokenIn(_In):
@@ -347,6 +348,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     heartbeat_at: datetime | None
     finished_at: datetime | None
+    not_before: datetime | None = Field(default=None, description="A retry waits until then (backoff).")
+    campaign_id: str | None = Field(default=None, description="The campaign that queued the job.")
 
 
 class JobLogOut(BaseModel):

@@ -100,7 +100,14 @@ class ServerSettings(BaseSettings):
         default=60.0, gt=0, description="A running job whose heartbeat is older is re-queued."
     )
     job_max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts before a job fails.")
+    job_retry_base_s: float = Field(
+        default=30.0, ge=0, description="Wait before a failed job's second attempt; it doubles per attempt."
+    )
+    job_retry_max_s: float = Field(default=1800.0, ge=0, description="Longest wait between attempts.")
     worker_poll_s: float = Field(default=2.0, gt=0, description="Idle worker's wait between claims.")
+    campaign_tick_s: float = Field(
+        default=5.0, gt=0, description="How often a worker advances the active campaigns (server.driver)."
+    )
     teacher_model: str = Field(
         default="default",
         description="The teacher's base weights: 'default', a GGUF path or an HF dir. Align jobs train a LoRA "

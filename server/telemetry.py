@@ -11,7 +11,8 @@ Two sources, one exposition (``GET /metrics``, :mod:`server.routes.telemetry`):
   served. The middleware reads only the status and, for the two receipt routes, the small JSON receipt
   (its ``duplicate`` flag); it changes nothing the routes send.
 * **Fleet state**, read from the database at scrape time by :class:`FleetCollector`: jobs by kind and
-  state, devices (active/revoked), rounds (open/closed), cohorts, stored reports and datasets. Any
+  state, devices (active/revoked), rounds (open/closed), campaigns by state and their finished rounds,
+  teacher adapters, cohorts, stored reports and datasets. Any
   process can answer these, so they are right however many workers serve the API. A database error
   is logged and exposed as ``arte_db_up 0`` instead of failing the whole scrape.
 
@@ -42,7 +43,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from arte.wire import API_PREFIX
-from server.models import Cohort, Dataset, Device, Job, Report, Round
+from server.campaigns import STATES as CAMPAIGN_STATES
+from server.models import Adapter, Campaign, CampaignRound, Cohort, Dataset, Device, Job, Report, Round
 from server.schemas import JOB_KINDS, JOB_STATES
 
 __all__ = ["Telemetry", "RequestMetrics", "FleetCollector", "install", "multiprocess_dir", "UNMATCHED"]
@@ -304,6 +306,13 @@ class FleetCollector(Collector):
             for state, n in sorted(by_state.items()):
                 rounds.add_metric([state], n)
 
+            campaigns = GaugeMetricFamily("arte_campaigns", "Campaigns by state.", labels=["state"])
+            by_state = dict.fromkeys(CAMPAIGN_STATES, 0)
+            for state, n in s.execute(sa.select(Campaign.state, sa.func.count()).group_by(Campaign.state)):
+                by_state[state] = int(n)
+            for state, n in sorted(by_state.items()):
+                campaigns.add_metric([state], n)
+
             def gauge(name: str, doc: str, query: Any) -> GaugeMetricFamily:
                 g = GaugeMetricFamily(name, doc)
                 g.add_metric([], float(s.scalar(query) or 0))
@@ -313,6 +322,17 @@ class FleetCollector(Collector):
                 jobs,
                 devices,
                 rounds,
+                campaigns,
+                gauge(
+                    "arte_campaign_rounds_done",
+                    "Campaign rounds whose dataset was published.",
+                    sa.select(sa.func.count()).select_from(CampaignRound).where(CampaignRound.finished_at.is_not(None)),
+                ),
+                gauge(
+                    "arte_adapters",
+                    "Teacher adapters written by align jobs.",
+                    sa.select(sa.func.count()).select_from(Adapter),
+                ),
                 gauge("arte_cohorts", "Cohorts.", sa.select(sa.func.count()).select_from(Cohort)),
                 gauge("arte_reports_stored", "Reports stored.", sa.select(sa.func.count()).select_from(Report)),
                 gauge(

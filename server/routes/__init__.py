@@ -1,7 +1,9 @@
 """One APIRouter per resource, all under ``/api/v1`` (see :data:`ROUTERS`)."""
 
 from server.routes import (
+    adapters,
     aggregates,
+    campaigns,
     cohorts,
     dashboard,
     datasets,
@@ -32,6 +34,8 @@ ROUTERS = [
     aggregates.router,
     dashboard.router,
     telemetry.router,
+    campaigns.router,
+    adapters.router,
 ]
 
 __all__ = ["ROUTERS"]

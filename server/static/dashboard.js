@@ -297,7 +297,7 @@
     legend.querySelectorAll("i[data-color]").forEach((i) => { i.style.background = i.dataset.color; });
   }
 
-  function table(id, columns, rows, truncated) {
+  function table(target, columns, rows, truncated) {   // target: an element id or the element
     const head = el("tr", {}, ...columns.map((c) => el("th", {}, c[0])));
     const body = rows.map((r) => el("tr", {}, ...columns.map((c) => {
       const v = c[1](r);
@@ -306,7 +306,7 @@
     const parts = [el("table", { "data-rows": rows.length }, el("thead", {}, head), el("tbody", {}, ...body))];
     if (!rows.length) parts.push(el("p", { class: "empty" }, "None yet."));
     if (truncated) parts.push(el("p", { class: "muted" }, `Newest ${data.limit} shown.`));
-    $(id).replaceChildren(...parts);
+    (typeof target === "string" ? $(target) : target).replaceChildren(...parts);
   }
 
   function badge(text, cls) { return el("span", { class: "badge " + cls }, text); }
@@ -318,8 +318,13 @@
     table("table-cohorts", [
       ["Name", (c) => c.name], ["Task", (c) => c.task_name], ["Student", (c) => c.student_model],
       ["Profile class", (c) => c.profile_class], ["k", (c) => c.min_devices],
-      ["Active devices", (c) => c.n_devices], ["Adapter", (c) => c.adapter || "—"],
+      ["Active devices", (c) => c.n_devices],
+      ["Adapter", (c) => c.adapter_id
+        ? el("span", { title: [c.adapter_id, ...c.adapter_lineage, "base teacher"].join(" ← ") },
+          [short(c.adapter_id), ...c.adapter_lineage.map(short), "base"].join(" ← "))
+        : "base teacher"],
     ], data.cohorts, false);
+    renderCampaigns(name);
     table("table-devices", [
       ["Name", (d) => d.device_name], ["Cohort", (d) => name.cohort(d.cohort_id)], ["Profile", (d) => d.profile_id],
       ["Agent", (d) => d.agent_version || "—"],
@@ -350,6 +355,32 @@
       ["3-shot", (a) => `${pct(a.before_three_shot)} → ${pct(a.after_three_shot)}`],
       ["Items", (a) => a.n_items], ["Adapter", (a) => a.kept ? badge("kept", "good") : badge("discarded", "bad")],
     ], [...data.accuracy].reverse(), tr.accuracy);
+  }
+
+  function renderCampaigns(name) {
+    // one table per campaign: each round's lineage and what it measured
+    const acc = (a, b) => (a === null && b === null ? "—" : `${pct(a)} → ${pct(b)}`);
+    const parts = (data.campaigns || []).slice().reverse().map((c) => {
+      const head = el("p", {}, el("strong", {}, `${name.cohort(c.cohort_id)} · `), badge(c.state, "state-" + c.state),
+        ` round ${c.round_no}${c.rounds ? "/" + c.rounds : ""}, step ${c.step}; a round closes at `
+        + `${c.policy.close_devices} devices` + (c.policy.deadline_s ? ` or after ${c.policy.deadline_s} s` : "")
+        + (c.reason ? ` — ${c.reason}` : ""));
+      const box = el("div", {});
+      table(box, [
+        ["Round", (r) => r.round_no], ["Reports", (r) => r.n_reports],
+        ["Align", (r) => r.align || "—"], ["Pairs", (r) => r.n_pairs],
+        ["DPO held-out acc.", (r) => acc(r.reward_accuracy_before, r.reward_accuracy_after)],
+        ["Adapter", (r) => el("span", { title: `${r.adapter_id || "none"} ← ${r.parent_adapter_id || "base"}` },
+          `${short(r.adapter_id)} ← ${r.parent_adapter_id ? short(r.parent_adapter_id) : "base"}`)],
+        ["Dataset", (r) => r.dataset_id ? `${short(r.dataset_id)} (${r.dataset_examples}, ${bytes(r.dataset_bytes)})` : "—"],
+        ["Kept", (r) => `${r.n_kept}/${r.n_metrics}`],
+        ["0-shot", (r) => acc(r.before_zero_shot, r.after_zero_shot)],
+        ["3-shot", (r) => acc(r.before_three_shot, r.after_three_shot)],
+      ], c.history, false);
+      return el("div", { class: "campaign", "data-campaign": c.campaign_id }, head, box);
+    });
+    if (!parts.length) parts.push(el("p", { class: "empty" }, "No campaign yet."));
+    $("campaigns").replaceChildren(...parts);
   }
 
   // --- wiring ---------------------------------------------------------------------------------------

@@ -186,6 +186,9 @@ def test_worker_killed_mid_job_the_job_is_retried_and_finishes(tmp_path: Path) -
             stale = Worker(f.settings, db.make_sessionmaker(f.engine), worker_id="rescuer",
                            clock=lambda: _utcnow() + timedelta(seconds=f.settings.job_dead_after_s + 1),
                            heartbeat_thread=False)
+            assert stale.run_once() is None   # re-queued; the next attempt waits its backoff
+            stale.clock = lambda: _utcnow() + timedelta(seconds=f.settings.job_dead_after_s + 1
+                                                        + f.settings.job_retry_max_s)
             assert stale.run_once() == job
             with f.engine.connect() as c:
                 state, attempts, result = c.execute(

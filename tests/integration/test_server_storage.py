@@ -149,6 +149,8 @@ def test_dead_worker_job_is_requeued_and_retried(fleet: Fleet) -> None:
     f.clock.advance(f.settings.job_dead_after_s - 1)
     assert _worker(f, "w2").run_once() is None  # not dead yet: nothing to do
     f.clock.advance(2)
+    assert _worker(f, "w2").run_once() is None  # re-queued: the next attempt waits its backoff
+    f.clock.advance(f.settings.job_retry_base_s)
     assert _worker(f, "w2").run_once() == job_id
     job = _job(f, job_id)
     assert job["state"] == "succeeded" and job["attempts"] == 2 and job["worker_id"] == "w2"

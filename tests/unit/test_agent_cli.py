@@ -188,6 +188,30 @@ def test_service_install_writes_a_unit_without_root(env, tmp_path: Path) -> None
     assert out["warnings"]  # the env file does not exist here
 
 
+def test_service_unit_is_hardened_and_bounded_by_the_profiles_memory_budget(env, tmp_path: Path, fleet,
+                                                                              data: Path) -> None:
+    from arte.home import model_dir
+    from firmware_profiles import load_profiles
+
+    unit = tmp_path / "edge-agent.service"
+    r = invoke(["service", "install", "--output", str(unit), "--json"], env)
+    assert r.exit_code == 0 and "no MemoryMax" in json.loads(r.stdout)["warnings"][0]   # not enrolled yet
+    assert "MemoryMax" not in unit.read_text()
+    assert invoke(["enroll", "--server", "http://fleet.test", "--token", "tok-1", "--data", str(data)], env).exit_code == 0
+    r = invoke(["service", "install", "--output", str(unit), "--json"], env)
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.read_string(unit.read_text())
+    svc = cp["Service"]
+    budget = load_profiles()["raspberry-pi-5"].budget.memory_mib
+    assert svc["MemoryMax"] == f"{budget + budget // 4}M" and json.loads(r.stdout)["warnings"] == []
+    assert (svc["NoNewPrivileges"], svc["ProtectSystem"], svc["ProtectHome"], svc["PrivateTmp"]) == (
+        "yes", "strict", "read-only", "yes")
+    assert svc["IOSchedulingClass"] == "idle"
+    assert svc["ReadWritePaths"] == f"{tmp_path / 'state'} -{model_dir().resolve()}"
+    r = invoke(["service", "install", "--output", str(unit), "--memory-max-mib", "900"], env)
+    assert r.exit_code == 0 and "MemoryMax=900M" in unit.read_text()
+
+
 @pytest.mark.parametrize("args,field", [
     (["--exec", "bin/edge-agent"], "exec"),
     (["--user", "Robert'); DROP"], "user"),

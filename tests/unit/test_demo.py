@@ -142,3 +142,50 @@ def test_devices_share_the_cores() -> None:
 
     assert agent_threads(3, cpus=2) == 1 and agent_threads(2, cpus=2) == 1 and agent_threads(1, cpus=2) == 2
     assert agent_threads(3, cpus=16) == 5 and agent_threads(3, threads=4, cpus=2) == 4
+
+
+class _CampaignFleet:
+    """The admin API as run_campaign sees it: a campaign that moves one step per poll."""
+
+    STEPS = (("elicit", None), ("collect", "rnd_a"), ("tailor", "rnd_a"), ("collect", "rnd_b"), ("collect", "rnd_b"),
+             ("align", "rnd_b"))
+
+    def __init__(self, end: str = "completed") -> None:
+        self.polls, self.end, self.created = 0, end, None
+
+    def check_alive(self, during: str) -> None:
+        pass
+
+    def api(self, method: str, path: str, json: dict | None = None) -> dict:
+        if method == "POST":
+            self.created = json
+        else:
+            self.polls += 1
+        i = min(self.polls, len(self.STEPS))
+        state = "active" if i < len(self.STEPS) else self.end
+        step, rid = self.STEPS[i - 1] if i else ("elicit", None)
+        row = {"round_no": 1, "n_reports": 2, "align": "pairs", "n_pairs": 3, "reward_accuracy_before": 0.5,
+               "reward_accuracy_after": 1.0, "dataset_examples": 8, "n_kept": 1, "n_metrics": 2,
+               "before_zero_shot": 0.5, "after_zero_shot": 0.625, "adapter_id": "adp_x", "parent_adapter_id": None}
+        return {"campaign_id": "cmp_1", "state": state, "step": step, "round_id": rid, "round_no": 1 + (rid == "rnd_b"),
+                "reason": "2 jobs failed in a row" if state == "paused" else None, "history": [row],
+                "events": [{"version": k + 1, "message": f"m{k}"} for k in range(i)]}
+
+
+def test_campaign_mode_lets_devices_iterate_once_per_collecting_round() -> None:
+    from arte_cli.demo_campaign import CampaignDemoError, campaign_lines, run_campaign
+
+    fleet, calls, logged = _CampaignFleet(), [], []
+    camp = run_campaign(fleet, "coh_1", 2, {"close_devices": 2}, [], lambda step, part: calls.append(step) or [],
+                        logged.append, timeout_s=60, wait=lambda s: None)
+    assert fleet.created == {"cohort_id": "coh_1", "rounds": 2, "policy": {"close_devices": 2}}
+    assert calls == ["round1", "round2", "train-last"]        # once per round, then the last dataset
+    assert logged[-1].endswith("m5") and len(logged) == 6      # every transition logged once
+    assert camp["state"] == "completed" and camp["scoring"] == [[], []]
+    text = "\n".join(campaign_lines(camp))
+    assert "50.0%->100.0%" in text and "1/2" in text and "adp_x <- base" in text
+    with pytest.raises(CampaignDemoError, match="paused: 2 jobs failed"):
+        run_campaign(_CampaignFleet("paused"), "coh_1", 2, {}, [], lambda s, p: [], logged.append, timeout_s=60,
+                     wait=lambda s: None)
+    with pytest.raises(ConfigError, match="rounds"):
+        DemoConfig(task=Path("t.json"), work_dir=Path("."), rounds=0)
