@@ -67,7 +67,7 @@ from arte.drafts import read_drafts
 from arte.errors import ArteError, ConfigError, ModelError
 from arte.evaluate import EvalConfig, split_demos
 from arte.export import export_gguf_lora
-from arte.finetune import FinetuneConfig, evaluate_with
+from arte.finetune_job import FinetuneConfig, evaluate_with
 from arte.home import convert_dir, model_dir
 from arte.models import resolve_model, sha256_file
 from arte.pairs import KINDS, NO_SIGNAL, preferred_rationales

@@ -6,7 +6,7 @@ policy and k; every simulated device enrolls with a one-time token, scores the d
 :func:`arte.planted.planted_scores` on its own ``items_per_device`` items (its own draws), turns them
 into a report with :func:`arte.privacy.report_scores` (the device agent's path: its accountant, the
 mechanism's noise) and POSTs it to ``/api/v1/rounds/{id}/reports``; then the server's own aggregate
-(:func:`server.results.compute_aggregate`, the one its align job reads) gives the estimates that enter
+(:func:`server.reports.compute_aggregate`, the one its align job reads) gives the estimates that enter
 pair selection (:meth:`server.aggregation.CohortAggregate.alignment_estimates`: only drafts scored by k
 devices, with the pooled variance, noise included).
 
@@ -32,10 +32,10 @@ from arte.pair_rules import ScoreEstimate
 from arte.pairs import select_pairs
 from arte.planted import PlantedRule, holds, planted_scores
 from arte.privacy import PrivacyAccountant, PrivacyPolicy, report_scores
-from server import db, results, security
+from server import aggregates, db, security
 from server.app import create_app
-from server.models import AdminKey, Round, new_id
 from server.settings import ServerSettings
+from server.tables import AdminKey, Round, new_id
 
 __all__ = ["FleetServer", "fleet_scorer", "policy"]
 
@@ -100,7 +100,7 @@ class FleetServer:
 
         with db.transaction(self.sessions) as s:
             rnd = s.get(Round, round_id)
-            agg = results.compute_aggregate(s, rnd)
+            agg = aggregates.compute_aggregate(s, rnd)
             est = agg.alignment_estimates()
             return est, {"n_devices": agg.n_devices, "may_align": agg.may_align, "eligible": len(est),
                          "excluded": dict(agg.excluded)}

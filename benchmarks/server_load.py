@@ -58,7 +58,7 @@ from _env import machine_info, versions  # noqa: E402
 
 from benchmarks.pg_cluster import pg_bin, pg_cluster
 from server import db
-from server.models import Report, ReportScore
+from server.tables import Report, ReportScore
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"

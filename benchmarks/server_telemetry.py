@@ -40,7 +40,9 @@ from sqlalchemy.orm import sessionmaker
 from benchmarks._env import machine_info, versions  # noqa: E402
 from server import db
 from server.app import create_app
-from server.models import (
+from server.security import new_secret
+from server.settings import ServerSettings
+from server.tables import (
     AdminKey,
     Cohort,
     Dataset,
@@ -53,8 +55,6 @@ from server.models import (
     new_id,
     utcnow,
 )
-from server.security import new_secret
-from server.settings import ServerSettings
 from server.telemetry import RequestMetrics, Telemetry
 
 

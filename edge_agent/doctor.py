@@ -113,11 +113,11 @@ def _runtimes(profile: Profile | None) -> list[Check]:
                          f"cannot import ({e}): fine-tuning needs torch",
                          "pip install torch==2.13.0 && pip install 'arte-edge[training]'"))
     try:
-        importlib.import_module("arte.finetune")
-        out.append(Check("runtime.finetune", "ok", "arte.finetune available"))
+        importlib.import_module("arte.finetune_job")
+        out.append(Check("runtime.finetune", "ok", "arte.finetune_job available"))
     except ImportError as e:
         out.append(Check("runtime.finetune", "warn", f"fine-tuning unavailable ({e}); scoring and reporting work",
-                         "upgrade arte-edge to a version with arte.finetune and install the training extra"))
+                         "upgrade arte-edge to a version with arte.finetune_job and install the training extra"))
     return out
 
 

@@ -3,7 +3,7 @@
 Two callers, one path (:func:`_run`): the run loop's train step (:func:`train_step`, bounded by the device
 profile) and ``edge-agent train`` (:func:`run_train`, bounded by the command's options). Both build an
 :class:`arte.sft.SFTConfig` and an :class:`arte.evaluate.EvalConfig` and call
-:func:`arte.finetune.finetune` (LoRA SFT, GGUF export, before/after evaluation, keep rule).
+:func:`arte.finetune_job.finetune` (LoRA SFT, GGUF export, before/after evaluation, keep rule).
 
 The loop's contract: a train step takes a :class:`TrainRequest` (the verified tailored dataset, the private
 task and its split, the device profile with its LoRA/batch/sequence limits and budgets, where to write,
@@ -49,7 +49,7 @@ from tqdm import tqdm
 from arte.adapters import AdapterStore
 from arte.drafts import Draft, read_drafts
 from arte.evaluate import EvalConfig
-from arte.finetune import FinetuneConfig, FinetuneResult, finetune
+from arte.finetune_job import FinetuneConfig, FinetuneResult, finetune
 from arte.home import arte_home, convert_dir, model_dir
 from arte.models import ModelRef, resolve_model, sha256_file
 from arte.procs import passive_openmp

@@ -3,7 +3,7 @@
 Contract: every response with status >= 400 has the body ``{"error": {"type", "message", "detail"}}``,
 made by :func:`server.responses.exception_response` from the exception handlers installed here (plus
 :mod:`server.middleware`, which answers before the app for oversized or non-JSON bodies, and
-:mod:`server.fastlane`, which answers the device hot path with the same function): typed
+:mod:`server.device_fast_path`, which answers the device hot path with the same function): typed
 :class:`~server.errors.ApiError`\\ s keep their status; request validation errors are 422
 ``validation_error`` with ``detail.field`` naming the field (``scores[1].n_correct``), malformed JSON is
 400 ``malformed_json``; a method the path does not answer is 405 with ``Allow`` listing those it does;
@@ -30,16 +30,16 @@ from starlette.routing import Match
 
 from arte.wire import API_PREFIX, PROTOCOL_VERSION
 from server import db, openapi, responses, telemetry
-from server.fastlane import DeviceFastLane
+from server.device_fast_path import DeviceFastPath
 from server.groupcommit import ReportWriter
 from server.keycache import DeviceKeyCache
 from server.middleware import BodyGuard, ConcurrencyLimit
-from server.models import utcnow
 from server.responses import field_path
 from server.routes import ROUTERS
 from server.schemas import ReportIn
 from server.security import RateLimiter
 from server.settings import ServerSettings
+from server.tables import utcnow
 
 __all__ = ["create_app", "app_from_env", "field_path"]
 
@@ -108,7 +108,7 @@ def create_app(
     _install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(DeviceFastLane, state=app.state)  # innermost: behind the body guard and the cap
+    app.add_middleware(DeviceFastPath, state=app.state)  # innermost: behind the body guard and the cap
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )

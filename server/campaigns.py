@@ -4,7 +4,7 @@ actions; :mod:`server.driver` advances them).
 A campaign holds a policy (:class:`CampaignPolicy`: drafts per round, the closing rule, the alignment and
 tailoring settings, the stop rule) and where it is: ``state`` (``active``, ``paused``, ``stopped``,
 ``completed``), ``round_no`` and ``step`` (:data:`STEPS`), the job of the step in flight, and ``version``,
-which every transition increments and records as a :class:`~server.models.CampaignEvent` (unique per
+which every transition increments and records as a :class:`~server.tables.CampaignEvent` (unique per
 campaign and version, so a transition cannot be recorded twice). A cohort has at most one campaign that is
 active or paused. Functions take the caller's session (one transaction) and ``now``, like
 :mod:`server.fleet`; the response models live here because only campaigns use them.
@@ -28,7 +28,8 @@ from arte.tailor import TailorConfig
 from server import fleet, queue
 from server.errors import Conflict, NotFound
 from server.lineage import reward_accuracy
-from server.models import (
+from server.schemas import Id, JsonObject
+from server.tables import (
     Adapter,
     Campaign,
     CampaignEvent,
@@ -40,7 +41,6 @@ from server.models import (
     Report,
     new_id,
 )
-from server.schemas import Id, JsonObject
 
 __all__ = [
     "STATES",

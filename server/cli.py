@@ -33,7 +33,7 @@ from server.cli_common import (
     json_option,
 )
 from server.errors import NotReady
-from server.models import AdminKey, new_id, utcnow
+from server.tables import AdminKey, new_id, utcnow
 from server.worker import Worker
 
 __all__ = ["Exit", "main"]

@@ -15,7 +15,8 @@ import click
 
 from arte.privacy import MECHANISMS
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
-from server import fleet, queue, results
+from server import fleet, queue
+from server.aggregates import aggregate_out, compute_aggregate, latest_aggregate, stored_aggregate_out
 from server.cli_common import _load_json_file, _run, _table, json_option
 from server.errors import NotFound
 from server.schemas import CohortIn, JobIn, RoundIn, TaskIn, TokenIn, TokenInfo, TokenOut
@@ -385,11 +386,11 @@ def aggregates_show(obj: Any, round_id: str, stored: bool, as_json: bool) -> Non
     def fn(s: Any, now: Any) -> Any:
         rnd = fleet.get_round(s, round_id)
         if not stored:
-            return results.aggregate_out(rnd, results.compute_aggregate(s, rnd), now)
-        row = results.latest_aggregate(s, round_id)
+            return aggregate_out(rnd, compute_aggregate(s, rnd), now)
+        row = latest_aggregate(s, round_id)
         if row is None:
             raise NotFound(f"no stored aggregate for round {round_id}", field="round_id")
-        return results.stored_aggregate_out(rnd, row)
+        return stored_aggregate_out(rnd, row)
 
     _run(obj, as_json, fn, _aggregate_table)
 

@@ -18,8 +18,8 @@ from server import db
 from server.app import field_path
 from server.db import transaction
 from server.errors import ApiError, NotReady, to_body
-from server.models import utcnow
 from server.settings import ServerSettings
+from server.tables import utcnow
 
 
 class Exit(ExitCodes):

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from server import campaigns, fleet
 from server.campaigns import CampaignOut
-from server.models import Adapter, Campaign, Cohort, Dataset, Device, DeviceMetrics, Job, Report, Round, Task
 from server.schemas import JOB_KINDS, JOB_STATES
+from server.tables import Adapter, Campaign, Cohort, Dataset, Device, DeviceMetrics, Job, Report, Round, Task
 
 __all__ = [
     "DEFAULT_LIMIT",

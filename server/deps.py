@@ -28,7 +28,7 @@ from server import security
 from server.db import transaction
 from server.errors import Forbidden, RateLimited, Unauthorized
 from server.keycache import LAST_SEEN_GRANULARITY, KnownDevice
-from server.models import ID_PATTERN, AdminKey, Device
+from server.tables import ID_PATTERN, AdminKey, Device
 
 __all__ = [
     "get_session",
@@ -48,7 +48,7 @@ __all__ = [
     "device_key_valid",
     "unknown_key",
     "Creds",
-    "one_hop",
+    "unit_of_work",
 ]
 
 T = TypeVar("T")
@@ -180,7 +180,7 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> tuple[Any, list[dict[str, 
         return None, _problems("body", e)
 
 
-async def one_hop(
+async def unit_of_work(
     request: Request,
     creds: HTTPAuthorizationCredentials | None,
     fn: Callable[[Session, Principal, datetime, Any], T],

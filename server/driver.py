@@ -42,8 +42,8 @@ from server import fleet, queue
 from server.campaigns import record
 from server.db import transaction
 from server.errors import ApiError
-from server.models import Campaign, CampaignRound, DeviceMetrics, Job, Report
 from server.settings import ServerSettings
+from server.tables import Campaign, CampaignRound, DeviceMetrics, Job, Report
 
 __all__ = ["tick", "advance"]
 

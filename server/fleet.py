@@ -23,8 +23,8 @@ from arte.errors import DraftFormatError
 from server import privacy as priv
 from server import security
 from server.errors import BadRequest, Conflict, NotFound, Unauthorized
-from server.models import Cohort, Device, EnrollmentToken, Report, Round, RoundDraft, Task, new_id
 from server.schemas import CohortIn, CohortOut, DeviceOut, RoundIn, RoundOut, TaskIn, TaskOut, TokenIn
+from server.tables import Cohort, Device, EnrollmentToken, Report, Round, RoundDraft, Task, new_id
 
 __all__ = [
     "create_task",

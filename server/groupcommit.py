@@ -2,7 +2,7 @@
 authenticated and stored together in the next one.
 
 Contract. ``await writer.submit(report)`` takes a report whose body is valid and whose key was rate
-limited (:mod:`server.fastlane`) and answers what the route would answer for it after that: 401
+limited (:mod:`server.device_fast_path`) and answers what the route would answer for it after that: 401
 ``unknown or revoked key``, or what :func:`server.report_store.submit_report` gives (the receipt or the
 same :class:`~server.errors.ApiError`), only after the transaction that holds the report has
 committed (no receipt for a report that is not stored). The key is checked in that transaction, as the
@@ -38,9 +38,9 @@ from server.db import core_transaction
 from server.deps import device_key_valid, unknown_key
 from server.errors import ApiError
 from server.keycache import LAST_SEEN_GRANULARITY, DeviceKeyCache, KnownDevice
-from server.models import Device
 from server.report_store import Outcome, ReportRequest, store_reports
 from server.schemas import ReportIn
+from server.tables import Device
 
 __all__ = ["PendingReport", "ReportWriter"]
 

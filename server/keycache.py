@@ -1,8 +1,8 @@
 """Verified device keys, remembered for a short while so that a device's reads on the fast path
-(:mod:`server.fastlane`: a round's drafts, the dataset manifest) need no database read to authenticate.
+(:mod:`server.device_fast_path`: a round's drafts, the dataset manifest) need no database read to authenticate.
 
 Contract. An entry is what a committed transaction read about a device it authenticated (a request of
-the device through :func:`server.deps.one_hop`, or a report batch, :mod:`server.groupcommit`): its key
+the device through :func:`server.deps.unit_of_work`, or a report batch, :mod:`server.groupcommit`): its key
 hash, cohort and last contact, and when (``checked_at``, on the app's clock). :meth:`DeviceKeyCache.lookup`
 returns it only while it is younger than ``ttl_s``, the presented secret hashes to its key hash
 (:func:`server.security.verify`, constant time), and the device's last contact is recent enough that

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from server import fleet
 from server.errors import Conflict, NotFound
-from server.models import Adapter, Cohort, Dataset, Job, new_id
 from server.schemas import Id
+from server.tables import Adapter, Cohort, Dataset, Job, new_id
 
 __all__ = [
     "AdapterOut",

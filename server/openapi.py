@@ -14,7 +14,7 @@ and the headers it always sends. Which statuses, from two places and nowhere els
 
 A method a path does not answer (``OPTIONS`` included) is not an operation of the document: it gets 405
 with ``Allow`` (:mod:`server.app`). The request bodies that routes parse themselves
-(``server.deps.one_hop``) go into the components as FastAPI's declared bodies do.
+(``server.deps.unit_of_work``) go into the components as FastAPI's declared bodies do.
 ``tests/integration/test_server_openapi.py`` holds the document to what the app answers (schemathesis,
 every check; the findings it accepts are listed with their reasons in
 ``tests/data/openapi_allowlist.toml``).

@@ -31,11 +31,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from server import fleet, results
+from server import aggregates, fleet
 from server.db import transaction
 from server.errors import BadRequest, BelowK, Conflict, NotFound
-from server.models import Cohort, Job, JobLog, new_id
 from server.schemas import JobIn, JobLogOut, JobOut
+from server.tables import Cohort, Job, JobLog, new_id
 
 __all__ = [
     "Claim",
@@ -143,7 +143,7 @@ def submit(s: Session, body: JobIn, now: datetime, default_max_attempts: int) ->
     elif body.kind in ("aggregate", "align"):
         raise BadRequest(f"a {body.kind} job needs a round_id", field="round_id")
     if body.kind == "align":
-        agg = results.compute_aggregate(s, rnd)
+        agg = aggregates.compute_aggregate(s, rnd)
         if not agg.may_align:  # arte.privacy.cohort_threshold
             raise BelowK(
                 f"round {rnd.id}: {agg.reason}; the cohort needs k={agg.min_devices} distinct devices "

@@ -5,7 +5,7 @@
 Contract. :func:`store_reports` takes reports in arrival order and, inside the caller's transaction,
 stores exactly what storing them one after another with :func:`submit_report` would store, giving each
 the same outcome: its receipt, or the :mod:`server.errors` error naming the field. The rules, in the
-order they are checked (see also :mod:`server.results`):
+order they are checked (see also :mod:`server.reports`):
 
 1. the round exists in the device's cohort (404 naming ``round_id``);
 2. a report of this device for this round is already stored, or came earlier in the same call: a
@@ -40,8 +40,8 @@ from sqlalchemy.orm import Session
 from arte import wire
 from server import fleet, privacy
 from server.errors import ApiError, BadRequest, Conflict, NotFound
-from server.models import Device, Report, Round, RoundDraft, new_id
 from server.schemas import ReportIn
+from server.tables import Device, Report, Round, RoundDraft, new_id
 
 __all__ = ["Outcome", "ReportRequest", "store_reports", "submit_report"]
 

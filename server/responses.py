@@ -2,7 +2,7 @@
 its response with the one error body shape ``{"error": {"type", "message", "detail"}}`` and its headers.
 
 The app's exception handlers (:mod:`server.app`, installed for :data:`HANDLED`) and the device fast path
-(:mod:`server.fastlane`, which answers before FastAPI's handlers could) both call it, so an error reads
+(:mod:`server.device_fast_path`, which answers before FastAPI's handlers could) both call it, so an error reads
 the same whichever path answered it: typed :class:`~server.errors.ApiError`\\ s keep their status (401
 with ``WWW-Authenticate``, 429 and 503 with ``Retry-After``, 416 with ``Content-Range``); request
 validation errors are 422 ``validation_error`` with ``detail.field`` naming the field, malformed JSON 400

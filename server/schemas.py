@@ -25,7 +25,7 @@ from pydantic import (
 
 from arte.privacy import MECHANISMS
 from arte.scoring import DEFAULT_MODE, MODES
-from server.models import ID_PATTERN
+from server.tables import ID_PATTERN
 
 __all__ = [
     "Id",

@@ -79,7 +79,7 @@ class ServerSettings(BaseSettings):
     device_fast_path: bool = Field(
         default=True,
         description="Answer the device hot path (drafts, reports, the dataset manifest) without FastAPI's "
-        "routing, reports group-committed (server.fastlane); the same answers and rows as the routes.",
+        "routing, reports group-committed (server.device_fast_path); the same answers and rows as the routes.",
     )
     device_key_cache_s: float = Field(
         default=5.0,

@@ -44,8 +44,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from arte.wire import API_PREFIX
 from server.campaigns import STATES as CAMPAIGN_STATES
-from server.models import Adapter, Campaign, CampaignRound, Cohort, Dataset, Device, Job, Report, Round
 from server.schemas import JOB_KINDS, JOB_STATES
+from server.tables import Adapter, Campaign, CampaignRound, Cohort, Dataset, Device, Job, Report, Round
 
 __all__ = ["Telemetry", "RequestMetrics", "FleetCollector", "install", "multiprocess_dir", "UNMATCHED"]
 

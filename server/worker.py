@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server import driver, queue
 from server.errors import JobError
-from server.handlers import JobCancelled, JobContext, run_handler
-from server.models import utcnow
+from server.job_handlers import JobCancelled, JobContext, run_handler
 from server.settings import ServerSettings
+from server.tables import utcnow
 
 __all__ = ["Worker"]
 

@@ -201,7 +201,7 @@ def stored_reports(url: str, schema: str | None = None) -> dict[tuple[str, str],
     import sqlalchemy as sa
 
     from server import db
-    from server.models import Report, ReportScore
+    from server.tables import Report, ReportScore
 
     eng = db.make_engine(url, schema=schema)
     try:

@@ -100,7 +100,7 @@ class Clock:
 
 def make_admin_key(sessions: Any) -> str:
     from server import db, security
-    from server.models import AdminKey, new_id
+    from server.tables import AdminKey, new_id
 
     row_id = new_id("adm")
     key, key_hash = security.new_secret("ak", row_id)

@@ -1,7 +1,7 @@
 """A real ``arte-server worker`` process with a fake teacher and a fake DPO, for the campaign soak test
 (``python -m tests.soak_worker --data-dir DIR``; settings come from ``ARTE_SERVER_*`` like the real one).
 
-Everything but the models is real: the worker's loop, the queue, the handlers, the campaign driver and the
+Everything but the models is real: the worker's loop, the queue, the job handlers, the campaign driver and the
 database. The teacher writes two rationales per question: ``expert`` says to check the sport (the soak
 test's students then answer right), ``plain`` does not (they guess), so devices' scores separate the two
 and the align job finds pairs; ``arte.dpo.align`` is replaced by a function that writes an adapter
@@ -25,7 +25,7 @@ from typing import Any
 
 import arte.dpo
 from arte.prompts import question_block
-from server import handlers, queue
+from server import job_handlers, queue
 from server.cli import main
 from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
 
@@ -81,7 +81,7 @@ def _crash_after_storing() -> None:
 
 
 if __name__ == "__main__":
-    handlers._open_teacher = open_teacher
+    job_handlers._open_teacher = open_teacher
     arte.dpo.align = fake_align
     _crash_after_storing()
     sys.exit(main(sys.argv[1:]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from server.models import Base
+from server.tables import Base
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -7,8 +7,8 @@ from fastapi import APIRouter
 from arte.wire import API_PREFIX
 from server import fleet, lineage
 from server.deps import AdminDep, SessionDep
-from server.lineage import AdapterOut, RollbackIn
 from server.errors import Conflict
+from server.lineage import AdapterOut, RollbackIn
 from server.openapi import raises
 from server.routes.common import IdPath, IdQuery
 from server.schemas import CohortOut

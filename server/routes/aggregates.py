@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from arte.wire import API_PREFIX
-from server import fleet, results
+from server import aggregates, fleet
 from server.deps import AdminDep, NowDep, SessionDep
 from server.errors import NotFound
 from server.routes.common import IdPath
@@ -21,17 +21,17 @@ router = APIRouter(prefix=API_PREFIX, tags=["aggregates"])
 def live(round_id: IdPath, _: AdminDep, s: SessionDep, now: NowDep) -> AggregateOut:
     """The aggregate computed now from every stored report of the round."""
     rnd = fleet.get_round(s, round_id)
-    return results.aggregate_out(rnd, results.compute_aggregate(s, rnd), now)
+    return aggregates.aggregate_out(rnd, aggregates.compute_aggregate(s, rnd), now)
 
 
 @router.get("/aggregates/{round_id}/stored", response_model=AggregateOut)
 def stored(round_id: IdPath, _: AdminDep, s: SessionDep) -> AggregateOut:
     """The newest aggregate stored by an ``aggregate`` job (404 when none ran)."""
     rnd = fleet.get_round(s, round_id)
-    row = results.latest_aggregate(s, round_id)
+    row = aggregates.latest_aggregate(s, round_id)
     if row is None:
         raise NotFound(f"no stored aggregate for round {round_id}", field="round_id")
-    return results.stored_aggregate_out(rnd, row)
+    return aggregates.stored_aggregate_out(rnd, row)
 
 
 @router.get("/aggregates/{round_id}/devices", response_model=dict[str, dict[str, DraftEstimateOut]])
@@ -41,5 +41,5 @@ def per_device(round_id: IdPath, _: AdminDep, s: SessionDep) -> dict[str, dict[s
     rnd = fleet.get_round(s, round_id)
     return {
         d: {k: v.to_dict() for k, v in agg.drafts.items()}
-        for d, agg in results.per_device_aggregates(s, rnd).items()
+        for d, agg in aggregates.per_device_aggregates(s, rnd).items()
     }

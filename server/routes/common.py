@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel
 
-from server.models import ID_PATTERN
+from server.tables import ID_PATTERN
 
 __all__ = ["IdPath", "IdPathLate", "IdQuery", "json_body"]
 
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="An id such as rnd_<32 hex>.")]
-# The same in the OpenAPI schema, checked by the route after the key (server.deps.one_hop)
+# The same in the OpenAPI schema, checked by the route after the key (server.deps.unit_of_work)
 IdPathLate = Annotated[
     str, Path(description="An id such as rnd_<32 hex>.", json_schema_extra={"pattern": ID_PATTERN})
 ]

@@ -16,8 +16,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from arte import wire
-from server import results
-from server.deps import AdminDep, AnyDep, Creds, NowDep, SessionDep, one_hop
+from server import datasets
+from server.deps import AdminDep, AnyDep, Creds, NowDep, SessionDep, unit_of_work
 from server.errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable
 from server.openapi import raises
 from server.routes.common import IdPath, IdPathLate, IdQuery
@@ -59,11 +59,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 )
 async def latest(request: Request, creds: Creds) -> wire.DatasetManifest:
     """The newest dataset of the device's cohort (404 when none)."""
-    # what every device polls: one thread hand-off (server.deps.one_hop)
-    return await one_hop(
+    # what every device polls: one thread hand-off (server.deps.unit_of_work)
+    return await unit_of_work(
         request,
         creds,
-        lambda s, who, now, _: results.latest_manifest(s, who.device.cohort_id),
+        lambda s, who, now, _: datasets.latest_manifest(s, who.device.cohort_id),
         device_only=True,
     )
 
@@ -71,7 +71,7 @@ async def latest(request: Request, creds: Creds) -> wire.DatasetManifest:
 @router.get("/datasets/{dataset_id}", response_model=wire.DatasetManifest)
 def show(dataset_id: IdPath, who: AnyDep, s: SessionDep) -> wire.DatasetManifest:
     cohort = who.device.cohort_id if who.device else None
-    return results.manifest(results.get_dataset(s, dataset_id, cohort_id=cohort))
+    return datasets.manifest(datasets.get_dataset(s, dataset_id, cohort_id=cohort))
 
 
 @router.get(
@@ -96,12 +96,12 @@ async def content(
 
     def unit(s: Any, who: Any, now: Any, body: Any) -> Response:
         cohort = who.device.cohort_id if who.device else None
-        ds = results.get_dataset(s, dataset_id, cohort_id=cohort)
+        ds = datasets.get_dataset(s, dataset_id, cohort_id=cohort)
         etag = f'"{ds.sha256}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0"}
         if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
             return Response(status_code=304, headers=headers)
-        data = results.dataset_content(s, ds)
+        data = datasets.dataset_content(s, ds)
         use_range = if_range is None or if_range.strip() == etag
         rng = parse_range(range_, len(data)) if use_range else None
         if rng is None:
@@ -112,8 +112,8 @@ async def content(
             data[start : end + 1], status_code=206, media_type="application/x-ndjson", headers=headers
         )
 
-    # devices download here: one thread hand-off (server.deps.one_hop)
-    return await one_hop(request, creds, unit, device_only=False, ids={"dataset_id": dataset_id})
+    # devices download here: one thread hand-off (server.deps.unit_of_work)
+    return await unit_of_work(request, creds, unit, device_only=False, ids={"dataset_id": dataset_id})
 
 
 @router.post(
@@ -130,9 +130,9 @@ def upload(
 ) -> wire.DatasetManifest:
     """Store a JSONL dataset for a cohort (signed when the server has a signing key)."""
     key = request.app.state.settings.dataset_signing_key
-    return results.manifest(results.create_dataset(s, body, now, key.get_secret_value() if key else None))
+    return datasets.manifest(datasets.create_dataset(s, body, now, key.get_secret_value() if key else None))
 
 
 @router.get("/datasets", response_model=list[wire.DatasetManifest])
 def list_datasets(_: AdminDep, s: SessionDep, cohort_id: IdQuery = None) -> list[wire.DatasetManifest]:
-    return [results.manifest(d) for d in results.list_datasets(s, cohort_id)]
+    return [datasets.manifest(d) for d in datasets.list_datasets(s, cohort_id)]

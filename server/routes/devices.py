@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from arte import wire
-from server import fleet, results
-from server.deps import AdminDep, Creds, NowDep, SessionDep, one_hop
+from server import fleet, reports
+from server.deps import AdminDep, Creds, NowDep, SessionDep, unit_of_work
 from server.errors import Forbidden
 from server.openapi import raises
 from server.routes.common import IdPath, IdQuery
@@ -32,7 +32,7 @@ async def me(request: Request, creds: Creds) -> wire.DeviceInfo:
             last_seen_at=device.last_seen_at.isoformat() if device.last_seen_at else None,
         )
 
-    return await one_hop(request, creds, info, device_only=True)  # one thread hand-off
+    return await unit_of_work(request, creds, info, device_only=True)  # one thread hand-off
 
 
 @router.get("/devices", response_model=list[DeviceOut])
@@ -60,10 +60,10 @@ def revoke_device(
 def device_reports(device_id: IdPath, _: AdminDep, s: SessionDep) -> list[ReportOut]:
     """A device's reports with their per-draft counts (the per-device view for personalization)."""
     fleet.get_device(s, device_id)
-    return [results.report_out(s, r) for r in results.list_reports(s, device_id=device_id)]
+    return [reports.report_out(s, r) for r in reports.list_reports(s, device_id=device_id)]
 
 
 @router.get("/devices/{device_id}/metrics", response_model=list[MetricsOut])
 def device_metrics(device_id: IdPath, _: AdminDep, s: SessionDep) -> list[MetricsOut]:
     fleet.get_device(s, device_id)
-    return [results.metrics_out(m) for m in results.list_metrics(s, device_id=device_id)]
+    return [reports.metrics_out(m) for m in reports.list_metrics(s, device_id=device_id)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from arte import wire
-from server import results
+from server import reports
 from server.deps import AnyDep, DeviceDep, NowDep, SessionDep
 from server.errors import NotFound
 from server.openapi import raises
@@ -20,7 +20,7 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["metrics"])
 )
 def submit(body: MetricsIn, device: DeviceDep, s: SessionDep, now: NowDep) -> wire.MetricsReceipt:
     """Store the device's metrics for a dataset of its cohort (idempotent by key)."""
-    return results.submit_metrics(s, device, body, now)
+    return reports.submit_metrics(s, device, body, now)
 
 
 @router.get("/metrics", response_model=list[MetricsOut])
@@ -30,11 +30,11 @@ def list_metrics(
     """Metrics: a device gets only its own; the admin may filter by device or cohort."""
     if who.device is not None:
         device_id, cohort_id = who.device.id, None
-    return [results.metrics_out(m) for m in results.list_metrics(s, device_id=device_id, cohort_id=cohort_id)]
+    return [reports.metrics_out(m) for m in reports.list_metrics(s, device_id=device_id, cohort_id=cohort_id)]
 
 
 @router.get("/metrics/{metrics_id}", response_model=MetricsOut)
 def show(metrics_id: IdPath, who: AnyDep, s: SessionDep) -> MetricsOut:
-    return results.metrics_out(
-        results.get_metrics(s, metrics_id, device_id=who.device.id if who.device else None)
+    return reports.metrics_out(
+        reports.get_metrics(s, metrics_id, device_id=who.device.id if who.device else None)
     )

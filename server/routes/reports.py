@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from arte import wire
-from server import fleet, report_store, results
-from server.deps import AnyDep, Creds, SessionDep, one_hop
+from server import fleet, report_store, reports
+from server.deps import AnyDep, Creds, SessionDep, unit_of_work
 from server.errors import BadRequest, Conflict, Forbidden, Unprocessable
 from server.openapi import raises
 from server.routes.common import IdPath, IdPathLate, IdQuery, json_body
@@ -29,8 +29,8 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["reports"])
 async def submit(round_id: IdPathLate, request: Request, creds: Creds) -> wire.ReportReceipt:
     """Store a report (all or nothing). Re-sending with the same idempotency key returns the stored
     receipt with ``duplicate=true`` (also when two copies race: see :mod:`server.report_store`)."""
-    # the busiest route: key, checks and insert in one thread hand-off (server.deps.one_hop)
-    return await one_hop(
+    # the busiest route: key, checks and insert in one thread hand-off (server.deps.unit_of_work)
+    return await unit_of_work(
         request,
         creds,
         lambda s, who, now, body: report_store.submit_report(s, who.device, round_id, body, now),
@@ -46,8 +46,8 @@ def round_reports(round_id: IdPath, who: AnyDep, s: SessionDep) -> list[ReportOu
     fleet.get_round(s, round_id, cohort_id=who.device.cohort_id if who.device else None)
     device_id = who.device.id if who.device else None
     return [
-        results.report_out(s, r)
-        for r in results.list_reports(s, device_id=device_id, round_id=round_id)
+        reports.report_out(s, r)
+        for r in reports.list_reports(s, device_id=device_id, round_id=round_id)
         if device_id is None or r.device_id == device_id
     ]
 
@@ -59,11 +59,11 @@ def list_reports(
     """Reports: a device gets only its own (``device_id`` is ignored for it)."""
     if who.device is not None:
         device_id = who.device.id
-    return [results.report_out(s, r) for r in results.list_reports(s, device_id=device_id, round_id=round_id)]
+    return [reports.report_out(s, r) for r in reports.list_reports(s, device_id=device_id, round_id=round_id)]
 
 
 @router.get("/reports/{report_id}", response_model=ReportOut)
 def show(report_id: IdPath, who: AnyDep, s: SessionDep) -> ReportOut:
-    return results.report_out(
-        s, results.get_report(s, report_id, device_id=who.device.id if who.device else None)
+    return reports.report_out(
+        s, reports.get_report(s, report_id, device_id=who.device.id if who.device else None)
     )

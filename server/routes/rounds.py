@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from arte import wire
 from server import fleet
-from server.deps import AdminDep, Creds, NowDep, SessionDep, one_hop
+from server.deps import AdminDep, Creds, NowDep, SessionDep, unit_of_work
 from server.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from server.openapi import raises
 from server.routes.common import IdPath, IdPathLate, IdQuery
@@ -25,8 +25,8 @@ router = APIRouter(prefix=wire.API_PREFIX, tags=["rounds"])
 )
 async def current(request: Request, creds: Creds) -> wire.RoundInfo:
     """The newest open round of the device's cohort (404 when there is none)."""
-    # what every device polls: one thread hand-off (server.deps.one_hop)
-    return await one_hop(
+    # what every device polls: one thread hand-off (server.deps.unit_of_work)
+    return await unit_of_work(
         request,
         creds,
         lambda s, who, now, _: fleet.round_info(s, fleet.current_round(s, who.device.cohort_id, now)),
@@ -43,7 +43,7 @@ async def drafts(round_id: IdPathLate, request: Request, creds: Creds) -> Respon
         # every device of the cohort pulls the same immutable body: served from the process cache
         return fleet.round_drafts_json(s, round_id, cohort_id=cohort)
 
-    data = await one_hop(request, creds, unit, device_only=False, ids={"round_id": round_id})
+    data = await unit_of_work(request, creds, unit, device_only=False, ids={"round_id": round_id})
     return Response(data, media_type="application/json")
 
 

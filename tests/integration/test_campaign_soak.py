@@ -45,7 +45,7 @@ from edge_agent.errors import AgentError
 from edge_agent.hardware import Hardware
 from edge_agent.loop import Agent, run_once
 from edge_agent.state import State
-from edge_agent.training import TrainRequest, TrainResult
+from edge_agent.train_step import TrainRequest, TrainResult
 from firmware_profiles import load_profiles
 from tests.fakes import RationaleStudent
 from tests.live_server import ROOT, LiveServer
@@ -61,7 +61,8 @@ SPORTS = ["football", "basketball", "hockey", "tennis", "golf", "baseball"]
 def _trainer(req: TrainRequest) -> TrainResult:
     req.out_dir.mkdir(parents=True, exist_ok=True)
     (req.out_dir / "adapter.gguf").write_bytes(b"GGUF")
-    return TrainResult(req.out_dir / "adapter.gguf", "gguf-lora", Accuracy(0.5, 0.5, 8), Accuracy(0.75, 0.625, 8))
+    return TrainResult(req.out_dir / "adapter.gguf", "gguf-lora", Accuracy(0.5, 0.5, 8), Accuracy(0.75, 0.625, 8),
+                       keep=True)
 
 
 class Devices(httpx.BaseTransport):

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import arte.dpo
-from server import driver, handlers, queue
-from server.models import Job
+from server import driver, job_handlers, queue
+from server.tables import Job
 from server.worker import Worker
 from tests.server_support import Fleet
 from tests.soak_worker import fake_align, open_teacher
@@ -31,7 +31,7 @@ def teacher(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
         opened.append(adapter)
         return open_teacher(settings, adapter)
 
-    monkeypatch.setattr(handlers, "_open_teacher", open_)
+    monkeypatch.setattr(job_handlers, "_open_teacher", open_)
     monkeypatch.setattr(arte.dpo, "align", fake_align)
     return opened
 
@@ -128,7 +128,7 @@ def test_the_deadline_closes_a_round_and_below_k_skips_alignment(fleet: Fleet, t
 
 def test_failing_steps_back_off_then_pause_with_the_reason_and_resume(fleet: Fleet, monkeypatch) -> None:
     f = fleet
-    monkeypatch.setattr(handlers, "_open_teacher", lambda s, a: ScriptedTeacher(lambda m, kw, i: "I cannot."))
+    monkeypatch.setattr(job_handlers, "_open_teacher", lambda s, a: ScriptedTeacher(lambda m, kw, i: "I cannot."))
     cohort = f.cohort(k=1)
     cid = _campaign(f, cohort, max_failures=2, drafts={"n_questions": 2, "max_question_prompts": 2})["campaign_id"]
     w = _worker(f)
@@ -143,7 +143,7 @@ def test_failing_steps_back_off_then_pause_with_the_reason_and_resume(fleet: Fle
     c = _show(f, cid)
     assert c["state"] == "paused" and "2 jobs failed in a row" in c["reason"] and "no usable drafts" in c["reason"]
     assert w.run_once() is None and _show(f, cid)["version"] == c["version"]   # paused: nothing moves
-    monkeypatch.setattr(handlers, "_open_teacher", open_teacher)
+    monkeypatch.setattr(job_handlers, "_open_teacher", open_teacher)
     c = f.ok(f.client.post(f"/api/v1/campaigns/{cid}/resume", headers=f.admin))
     assert (c["state"], c["failures"], c["reason"]) == ("active", 0, None)
     _settle(w)

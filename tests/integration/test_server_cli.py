@@ -168,10 +168,10 @@ def test_admin_commands_end_to_end(backend: Backend, tmp_path: Path) -> None:
 def test_cohort_privacy_policy_and_aggregate_estimates_from_the_shell(
     backend: Backend, tmp_path: Path
 ) -> None:
-    from server import db, fleet, results
-    from server.models import utcnow
+    from server import db, fleet, reports
     from server.schemas import ReportIn, TokenIn
     from server.settings import ServerSettings
+    from server.tables import utcnow
 
     run(backend, tmp_path, "init", "--json")
     task = run(backend, tmp_path, "tasks", "create", "--name", "t", "--instruction", "Answer.", "--json")
@@ -242,7 +242,7 @@ def test_cohort_privacy_policy_and_aggregate_estimates_from_the_shell(
                         {"draft_id": f"d{j}", "n_items": 10.0, "n_correct": c} for j, c in enumerate(counts)
                     ],
                 )
-                results.submit_report(s, dev, rnd["round_id"], body, utcnow())
+                reports.submit_report(s, dev, rnd["round_id"], body, utcnow())
     finally:
         engine.dispose()
     shown = run(backend, tmp_path, "aggregates", "show", rnd["round_id"], "--json")

@@ -140,7 +140,7 @@ def test_worker_killed_mid_job_the_job_is_retried_and_finishes(tmp_path: Path) -
     import sqlalchemy as sa
 
     from server import db
-    from server.models import Aggregate, Job
+    from server.tables import Aggregate, Job
     from server.worker import Worker
     from tests.server_support import Backend, build_fleet
 
@@ -206,7 +206,7 @@ def test_worker_killed_mid_job_the_job_is_retried_and_finishes(tmp_path: Path) -
 
 
 def _utcnow() -> Any:
-    from server.models import utcnow
+    from server.tables import utcnow
 
     return utcnow()
 

@@ -209,7 +209,7 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
 
 def test_aggregates_stored_before_estimates_existed_still_read(fleet: Fleet) -> None:
     from server import db
-    from server.models import Aggregate, new_id
+    from server.tables import Aggregate, new_id
 
     f = fleet
     cohort = f.cohort(k=2)

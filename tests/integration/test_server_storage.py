@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from server import db, queue, results
-from server.models import Aggregate, Base, Job, Report, utcnow
+from server import db, queue, reports
 from server.schemas import JobIn
+from server.tables import Aggregate, Base, Job, Report, utcnow
 from server.worker import Worker
 from tests.server_support import START, Fleet
 
@@ -294,4 +294,4 @@ def test_concurrent_duplicate_reports_store_one(fleet: Fleet) -> None:
         t.join()
     assert sorted(out) == [(200, False)] + [(200, True)] * (n - 1)
     with db.transaction(f.sessions) as s:
-        assert len(results.list_reports(s, round_id=rnd)) == 1
+        assert len(reports.list_reports(s, round_id=rnd)) == 1

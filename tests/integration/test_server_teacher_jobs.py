@@ -11,7 +11,7 @@ import pytest
 
 from arte.prompts import question_block
 from arte.tasks import label_counts
-from server import handlers
+from server import job_handlers
 from server.worker import Worker
 from tests.server_support import Fleet
 from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
@@ -38,7 +38,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> list[ScriptedTeacher]:
         opened.append(ScriptedTeacher(_teacher, adapter=adapter))
         return opened[-1]
 
-    monkeypatch.setattr(handlers, "_open_teacher", open_teacher)
+    monkeypatch.setattr(job_handlers, "_open_teacher", open_teacher)
     return opened
 
 
@@ -81,7 +81,7 @@ def test_elicit_opens_a_round_and_tailor_stores_a_dataset(fleet: Fleet, scripted
 
 def test_a_teacher_with_no_usable_drafts_fails_the_job_without_a_round(fleet: Fleet, monkeypatch) -> None:
     f = fleet
-    monkeypatch.setattr(handlers, "_open_teacher", lambda s, a: ScriptedTeacher(lambda m, kw, i: "I cannot."))
+    monkeypatch.setattr(job_handlers, "_open_teacher", lambda s, a: ScriptedTeacher(lambda m, kw, i: "I cannot."))
     cohort = f.cohort(k=1)
     body = {"kind": "elicit", "cohort_id": cohort, "max_attempts": 1,
             "params": {"config": {"n_questions": 2, "max_question_prompts": 2}}}
@@ -123,8 +123,8 @@ def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monk
         (out_dir / arte.dpo.METADATA_FILE).write_text(json.dumps(meta))
         return arte.dpo.AlignResult(out_dir, meta)
 
-    monkeypatch.setattr(handlers, "align", fake_align)
-    monkeypatch.setattr(handlers, "resolve_model", lambda ref, cache: ref)
+    monkeypatch.setattr(job_handlers, "align", fake_align)
+    monkeypatch.setattr(job_handlers, "resolve_model", lambda ref, cache: ref)
     job = _run(f, {"kind": "align", "cohort_id": cohort, "round_id": rnd,
                    "params": {"pairs": {"questions_per_block": 1}}})
     kinds = {p.kind: p for p in seen["pairs"]}
@@ -156,7 +156,7 @@ def test_align_without_signal_succeeds_as_no_signal_and_keeps_the_teacher(fleet:
     for _ in range(2):
         _, dev = f.device(cohort)
         f.ok(f.report(rnd, dev, [(d, 6, 4) for d in ids]))
-    monkeypatch.setattr(handlers, "align", lambda *a, **kw: pytest.fail("DPO must not run without pairs"))
+    monkeypatch.setattr(job_handlers, "align", lambda *a, **kw: pytest.fail("DPO must not run without pairs"))
     job = _run(f, {"kind": "align", "cohort_id": cohort, "round_id": rnd, "max_attempts": 3})
     res = job["result"]
     assert job["state"] == "succeeded" and job["attempts"] == 1 and job["error"] is None

@@ -238,10 +238,10 @@ def test_the_default_train_step_refuses_a_malformed_dataset_by_name(tmp_path: Pa
 
 def test_the_default_train_step_is_bounded_by_the_profile(tmp_path: Path, private_data: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The profile's LoRA, batch, sequence, memory, time and thread limits reach arte.finetune, and its
+    """The profile's LoRA, batch, sequence, memory, time and thread limits reach arte.finetune_job, and its
     McNemar verdict is the loop's keep decision."""
     import edge_agent.train_step as step
-    from arte.finetune import FinetuneResult
+    from arte.finetune_job import FinetuneResult
 
     seen = {}
 

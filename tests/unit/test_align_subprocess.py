@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from server import handlers
+from server import job_handlers
 from server.errors import JobError
 
 
@@ -42,9 +42,9 @@ def test_a_dying_align_child_is_reported(tmp_path: Path, monkeypatch: pytest.Mon
         launched.append(cmd)
         return real([sys.executable, "-m", "tests.procs_child", how], **kw)
 
-    monkeypatch.setattr(handlers.subprocess, "Popen", popen)
+    monkeypatch.setattr(job_handlers.subprocess, "Popen", popen)
     with pytest.raises(JobError) as exc:
-        handlers._align_subprocess(_Ctx(tmp_path), [], {}, tmp_path / "adapter")
+        job_handlers._align_subprocess(_Ctx(tmp_path), [], {}, tmp_path / "adapter")
     msg = str(exc.value)
     assert msg.startswith("accelerate launch (the align job's DPO) " + ("was " if how.startswith("SIG") else ""))
     assert said in msg and f"evaluating 64 tokens, then {how}" in msg and str(tmp_path / "align.log") in msg

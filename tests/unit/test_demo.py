@@ -10,7 +10,8 @@ import pytest
 
 from arte.errors import ConfigError
 from arte.tasks import load_task
-from arte_cli.demo import DemoConfig, make_shards, privacy_policy, render_summary, run_demo, write_report
+from arte_cli.demo import DemoConfig, make_shards, privacy_policy, run_demo
+from arte_cli.demo_report import render_summary, write_report
 
 SPORTS = Path(__file__).resolve().parents[1] / "data" / "bigbench" / "sports_understanding.json"
 

@@ -184,7 +184,7 @@ def test_split_demos_takes_them_out_of_the_holdout() -> None:
 def test_the_device_evaluation_never_shows_training_records(tmp_path) -> None:
     import json
 
-    from arte.finetune import FinetuneConfig, eval_split
+    from arte.finetune_job import FinetuneConfig, eval_split
     from arte.tasks import load_task, split_task
 
     p = tmp_path / "t.jsonl"

@@ -8,7 +8,7 @@ import sys
 
 def test_server_imports_neither_edge_agent_nor_torch() -> None:
     code = (
-        "import sys, server.app, server.cli, server.worker, server.handlers; "
+        "import sys, server.app, server.cli, server.worker, server.job_handlers; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('edge_agent', 'torch', 'transformers', 'trl', 'llama_cpp')); print(bad)"
     )

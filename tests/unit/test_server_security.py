@@ -7,7 +7,7 @@ import pytest
 from server import security
 from server.app import field_path
 from server.errors import RangeNotSatisfiable
-from server.models import new_id
+from server.tables import new_id
 from server.routes.datasets import parse_range
 
 

@@ -50,12 +50,12 @@ from arte.pairs import NO_SIGNAL, PairConfig, read_pairs, select_pairs, write_pa
 from arte.procs import child_env, death_message
 from arte.tailor import TailorConfig, tailor_dataset
 from arte.tasks import Example, Task, label_counts
-from server import fleet, lineage, queue, results, serving
+from server import aggregates, datasets, fleet, lineage, queue, serving
 from server.db import transaction
 from server.errors import ApiError, JobError
-from server.models import Aggregate, Dataset, Round
 from server.schemas import DatasetIn, RoundIn
 from server.settings import ServerSettings
+from server.tables import Aggregate, Dataset, Round
 
 __all__ = ["JobContext", "JobCancelled", "HANDLERS", "run_handler"]
 
@@ -114,9 +114,9 @@ def run_aggregate(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.0)
     with transaction(ctx.sessions) as s:
         rnd = _round(s, ctx)
-        agg = results.compute_aggregate(s, rnd)
+        agg = aggregates.compute_aggregate(s, rnd)
         row = s.scalar(sa.select(Aggregate).where(Aggregate.job_id == ctx.claim.job_id)) \
-            or results.store_aggregate(s, rnd, agg, ctx.clock(), job_id=ctx.claim.job_id)
+            or aggregates.store_aggregate(s, rnd, agg, ctx.clock(), job_id=ctx.claim.job_id)
         out = {
             "aggregate_id": row.id,
             "round_id": rnd.id,
@@ -236,7 +236,7 @@ def run_align(ctx: JobContext) -> dict[str, Any]:
         if done is not None:
             return {**done.summary, "resumed": True}
         rnd = _round(s, ctx)
-        agg = results.compute_aggregate(s, rnd)
+        agg = aggregates.compute_aggregate(s, rnd)
         if not agg.may_align:  # arte.privacy.cohort_threshold
             raise JobError(
                 f"alignment refused for round {rnd.id}: {agg.reason} (fewer than the cohort's "
@@ -388,7 +388,7 @@ def run_tailor(ctx: JobContext) -> dict[str, Any]:
     )
     key = ctx.settings.dataset_signing_key.get_secret_value() if ctx.settings.dataset_signing_key else None
     with transaction(ctx.sessions) as s:
-        ds = results.create_dataset(s, body, ctx.clock(), key)
+        ds = datasets.create_dataset(s, body, ctx.clock(), key)
         ds.adapter_id, ds.job_id = adapter_id, ctx.claim.job_id
         out = {"dataset_id": ds.id, "n_examples": ds.n_examples, "sha256": ds.sha256, "adapter_id": adapter_id,
                "counts": result.manifest.get("counts", {}), "labels": result.manifest.get("labels", {})}

@@ -2,7 +2,7 @@
 
 The same script of requests runs against two apps on two databases of one backend: one through the
 routes only (``device_fast_path=False``: a transaction per request), one with the fast path
-(:mod:`server.fastlane`: key cache, group-committed reports, read-only reads). Every answer (status,
+(:mod:`server.device_fast_path`: key cache, group-committed reports, read-only reads). Every answer (status,
 headers, body) and every stored row must be the same, ids aside (each run's ids are numbered in the
 order they appear). The script covers the drafts, report and manifest requests with valid and invalid
 keys, bodies, rounds and cohorts, re-sends, closed rounds, local DP declarations, revocation through the

@@ -4,7 +4,7 @@ without FastAPI's routing and dependencies and without a transaction of their ow
 Per round every device pulls ``GET /rounds/{id}/drafts`` and posts ``POST /rounds/{id}/reports``, and
 every few rounds reads ``GET /datasets/latest``. Through the routes each costs FastAPI's route matching
 over every router (~0.1 ms of CPU before the route runs), a worker thread, a transaction (on SQLite the
-write lock, even to read) with the key's row, and the report its own commit. :class:`DeviceFastLane`, an
+write lock, even to read) with the key's row, and the report its own commit. :class:`DeviceFastPath`, an
 ASGI middleware inside the body guard and the in-flight cap (sizes, content types, the cap and the
 request metrics apply as before), answers them itself when it can answer exactly as the routes would,
 and otherwise hands the request on untouched:
@@ -21,7 +21,7 @@ and otherwise hands the request on untouched:
   the round is new here; 404 for another cohort's round) or the manifest from one statement on a
   read-only connection.
 
-Answers are the routes' answers byte for byte (``tests/integration/test_server_fastlane.py``); errors go
+Answers are the routes' answers byte for byte (``tests/integration/test_server_device_fast_path.py``); errors go
 through :func:`server.responses.exception_response` as the app's handlers do. The one difference: a
 key revoked by another API process may still read (never write) for ``device_key_cache_s``.
 """
@@ -43,15 +43,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from arte import wire
-from server import fleet, responses, results, security
+from server import fleet, responses, security
+from server.datasets import latest_manifest
 from server.deps import device_key_valid, parse_body, rate_limit, unknown_key
 from server.groupcommit import PendingReport
 from server.keycache import KnownDevice
-from server.models import ID_PATTERN, Device
 from server.routes import datasets, reports, rounds
 from server.schemas import ReportIn
+from server.tables import ID_PATTERN, Device
 
-__all__ = ["DeviceFastLane"]
+__all__ = ["DeviceFastPath"]
 
 _ROUNDS = f"{wire.API_PREFIX}/rounds/"
 _LATEST = f"{wire.API_PREFIX}/datasets/latest"
@@ -69,7 +70,7 @@ def _route(router: Any, endpoint: Any) -> Any:
     return next(r for r in router.routes if getattr(r, "endpoint", None) is endpoint)
 
 
-class DeviceFastLane:
+class DeviceFastPath:
     """The device hot path (see the module docstring); ``state`` is the app's ``app.state``."""
 
     def __init__(self, app: Any, state: Any) -> None:
@@ -177,7 +178,7 @@ class DeviceFastLane:
 
         def read() -> wire.DatasetManifest:
             with self.state.engine.connect() as conn:  # a read: no write lock, nothing to commit
-                return results.latest_manifest(conn, known.cohort_id)
+                return latest_manifest(conn, known.cohort_id)
 
         manifest = await run_in_threadpool(read)
         return Response(_MANIFEST.dump_json(manifest), media_type="application/json")
