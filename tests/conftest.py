@@ -3,6 +3,7 @@ databases), slow (the real embedded model; marked ``slow``), gpu (skipped withou
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 
-pytest_plugins = ["tests.server_support"]   # fleet server fixtures (backend, fleet); imports lazily
+pytest_plugins = ["tests.support.server_support"]   # fleet server fixtures (backend, fleet); imports lazily
 BIGBENCH = DATA / "bigbench"   # five BIG-bench tasks, vendored unchanged (Apache-2.0; README there)
 
 
@@ -72,3 +73,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def private_data(tmp_path: Path) -> Path:
+    p = tmp_path / "private" / "secret_task.jsonl"
+    p.parent.mkdir()
+    p.write_text("".join(json.dumps({"input": f"Is {i} even? secret-item-{i}", "choices": ["yes", "no"],
+                                     "answer": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(40)))
+    return p

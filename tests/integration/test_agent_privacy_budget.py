@@ -14,12 +14,11 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner
 
-
 import edge_agent.cli as cli  # noqa: E402
 from edge_agent.errors import ExitCode  # noqa: E402
-from tests.fakes import CopyingStudent  # noqa: E402
-from tests.live_server import DRAFTS, LiveServer  # noqa: E402
-from tests.privacy_audit import RecordingProxy  # noqa: E402
+from tests.support.fakes import CopyingStudent  # noqa: E402
+from tests.support.live_server import DRAFTS, LiveServer  # noqa: E402
+from tests.support.privacy_audit import RecordingProxy  # noqa: E402
 
 LAPLACE = {"mechanism": "laplace", "epsilon": 1.0}
 

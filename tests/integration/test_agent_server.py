@@ -17,11 +17,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-
-
 import edge_agent.cli as cli  # noqa: E402
-from arte.wire import Accuracy  # noqa: E402
 from arte.retry import RetryPolicy
+from arte.wire import Accuracy  # noqa: E402
 from edge_agent.client import ServerClient  # noqa: E402
 from edge_agent.errors import IntegrityError, NetworkError  # noqa: E402
 from edge_agent.hardware import Hardware  # noqa: E402
@@ -29,8 +27,8 @@ from edge_agent.loop import Agent, run_once  # noqa: E402
 from edge_agent.state import State  # noqa: E402
 from edge_agent.train_step import TrainRequest, TrainResult  # noqa: E402
 from firmware_profiles import load_profiles  # noqa: E402
-from tests.fakes import CopyingStudent  # noqa: E402
-from tests.live_server import DATASET, LiveServer  # noqa: E402
+from tests.support.fakes import CopyingStudent  # noqa: E402
+from tests.support.live_server import DATASET, LiveServer  # noqa: E402
 
 IDLE = Hardware(arch="x86_64", cpu_model="test", cpu_cores=2, memory_total=8 << 30, memory_available=6 << 30,
                 device_tree_model=None, load_1min=0.0)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from server.cli import Exit, main
 from server.service import SERVE_UNIT, WORKER_UNIT
-from tests.server_support import Backend
+from tests.support.server_support import Backend
 
 
 def run(backend: Backend, tmp_path: Path, *args: str, code: int = 0) -> dict | list:

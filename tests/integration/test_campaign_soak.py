@@ -1,9 +1,9 @@
 """Soak test: a campaign runs three rounds by itself while things go wrong.
 
 Real parts: ``arte-server serve`` (a subprocess on loopback, SQLite), two real worker processes
-(``tests/soak_worker.py``: the real worker loop, queue, handlers and campaign driver, with a scripted
+(``tests/support/soak_worker.py``: the real worker loop, queue, handlers and campaign driver, with a scripted
 teacher and a fake DPO, so it takes seconds), and 20 simulated devices: real ``edge_agent`` loops with their
-own state dirs over real HTTP, each with a fast fake student (:class:`tests.fakes.RationaleStudent`) and a
+own state dirs over real HTTP, each with a fast fake student (:class:`tests.support.fakes.RationaleStudent`) and a
 fake trainer. The operator types one command, ``arte-server campaigns create --cohort-id … --rounds 3``;
 after it only the server, the workers and the devices act.
 
@@ -47,8 +47,8 @@ from edge_agent.loop import Agent, run_once
 from edge_agent.state import State
 from edge_agent.train_step import TrainRequest, TrainResult
 from firmware_profiles import load_profiles
-from tests.fakes import RationaleStudent
-from tests.live_server import ROOT, LiveServer
+from tests.support.fakes import RationaleStudent
+from tests.support.live_server import ROOT, LiveServer
 
 DEVICES, ROUNDS, OFFLINE, CLOSE_AT, K = 20, 3, 4, 16, 5
 ITEMS_PER_DEVICE = 16
@@ -88,7 +88,7 @@ class Devices(httpx.BaseTransport):
 
 
 class Workers:
-    """Worker processes (``tests.soak_worker``) on the server's database."""
+    """Worker processes (``tests.support.soak_worker``) on the server's database."""
 
     def __init__(self, data_dir: Path, crash_dir: Path) -> None:
         self.data_dir, self.log = data_dir, data_dir / "workers.log"
@@ -101,7 +101,7 @@ class Workers:
 
     def start(self) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as log:
-            p = subprocess.Popen([sys.executable, "-m", "tests.soak_worker", "--data-dir", str(self.data_dir),
+            p = subprocess.Popen([sys.executable, "-m", "tests.support.soak_worker", "--data-dir", str(self.data_dir),
                                   "worker"], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         self.procs.append(p)
         return p

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from tests.dashboard_support import seed_fleet
-from tests.server_support import Fleet
+from tests.support.dashboard_support import seed_fleet
+from tests.support.server_support import Fleet
 
 API = "/api/v1"
 

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.dashboard_support import Seeded, seed_fleet
-from tests.integration.test_server_uvicorn import free_port, wait_ready
-from tests.server_support import Backend, Clock, make_admin_key
+from tests.support.dashboard_support import Seeded, seed_fleet
+from tests.support.live_server import free_port, wait_ready
+from tests.support.server_support import Backend, Clock, make_admin_key
 
 API = "/api/v1"
 VIEWPORT = {"width": 1280, "height": 960}

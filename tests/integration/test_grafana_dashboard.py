@@ -7,9 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from tests.dashboard_support import seed_fleet
-from tests.integration.test_server_telemetry import scrape
-from tests.server_support import Fleet
+from tests.support.dashboard_support import seed_fleet
+from tests.support.server_support import Fleet, scrape
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "arte-edge-fleet.json"
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from arte.tasks import Example
-from tests.privacy_audit import RecordingProxy, assert_no_leaks, find_leaks
+from tests.support.privacy_audit import RecordingProxy, assert_no_leaks, find_leaks
 
 ITEMS = (Example("priv:1", "Lionel Messi caught the screen pass in the second quarter", ("implausible",),
                  ("plausible", "implausible")),)

@@ -1,11 +1,11 @@
 """End-to-end wire audit: nothing private about a device's data is in any byte the agent sends.
 
 The real agent (`edge-agent enroll`, then `edge-agent run --once`) talks to the real `arte-server serve`
-on loopback THROUGH the recording proxy (:class:`tests.privacy_audit.RecordingProxy`), which keeps every
+on loopback THROUGH the recording proxy (:class:`tests.support.privacy_audit.RecordingProxy`), which keeps every
 request byte (URL, headers, body). The device's private data are real BIG-bench items (date
 understanding: distinctive texts and answers such as ``05/01/2021``; sports understanding: short
 sentences), vendored unchanged in ``tests/data/bigbench_sample`` so the audit runs in CI on a clean clone. For both scoring modes (``loglik``, ``generate``) and with local DP off and on (the round
-requires the analytic Gaussian), :func:`tests.privacy_audit.assert_no_leaks` finds none of the private
+requires the analytic Gaussian), :func:`tests.support.privacy_audit.assert_no_leaks` finds none of the private
 items' text (nor any 5-word window of it), answers, ids or sha256 digests in what was sent, and the
 report the proxy saw is the one the server stored and aggregated.
 
@@ -35,12 +35,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-
 import edge_agent.cli as cli  # noqa: E402
 from arte.tasks import Example, load_task  # noqa: E402
-from tests.fakes import CopyingStudent  # noqa: E402
-from tests.live_server import ROOT, LiveServer  # noqa: E402
-from tests.privacy_audit import RecordingProxy, SentRequest, assert_no_leaks, find_leaks, needles_for  # noqa: E402
+from tests.support.fakes import CopyingStudent  # noqa: E402
+from tests.support.live_server import ROOT, LiveServer  # noqa: E402
+from tests.support.privacy_audit import RecordingProxy, SentRequest, assert_no_leaks, find_leaks, needles_for  # noqa: E402
 
 GAUSSIAN = {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-6}
 DP = {"off": None, "on": GAUSSIAN}

@@ -1,10 +1,10 @@
 """The fleet server with an OpenAI-compatible teacher endpoint: elicit -> align -> tailor, the cohort's
 adapter served on the endpoint after the align job and used by the tailor job's requests.
 
-The endpoint is a loopback stand-in for vLLM written from its documented contract (tests/vllm_fake.py:
+The endpoint is a loopback stand-in for vLLM written from its documented contract (tests/support/vllm_fake.py:
 ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, ``/v1/models``); no vLLM runs here. The real
 llama-cpp-python server runs the same loop in tests/slow/test_teacher_endpoint_e2e.py. A retried align
-job resumes from its checkpoint: real TRL on a tiny random llama (tests/tiny_hf.py)."""
+job resumes from its checkpoint: real TRL on a tiny random llama (tests/support/tiny_hf.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from arte.prompts import question_block
 from server import serving
 from server.worker import Worker
-from tests.server_support import Backend, Fleet, build_fleet
-from tests.teacher_fakes import asked_question, is_question_prompt
-from tests.vllm_fake import FakeVLLM, serve_vllm
+from tests.support.server_support import Backend, Fleet, build_fleet
+from tests.support.teacher_fakes import asked_question, is_question_prompt
+from tests.support.vllm_fake import FakeVLLM, serve_vllm
 
 QUESTIONS = [f"Statement: Player {i} caught the screen pass in the end zone\nOptions: yes, no" for i in range(8)]
 
@@ -153,7 +153,7 @@ def test_llama_cpp_serving_exports_the_adapter_and_writes_the_server_config(sqli
 
     from arte.models import ModelRef
     from server.errors import JobError
-    from tests.tiny_hf import build_tiny_hf
+    from tests.support.tiny_hf import build_tiny_hf
 
     base = ModelRef("hf", build_tiny_hf(tmp_path / "tiny"), "tiny")
     fake_gguf = ModelRef("gguf", tmp_path / "teacher.gguf", "teacher")
@@ -188,7 +188,7 @@ def test_a_retried_align_job_resumes_from_its_checkpoint(sqlite_backend: Backend
     import torch
 
     import arte.dpo
-    from tests.tiny_hf import build_tiny_hf
+    from tests.support.tiny_hf import build_tiny_hf
 
     torch.set_num_threads(1)
     real, attempts = arte.dpo.align, []

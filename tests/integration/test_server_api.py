@@ -10,7 +10,7 @@ import json
 import pytest
 
 from arte import wire
-from tests.server_support import Fleet, build_fleet
+from tests.support.server_support import Fleet, bad_report_cases, build_fleet
 
 API = "/api/v1"
 
@@ -130,38 +130,13 @@ def test_dataset_range_etag_and_signature(backend, tmp_path) -> None:
     f.engine.dispose()
 
 
-def _bad_report_cases(rnd_drafts: list[str]) -> list[tuple[str, dict, int, str]]:
-    ok = {"draft_id": "d0", "n_items": 10, "n_correct": 5}
-    base = {"idempotency_key": "k", "mode": "cot-choice"}
-    return [
-        ("negative items", {**base, "scores": [{**ok, "n_items": -1}]}, 400, "scores[0].n_items"),
-        ("negative correct", {**base, "scores": [{**ok, "n_correct": -1}]}, 400, "scores[0].n_correct"),
-        (
-            "over-count",
-            {**base, "scores": [ok, {**ok, "draft_id": "d1", "n_correct": 11}]},
-            400,
-            "scores[1].n_correct",
-        ),
-        ("unknown draft", {**base, "scores": [{**ok, "draft_id": "nope"}]}, 400, "scores[0].draft_id"),
-        ("duplicate draft", {**base, "scores": [ok, ok]}, 400, "scores[1].draft_id"),
-        ("wrong mode", {**base, "mode": "generate", "scores": [ok]}, 400, "mode"),
-        ("bad mode", {**base, "mode": "guess", "scores": [ok]}, 422, "mode"),
-        ("no scores", {**base, "scores": []}, 422, "scores"),
-        ("missing key", {"mode": "cot-choice", "scores": [ok]}, 422, "idempotency_key"),
-        ("string count", {**base, "scores": [{**ok, "n_items": "10"}]}, 422, "scores[0].n_items"),
-        ("unknown field", {**base, "scores": [ok], "texts": ["private"]}, 422, "texts"),
-        ("NUL in key", {**base, "idempotency_key": "a\x00b", "scores": [ok]}, 422, "idempotency_key"),
-        ("huge count", {**base, "scores": [{**ok, "n_items": 1e300}]}, 422, "scores[0].n_items"),
-    ]
-
-
 @pytest.mark.parametrize("case", range(13))
 def test_bad_reports_are_refused_naming_the_field(sqlite_fleet: Fleet, case: int) -> None:
     f = sqlite_fleet
     cohort = f.cohort()
     _, a = f.device(cohort)
     rnd = f.round(cohort, n_drafts=2)
-    name, body, status, field = _bad_report_cases(["d0", "d1"])[case]
+    name, body, status, field = bad_report_cases(["d0", "d1"])[case]
     error(f.client.post(f"{API}/rounds/{rnd}/reports", json=body, headers=a), status, field)
     assert count(f, "reports") == 0 and count(f, "report_scores") == 0, name
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.server_support import Fleet
+from tests.support.server_support import Fleet
 
 API = "/api/v1"
 PUBLIC = {

@@ -1,7 +1,7 @@
 """Campaigns on a real database (SQLite, and PostgreSQL when configured), driven by the real worker in this
 process with an injected clock: rounds that run themselves, the closing rule, k, failures that back off
 and pause, a worker that died after storing its output, an interrupted transition, the per-cohort lock,
-lineage and rollback. The teacher is scripted and DPO is faked (``tests/soak_worker.py``; the soak test
+lineage and rollback. The teacher is scripted and DPO is faked (``tests/support/soak_worker.py``; the soak test
 runs the same with real processes)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import arte.dpo
 from server import driver, job_handlers, queue
 from server.tables import Job
 from server.worker import Worker
-from tests.server_support import Fleet
-from tests.soak_worker import fake_align, open_teacher
-from tests.teacher_fakes import ScriptedTeacher
+from tests.support.server_support import Fleet
+from tests.support.soak_worker import fake_align, open_teacher
+from tests.support.teacher_fakes import ScriptedTeacher
 
 POLICY = {"drafts": {"n_questions": 2, "styles": ["plain", "expert"], "batch_size": 4}, "min_items": 2,
           "tailor": {"n_questions": 3, "check_samples": 0, "batch_size": 4}}

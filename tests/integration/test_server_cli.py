@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from server.cli import Exit, main
-from tests.server_support import Backend
+from tests.support.server_support import Backend
 
 
 def run(backend: Backend, tmp_path: Path, *args: str, code: int = 0) -> dict | list:

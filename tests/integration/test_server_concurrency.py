@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fault_support import Serve, pg_cluster, stored_reports
+from tests.support.fault_support import Serve, pg_cluster, stored_reports
 
 N = 64
 

@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from tests.integration.test_server_api import _bad_report_cases
-from tests.server_support import Backend, Fleet, Ids, build_fleet
+from tests.support.server_support import Backend, Fleet, Ids, bad_report_cases, build_fleet
 
 API = "/api/v1"
 
@@ -96,7 +95,7 @@ def _script(f: Fleet, send: Recorder) -> None:
     send("stored", "POST", url, a, report("ka", [("d0", 10, 7), ("d1", 10, 2)]))
     send("re-sent", "POST", url, a, report("ka", [("d0", 10, 7)]))
     send("other key", "POST", url, a, report("kz", [("d0", 10, 7)]))
-    for name, body, _, _ in _bad_report_cases(["d0", "d1"]):
+    for name, body, _, _ in bad_report_cases(["d0", "d1"]):
         send(f"bad: {name}", "POST", url, b, body)
     send("b stored", "POST", url, b, report("kb", [("d0", 4, 4), ("d2", 4, 0)], agent_version="t/1"))
     send("unknown round", "POST", f"/rounds/{unknown}/reports", a, report("k1", [("d0", 1, 1)]))

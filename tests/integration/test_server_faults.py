@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.fault_support import (
+from tests.support.fault_support import (
     ROOT,
     AgentBox,
     Serve,
@@ -142,7 +142,7 @@ def test_worker_killed_mid_job_the_job_is_retried_and_finishes(tmp_path: Path) -
     from server import db
     from server.tables import Aggregate, Job
     from server.worker import Worker
-    from tests.server_support import Backend, build_fleet
+    from tests.support.server_support import Backend, build_fleet
 
     with pg_cluster() as cluster:
         f = build_fleet(Backend("postgres", cluster.url), tmp_path)
@@ -247,8 +247,8 @@ def test_agent_state_dir_full_then_read_only_loses_nothing(small_tmpfs: Path, tm
     queued; a delivery whose receipt cannot be written fails clearly, the report stays pending, and once
     there is room again the re-send is answered with the stored receipt (exactly once). Then the mount
     goes read-only: the state still opens for reading, writes fail clearly, nothing is lost."""
-    from arte.wire import DraftScoreMsg, Report
     from arte.retry import RetryPolicy
+    from arte.wire import DraftScoreMsg, Report
     from edge_agent.client import ServerClient
     from edge_agent.errors import StateError
     from edge_agent.state import State

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.server_support import Backend, Fleet, build_fleet
+from tests.support.server_support import Backend, Fleet, build_fleet
 
 EXAMPLES_PER_OPERATION = 5
 

@@ -21,7 +21,7 @@ from server import responses, security
 from server.errors import ApiError
 from server.groupcommit import PendingReport
 from server.schemas import ReportIn
-from tests.server_support import Backend, Fleet, Ids, build_fleet
+from tests.support.server_support import Backend, Fleet, Ids, build_fleet
 
 API = "/api/v1"
 

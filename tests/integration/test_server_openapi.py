@@ -26,7 +26,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 from schemathesis.engine.statistic import Statistic
 
-from tests.server_support import Fleet, build_fleet
+from tests.support.server_support import Fleet, build_fleet
 
 try:
     import tomllib

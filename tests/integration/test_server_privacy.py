@@ -16,7 +16,7 @@ from arte import wire
 from arte.privacy import calibrate, privatize
 from server.errors import JobError
 from server.worker import Worker
-from tests.server_support import Fleet
+from tests.support.server_support import Fleet
 
 API = "/api/v1"
 GAUSS = {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-6}

@@ -15,7 +15,7 @@ from server import db, queue, reports
 from server.schemas import JobIn
 from server.tables import Aggregate, Base, Job, Report, utcnow
 from server.worker import Worker
-from tests.server_support import START, Fleet
+from tests.support.server_support import START, Fleet
 
 
 def test_migrations_reach_head_and_match_the_models(fleet: Fleet) -> None:

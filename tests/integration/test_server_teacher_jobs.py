@@ -13,8 +13,8 @@ from arte.prompts import question_block
 from arte.tasks import label_counts
 from server import job_handlers
 from server.worker import Worker
-from tests.server_support import Fleet
-from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
+from tests.support.server_support import Fleet
+from tests.support.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
 
 QUESTIONS = [f"Statement: Player {i} caught the screen pass in the end zone\nOptions: yes, no" for i in range(8)]
 
@@ -146,7 +146,6 @@ def test_align_builds_pairs_from_the_pooled_reports(fleet: Fleet, scripted, monk
 def test_align_without_signal_succeeds_as_no_signal_and_keeps_the_teacher(fleet: Fleet, scripted, monkeypatch) -> None:
     """Every draft scored alike: no pair. The job ends once, as "no signal" with the numbers, not as a
     failure to retry; DPO never runs and the cohort keeps its adapter (none)."""
-    import arte.dpo
 
     f = fleet
     cohort = f.cohort(k=2)

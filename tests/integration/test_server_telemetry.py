@@ -13,29 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.dashboard_support import seed_fleet
-from tests.server_support import Backend, Fleet, build_fleet, make_admin_key
+from tests.support.dashboard_support import seed_fleet
+from tests.support.server_support import Backend, Fleet, build_fleet, make_admin_key, samples, scrape
 
 API = "/api/v1"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def scrape(fleet: Fleet, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple], float]:
-    """``{(sample name, sorted labels): value}`` of one /metrics response."""
-    r = fleet.client.get("/metrics", headers=fleet.admin if headers is None else headers)
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain")
-    return samples(r.text)
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def value(m: dict, name: str, **labels: str) -> float:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,29 +17,10 @@ import pytest
 
 from arte import wire
 from server import db
-from tests.server_support import Backend, make_admin_key
+from tests.support.live_server import free_port, wait_ready
+from tests.support.server_support import Backend, make_admin_key
 
 API = "/api/v1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll GET /health until it answers (no fixed sleep: each failed poll waits on the socket)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}{API}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            threading.Event().wait(0.05)  # the port is not open yet; give the loop a tick
-    raise AssertionError(f"{url} not ready after {timeout_s}s")
 
 
 @pytest.fixture

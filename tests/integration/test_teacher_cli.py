@@ -12,7 +12,7 @@ from arte.drafts import read_drafts
 from arte.pairs import read_pairs
 from arte.pipeline import write_scores
 from arte_cli.cli import main
-from tests.teacher_fakes import serve_chat
+from tests.support.teacher_fakes import serve_chat
 
 TASK_JSONL = "\n".join(json.dumps({"input": f"Player {i} scored a goal", "choices": ["plausible", "implausible"],
                                    "answer": i % 2}) for i in range(30))

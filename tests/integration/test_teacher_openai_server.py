@@ -11,7 +11,7 @@ from arte.backends.openai import OpenAITeacher
 from arte.elicit import ElicitConfig, elicit_drafts
 from arte.errors import TeacherHTTPError
 from arte.tasks import Example, Task
-from tests.teacher_fakes import ChatServer, serve_chat
+from tests.support.teacher_fakes import ChatServer, serve_chat
 
 
 @pytest.fixture()

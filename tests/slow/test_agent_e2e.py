@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-
-from tests.live_server import ROOT, LiveServer  # noqa: E402
+from tests.support.live_server import ROOT, LiveServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

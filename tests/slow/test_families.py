@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 from arte.errors import ConfigError
-from tests.slow.test_sft_real import _log_softmax
-from tests.slow.test_sft_real import llama_logprobs as _llama_logprobs
+from tests.support.sft_real import llama_logprobs as _llama_logprobs
+from tests.support.sft_real import log_softmax
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +124,7 @@ def torch_logprobs(model: Any, seqs: list[list[int]], adapter: bool = True) -> l
     import torch
 
     with torch.no_grad(), (contextlib.nullcontext() if adapter else model.disable_adapter()):
-        return [_log_softmax(model(input_ids=torch.tensor([s])).logits[0].float().numpy()) for s in seqs]
+        return [log_softmax(model(input_ids=torch.tensor([s])).logits[0].float().numpy()) for s in seqs]
 
 
 def llama_logprobs(gguf: Path, seqs: list[list[int]], lora: Path | None = None) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ from arte.privacy import PrivacyAccountant, PrivacyPolicy, estimate_report, repo
 from arte.scoring import ScoringConfig, score_drafts
 from arte.tasks import load_task, split_task
 from arte.wire import Report, from_wire, to_wire
-from tests.privacy_audit import assert_no_leaks, find_leaks
+from tests.support.privacy_audit import assert_no_leaks, find_leaks
 
 
 @pytest.mark.slow

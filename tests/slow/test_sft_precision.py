@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.slow.test_sft_real import HELD_OUT, QA, TASK, kl_top1, pirate, torch_logprobs
+from tests.support.sft_real import HELD_OUT, QA, TASK, kl_top1, pirate, torch_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +18,9 @@ THREADS = 1
 def runs(default_model, tmp_path_factory):
     import torch
 
+    from arte.home import convert_dir
     from arte.sft import SFTConfig, run_sft
     from arte.sft_data import ChatFormat
-    from arte.home import convert_dir
 
     torch.set_num_threads(THREADS)
     records = [pirate(i, q, a) for i, (q, a) in enumerate(QA)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import free_port, wait_until_up
+from tests.support.live_server import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_elicit_align_tailor_through_the_llama_cpp_server(tmp_path: Path, defaul
 
     from server import serving
     from server.worker import Worker
-    from tests.server_support import build_fleet
+    from tests.support.server_support import build_fleet
 
     torch.set_num_threads(1)
     port = free_port()

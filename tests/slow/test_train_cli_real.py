@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 pytestmark = pytest.mark.slow
 
 

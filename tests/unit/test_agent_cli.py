@@ -16,9 +16,9 @@ import edge_agent.cli as cli
 from arte.retry import RetryPolicy
 from edge_agent.client import ServerClient
 from edge_agent.errors import ExitCode
-from tests.fake_fleet import FakeFleet
-from tests.llama_check_fakes import child_code, fake_llama_check
-from tests.unit.test_agent_hardware import ARM_CPUINFO, fake_root
+from tests.support.fake_fleet import FakeFleet
+from tests.support.fakes import ARM_CPUINFO, fake_root
+from tests.support.llama_check_fakes import child_code, fake_llama_check
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +116,7 @@ def test_run_before_enrolling(env) -> None:
 
 
 def test_run_once_json_reports_and_status_shows_it(fleet: FakeFleet, env, data: Path, monkeypatch) -> None:
-    from tests.fakes import CopyingStudent
+    from tests.support.fakes import CopyingStudent
 
     monkeypatch.setattr(cli, "_student_opener", lambda model: lambda profile, adapter: CopyingStudent())
     invoke(["enroll", "--server", "http://fleet.test", "--token", "tok-1", "--data", str(data)], env)

@@ -7,11 +7,11 @@ import random
 import httpx
 import pytest
 
-from arte.wire import EnrollRequest
 from arte.retry import RetryPolicy
+from arte.wire import EnrollRequest
 from edge_agent.client import ServerClient
 from edge_agent.errors import AuthError, NetworkError, ServerError
-from tests.fake_fleet import FakeFleet
+from tests.support.fake_fleet import FakeFleet
 
 
 def client_for(fleet: FakeFleet, key: str | None = None, attempts: int = 4) -> tuple[ServerClient, list[float]]:

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import edge_agent.cli as cli
 from edge_agent.errors import ExitCode
-from tests.llama_check_fakes import child_code, fake_llama_check
-from tests.unit.test_agent_hardware import ARM_CPUINFO, fake_root
+from tests.support.fakes import ARM_CPUINFO, fake_root
+from tests.support.llama_check_fakes import child_code, fake_llama_check
 
 ARM_DOTPROD = ARM_CPUINFO.replace("Features\t: fp asimd", "Features\t: fp asimd asimdhp asimddp")
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from arte.wire import EnrollRequest
 from arte.retry import RetryPolicy
+from arte.wire import EnrollRequest
 from edge_agent.client import ServerClient
 from edge_agent.download import download_dataset
 from edge_agent.errors import IntegrityError
-from tests.fake_fleet import FakeFleet, Killed
+from tests.support.fake_fleet import FakeFleet, Killed
 
 CONTENT = b"".join(b'{"input": "question %d", "target": "answer %d"}\n' % (i, i) for i in range(40))
 

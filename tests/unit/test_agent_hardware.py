@@ -8,34 +8,10 @@ import pytest
 
 from edge_agent.hardware import detect, match_profile, work_blockers
 from firmware_profiles import load_profiles
+from tests.support.fakes import ARM_CPUINFO, fake_root
 
 X86_CPUINFO = "".join(f"processor\t: {i}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7-1260P\n"
                       f"flags\t\t: fpu avx2\n\n" for i in range(8))
-ARM_CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
-                      f"CPU part\t: 0xd0b\n\n" for i in range(4))
-
-
-def fake_root(tmp: Path, *, cpuinfo: str, mem_gib: float = 8, avail_gib: float = 6, model: str | None = None,
-              loadavg: str = "0.10 0.20 0.30 1/100 1234", supplies: dict[str, dict[str, str]] | None = None,
-              temps_mc: tuple[int, ...] = (45000,)) -> Path:
-    (tmp / "proc").mkdir(parents=True)
-    (tmp / "proc/cpuinfo").write_text(cpuinfo)
-    (tmp / "proc/meminfo").write_text(f"MemTotal:       {int(mem_gib * 1024 ** 2)} kB\n"
-                                      f"MemFree:        1000 kB\nMemAvailable:   {int(avail_gib * 1024 ** 2)} kB\n")
-    (tmp / "proc/loadavg").write_text(loadavg + "\n")
-    if model is not None:
-        (tmp / "proc/device-tree").mkdir()
-        (tmp / "proc/device-tree/model").write_bytes(model.encode() + b"\x00")
-    for name, files in (supplies or {}).items():
-        d = tmp / "sys/class/power_supply" / name
-        d.mkdir(parents=True)
-        for k, v in files.items():
-            (d / k).write_text(v + "\n")
-    for i, t in enumerate(temps_mc):
-        z = tmp / f"sys/class/thermal/thermal_zone{i}"
-        z.mkdir(parents=True)
-        (z / "temp").write_text(f"{t}\n")
-    return tmp
 
 
 def no_gpu() -> None:

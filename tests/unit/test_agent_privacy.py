@@ -9,9 +9,8 @@ import pytest
 
 from arte.wire import PrivacyInfo
 from edge_agent.loop import run_once
-from tests.fake_fleet import FakeFleet
-from tests.unit.test_agent_loop import DRAFTS, make_agent, private_data  # noqa: F401 - fixture
-
+from tests.support.agent import DRAFTS, make_agent
+from tests.support.fake_fleet import FakeFleet
 
 
 def test_laplace_round_is_noised_and_charged_once(tmp_path: Path, private_data: Path) -> None:  # noqa: F811

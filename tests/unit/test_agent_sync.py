@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from arte.wire import DraftScoreMsg, EnrollRequest, Report
 from arte.retry import RetryPolicy
+from arte.wire import DraftScoreMsg, EnrollRequest, Report
 from edge_agent.client import ServerClient
 from edge_agent.state import State
 from edge_agent.sync import deliver, queue_report
-from tests.fake_fleet import FakeFleet
+from tests.support.fake_fleet import FakeFleet
 
 
 def make(tmp_path: Path) -> tuple[FakeFleet, State, ServerClient]:

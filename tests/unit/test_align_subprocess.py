@@ -40,7 +40,7 @@ def test_a_dying_align_child_is_reported(tmp_path: Path, monkeypatch: pytest.Mon
 
     def popen(cmd, **kw):   # the launcher's command, with the child replaced by one that dies as told
         launched.append(cmd)
-        return real([sys.executable, "-m", "tests.procs_child", how], **kw)
+        return real([sys.executable, "-m", "tests.support.procs_child", how], **kw)
 
     monkeypatch.setattr(job_handlers.subprocess, "Popen", popen)
     with pytest.raises(JobError) as exc:

@@ -6,8 +6,14 @@ import pytest
 from arte.answers import is_correct, normalize_answer, parse_answer
 from arte.drafts import Draft, read_drafts, write_drafts
 from arte.errors import DraftFormatError
-from arte.prompts import (RATIONALE_STYLES, option_continuation, question_prompt, rationale_prompt,
-                          scoring_item, scoring_prefix)
+from arte.prompts import (
+    RATIONALE_STYLES,
+    option_continuation,
+    question_prompt,
+    rationale_prompt,
+    scoring_item,
+    scoring_prefix,
+)
 from arte.tasks import Example, Task
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from arte.convert import SCRIPT, Sdist, convert_many, convert_hf_to_gguf, install_converter, installed_converter
+from arte.convert import (
+    SCRIPT,
+    Sdist,
+    convert_hf_to_gguf,
+    convert_many,
+    install_converter,
+    installed_converter,
+)
 from arte.errors import ConfigError, ModelError
 from arte.models import sha256_file
 

@@ -11,7 +11,7 @@ import pytest
 import arte.backends.llama_check as lc
 from arte_cli import demo
 from arte_cli.demo import DemoConfig, DemoError, _env, _Fleet
-from tests.llama_check_fakes import child_code
+from tests.support.llama_check_fakes import child_code
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def fleet(tmp_path: Path) -> _Fleet:
 
 
 def test_a_worker_killed_by_sigill_is_named_with_its_log(fleet: _Fleet) -> None:
-    fleet.spawn("worker", "the job worker", "tests.procs_child", "SIGILL")
+    fleet.spawn("worker", "the job worker", "tests.support.procs_child", "SIGILL")
     fleet.procs[-1].wait(timeout=60)
     with pytest.raises(DemoError) as exc:
         fleet.check_alive("elicit")
@@ -36,11 +36,11 @@ def test_a_worker_killed_by_sigill_is_named_with_its_log(fleet: _Fleet) -> None:
 
 def test_a_step_that_dies_says_how(fleet: _Fleet) -> None:
     with pytest.raises(DemoError) as exc:
-        fleet.run("device-1-score", "tests.procs_child", "SIGSEGV")
-    assert "step 'device-1-score' (tests.procs_child) was killed by signal SIGSEGV" in str(exc.value)
+        fleet.run("device-1-score", "tests.support.procs_child", "SIGSEGV")
+    assert "step 'device-1-score' (tests.support.procs_child) was killed by signal SIGSEGV" in str(exc.value)
     assert "evaluating 64 tokens" in str(exc.value)
     with pytest.raises(DemoError, match=r"exited with status 7; last lines of its log .*\n.*then 7"):
-        fleet.run("device-2-score", "tests.procs_child", "7")
+        fleet.run("device-2-score", "tests.support.procs_child", "7")
 
 
 def test_preflight_stops_the_demo_before_any_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

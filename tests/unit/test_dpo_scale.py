@@ -1,4 +1,4 @@
-"""DPO at scale, checked on a CPU with real TRL on a tiny random llama (tests/tiny_hf.py): the TRL config is
+"""DPO at scale, checked on a CPU with real TRL on a tiny random llama (tests/support/tiny_hf.py): the TRL config is
 built before the model and the model loads in the training dtype (bf16 here too, under CPU autocast);
 an interrupted run resumes from its last checkpoint with the global step going on; ``pairs.jsonl`` is
 TRL's own format (``datasets`` loads it, ``DPOTrainer`` tokenizes it); the CUDA-only options say so on a
@@ -15,7 +15,7 @@ from arte.dpo import AlignConfig
 from arte.errors import ConfigError
 from arte.models import ModelRef
 from arte.pairs import PreferencePair, write_pairs
-from tests.tiny_hf import build_tiny_hf
+from tests.support.tiny_hf import build_tiny_hf
 
 pytest.importorskip("trl")
 

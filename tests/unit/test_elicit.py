@@ -11,11 +11,23 @@ from arte.drafts import read_drafts, write_drafts
 from arte.elicit import ElicitConfig, check_rationale, elicit_drafts, extracted_answer, trim_rationale
 from arte.errors import ConfigError
 from arte.prompts import question_block
-from arte.questions import (QuestionConfig, QuestionFilter, draw_seeds, normalize_question, parse_options,
-                            shared_options, split_questions)
+from arte.questions import (
+    QuestionConfig,
+    QuestionFilter,
+    draw_seeds,
+    normalize_question,
+    parse_options,
+    shared_options,
+    split_questions,
+)
 from arte.tasks import Example, Task, format_question
-from tests.teacher_fakes import (FakeLMTeacher, ScriptedTeacher, asked_question, is_question_prompt,
-                                 scripted_preference)
+from tests.support.teacher_fakes import (
+    FakeLMTeacher,
+    ScriptedTeacher,
+    asked_question,
+    is_question_prompt,
+    scripted_preference,
+)
 
 OPTS = ("plausible", "implausible")
 SPORTS = Task("sports", "Judge whether the sentence is plausible.", tuple(

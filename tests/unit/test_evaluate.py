@@ -13,7 +13,7 @@ from arte.evaluate import EvalConfig, evaluate, keep_if_better, mcnemar_p, pick_
 from arte.sft_data import OPENER, ChatFormat
 from arte.student import Continuation, Generation, reason_then_loglik
 from arte.tasks import Example, Task
-from tests.sft_fakes import CharTokenizer
+from tests.support.sft_fakes import CharTokenizer
 
 TOK = CharTokenizer()
 TASK = Task("t", "Say yes or no.", ())

@@ -23,8 +23,13 @@ from arte.tailor import TailorConfig
 from arte_cli import experiment_run
 from arte_cli.experiment_report import check_document
 from arte_cli.experiment_run import ExperimentSettings, _Models, _TaskRun, run_experiment
-from tests.sft_fakes import CharTokenizer
-from tests.teacher_fakes import LastAnswerCopyingStudent, ScriptedTeacher, asked_question, is_question_prompt
+from tests.support.sft_fakes import CharTokenizer
+from tests.support.teacher_fakes import (
+    LastAnswerCopyingStudent,
+    ScriptedTeacher,
+    asked_question,
+    is_question_prompt,
+)
 
 
 def _task(tmp_path: Path) -> Path:

@@ -18,8 +18,8 @@ from arte.tailor import TailorConfig
 from arte_cli import experiment_run
 from arte_cli.experiment_report import brief, check_document, plot, table
 from arte_cli.experiment_run import ExperimentSettings, _Models, _TaskRun, run_experiment
-from tests.sft_fakes import CharTokenizer
-from tests.teacher_fakes import LastAnswerCopyingStudent, ScriptedTeacher, is_question_prompt
+from tests.support.sft_fakes import CharTokenizer
+from tests.support.teacher_fakes import LastAnswerCopyingStudent, ScriptedTeacher, is_question_prompt
 
 
 def _task(tmp_path: Path, name: str, description: str) -> Path:

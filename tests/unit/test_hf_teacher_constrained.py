@@ -9,7 +9,7 @@ import pytest
 
 from arte.formats import question_format, rationale_format
 from arte.tasks import Example, Task
-from tests.sft_fakes import tiny_llama
+from tests.support.sft_fakes import tiny_llama
 
 SPECIAL = {"<|im_start|>": 256, "<|im_end|>": 257}
 OPTS = ("plausible", "implausible")

@@ -5,7 +5,8 @@
 * imports are at module level. A function-level import is allowed only for an optional heavy runtime
   (:data:`OPTIONAL`, each with its reason) or a project module that imports one at module level, so the
   dependency graph is what the top of each file says;
-* ``import arte`` and ``edge-agent --help`` / ``arte --help`` stay light (no torch, transformers, llama_cpp).
+* ``import arte`` and ``edge-agent --help`` / ``arte --help`` stay light (no torch, transformers, llama_cpp);
+* test modules share only through ``tests/support``.
 """
 
 from __future__ import annotations
@@ -180,3 +181,11 @@ def test_light_imports(code: str) -> None:
     check = code + "\nimport sys\nheavy = [m for m in ('torch', 'transformers', 'llama_cpp', 'trl', 'peft') if m in sys.modules]\nprint(heavy)"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_test_modules_share_only_through_support() -> None:
+    """A test module imports no other test module: what tests share lives in ``tests/support``."""
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {t}" for kind in ("unit", "integration", "slow")
+           for f in sorted((ROOT / "tests" / kind).glob("*.py")) for line, t in sum(_imports(f), [])
+           if t.split(".")[:2] in (["tests", "unit"], ["tests", "integration"], ["tests", "slow"])]
+    assert not bad, "move what these share into tests/support:\n" + "\n".join(bad)

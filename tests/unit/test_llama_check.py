@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from arte.backends import llama_check as lc
-from tests.unit.test_agent_hardware import ARM_CPUINFO
+from tests.support.fakes import ARM_CPUINFO
 
 ROOT = Path(__file__).resolve().parents[2]
 

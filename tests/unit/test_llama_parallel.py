@@ -1,4 +1,4 @@
-"""The llama.cpp student's decoding strategies on a fake cache (tests/llama_fakes.py): continuous batching,
+"""The llama.cpp student's decoding strategies on a fake cache (tests/support/llama_fakes.py): continuous batching,
 option tries after the reasoning and prefix reuse give exactly what one-at-a-time and naive decoding give."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from arte.errors import BackendError
 from arte.student import reason_then_loglik
-from tests.llama_fakes import EOS, FakeLlama, script
+from tests.support.llama_fakes import EOS, FakeLlama, script
 
 SHARED = "A shared demonstration prefix, long enough to matter. " * 4 + "Answer key: {key}\n\n"
 

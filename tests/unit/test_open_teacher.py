@@ -1,6 +1,6 @@
 """One way to open a teacher (``arte.backends.open_teacher``): which runtime each setting picks, what each
 adapter means to it, and the refusals that name the setting. Remote teachers run against
-``httpx.MockTransport``; the torch teacher loads a tiny random llama (tests/tiny_hf.py)."""
+``httpx.MockTransport``; the torch teacher loads a tiny random llama (tests/support/tiny_hf.py)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_torch_device_and_dtype() -> None:
 def test_auto_opens_an_hf_directory_on_torch_in_the_asked_dtype(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from arte.backends.hf_teacher import TorchTeacher
-    from tests.tiny_hf import build_tiny_hf
+    from tests.support.tiny_hf import build_tiny_hf
 
     ref = ModelRef("hf", build_tiny_hf(tmp_path / "tiny"), "tiny")
     t = open_teacher(ref, device="cpu", dtype="bf16")

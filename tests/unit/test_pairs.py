@@ -10,11 +10,21 @@ import pytest
 from arte.drafts import Draft
 from arte.errors import ConfigError, PairFormatError
 from arte.pair_rules import ScoreEstimate, binomial_estimate
-from arte.pairs import (NO_SIGNAL, SKIP_REASONS, PairConfig, PreferencePair, build_pairs, pair_counts,
-                        pair_from_dict, read_pairs, score_table, select_pairs, write_pairs)
-from arte.questions import draw_seeds
+from arte.pairs import (
+    NO_SIGNAL,
+    SKIP_REASONS,
+    PairConfig,
+    PreferencePair,
+    build_pairs,
+    pair_counts,
+    pair_from_dict,
+    read_pairs,
+    score_table,
+    select_pairs,
+    write_pairs,
+)
 from arte.prompts import question_prompt, rationale_prompt
-from arte.questions import split_questions
+from arte.questions import draw_seeds, split_questions
 from arte.tasks import Example, Task
 
 OPTS = ("plausible", "implausible")

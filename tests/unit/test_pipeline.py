@@ -15,7 +15,7 @@ from arte.pairs import read_pairs
 from arte.pipeline import Pipeline, PipelineConfig, read_score_estimates, read_scores, write_scores
 from arte.prompts import RATIONALE_STYLES, question_block
 from arte.tasks import Example, Task
-from tests.teacher_fakes import LastAnswerCopyingStudent, ScriptedTeacher, is_question_prompt
+from tests.support.teacher_fakes import LastAnswerCopyingStudent, ScriptedTeacher, is_question_prompt
 
 OPTS = ("plausible", "implausible")
 # Every item is implausible, so drafts answering "implausible" win with the copying student.

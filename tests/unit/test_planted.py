@@ -14,20 +14,13 @@ from arte.pair_rules import binomial_estimate
 from arte.pairs import PairConfig, select_pairs
 from arte.planted import PlantedRule, draft_holds, holds, planted_scores, rule_rate
 from arte.tasks import Example, Task
+from tests.support.teacher_fakes import planted_drafts
 
 SHORT = "Yes. <ans>yes</ans>"
 LONG = " ".join(["word"] * 60) + " <ans>yes</ans>"
 STEPS = "1. Read the question.\n2. Compare.\n3. Decide. <ans>no</ans>"
 TASK = Task("t", "Answer.", tuple(Example(f"e{i}", f"Is {i} even?", ("yes" if i % 2 == 0 else "no",), ("yes", "no"))
                                   for i in range(6)))
-
-
-def drafts(n_questions: int = 40) -> list[Draft]:
-    out = []
-    for q in range(n_questions):
-        for k, r in enumerate((SHORT, LONG)):
-            out.append(Draft(f"q{q}-{k}", f"Is {q} odd?\nOptions: yes, no", r, "yes", question_id=f"q{q}"))
-    return out
 
 
 def test_properties() -> None:
@@ -67,13 +60,13 @@ def test_config_errors_name_the_field(field: str, value: object) -> None:
                                                          ("null", 0.5, 0.5)])
 def test_scores_are_binomial_at_the_rule_rates(variant: str, with_prop: float, without: float) -> None:
     rule = PlantedRule("short", variant, strength=0.6, base=0.5, max_words=10)
-    ds = drafts(200)
+    ds = planted_drafts(200)
     res = planted_scores(ds, rule, 20, np.random.default_rng(0))
     assert res.outcomes.shape == (400, 20) and res.mode == "planted" and len(res.item_ids) == 20
     assert all(s.n_correct == int(row.sum()) and s.n_items == 20 for s, row in zip(res.scores, res.outcomes))
     acc = np.array([s.n_correct / 20 for s in res.scores])
     has = np.array([draft_holds(rule, d) for d in ds])
-    # 200 drafts x 20 items per group: sd of the mean <= sqrt(.25 / 4000) = 0.008; 0.03 is ~4 sd
+    # 200 planted_drafts x 20 items per group: sd of the mean <= sqrt(.25 / 4000) = 0.008; 0.03 is ~4 sd
     assert acc[has].mean() == pytest.approx(with_prop, abs=0.03)
     assert acc[~has].mean() == pytest.approx(without, abs=0.03)
     # the per-draft counts are binomial(20, p): their variance is 20 p (1 - p) (not e.g. all equal)
@@ -83,7 +76,7 @@ def test_scores_are_binomial_at_the_rule_rates(variant: str, with_prop: float, w
 
 def test_noise_spreads_the_rates_and_the_seed_reproduces() -> None:
     rule = PlantedRule("short", strength=0.4, noise=0.2, max_words=10)
-    ds = drafts(200)
+    ds = planted_drafts(200)
     a = planted_scores(ds, rule, 20, np.random.default_rng(3))
     b = planted_scores(ds, rule, 20, np.random.default_rng(3))
     assert np.array_equal(a.outcomes, b.outcomes)
@@ -93,7 +86,7 @@ def test_noise_spreads_the_rates_and_the_seed_reproduces() -> None:
 
 def _pairs(variant: str, seed: int = 0) -> list:
     rule = PlantedRule("short", variant, strength=0.6, max_words=10)
-    ds = drafts(40)
+    ds = planted_drafts(40)
     res = planted_scores(ds, rule, 20, np.random.default_rng(seed))
     est = {s.draft_id: binomial_estimate(s.n_items, s.n_correct, outcomes=list(row))
            for s, row in zip(res.scores, res.outcomes)}

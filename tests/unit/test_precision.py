@@ -90,7 +90,7 @@ def _lora(model, rank: int = 4):
 def test_bf16_matmuls_holds_frozen_weights_in_bf16_and_restores_fp32() -> None:
     torch = pytest.importorskip("torch")
     from arte.precision import bf16_matmuls
-    from tests.sft_fakes import tiny_llama
+    from tests.support.sft_fakes import tiny_llama
 
     model = _lora(tiny_llama())
     base = model.get_base_model()
@@ -119,7 +119,7 @@ def test_a_small_lora_update_survives_bf16_matmuls_but_not_autocast() -> None:
     autocast the sum is rounded to bf16, and the update mostly vanishes."""
     torch = pytest.importorskip("torch")
     from arte.precision import bf16_matmuls
-    from tests.sft_fakes import tiny_llama
+    from tests.support.sft_fakes import tiny_llama
 
     model = _lora(tiny_llama())
     x = torch.tensor([[5, 9, 11, 40, 41, 42, 43, 44]])

@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from arte.tasks import Example, load_task
-from tests.privacy_audit import (RecordingTransport, SentRequest, assert_no_leaks, find_leaks, needles_for)
+from tests.support.privacy_audit import (
+    RecordingTransport,
+    SentRequest,
+    assert_no_leaks,
+    find_leaks,
+    needles_for,
+)
 
 ITEMS = (
     Example("clinic:17", "Dr. Élodie Brandt prescribed amoxicillin to the patient in room twelve on Tuesday",

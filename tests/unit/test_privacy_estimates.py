@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 
 from arte.errors import ConfigError, ReportContentError
-from arte.privacy import (DraftEstimate, PrivacyAccountant, PrivacyPolicy, calibrate, cohort_threshold,
-                          debias_counts, estimate_report, pool_accuracy, pool_estimates, privatize,
-                          report_scores)
+from arte.privacy import (
+    DraftEstimate,
+    PrivacyAccountant,
+    PrivacyPolicy,
+    calibrate,
+    cohort_threshold,
+    debias_counts,
+    estimate_report,
+    pool_accuracy,
+    pool_estimates,
+    privatize,
+    report_scores,
+)
 from arte.scoring import DraftScore, ScoreResult
 from arte.wire import DraftScoreMsg, PrivacyInfo
 

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from arte.errors import ConfigError
-from arte.privacy import (PrivacyPolicy, analytic_gaussian_sigma, calibrate, classic_gaussian_sigma,
-                          debias_counts, gaussian_delta, privatize, randomized_response)
+from arte.privacy import (
+    PrivacyPolicy,
+    analytic_gaussian_sigma,
+    calibrate,
+    classic_gaussian_sigma,
+    debias_counts,
+    gaussian_delta,
+    privatize,
+    randomized_response,
+)
 
 D, N = 4, 30
 # A fixed device: 4 drafts x 30 items with different true counts (0, 7, 22, 30).

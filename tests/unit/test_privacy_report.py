@@ -11,17 +11,23 @@ import pytest
 
 from arte.drafts import Draft
 from arte.errors import ConfigError, PrivacyBudgetExceeded, ReportContentError
-from arte.privacy import (PrivacyAccountant, PrivacyPolicy, check_scores_only, estimate_report,
-                          policy_for_round, report_scores)
+from arte.privacy import (
+    PrivacyAccountant,
+    PrivacyPolicy,
+    check_scores_only,
+    estimate_report,
+    policy_for_round,
+    report_scores,
+)
 from arte.scoring import DraftScore, ScoreResult, score_drafts
 from arte.tasks import Example, Task
 from arte.wire import DraftScoreMsg, PrivacyInfo, Report, to_wire
-from tests.fakes import CopyingStudent
-from tests.privacy_audit import assert_no_leaks
+from tests.support.fakes import CopyingStudent
+from tests.support.privacy_audit import assert_no_leaks
 
 
 class DemoCopyingStudent(CopyingStudent):
-    """tests.fakes.CopyingStudent reads the FIRST <ans>…</ans> of the prompt, which is the template's
+    """tests.support.fakes.CopyingStudent reads the FIRST <ans>…</ans> of the prompt, which is the template's
     "<ans> and </ans>" instruction, so every draft scores alike; this one copies the demonstration's."""
 
     def _text(self, tokens):

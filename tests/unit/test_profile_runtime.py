@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import arte.backends.hf as hf
 import arte.backends as backends
+import arte.backends.hf as hf
 import arte.backends.onnx as onnx
 import edge_agent.student as student
 from arte.backends.llama_check import BASELINE_CMAKE_ARGS

@@ -7,7 +7,7 @@ from arte.drafts import Draft
 from arte.errors import ConfigError, ScoringError
 from arte.scoring import DEFAULT_MODE, MODES, ScoringConfig, score_drafts
 from arte.tasks import Example, Task, load_task, split_task
-from tests.fakes import CopyingStudent, RationaleStudent
+from tests.support.fakes import CopyingStudent, RationaleStudent
 
 TASK = Task("toy", "Say yes or no", ())
 ITEMS = [Example(f"i{k}", f"item {k}?", ("yes" if k % 3 else "no",), ("yes", "no")) for k in range(12)]

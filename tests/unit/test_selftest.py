@@ -4,85 +4,26 @@ chosen sides have: planted → lift up, reversed → down, null → an interval 
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import pytest
 
 from arte.elicit import ElicitConfig
 from arte.errors import ConfigError
-from arte.pairs import PreferencePair, read_pairs
-from arte.planted import PlantedRule, holds
-from arte.questions import split_questions
+from arte.pairs import read_pairs
+from arte.planted import PlantedRule
 from arte.selftest import SelftestConfig, alignment_selftest
-from arte.tasks import Example, Task
-from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
-
-TASK = Task("parity", "Say whether the number is odd.", tuple(
-    Example(f"e{i}", f"Is {i} odd?", ("yes" if i % 2 else "no",), ("yes", "no")) for i in range(40)))
-SHORT = "It is odd. <ans>yes</ans>"
-LONG = "Let me think about this number carefully: " + " ".join(["then"] * 50) + " so. <ans>yes</ans>"
-STEPS = "1. Look at the last digit.\n2. It is odd.\n3. So yes. <ans>yes</ans>"
-
-
-def _letters(n: int) -> str:
-    return "".join("abcdefghij"[int(c)] for c in str(n))
-
-
-def fake_teacher(p_short: float, p_steps: float = 0.3, p_qty: float = 0.5, name: str = "fake",
-                 adapter: str | None = None) -> ScriptedTeacher:
-    """Questions: fresh questions that name a number (a digit) with probability ``p_qty``; rationales:
-    short with probability ``p_short`` (else long), laid out in numbered steps with probability
-    ``p_steps``; every draw from (seed, index, prompt)."""
-    counter = [0]
-
-    def reply(messages: list[dict[str, str]], kw: dict[str, Any], i: int) -> str:
-        if is_question_prompt(messages):
-            rng = np.random.default_rng([kw["seed"], i, zlib.crc32(messages[-1]["content"].encode())])
-            counter[0] += 5
-            return "\n\n".join(
-                f"Question {k + 1}: Is {n if rng.random() < p_qty else 'the word ' + _letters(n)} odd?\n"
-                f"Options: yes, no" for k, n in enumerate(range(1000 + counter[0], 1005 + counter[0])))
-        q = asked_question(messages)
-        rng = np.random.default_rng([kw["seed"], i, zlib.crc32(q.encode()),
-                                     zlib.crc32(messages[0]["content"].encode())])
-        if rng.random() < p_steps:
-            return STEPS
-        return SHORT if rng.random() < p_short else LONG
-
-    return ScriptedTeacher(reply, name=name, adapter=adapter)
-
-
-def fake_align(pairs: Sequence[PreferencePair], out_dir: Path, progress: Any) -> dict[str, Any]:
-    """'DPO' that moves the teacher's rates by 0.02 per pair whose chosen side has a property its rejected
-    side lacks (minus the opposite): direction and strength come only from the pairs."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    short, steps, qty = PlantedRule("short", max_words=20), PlantedRule("steps"), PlantedRule("quantity")
-
-    def net(rule: PlantedRule) -> float:
-        if rule.target == "question":   # question pairs: blocks of questions, counted one by one
-            return sum(sum(holds(rule, q) for q in split_questions(p.chosen)[0])
-                       - sum(holds(rule, q) for q in split_questions(p.rejected)[0]) for p in pairs)
-        return sum(holds(rule, p.chosen) - holds(rule, p.rejected) for p in pairs)
-
-    state = {"p_short": float(np.clip(0.5 + 0.02 * net(short), 0.02, 0.98)),
-             "p_steps": float(np.clip(0.3 + 0.02 * net(steps), 0.02, 0.98)),
-             "p_qty": float(np.clip(0.5 + 0.05 * net(qty), 0.02, 0.98))}
-    (out_dir / "fake.json").write_text(json.dumps(state))
-    if progress is not None:
-        progress("train", 1, 1)
-    return {"steps": 1, "reward": {"held_out": {"pairs": 2, "after": {"accuracy": 1.0}}},
-            "pairs": {"total": len(pairs)}}
-
-
-def open_teacher(adapter: Path | None) -> ScriptedTeacher:
-    if adapter is None:
-        return fake_teacher(0.5)
-    state = json.loads((adapter / "fake.json").read_text())
-    return fake_teacher(state["p_short"], state["p_steps"], state["p_qty"], adapter=str(adapter))
-
+from tests.support.teacher_fakes import (
+    PARITY_LONG,
+    PARITY_SHORT,
+    PARITY_STEPS,
+    PARITY_TASK,
+    ScriptedTeacher,
+    fake_align,
+    is_question_prompt,
+    parity_teacher,
+)
 
 CONFIG = SelftestConfig(rules=("short", "steps"), max_words=20, n_items=20, n_heldout=16, sample_seeds=4,
                         n_boot=500, elicit=ElicitConfig(n_questions=30, rationale_temperature=1.0, constrain=False))
@@ -90,7 +31,7 @@ CONFIG = SelftestConfig(rules=("short", "steps"), max_words=20, n_items=20, n_he
 
 def test_planted_moves_up_reversed_down_null_stays(tmp_path: Path) -> None:
     stages: set[str] = set()
-    res = alignment_selftest(TASK, CONFIG, tmp_path, open_teacher=open_teacher, align_pairs=fake_align,
+    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align,
                              progress=lambda s, d, t: stages.add(s))
     by = {v.rule.name: v for v in res.variants}
     assert list(by) == ["short", "steps", "short-reversed", "short-null"]
@@ -118,7 +59,7 @@ def test_a_question_rule_moves_the_questions(tmp_path: Path) -> None:
     cfg = SelftestConfig(rules=("quantity",), n_items=20, n_heldout=8, sample_seeds=3, n_boot=500,
                          elicit=ElicitConfig(n_questions=60, styles=("plain", "expert"), rationale_temperature=1.0,
                                              constrain=False))
-    res = alignment_selftest(TASK, cfg, tmp_path, open_teacher=open_teacher, align_pairs=fake_align)
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align)
     by = {v.rule.name: v for v in res.variants}
     assert by["quantity"].pairs["question"] > 0 and by["quantity"].pairs["rationale"] == 0
     assert by["quantity"].lift["low"] > 0 and by["quantity-reversed"].lift["estimate"] < 0
@@ -127,9 +68,9 @@ def test_a_question_rule_moves_the_questions(tmp_path: Path) -> None:
 def test_thresholds_default_to_the_original_median(tmp_path: Path) -> None:
     cfg = SelftestConfig(rules=("short",), n_items=10, n_heldout=6, sample_seeds=2, n_boot=200,
                          elicit=ElicitConfig(n_questions=10, rationale_temperature=1.0, constrain=False))
-    res = alignment_selftest(TASK, cfg, tmp_path, open_teacher=open_teacher, align_pairs=fake_align)
-    words = sorted([len(SHORT.split("<ans>")[0].split()), len(LONG.split("<ans>")[0].split()),
-                    len(STEPS.split("<ans>")[0].split())])
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align)
+    words = sorted([len(PARITY_SHORT.split("<ans>")[0].split()), len(PARITY_LONG.split("<ans>")[0].split()),
+                    len(PARITY_STEPS.split("<ans>")[0].split())])
     assert res.thresholds["max_words"] in words or words[0] <= res.thresholds["max_words"] <= words[-1]
 
 
@@ -145,7 +86,7 @@ def test_a_scorer_without_signal_is_reported_not_aligned(tmp_path: Path) -> None
 
     cfg = SelftestConfig(rules=("short",), n_heldout=4, sample_seeds=1, n_boot=200,
                          elicit=ElicitConfig(n_questions=5, rationale_temperature=1.0, constrain=False))
-    res = alignment_selftest(TASK, cfg, tmp_path, open_teacher=open_teacher, align_pairs=never, scorer=tie)
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, parity_teacher=parity_teacher, align_pairs=never, scorer=tie)
     assert all(v.outcome == "no_signal" and v.lift is None for v in res.variants)
     assert [v.passed for v in res.variants] == [None, None, True]   # a null rule that moves nothing passes
     assert res.verdict() == "fail" and not calls
@@ -161,7 +102,7 @@ def test_config_errors(kw: dict, field: str) -> None:
 
 def test_too_few_examples_for_the_heldout_questions(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        alignment_selftest(TASK, SelftestConfig(n_heldout=100), tmp_path, open_teacher=open_teacher,
+        alignment_selftest(PARITY_TASK, SelftestConfig(n_heldout=100), tmp_path, parity_teacher=parity_teacher,
                            align_pairs=fake_align)
     assert e.value.field == "n_heldout"
 
@@ -172,7 +113,7 @@ def test_table_plot_and_help(tmp_path: Path) -> None:
     from arte_cli.cli import main
     from arte_cli.selftest import plot_rates, table
 
-    res = alignment_selftest(TASK, CONFIG, tmp_path, open_teacher=open_teacher, align_pairs=fake_align)
+    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align)
     doc = res.to_dict()
     text = table(doc)
     assert all(name in text for name in ("short", "steps", "short-reversed", "short-null"))
@@ -187,16 +128,16 @@ def test_reused_drafts_skip_elicitation(tmp_path: Path) -> None:
     from arte.drafts import read_drafts
     from arte.selftest import prepare
 
-    first = alignment_selftest(TASK, CONFIG, tmp_path / "a", open_teacher=open_teacher, align_pairs=fake_align)
+    first = alignment_selftest(PARITY_TASK, CONFIG, tmp_path / "a", parity_teacher=parity_teacher, align_pairs=fake_align)
     drafts = read_drafts(tmp_path / "a" / "drafts.jsonl")
     calls: list[ScriptedTeacher] = []
 
     def counting(adapter: Path | None) -> ScriptedTeacher:
-        t = open_teacher(adapter)
+        t = parity_teacher(adapter)
         calls.append(t)
         return t
 
-    prep = prepare(TASK, CONFIG, tmp_path / "b", open_teacher=counting, drafts=drafts)
+    prep = prepare(PARITY_TASK, CONFIG, tmp_path / "b", parity_teacher=counting, drafts=drafts)
     assert prep.drafts == drafts and prep.drafts_summary["questions"] == first.drafts["questions"]
     assert all(not is_question_prompt(c["conversations"][0]) for t in calls for c in t.calls)
     assert prep.thresholds == first.thresholds

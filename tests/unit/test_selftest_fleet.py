@@ -14,8 +14,7 @@ from arte.pairs import PairConfig, select_pairs
 from arte.planted import PlantedRule
 from arte.selftest import SelftestConfig, alignment_selftest
 from benchmarks.alignment_fleet import FleetServer, fleet_scorer, policy
-from tests.unit.test_planted import drafts as planted_drafts
-from tests.unit.test_selftest import TASK, fake_align, open_teacher
+from tests.support.teacher_fakes import PARITY_TASK, fake_align, parity_teacher, planted_drafts
 
 CONFIG = SelftestConfig(rules=("short",), max_words=20, n_heldout=16, sample_seeds=4, n_boot=500,
                         elicit=ElicitConfig(n_questions=40, styles=("plain", "expert", "rules"),
@@ -34,7 +33,7 @@ def test_fleet_planted_moves_up_reversed_down(server: FleetServer, tmp_path: Pat
                                               epsilon: float) -> None:
     log: list[dict[str, Any]] = []
     scorer = fleet_scorer(server, n_devices=10, items_per_device=10, pol=policy(mechanism, epsilon), log=log)
-    res = alignment_selftest(TASK, CONFIG, tmp_path / "run", open_teacher=open_teacher, align_pairs=fake_align,
+    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path / "run", parity_teacher=parity_teacher, align_pairs=fake_align,
                              scorer=scorer)
     by = {v.rule.name: v for v in res.variants}
     assert by["short"].lift["low"] > 0 and by["short-reversed"].lift["estimate"] < 0
@@ -56,7 +55,7 @@ def test_strong_local_dp_costs_pairs(server: FleetServer) -> None:
     for eps in (1.0, float("inf")):
         scorer = fleet_scorer(server, n_devices=10, items_per_device=10, pol=policy("gaussian", eps))
         est = scorer(ds, rule, np.random.default_rng(0))
-        counts[eps] = len(select_pairs(TASK, ds, est, TASK.examples[:3], PairConfig(kinds=("rationale",))).pairs)
+        counts[eps] = len(select_pairs(PARITY_TASK, ds, est, PARITY_TASK.examples[:3], PairConfig(kinds=("rationale",))).pairs)
     assert counts[float("inf")] >= 30 and counts[1.0] <= counts[float("inf")] // 4
 
 
@@ -64,7 +63,7 @@ def test_fewer_devices_than_k_give_no_signal(server: FleetServer, tmp_path: Path
     scorer = fleet_scorer(server, n_devices=2, items_per_device=10, pol=policy("none", float("inf")), k=3)
     cfg = SelftestConfig(rules=("short",), max_words=20, n_heldout=4, sample_seeds=1, n_boot=200,
                          elicit=ElicitConfig(n_questions=5, rationale_temperature=1.0, constrain=False))
-    res = alignment_selftest(TASK, cfg, tmp_path / "run", open_teacher=open_teacher, align_pairs=fake_align,
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path / "run", parity_teacher=parity_teacher, align_pairs=fake_align,
                              scorer=scorer)
     assert all(v.outcome == "no_signal" for v in res.variants)
 
@@ -72,7 +71,7 @@ def test_fewer_devices_than_k_give_no_signal(server: FleetServer, tmp_path: Path
 def test_fleet_signal_counts_pairs_by_direction(server: FleetServer) -> None:
     from benchmarks.alignment_fleet import fleet_signal
 
-    rows = fleet_signal(server, TASK, planted_drafts(40), TASK.examples[:3], PlantedRule("short", max_words=10),
+    rows = fleet_signal(server, PARITY_TASK, planted_drafts(40), PARITY_TASK.examples[:3], PlantedRule("short", max_words=10),
                         devices=[10], epsilons=[float("inf"), 1.0], mechanism="gaussian", items_per_device=10,
                         pair_config=PairConfig(kinds=("rationale",)))
     exact, noisy = rows

@@ -7,8 +7,8 @@ import pytest
 from server import security
 from server.app import field_path
 from server.errors import RangeNotSatisfiable
-from server.tables import new_id
 from server.routes.datasets import parse_range
+from server.tables import new_id
 
 
 def test_new_key_round_trips_and_only_its_hash_is_kept() -> None:

@@ -6,9 +6,8 @@ import pytest
 
 from arte.drafts import Draft
 from arte.errors import ConfigError
-from arte.sft_data import (IGNORE, OPENER, ChatFormat, Example, batch_order, encode_records, pack,
-                           user_message)
-from tests.sft_fakes import CharTokenizer
+from arte.sft_data import IGNORE, OPENER, ChatFormat, Example, batch_order, encode_records, pack, user_message
+from tests.support.sft_fakes import CharTokenizer
 
 TOK = CharTokenizer()
 

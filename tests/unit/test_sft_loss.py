@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from arte.chunked_loss import linear_cross_entropy, lm_loss_sum  # noqa: E402
 from arte.sft_data import Example, pack  # noqa: E402
-from tests.sft_fakes import tiny_llama  # noqa: E402
+from tests.support.sft_fakes import tiny_llama  # noqa: E402
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])

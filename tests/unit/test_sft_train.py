@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from arte.errors import ConfigError  # noqa: E402
 from arte.sft import SFTConfig, plan_memory, train_lora  # noqa: E402
 from arte.sft_data import Example, pack  # noqa: E402
-from tests.sft_fakes import tiny_llama  # noqa: E402
+from tests.support.sft_fakes import tiny_llama  # noqa: E402
 
 
 def rows(n: int = 8, length: int = 24):

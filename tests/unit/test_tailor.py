@@ -13,7 +13,7 @@ from arte.prompts import RATIONALE_STYLES, question_block
 from arte.sft_data import assistant_message, user_message
 from arte.tailor import TailorConfig, tailor_dataset
 from arte.tasks import Example, Task
-from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
+from tests.support.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
 
 OPTS = ("plausible", "implausible")
 TASK = Task("sports", "Judge plausibility.", tuple(Example(f"s{i}", f"Player {i} scored", ("plausible",), OPTS)

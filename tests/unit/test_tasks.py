@@ -196,7 +196,7 @@ def test_balanced_validation_leaves_the_holdout_every_label(tmp_path: Path) -> N
 def test_a_label_copying_student_cannot_score_drafts_by_their_label(tmp_path: Path) -> None:
     from arte.drafts import Draft
     from arte.scoring import ScoringConfig, score_drafts
-    from tests.fakes import CopyingStudent
+    from tests.support.fakes import CopyingStudent
 
     task = load_task(_skewed(tmp_path, 60, 20), description="Is the statement plausible?")
     drafts = [Draft("d-p", "Statement: x\nOptions: plausible, implausible", "r <ans>plausible</ans>", "plausible"),

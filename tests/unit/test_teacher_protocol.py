@@ -7,7 +7,7 @@ import pytest
 
 from arte.errors import ConfigError
 from arte.teacher import Teacher, check_conversations, check_sampling, render_chat, teacher_id
-from tests.teacher_fakes import ScriptedTeacher
+from tests.support.teacher_fakes import ScriptedTeacher
 
 # The shape of SmolLM2's template (ChatML with a default system prompt), as HF templates are written.
 CHATML = (

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from arte.wire import (DatasetManifest, DraftScoreMsg, PrivacyInfo, Report, WireError, from_wire, to_wire)
+from arte.wire import DatasetManifest, DraftScoreMsg, PrivacyInfo, Report, WireError, from_wire, to_wire
 
 
 def test_roundtrip() -> None:

@@ -16,8 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from arte.wire import (DatasetManifest, DraftScoreMsg, Metrics, PrivacyInfo, Report, ReportReceipt, WireError,
-                       from_wire, to_wire)
+from arte.wire import (
+    DatasetManifest,
+    DraftScoreMsg,
+    Metrics,
+    PrivacyInfo,
+    Report,
+    ReportReceipt,
+    WireError,
+    from_wire,
+    to_wire,
+)
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,11 +6,20 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
 from arte.constrain import check_formats
+from arte.drafts import Draft
 from arte.grammar import Format
+from arte.pairs import PreferencePair
+from arte.planted import PlantedRule, holds
+from arte.questions import split_questions
+from arte.tasks import Example, Task
 from arte.teacher import Message, check_conversations, check_sampling
 
 
@@ -57,7 +66,7 @@ def asked_question(messages: list[Message]) -> str:
 
 
 class LastAnswerCopyingStudent:
-    """Like ``tests.fakes.CopyingStudent`` (bytes as tokens; the "model" answers what the demonstration
+    """Like ``tests.support.fakes.CopyingStudent`` (bytes as tokens; the "model" answers what the demonstration
     answered), but it copies the *last* complete ``<ans>…</ans>`` of the prompt: the scoring header itself
     contains ``<ans> and </ans>``, which the first-match fake would copy for every draft."""
 
@@ -251,3 +260,82 @@ def scripted_preference(script: str, ramble: str) -> Callable[[str], str | None]
         return ramble[at:] + ramble * 3
 
     return prefer
+
+
+def planted_drafts(n_questions: int = 40) -> list[Draft]:
+    out = []
+    for q in range(n_questions):
+        for k, r in enumerate((PLANTED_SHORT, PLANTED_LONG)):
+            out.append(Draft(f"q{q}-{k}", f"Is {q} odd?\nOptions: yes, no", r, "yes", question_id=f"q{q}"))
+    return out
+
+
+PARITY_TASK = Task("parity", "Say whether the number is odd.", tuple(
+    Example(f"e{i}", f"Is {i} odd?", ("yes" if i % 2 else "no",), ("yes", "no")) for i in range(40)))
+
+
+def fake_align(pairs: Sequence[PreferencePair], out_dir: Path, progress: Any) -> dict[str, Any]:
+    """'DPO' that moves the teacher's rates by 0.02 per pair whose chosen side has a property its rejected
+    side lacks (minus the opposite): direction and strength come only from the pairs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    short, steps, qty = PlantedRule("short", max_words=20), PlantedRule("steps"), PlantedRule("quantity")
+
+    def net(rule: PlantedRule) -> float:
+        if rule.target == "question":   # question pairs: blocks of questions, counted one by one
+            return sum(sum(holds(rule, q) for q in split_questions(p.chosen)[0])
+                       - sum(holds(rule, q) for q in split_questions(p.rejected)[0]) for p in pairs)
+        return sum(holds(rule, p.chosen) - holds(rule, p.rejected) for p in pairs)
+
+    state = {"p_short": float(np.clip(0.5 + 0.02 * net(short), 0.02, 0.98)),
+             "p_steps": float(np.clip(0.3 + 0.02 * net(steps), 0.02, 0.98)),
+             "p_qty": float(np.clip(0.5 + 0.05 * net(qty), 0.02, 0.98))}
+    (out_dir / "fake.json").write_text(json.dumps(state))
+    if progress is not None:
+        progress("train", 1, 1)
+    return {"steps": 1, "reward": {"held_out": {"pairs": 2, "after": {"accuracy": 1.0}}},
+            "pairs": {"total": len(pairs)}}
+
+
+def parity_teacher(adapter: Path | None) -> ScriptedTeacher:
+    if adapter is None:
+        return fake_teacher(0.5)
+    state = json.loads((adapter / "fake.json").read_text())
+    return fake_teacher(state["p_short"], state["p_steps"], state["p_qty"], adapter=str(adapter))
+
+
+def fake_teacher(p_short: float, p_steps: float = 0.3, p_qty: float = 0.5, name: str = "fake",
+                 adapter: str | None = None) -> ScriptedTeacher:
+    """Questions: fresh questions that name a number (a digit) with probability ``p_qty``; rationales:
+    short with probability ``p_short`` (else long), laid out in numbered steps with probability
+    ``p_steps``; every draw from (seed, index, prompt)."""
+    counter = [0]
+
+    def reply(messages: list[dict[str, str]], kw: dict[str, Any], i: int) -> str:
+        if is_question_prompt(messages):
+            rng = np.random.default_rng([kw["seed"], i, zlib.crc32(messages[-1]["content"].encode())])
+            counter[0] += 5
+            return "\n\n".join(
+                f"Question {k + 1}: Is {n if rng.random() < p_qty else 'the word ' + _letters(n)} odd?\n"
+                f"Options: yes, no" for k, n in enumerate(range(1000 + counter[0], 1005 + counter[0])))
+        q = asked_question(messages)
+        rng = np.random.default_rng([kw["seed"], i, zlib.crc32(q.encode()),
+                                     zlib.crc32(messages[0]["content"].encode())])
+        if rng.random() < p_steps:
+            return PARITY_STEPS
+        return PARITY_SHORT if rng.random() < p_short else PARITY_LONG
+
+    return ScriptedTeacher(reply, name=name, adapter=adapter)
+
+
+# Rationales of the planted-preference tests: one short, one long (arte.planted's "short" rule tells them apart).
+PLANTED_SHORT = "Yes. <ans>yes</ans>"
+PLANTED_LONG = " ".join(["word"] * 60) + " <ans>yes</ans>"
+PARITY_SHORT = "It is odd. <ans>yes</ans>"
+PARITY_LONG = "Let me think about this number carefully: " + " ".join(["then"] * 50) + " so. <ans>yes</ans>"
+
+
+PARITY_STEPS = "1. Look at the last digit.\n2. It is odd.\n3. So yes. <ans>yes</ans>"
+
+
+def _letters(n: int) -> str:
+    return "".join("abcdefghij"[int(c)] for c in str(n))

@@ -28,7 +28,7 @@ import pytest
 from benchmarks.pg_cluster import PgCluster, PgUnavailable, free_port
 from benchmarks.pg_cluster import pg_cluster as throwaway_cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 API = "/api/v1"
 
 

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.teacher_fakes import serve
+from tests.support.teacher_fakes import serve
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -8,13 +8,16 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from arte.wire import API_PREFIX
+
+ROOT = Path(__file__).resolve().parents[2]
 DRAFTS = [{"id": "d-yes", "question": "Is 2 even?", "rationale": "Two is even. <ans>yes</ans>", "answer": "yes"},
           {"id": "d-no", "question": "Is 3 even?", "rationale": "Three is odd. <ans>no</ans>", "answer": "no"}]
 DATASET = "".join(json.dumps({"input": f"Is {i} even?", "target": "yes" if i % 2 == 0 else "no"}) + "\n"
@@ -93,3 +96,17 @@ class LiveServer:
 
     def reports(self, round_id: str) -> list[dict[str, Any]]:
         return self.admin("GET", f"/rounds/{round_id}/reports", status=200)
+
+
+def wait_ready(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll GET /health until it answers (no fixed sleep: each failed poll waits on the socket)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}{API_PREFIX}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            threading.Event().wait(0.05)  # the port is not open yet; give the loop a tick
+    raise AssertionError(f"{url} not ready after {timeout_s}s")

@@ -1,4 +1,4 @@
-"""A child process for tests of how deaths are reported: ``python -m tests.procs_child HOW``.
+"""A child process for tests of how deaths are reported: ``python -m tests.support.procs_child HOW``.
 
 It writes a line to stderr without flushing (only unbuffered output keeps it), then ends as ``HOW`` says:
 a signal name (``SIGILL``, ``SIGSEGV``...) kills it with that signal, a number exits with that status.

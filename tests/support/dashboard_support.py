@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.server_support import Clock, drafts
+from tests.support.server_support import Clock, drafts
 
 DAY = 24 * 3600
 

@@ -25,9 +25,22 @@ from typing import Any, Iterator
 
 import httpx
 
-from arte.wire import (API_PREFIX, DatasetManifest, DeviceInfo, EnrollRequest, EnrollResponse, Metrics,
-                       MetricsReceipt, PrivacyInfo, Report, ReportReceipt, RoundDrafts, RoundInfo, from_wire,
-                       to_wire)
+from arte.wire import (
+    API_PREFIX,
+    DatasetManifest,
+    DeviceInfo,
+    EnrollRequest,
+    EnrollResponse,
+    Metrics,
+    MetricsReceipt,
+    PrivacyInfo,
+    Report,
+    ReportReceipt,
+    RoundDrafts,
+    RoundInfo,
+    from_wire,
+    to_wire,
+)
 
 NOW = "2026-01-01T00:00:00+00:00"
 

@@ -1,5 +1,5 @@
 """A real ``arte-server worker`` process with a fake teacher and a fake DPO, for the campaign soak test
-(``python -m tests.soak_worker --data-dir DIR``; settings come from ``ARTE_SERVER_*`` like the real one).
+(``python -m tests.support.soak_worker --data-dir DIR``; settings come from ``ARTE_SERVER_*`` like the real one).
 
 Everything but the models is real: the worker's loop, the queue, the job handlers, the campaign driver and the
 database. The teacher writes two rationales per question: ``expert`` says to check the sport (the soak
@@ -27,7 +27,7 @@ import arte.dpo
 from arte.prompts import question_block
 from server import job_handlers, queue
 from server.cli import main
-from tests.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
+from tests.support.teacher_fakes import ScriptedTeacher, asked_question, is_question_prompt
 
 MODEL_S = float(os.environ.get("SOAK_MODEL_S", "0"))
 SPORTS = ["football", "basketball", "hockey", "tennis", "golf", "baseball"]

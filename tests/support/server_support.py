@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 _ID = re.compile(r"\b[a-z]{3}_[0-9a-f]{32}\b")
@@ -249,3 +250,44 @@ def sqlite_fleet(sqlite_backend: Backend, tmp_path: Path) -> Iterator[Fleet]:
     yield f
     f.client.close()
     f.engine.dispose()
+
+
+def scrape(fleet: Fleet, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple], float]:
+    """``{(sample name, sorted labels): value}`` of one /metrics response."""
+    r = fleet.client.get("/metrics", headers=fleet.admin if headers is None else headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return samples(r.text)
+
+
+def bad_report_cases(rnd_drafts: list[str]) -> list[tuple[str, dict, int, str]]:
+    ok = {"draft_id": "d0", "n_items": 10, "n_correct": 5}
+    base = {"idempotency_key": "k", "mode": "cot-choice"}
+    return [
+        ("negative items", {**base, "scores": [{**ok, "n_items": -1}]}, 400, "scores[0].n_items"),
+        ("negative correct", {**base, "scores": [{**ok, "n_correct": -1}]}, 400, "scores[0].n_correct"),
+        (
+            "over-count",
+            {**base, "scores": [ok, {**ok, "draft_id": "d1", "n_correct": 11}]},
+            400,
+            "scores[1].n_correct",
+        ),
+        ("unknown draft", {**base, "scores": [{**ok, "draft_id": "nope"}]}, 400, "scores[0].draft_id"),
+        ("duplicate draft", {**base, "scores": [ok, ok]}, 400, "scores[1].draft_id"),
+        ("wrong mode", {**base, "mode": "generate", "scores": [ok]}, 400, "mode"),
+        ("bad mode", {**base, "mode": "guess", "scores": [ok]}, 422, "mode"),
+        ("no scores", {**base, "scores": []}, 422, "scores"),
+        ("missing key", {"mode": "cot-choice", "scores": [ok]}, 422, "idempotency_key"),
+        ("string count", {**base, "scores": [{**ok, "n_items": "10"}]}, 422, "scores[0].n_items"),
+        ("unknown field", {**base, "scores": [ok], "texts": ["private"]}, 422, "texts"),
+        ("NUL in key", {**base, "idempotency_key": "a\x00b", "scores": [ok]}, 422, "idempotency_key"),
+        ("huge count", {**base, "scores": [{**ok, "n_items": 1e300}]}, 422, "scores[0].n_items"),
+    ]
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
