@@ -38,7 +38,7 @@ from arte.tasks import load_task
 from arte_cli.experiment_report import CONDITIONS, brief, plot, table
 from arte_cli.experiment_run import ExperimentSettings, run_experiment
 from arte_cli.output import fail, session, set_threads
-from arte_cli.teacher import _styles
+from arte_cli.teacher import parse_styles
 
 __all__ = ["experiment"]
 
@@ -112,7 +112,7 @@ def _settings(o: dict[str, Any]) -> Any:
     """The :class:`~arte_cli.experiment_run.ExperimentSettings` of the command's options."""
 
     q = {"seed": o["seed"], "n_seeds": o["n_seeds"], "question_max_new_tokens": o["question_tokens"]}
-    elicit = _build(ElicitConfig, ELICIT_OPTIONS, n_questions=o["n_questions"], styles=_styles(o["styles"]),
+    elicit = _build(ElicitConfig, ELICIT_OPTIONS, n_questions=o["n_questions"], styles=parse_styles(o["styles"]),
                     rationale_max_new_tokens=o["rationale_tokens"], **q)
     tailor = _build(TailorConfig, TAILOR_OPTIONS, n_questions=o["tailor_questions"],
                     check_samples=o["check_samples"], rationale_max_new_tokens=o["rationale_tokens"], **q)

@@ -147,7 +147,7 @@ def _student_opener(student: str, backend: str, threads: int | None) -> tuple[Ca
             f"{backend}:{ref.name}:{ref.sha256 or ref.path}")
 
 
-def _styles(value: str) -> tuple[str, ...]:
+def parse_styles(value: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in value.split(",") if s.strip())
 
 
@@ -183,7 +183,7 @@ def draft(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, tea
 
     with session(verbose) as bars:
         try:
-            cfg = ElicitConfig(n_questions=n_questions, styles=_styles(styles), seed=seed,
+            cfg = ElicitConfig(n_questions=n_questions, styles=parse_styles(styles), seed=seed,
                                max_question_prompts=max_question_prompts, question_max_new_tokens=question_tokens,
                                rationale_max_new_tokens=rationale_tokens,
                                rationale_temperature=rationale_temperature, n_seeds=seeds_per_prompt,
@@ -281,7 +281,7 @@ def pairs(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: int,
 
     with session(verbose):
         try:
-            cfg = PairConfig(kinds=_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=seeds_per_prompt,
+            cfg = PairConfig(kinds=parse_styles(kinds), min_items=min_items, min_margin=min_margin, n_seeds=seeds_per_prompt,
                              confidence=confidence, comparison=comparison)
             task, split = _split(task_path, split_seed, n_seeds, n_validation)
             drafts = read_drafts(drafts_path)
@@ -494,7 +494,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
             q = {"seed": seed, "n_seeds": seeds_per_prompt, "question_max_new_tokens": question_tokens,
                  "max_question_prompts": max_question_prompts}
             cfg = PipelineConfig(
-                elicit=ElicitConfig(n_questions=n_questions, styles=_styles(styles),
+                elicit=ElicitConfig(n_questions=n_questions, styles=parse_styles(styles),
                                     rationale_max_new_tokens=rationale_tokens, **q),
                 scoring=ScoringConfig(mode=mode), pairs=PairConfig(n_seeds=seeds_per_prompt, confidence=pair_confidence),
                 align=_align_config(**align_opts),
@@ -514,7 +514,7 @@ def pipeline(task_path: Path, split_seed: int, n_seeds: int, seeds_per_prompt: i
                               open_student=open_student, convert_dir=convert_dir(), progress=bars,
                               identity={"teacher": teacher_key, "student": student_key,
                                         "tailor_teacher": f"torch:{base.name}:{base.sha256 or base.path}"})
-            summary = runner.run(_styles(stages), force=_styles(force))
+            summary = runner.run(parse_styles(stages), force=parse_styles(force))
         except ArteError as e:
             fail(e)
     lines = [f"{name:7} {'skipped' if s['skipped'] else 'ran'} {s['seconds']:>8.1f}s  "

@@ -172,7 +172,7 @@ class CampaignEventOut(BaseModel):
 class CampaignOut(BaseModel):
     campaign_id: str
     cohort_id: str
-    state: Literal["active", "paused", "stopped", "completed"]
+    state: Literal[STATES]  # type: ignore[valid-type]
     rounds: int | None
     round_no: int
     step: str

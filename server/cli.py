@@ -26,10 +26,10 @@ from server import db, security
 from server.cli_admin import aggregates, cohorts, devices, jobs, rounds, tasks, tokens
 from server.cli_campaigns import adapters, campaigns, service
 from server.cli_common import (
+    Ctx,
     Exit,
-    _Ctx,
-    _emit,
-    _fail,
+    emit,
+    fail,
     json_option,
 )
 from server.errors import NotReady
@@ -59,14 +59,14 @@ def main(ctx: click.Context, data_dir: Path | None, database_url: str | None, lo
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    ctx.obj = _Ctx({"data_dir": data_dir, "database_url": database_url})
+    ctx.obj = Ctx({"data_dir": data_dir, "database_url": database_url})
 
 
 @main.command()
 @click.option("--rotate-admin-key", is_flag=True, help="Revoke existing admin keys and print a new one.")
 @json_option
 @click.pass_obj
-def init(obj: _Ctx, rotate_admin_key: bool, as_json: bool) -> None:
+def init(obj: Ctx, rotate_admin_key: bool, as_json: bool) -> None:
     """Create the database, run migrations, and create the admin key (printed once, stored hashed)."""
 
     settings = obj.settings()
@@ -82,7 +82,7 @@ def init(obj: _Ctx, rotate_admin_key: bool, as_json: bool) -> None:
             key, key_hash = security.new_secret("ak", row_id)
             s.add(AdminKey(id=row_id, key_hash=key_hash, created_at=utcnow()))
     data = {"database": _redact(settings.resolved_database_url()), "revision": revision, "admin_key": key}
-    _emit(
+    emit(
         as_json,
         data,
         lambda d: (
@@ -117,7 +117,7 @@ def _redact(url: str) -> str:
     help="Log every request (uvicorn's access log; a reverse proxy usually logs them already).",
 )
 @click.pass_obj
-def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_log: bool) -> None:
+def serve(obj: Ctx, host: str | None, port: int | None, workers: int, access_log: bool) -> None:
     """Serve the HTTP API with uvicorn (refuses an unmigrated database: exit 3).
 
     With ``--workers N`` uvicorn supervises N processes sharing the port; the settings reach them as
@@ -128,7 +128,7 @@ def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_lo
     try:
         db.check_current(engine)
     except NotReady as e:
-        _fail(False, Exit.NOT_READY, e.type, e.message)
+        fail(False, Exit.NOT_READY, e.type, e.message)
     finally:
         engine.dispose()
     # the worker processes read their settings from the environment: hand the options on that way
@@ -150,16 +150,16 @@ def serve(obj: _Ctx, host: str | None, port: int | None, workers: int, access_lo
 @click.option("--once", is_flag=True, help="Run at most one job, then exit.")
 @json_option
 @click.pass_obj
-def worker(obj: _Ctx, once: bool, as_json: bool) -> None:
+def worker(obj: Ctx, once: bool, as_json: bool) -> None:
     """Run queued jobs (aggregate, elicit, align, tailor) and drive the campaigns until interrupted."""
 
     try:
         w = Worker(obj.settings(), obj.sessions())
     except NotReady as e:
-        _fail(as_json, Exit.NOT_READY, e.type, e.message)
+        fail(as_json, Exit.NOT_READY, e.type, e.message)
     if once:
         job_id = w.run_once()
-        _emit(
+        emit(
             as_json,
             {"job_id": job_id},
             lambda d: f"ran job {d['job_id']}" if d["job_id"] else "no queued job",

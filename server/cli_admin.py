@@ -17,9 +17,9 @@ from arte.privacy import MECHANISMS
 from arte.scoring import DEFAULT_MODE, MODE_HELP, MODES
 from server import fleet, queue
 from server.aggregates import aggregate_out, compute_aggregate, latest_aggregate, stored_aggregate_out
-from server.cli_common import _load_json_file, _run, _table, json_option
+from server.cli_common import json_option, load_json_file, run_command, table
 from server.errors import NotFound
-from server.schemas import CohortIn, JobIn, RoundIn, TaskIn, TokenIn, TokenInfo, TokenOut
+from server.schemas import JOB_KINDS, CohortIn, JobIn, RoundIn, TaskIn, TokenIn, TokenInfo, TokenOut
 
 
 def _id_arg(name: str) -> Any:
@@ -40,11 +40,11 @@ def tasks() -> None:
 def tasks_list(obj: Any, as_json: bool) -> None:
     """List tasks."""
 
-    _run(
+    run_command(
         obj,
         as_json,
         lambda s, now: [fleet.task_out(t) for t in fleet.list_tasks(s)],
-        lambda d: _table(d, ["task_id", "name", "created_at"]),
+        lambda d: table(d, ["task_id", "name", "created_at"]),
     )
 
 
@@ -55,7 +55,7 @@ def tasks_list(obj: Any, as_json: bool) -> None:
 def tasks_show(obj: Any, task_id: str, as_json: bool) -> None:
     """Show one task."""
 
-    _run(obj, as_json, lambda s, now: fleet.task_out(fleet.get_task(s, task_id)))
+    run_command(obj, as_json, lambda s, now: fleet.task_out(fleet.get_task(s, task_id)))
 
 
 @tasks.command("create")
@@ -73,8 +73,8 @@ def tasks_show(obj: Any, task_id: str, as_json: bool) -> None:
 def tasks_create(obj: Any, name: str, instruction: str, seeds_path: Path | None, as_json: bool) -> None:
     """Create a task."""
 
-    seeds = _load_json_file(seeds_path) if seeds_path else []
-    _run(
+    seeds = load_json_file(seeds_path) if seeds_path else []
+    run_command(
         obj,
         as_json,
         lambda s, now: fleet.task_out(
@@ -97,11 +97,11 @@ def cohorts() -> None:
 def cohorts_list(obj: Any, as_json: bool) -> None:
     """List cohorts."""
 
-    _run(
+    run_command(
         obj,
         as_json,
         lambda s, now: [fleet.cohort_out(s, c) for c in fleet.list_cohorts(s)],
-        lambda d: _table(d, ["cohort_id", "name", "task_id", "min_devices", "n_devices"]),
+        lambda d: table(d, ["cohort_id", "name", "task_id", "min_devices", "n_devices"]),
     )
 
 
@@ -112,7 +112,7 @@ def cohorts_list(obj: Any, as_json: bool) -> None:
 def cohorts_show(obj: Any, cohort_id: str, as_json: bool) -> None:
     """Show one cohort."""
 
-    _run(obj, as_json, lambda s, now: fleet.cohort_out(s, fleet.get_cohort(s, cohort_id)))
+    run_command(obj, as_json, lambda s, now: fleet.cohort_out(s, fleet.get_cohort(s, cohort_id)))
 
 
 @cohorts.command("create")
@@ -163,7 +163,7 @@ def cohorts_create(
         )
         return fleet.cohort_out(s, fleet.create_cohort(s, body, now))
 
-    _run(obj, as_json, fn)
+    run_command(obj, as_json, fn)
 
 
 # --- tokens -------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def tokens() -> None:
 def tokens_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
     """List tokens (never the secrets)."""
 
-    _run(
+    run_command(
         obj,
         as_json,
         lambda s, now: [
@@ -196,7 +196,7 @@ def tokens_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
             )
             for t in fleet.list_tokens(s, cohort_id)
         ],
-        lambda d: _table(d, ["token_id", "cohort_id", "expires_at", "used_at", "device_id"]),
+        lambda d: table(d, ["token_id", "cohort_id", "expires_at", "used_at", "device_id"]),
     )
 
 
@@ -221,7 +221,7 @@ def tokens_show(obj: Any, token_id: str, as_json: bool) -> None:
                 )
         raise NotFound(f"no token {token_id}", field="token_id")
 
-    _run(obj, as_json, fn)
+    run_command(obj, as_json, fn)
 
 
 @tokens.command("create")
@@ -239,7 +239,7 @@ def tokens_create(obj: Any, cohort_id: str, ttl_s: int | None, note: str, as_jso
         )
         return TokenOut(token_id=row.id, token=token, cohort_id=row.cohort_id, expires_at=row.expires_at)
 
-    _run(obj, as_json, fn, lambda d: f"token (shown once): {d['token']}\nexpires {d['expires_at']}")
+    run_command(obj, as_json, fn, lambda d: f"token (shown once): {d['token']}\nexpires {d['expires_at']}")
 
 
 # --- rounds -------------------------------------------------------------------------------------------
@@ -260,11 +260,11 @@ def rounds() -> None:
 def rounds_list(obj: Any, cohort_id: str | None, state: str | None, as_json: bool) -> None:
     """List rounds."""
 
-    _run(
+    run_command(
         obj,
         as_json,
         lambda s, now: [fleet.round_out(s, r) for r in fleet.list_rounds(s, cohort_id, state)],
-        lambda d: _table(d, ["round_id", "cohort_id", "state", "n_drafts", "n_reports", "created_at"]),
+        lambda d: table(d, ["round_id", "cohort_id", "state", "n_drafts", "n_reports", "created_at"]),
     )
 
 
@@ -275,7 +275,7 @@ def rounds_list(obj: Any, cohort_id: str | None, state: str | None, as_json: boo
 def rounds_show(obj: Any, round_id: str, as_json: bool) -> None:
     """Show one round."""
 
-    _run(obj, as_json, lambda s, now: fleet.round_out(s, fleet.get_round(s, round_id)))
+    run_command(obj, as_json, lambda s, now: fleet.round_out(s, fleet.get_round(s, round_id)))
 
 
 @rounds.command("create")
@@ -308,8 +308,8 @@ def rounds_create(
 ) -> None:
     """Open a round of drafts."""
 
-    drafts = _load_json_file(drafts_path)
-    _run(
+    drafts = load_json_file(drafts_path)
+    run_command(
         obj,
         as_json,
         lambda s, now: fleet.round_out(
@@ -336,7 +336,7 @@ def rounds_create(
 def rounds_close(obj: Any, round_id: str, as_json: bool) -> None:
     """Close a round (later reports are refused)."""
 
-    _run(obj, as_json, lambda s, now: fleet.round_out(s, fleet.close_round(s, round_id, now)))
+    run_command(obj, as_json, lambda s, now: fleet.round_out(s, fleet.close_round(s, round_id, now)))
 
 
 # --- aggregates ---------------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ def _aggregate_table(d: dict[str, Any]) -> str:
     ]
     excluded = [f"excluded {dev}: {why}" for dev, why in (d.get("excluded") or {}).items()]
     cols = ["draft", "devices", "items", "score", "accuracy", "95% interval", "noise_var", "eligible"]
-    return "\n".join([head, _table(rows, cols), *excluded])
+    return "\n".join([head, table(rows, cols), *excluded])
 
 
 @aggregates.command("show")
@@ -392,7 +392,7 @@ def aggregates_show(obj: Any, round_id: str, stored: bool, as_json: bool) -> Non
             raise NotFound(f"no stored aggregate for round {round_id}", field="round_id")
         return stored_aggregate_out(rnd, row)
 
-    _run(obj, as_json, fn, _aggregate_table)
+    run_command(obj, as_json, fn, _aggregate_table)
 
 
 # --- jobs ---------------------------------------------------------------------------------------------
@@ -411,11 +411,11 @@ def jobs() -> None:
 def jobs_list(obj: Any, state: str | None, kind: str | None, as_json: bool) -> None:
     """List jobs."""
 
-    _run(
+    run_command(
         obj,
         as_json,
         lambda s, now: [queue.job_out(j) for j in queue.list_jobs(s, state=state, kind=kind)],
-        lambda d: _table(d, ["job_id", "kind", "state", "attempts", "cohort_id", "created_at"]),
+        lambda d: table(d, ["job_id", "kind", "state", "attempts", "cohort_id", "created_at"]),
     )
 
 
@@ -433,13 +433,13 @@ def jobs_show(obj: Any, job_id: str, logs: bool, as_json: bool) -> None:
             out["logs"] = [x.model_dump(mode="json") for x in queue.job_logs(s, job_id)]
         return out
 
-    _run(obj, as_json, fn)
+    run_command(obj, as_json, fn)
 
 
 @jobs.command("create")
 @click.option(
     "--kind",
-    type=click.Choice(["aggregate", "elicit", "align", "tailor"]),
+    type=click.Choice(JOB_KINDS),
     required=True,
     help="What the job does.",
 )
@@ -466,7 +466,7 @@ def jobs_create(
         parsed = json.loads(params)
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"not JSON: {e.msg}", param_hint="--params") from None
-    _run(
+    run_command(
         obj,
         as_json,
         lambda s, now: queue.job_out(
@@ -493,7 +493,7 @@ def jobs_create(
 def jobs_cancel(obj: Any, job_id: str, as_json: bool) -> None:
     """Cancel a job."""
 
-    _run(obj, as_json, lambda s, now: queue.job_out(queue.cancel(s, job_id, now)))
+    run_command(obj, as_json, lambda s, now: queue.job_out(queue.cancel(s, job_id, now)))
 
 
 # --- devices ------------------------------------------------------------------------------------------
@@ -511,11 +511,11 @@ def devices() -> None:
 def devices_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
     """List devices."""
 
-    _run(
+    run_command(
         obj,
         as_json,
         lambda s, now: [fleet.device_out(d) for d in fleet.list_devices(s, cohort_id)],
-        lambda d: _table(d, ["device_id", "device_name", "cohort_id", "last_seen_at", "revoked_at"]),
+        lambda d: table(d, ["device_id", "device_name", "cohort_id", "last_seen_at", "revoked_at"]),
     )
 
 
@@ -526,4 +526,4 @@ def devices_list(obj: Any, cohort_id: str | None, as_json: bool) -> None:
 def devices_revoke(obj: Any, device_id: str, as_json: bool) -> None:
     """Revoke a device's key."""
 
-    _run(obj, as_json, lambda s, now: fleet.device_out(fleet.revoke_device(s, device_id, now)))
+    run_command(obj, as_json, lambda s, now: fleet.device_out(fleet.revoke_device(s, device_id, now)))

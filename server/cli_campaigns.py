@@ -21,7 +21,8 @@ from arte.home import model_dir
 from arte.scoring import MODE_HELP, MODES
 from server import campaigns as cmp
 from server import fleet, lineage
-from server.cli_common import Exit, _Ctx, _emit, _fail, _run, _table, json_option
+from server.campaigns import STATES as campaign_states
+from server.cli_common import Ctx, Exit, emit, fail, json_option, run_command, table
 from server.service import ServerServiceSpec, enable_commands, render_units
 
 __all__ = ["campaigns", "adapters", "service"]
@@ -60,7 +61,7 @@ def _rounds_table(d: dict[str, Any]) -> str:
     events = [f"  v{e['version']} {e['event']}: {e['message']}" for e in d.get("events") or []]
     cols = ["round", "reports", "align", "pairs", "reward acc", "adapter", "parent", "dataset", "examples", "kept",
             "0-shot"]
-    return "\n".join([head, _table(rows, cols), *(["events:", *events] if events else [])])
+    return "\n".join([head, table(rows, cols), *(["events:", *events] if events else [])])
 
 
 # --- campaigns ----------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def campaigns() -> None:
               default=None, help="A JSON policy file (the options above override its fields).")
 @json_option
 @click.pass_obj
-def campaigns_create(obj: _Ctx, cohort_id: str, rounds: int | None, forever: bool, questions: int | None,
+def campaigns_create(obj: Ctx, cohort_id: str, rounds: int | None, forever: bool, questions: int | None,
                      styles: str | None, mode: str | None, max_new_tokens: int | None, min_items: int | None,
                      close_devices: int | None, deadline_s: float | None, max_failures: int | None,
                      stop_if_kept_below: float | None, teacher_without_adapter: bool, drafts_config: str | None,
@@ -133,21 +134,21 @@ def campaigns_create(obj: _Ctx, cohort_id: str, rounds: int | None, forever: boo
         body = cmp.CampaignIn(cohort_id=cohort_id, rounds=rounds, policy=policy)
         return cmp.campaign_out(s, cmp.create_campaign(s, body, now), events=10)
 
-    _run(obj, as_json, fn, _rounds_table)
+    run_command(obj, as_json, fn, _rounds_table)
 
 
 @campaigns.command("list")
 @click.option("--cohort-id", default=None, help="Only campaigns of this cohort.")
-@click.option("--state", type=click.Choice(["active", "paused", "stopped", "completed"]), default=None,
+@click.option("--state", type=click.Choice(campaign_states), default=None,
               help="Only campaigns in this state.")
 @json_option
 @click.pass_obj
-def campaigns_list(obj: _Ctx, cohort_id: str | None, state: str | None, as_json: bool) -> None:
+def campaigns_list(obj: Ctx, cohort_id: str | None, state: str | None, as_json: bool) -> None:
     """List campaigns."""
 
-    _run(obj, as_json,
+    run_command(obj, as_json,
          lambda s, now: [cmp.campaign_out(s, c) for c in cmp.list_campaigns(s, cohort_id=cohort_id, state=state)],
-         lambda d: _table(d, ["campaign_id", "cohort_id", "state", "round_no", "rounds", "step", "failures"]))
+         lambda d: table(d, ["campaign_id", "cohort_id", "state", "round_no", "rounds", "step", "failures"]))
 
 
 @campaigns.command("show")
@@ -156,10 +157,10 @@ def campaigns_list(obj: _Ctx, cohort_id: str | None, state: str | None, as_json:
               help="Newest transitions to show.")
 @json_option
 @click.pass_obj
-def campaigns_show(obj: _Ctx, campaign_id: str, events: int, as_json: bool) -> None:
+def campaigns_show(obj: Ctx, campaign_id: str, events: int, as_json: bool) -> None:
     """Show a campaign: its rounds (lineage and figures) and its newest transitions."""
 
-    _run(obj, as_json, lambda s, now: cmp.campaign_out(s, cmp.get_campaign(s, campaign_id), events=events),
+    run_command(obj, as_json, lambda s, now: cmp.campaign_out(s, cmp.get_campaign(s, campaign_id), events=events),
          _rounds_table)
 
 
@@ -168,9 +169,9 @@ def _action(name: str, doc: str) -> None:
     @click.argument("campaign_id")
     @json_option
     @click.pass_obj
-    def command(obj: _Ctx, campaign_id: str, as_json: bool) -> None:
+    def command(obj: Ctx, campaign_id: str, as_json: bool) -> None:
         act = getattr(cmp, name)
-        _run(obj, as_json, lambda s, now: cmp.campaign_out(s, act(s, campaign_id, now), events=5), _rounds_table)
+        run_command(obj, as_json, lambda s, now: cmp.campaign_out(s, act(s, campaign_id, now), events=5), _rounds_table)
 
 
 _action("pause", "Pause a campaign (the job in flight finishes; nothing new starts).")
@@ -195,11 +196,11 @@ def _adapter_row(d: dict[str, Any]) -> dict[str, Any]:
 @click.option("--cohort-id", default=None, help="Only adapters of this cohort.")
 @json_option
 @click.pass_obj
-def adapters_list(obj: _Ctx, cohort_id: str | None, as_json: bool) -> None:
+def adapters_list(obj: Ctx, cohort_id: str | None, as_json: bool) -> None:
     """List adapters with their round, pairs and lineage (* marks each cohort's current one)."""
 
-    _run(obj, as_json, lambda s, now: [lineage.adapter_out(s, a) for a in lineage.list_adapters(s, cohort_id)],
-         lambda d: _table([_adapter_row(x) for x in d],
+    run_command(obj, as_json, lambda s, now: [lineage.adapter_out(s, a) for a in lineage.list_adapters(s, cohort_id)],
+         lambda d: table([_adapter_row(x) for x in d],
                           ["current", "adapter_id", "cohort_id", "round_id", "n_pairs", "lineage"]))
 
 
@@ -207,10 +208,10 @@ def adapters_list(obj: _Ctx, cohort_id: str | None, as_json: bool) -> None:
 @click.argument("adapter_id")
 @json_option
 @click.pass_obj
-def adapters_show(obj: _Ctx, adapter_id: str, as_json: bool) -> None:
+def adapters_show(obj: Ctx, adapter_id: str, as_json: bool) -> None:
     """Show one adapter."""
 
-    _run(obj, as_json, lambda s, now: lineage.adapter_out(s, lineage.get_adapter(s, adapter_id)))
+    run_command(obj, as_json, lambda s, now: lineage.adapter_out(s, lineage.get_adapter(s, adapter_id)))
 
 
 @adapters.command("rollback")
@@ -219,12 +220,12 @@ def adapters_show(obj: _Ctx, adapter_id: str, as_json: bool) -> None:
 @click.option("--base", is_flag=True, help="Back to the base teacher (no adapter).")
 @json_option
 @click.pass_obj
-def adapters_rollback(obj: _Ctx, cohort_id: str, adapter_id: str | None, base: bool, as_json: bool) -> None:
+def adapters_rollback(obj: Ctx, cohort_id: str, adapter_id: str | None, base: bool, as_json: bool) -> None:
     """Make an earlier adapter the cohort's adapter again (the next tailor and elicit jobs use it)."""
 
     if (adapter_id is None) == (not base):
         raise click.UsageError("give exactly one of --adapter-id ID and --base")
-    _run(obj, as_json, lambda s, now: fleet.cohort_out(s, lineage.rollback(s, cohort_id, adapter_id)),
+    run_command(obj, as_json, lambda s, now: fleet.cohort_out(s, lineage.rollback(s, cohort_id, adapter_id)),
          lambda d: f"cohort {d['cohort_id']} now uses adapter {d['adapter_id'] or 'none (base teacher)'}")
 
 
@@ -256,7 +257,7 @@ def service() -> None:
               help="MemoryMax= of each worker (an align job past it is killed and retried after a backoff).")
 @json_option
 @click.pass_obj
-def service_install(obj: _Ctx, unit_dir: Path, user: str | None, exec_path: Path | None, env_file: Path | None,
+def service_install(obj: Ctx, unit_dir: Path, user: str | None, exec_path: Path | None, env_file: Path | None,
                     host: str, port: int, api_workers: int, workers: int, write_paths: tuple[Path, ...],
                     worker_memory_max_mib: int | None, as_json: bool) -> None:
     """Write arte-server.service and arte-server-worker@.service and print the commands that enable them."""
@@ -282,12 +283,12 @@ def service_install(obj: _Ctx, unit_dir: Path, user: str | None, exec_path: Path
         for name, text in units.items():
             (unit_dir / name).write_text(text, encoding="utf-8")
     except ConfigError as e:
-        _fail(as_json, Exit.REFUSED, "bad_request", str(e), {"field": e.field})
+        fail(as_json, Exit.REFUSED, "bad_request", str(e), {"field": e.field})
     except OSError as e:
-        _fail(as_json, Exit.REFUSED, "bad_request", f"cannot write to {unit_dir}: {e.strerror}",
+        fail(as_json, Exit.REFUSED, "bad_request", f"cannot write to {unit_dir}: {e.strerror}",
               {"field": "unit_dir"})
     commands = enable_commands(unit_dir.resolve(), workers)
     data = {"unit_dir": str(unit_dir.resolve()), "units": units, "commands": commands, "warnings": warnings}
-    _emit(as_json, data, lambda d: "\n".join([f"wrote {unit_dir.resolve() / n}" for n in d["units"]]
+    emit(as_json, data, lambda d: "\n".join([f"wrote {unit_dir.resolve() / n}" for n in d["units"]]
                                              + [f"warning: {w}" for w in warnings] + ["to enable them, run:"]
                                              + [f"  {c}" for c in commands]))

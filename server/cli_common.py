@@ -32,7 +32,7 @@ class Exit(ExitCodes):
     REFUSED = 4, "the request was refused (not found, conflict, bad value); the message names the field"
 
 
-class _Ctx:
+class Ctx:
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
         self._engine: Any = None
@@ -53,49 +53,49 @@ class _Ctx:
         return db.make_sessionmaker(self.engine())
 
 
-def _emit(as_json: bool, data: Any, human: Callable[[Any], str] | None = None) -> None:
+def emit(as_json: bool, data: Any, human: Callable[[Any], str] | None = None) -> None:
     if as_json or human is None:
         click.echo(render(data, True, ""))
     else:
         click.echo(human(data))
 
 
-def _fail(as_json: bool, code: int, type_: str, message: str, detail: dict[str, Any] | None = None) -> None:
+def fail(as_json: bool, code: int, type_: str, message: str, detail: dict[str, Any] | None = None) -> None:
     if as_json:
         click.echo(json.dumps(to_body(type_, message, detail or {}), default=str))
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
-def _run(
-    obj: _Ctx, as_json: bool, fn: Callable[[Any, Any], Any], human: Callable[[Any], str] | None = None
+def run_command(
+    obj: Ctx, as_json: bool, fn: Callable[[Any, Any], Any], human: Callable[[Any], str] | None = None
 ) -> None:
     """Run ``fn(session, now)`` in one transaction; convert server errors to exit codes once."""
 
     try:
         with transaction(obj.sessions()) as s:
             data = fn(s, utcnow())
-            data = _jsonable(data)
+            data = jsonable(data)
     except NotReady as e:
-        _fail(as_json, Exit.NOT_READY, e.type, e.message, e.detail)
+        fail(as_json, Exit.NOT_READY, e.type, e.message, e.detail)
     except ApiError as e:
-        _fail(as_json, Exit.REFUSED, e.type, e.message, e.detail)
+        fail(as_json, Exit.REFUSED, e.type, e.message, e.detail)
     except ValidationError as e:
         err = e.errors()[0]
         field = field_path(err["loc"])
-        _fail(as_json, Exit.REFUSED, "validation_error", f"{field}: {err['msg']}", {"field": field})
-    _emit(as_json, data, human)
+        fail(as_json, Exit.REFUSED, "validation_error", f"{field}: {err['msg']}", {"field": field})
+    emit(as_json, data, human)
 
 
-def _jsonable(data: Any) -> Any:
+def jsonable(data: Any) -> Any:
     if isinstance(data, BaseModel):
         return data.model_dump(mode="json")
     if isinstance(data, list):
-        return [_jsonable(x) for x in data]
+        return [jsonable(x) for x in data]
     return to_wire(data)
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     if not rows:
         return "(none)"
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
@@ -107,7 +107,7 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
 
-def _load_json_file(path: Path) -> Any:
+def load_json_file(path: Path) -> Any:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -42,6 +42,7 @@ from server import fleet, queue
 from server.campaigns import record
 from server.db import transaction
 from server.errors import ApiError
+from server.schemas import JOB_LIVE
 from server.settings import ServerSettings
 from server.tables import Campaign, CampaignRound, DeviceMetrics, Job, Report
 
@@ -95,7 +96,7 @@ def advance(
     if c.job_id is None:
         return _queue_step(s, c, settings, now, jitter)
     job = s.get(Job, c.job_id)
-    if job is not None and job.state in ("queued", "running"):
+    if job is not None and job.state in JOB_LIVE:
         return None
     if job is not None and job.state == "succeeded":
         return _succeeded(s, c, job, now)

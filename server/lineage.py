@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from server import fleet
 from server.errors import Conflict, NotFound
-from server.schemas import Id
+from server.schemas import JOB_LIVE, Id
 from server.tables import Adapter, Cohort, Dataset, Job, new_id
 
 __all__ = [
@@ -107,7 +107,7 @@ def rollback(s: Session, cohort_id: str, adapter_id: str | None) -> Cohort:
     if cohort is None:
         raise NotFound(f"no cohort {cohort_id}", field="cohort_id", cohort_id=cohort_id)
     busy = s.scalar(sa.select(Job.id).where(Job.cohort_id == cohort_id, Job.kind == "align",
-                                            Job.state.in_(("queued", "running"))).limit(1))
+                                            Job.state.in_(JOB_LIVE)).limit(1))
     if busy is not None:
         raise Conflict(f"align job {busy} of cohort {cohort_id} is in flight; roll back after it ends",
                        field="cohort_id", job_id=busy)

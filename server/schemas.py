@@ -60,6 +60,9 @@ __all__ = [
     "MAX_COUNT",
     "JOB_KINDS",
     "JOB_STATES",
+    "JOB_LIVE",
+    "JobKind",
+    "JobState",
     "MODES",
     "MECHANISMS",
 ]
@@ -67,6 +70,9 @@ __all__ = [
 MAX_COUNT = 1e9  # no device scores a billion items; noised counts stay far below this too
 JOB_KINDS = ("aggregate", "elicit", "align", "tailor")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_LIVE = ("queued", "running")   # a job in these states may still run
+JobKind = Literal[JOB_KINDS]  # type: ignore[valid-type]
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 
 
 def _storable(value: str) -> str:
@@ -323,7 +329,7 @@ class MetricsOut(BaseModel):
 
 
 class JobIn(_In):
-    kind: Literal["aggregate", "elicit", "align", "tailor"]
+    kind: JobKind
     cohort_id: Id
     round_id: Id | None = None
     params: JsonObject = Field(default_factory=dict)
@@ -336,7 +342,7 @@ class JobOut(BaseModel):
     cohort_id: str | None
     round_id: str | None
     params: dict[str, Any]
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: JobState
     attempts: int
     max_attempts: int
     worker_id: str | None

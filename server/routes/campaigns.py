@@ -17,7 +17,7 @@ from server.routes.common import IdPath, IdQuery
 
 router = APIRouter(prefix=API_PREFIX, tags=["campaigns"])
 
-State = Literal["active", "paused", "stopped", "completed"]
+State = Literal[campaigns.STATES]  # type: ignore[valid-type]
 _CONFLICT = raises((Conflict, "The campaign's state does not allow it."))
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Request
 
 from arte.wire import API_PREFIX
@@ -12,12 +10,10 @@ from server.deps import AdminDep, NowDep, SessionDep
 from server.errors import BadRequest, BelowK, Conflict, NotFound
 from server.openapi import raises
 from server.routes.common import IdPath, IdQuery
-from server.schemas import JobIn, JobLogOut, JobOut
+from server.schemas import JobIn, JobKind, JobLogOut, JobOut, JobState
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 
-State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Kind = Literal["aggregate", "elicit", "align", "tailor"]
 
 
 @router.post(
@@ -39,8 +35,8 @@ def create(body: JobIn, request: Request, _: AdminDep, s: SessionDep, now: NowDe
 def list_jobs(
     _: AdminDep,
     s: SessionDep,
-    state: State | None = None,
-    kind: Kind | None = None,
+    state: JobState | None = None,
+    kind: JobKind | None = None,
     cohort_id: IdQuery = None,
 ) -> list[JobOut]:
     return [queue.job_out(j) for j in queue.list_jobs(s, state=state, kind=kind, cohort_id=cohort_id)]

@@ -10,7 +10,6 @@
   const SUMMARY = "/api/v1/dashboard/summary";
   const REFRESH_MS = 30000;
   const SVG = "http://www.w3.org/2000/svg";
-  const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
   const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04",
     "#db2777", "#4b5563", "#65a30d"];
 
@@ -205,6 +204,7 @@
     const plot = document.querySelector("#chart-jobs .plot");
     const legend = document.querySelector("#chart-jobs .legend");
     const kinds = Object.keys(data.jobs_by_kind);
+    const STATES = Object.keys(data.job_states);   // every state, in the server's order (JOB_STATES)
     const totals = kinds.map((k) => STATES.reduce((a, s) => a + (data.jobs_by_kind[k][s] || 0), 0));
     legend.replaceChildren(...STATES.map((s) =>
       el("span", { class: "key", "data-state": s },
