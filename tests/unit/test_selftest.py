@@ -31,7 +31,7 @@ CONFIG = SelftestConfig(rules=("short", "steps"), max_words=20, n_items=20, n_he
 
 def test_planted_moves_up_reversed_down_null_stays(tmp_path: Path) -> None:
     stages: set[str] = set()
-    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align,
+    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path, open_teacher=parity_teacher, align_pairs=fake_align,
                              progress=lambda s, d, t: stages.add(s))
     by = {v.rule.name: v for v in res.variants}
     assert list(by) == ["short", "steps", "short-reversed", "short-null"]
@@ -59,7 +59,7 @@ def test_a_question_rule_moves_the_questions(tmp_path: Path) -> None:
     cfg = SelftestConfig(rules=("quantity",), n_items=20, n_heldout=8, sample_seeds=3, n_boot=500,
                          elicit=ElicitConfig(n_questions=60, styles=("plain", "expert"), rationale_temperature=1.0,
                                              constrain=False))
-    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align)
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, open_teacher=parity_teacher, align_pairs=fake_align)
     by = {v.rule.name: v for v in res.variants}
     assert by["quantity"].pairs["question"] > 0 and by["quantity"].pairs["rationale"] == 0
     assert by["quantity"].lift["low"] > 0 and by["quantity-reversed"].lift["estimate"] < 0
@@ -68,7 +68,7 @@ def test_a_question_rule_moves_the_questions(tmp_path: Path) -> None:
 def test_thresholds_default_to_the_original_median(tmp_path: Path) -> None:
     cfg = SelftestConfig(rules=("short",), n_items=10, n_heldout=6, sample_seeds=2, n_boot=200,
                          elicit=ElicitConfig(n_questions=10, rationale_temperature=1.0, constrain=False))
-    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align)
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, open_teacher=parity_teacher, align_pairs=fake_align)
     words = sorted([len(PARITY_SHORT.split("<ans>")[0].split()), len(PARITY_LONG.split("<ans>")[0].split()),
                     len(PARITY_STEPS.split("<ans>")[0].split())])
     assert res.thresholds["max_words"] in words or words[0] <= res.thresholds["max_words"] <= words[-1]
@@ -86,7 +86,7 @@ def test_a_scorer_without_signal_is_reported_not_aligned(tmp_path: Path) -> None
 
     cfg = SelftestConfig(rules=("short",), n_heldout=4, sample_seeds=1, n_boot=200,
                          elicit=ElicitConfig(n_questions=5, rationale_temperature=1.0, constrain=False))
-    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, parity_teacher=parity_teacher, align_pairs=never, scorer=tie)
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path, open_teacher=parity_teacher, align_pairs=never, scorer=tie)
     assert all(v.outcome == "no_signal" and v.lift is None for v in res.variants)
     assert [v.passed for v in res.variants] == [None, None, True]   # a null rule that moves nothing passes
     assert res.verdict() == "fail" and not calls
@@ -102,7 +102,7 @@ def test_config_errors(kw: dict, field: str) -> None:
 
 def test_too_few_examples_for_the_heldout_questions(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        alignment_selftest(PARITY_TASK, SelftestConfig(n_heldout=100), tmp_path, parity_teacher=parity_teacher,
+        alignment_selftest(PARITY_TASK, SelftestConfig(n_heldout=100), tmp_path, open_teacher=parity_teacher,
                            align_pairs=fake_align)
     assert e.value.field == "n_heldout"
 
@@ -113,7 +113,7 @@ def test_table_plot_and_help(tmp_path: Path) -> None:
     from arte_cli.cli import main
     from arte_cli.selftest import plot_rates, table
 
-    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path, parity_teacher=parity_teacher, align_pairs=fake_align)
+    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path, open_teacher=parity_teacher, align_pairs=fake_align)
     doc = res.to_dict()
     text = table(doc)
     assert all(name in text for name in ("short", "steps", "short-reversed", "short-null"))
@@ -128,7 +128,7 @@ def test_reused_drafts_skip_elicitation(tmp_path: Path) -> None:
     from arte.drafts import read_drafts
     from arte.selftest import prepare
 
-    first = alignment_selftest(PARITY_TASK, CONFIG, tmp_path / "a", parity_teacher=parity_teacher, align_pairs=fake_align)
+    first = alignment_selftest(PARITY_TASK, CONFIG, tmp_path / "a", open_teacher=parity_teacher, align_pairs=fake_align)
     drafts = read_drafts(tmp_path / "a" / "drafts.jsonl")
     calls: list[ScriptedTeacher] = []
 
@@ -137,7 +137,7 @@ def test_reused_drafts_skip_elicitation(tmp_path: Path) -> None:
         calls.append(t)
         return t
 
-    prep = prepare(PARITY_TASK, CONFIG, tmp_path / "b", parity_teacher=counting, drafts=drafts)
+    prep = prepare(PARITY_TASK, CONFIG, tmp_path / "b", open_teacher=counting, drafts=drafts)
     assert prep.drafts == drafts and prep.drafts_summary["questions"] == first.drafts["questions"]
     assert all(not is_question_prompt(c["conversations"][0]) for t in calls for c in t.calls)
     assert prep.thresholds == first.thresholds

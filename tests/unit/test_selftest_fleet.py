@@ -33,7 +33,7 @@ def test_fleet_planted_moves_up_reversed_down(server: FleetServer, tmp_path: Pat
                                               epsilon: float) -> None:
     log: list[dict[str, Any]] = []
     scorer = fleet_scorer(server, n_devices=10, items_per_device=10, pol=policy(mechanism, epsilon), log=log)
-    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path / "run", parity_teacher=parity_teacher, align_pairs=fake_align,
+    res = alignment_selftest(PARITY_TASK, CONFIG, tmp_path / "run", open_teacher=parity_teacher, align_pairs=fake_align,
                              scorer=scorer)
     by = {v.rule.name: v for v in res.variants}
     assert by["short"].lift["low"] > 0 and by["short-reversed"].lift["estimate"] < 0
@@ -63,7 +63,7 @@ def test_fewer_devices_than_k_give_no_signal(server: FleetServer, tmp_path: Path
     scorer = fleet_scorer(server, n_devices=2, items_per_device=10, pol=policy("none", float("inf")), k=3)
     cfg = SelftestConfig(rules=("short",), max_words=20, n_heldout=4, sample_seeds=1, n_boot=200,
                          elicit=ElicitConfig(n_questions=5, rationale_temperature=1.0, constrain=False))
-    res = alignment_selftest(PARITY_TASK, cfg, tmp_path / "run", parity_teacher=parity_teacher, align_pairs=fake_align,
+    res = alignment_selftest(PARITY_TASK, cfg, tmp_path / "run", open_teacher=parity_teacher, align_pairs=fake_align,
                              scorer=scorer)
     assert all(v.outcome == "no_signal" for v in res.variants)
 
