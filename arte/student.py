@@ -21,9 +21,9 @@ own KV cells).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
-__all__ = ["Continuation", "Generation", "Reasoned", "Student", "longest_common_prefix", "reason_then_loglik",
+__all__ = ["Closes", "Continuation", "Generation", "OnePromptAtATime", "Reasoned", "Student", "longest_common_prefix", "reason_then_loglik",
            "reasoning_context"]
 
 
@@ -120,3 +120,31 @@ def reason_then_loglik(student: Student, prompts: Sequence[Sequence[int]],
     gens = student.generate(prompts, max_new_tokens=max_new_tokens, stop=(cue, *stop))
     requests = [(list(p) + reasoning_context(student, g, cue), c) for p, g, c in zip(prompts, gens, continuations)]
     return [Reasoned(g, tuple(r)) for g, r in zip(gens, student.loglik_batch(requests))]
+
+
+class Closes:
+    """``with model:`` closes it (students and teachers that hold a runtime)."""
+
+    def close(self) -> None:  # pragma: no cover - each runtime's own
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OnePromptAtATime:
+    """``loglik_batch`` and ``reason_loglik`` for a student that evaluates one prompt at a time (torch, ONNX):
+    the batch is a loop over ``loglik``, the reasoning :func:`reason_then_loglik`."""
+
+    def loglik_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
+                     ) -> list[list[Continuation]]:
+        return [self.loglik(p, c) for p, c in requests]  # type: ignore[attr-defined]
+
+    def reason_loglik(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], *,
+                      cue: str, max_new_tokens: int, stop: Sequence[str] = ()) -> list[Reasoned]:
+        """Greedy reasoning until ``cue``, then each continuation's log-probability after it."""
+        return reason_then_loglik(self, prompts, continuations, cue=cue,  # type: ignore[arg-type]
+                                  max_new_tokens=max_new_tokens, stop=stop)

@@ -26,9 +26,15 @@ import numpy as np
 from arte.errors import BackendError, ConfigError, ModelError
 from arte.gguf_meta import read_gguf_metadata
 from arte.models import ModelRef
-from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
+from arte.student import (
+    Closes,
+    Continuation,
+    Generation,
+    OnePromptAtATime,
+    longest_common_prefix,
+)
 
-__all__ = ["load_hf", "converted_path", "model_config", "fix_gguf_tokenizer", "gguf_special_tokens",
+__all__ = ["load_hf", "converted_path", "model_config", "HFTokenized", "fix_gguf_tokenizer", "gguf_special_tokens",
            "gguf_config_fixes", "GGUF_SPECIAL", "TorchStudent"]
 
 log = logging.getLogger(__name__)
@@ -180,7 +186,22 @@ def load_hf(ref: ModelRef, *, dtype: Any = None, convert_dir: str | Path | None 
     return model, tok
 
 
-class TorchStudent:
+class HFTokenized:
+    """``tokenize``/``detokenize`` through a Hugging Face tokenizer ``self.tok`` (torch and ONNX students)."""
+
+    tok: Any
+
+    def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
+        ids = list(self.tok(text, add_special_tokens=False)["input_ids"])
+        if bos and getattr(self.tok, "add_bos_token", False) and self.tok.bos_token_id is not None:
+            ids = [self.tok.bos_token_id] + ids
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tok.decode(list(tokens), skip_special_tokens=True)
+
+
+class TorchStudent(HFTokenized, OnePromptAtATime, Closes):
     """A transformers causal LM as a student (CPU or CUDA)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "torch", reuse: bool = True,
@@ -218,15 +239,6 @@ class TorchStudent:
     def close(self) -> None:
         self._cache = None
         self._cached = []
-
-    def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        if bos and getattr(self.tok, "add_bos_token", False) and self.tok.bos_token_id is not None:
-            ids = [self.tok.bos_token_id] + ids
-        return ids
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.tok.decode(list(tokens), skip_special_tokens=True)
 
     def _forward(self, ids: Sequence[int], cache: Any) -> Any:
         torch = self._torch
@@ -283,16 +295,6 @@ class TorchStudent:
         if not self.reuse:
             self.close()
         return res
-
-    def loglik_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
-                     ) -> list[list[Continuation]]:
-        return [self.loglik(p, c) for p, c in requests]
-
-    def reason_loglik(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], *,
-                      cue: str, max_new_tokens: int, stop: Sequence[str] = ()) -> list[Reasoned]:
-        """Greedy reasoning until ``cue``, then each continuation's log-probability after it
-        (:func:`arte.student.reason_then_loglik`)."""
-        return reason_then_loglik(self, prompts, continuations, cue=cue, max_new_tokens=max_new_tokens, stop=stop)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
                  temperature: float = 0.0, seed: int = 0, top_p: float = 1.0) -> list[Generation]:

@@ -31,6 +31,7 @@ from arte.constrain import TokenGuard, Vocabulary, check_formats, sample
 from arte.errors import ConfigError, ModelError
 from arte.grammar import Format
 from arte.models import ModelRef
+from arte.student import Closes
 from arte.teacher import Message, check_conversations, check_sampling
 
 __all__ = ["TorchTeacher"]
@@ -38,7 +39,7 @@ __all__ = ["TorchTeacher"]
 log = logging.getLogger(__name__)
 
 
-class TorchTeacher:
+class TorchTeacher(Closes):
     """A transformers chat model as a teacher (CPU or CUDA)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "torch", batch_size: int = 8) -> None:

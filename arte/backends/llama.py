@@ -47,7 +47,7 @@ import numpy as np
 
 from arte.backends.llama_parallel import _Entry, decode_parallel, row_logprobs
 from arte.errors import BackendError, ConfigError, ModelError
-from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
+from arte.student import Closes, Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
 
 __all__ = ["LlamaCppStudent"]
 
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 _SLOTS = 64
 
 
-class LlamaCppStudent:
+class LlamaCppStudent(Closes):
     """A GGUF model on llama.cpp (CPU, or GPU layers with ``n_gpu_layers``)."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
@@ -146,12 +146,6 @@ class LlamaCppStudent:
         if self._model:
             ll.llama_model_free(self._model)
         self._model = None
-
-    def __enter__(self) -> "LlamaCppStudent":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         try:

@@ -25,12 +25,13 @@ from arte.backends.llama import LlamaCppStudent
 from arte.constrain import TokenGuard, Vocabulary, check_formats
 from arte.errors import BackendError, ModelError
 from arte.grammar import Format
+from arte.student import Closes
 from arte.teacher import Message, check_conversations, check_sampling, render_chat
 
 __all__ = ["LlamaCppTeacher"]
 
 
-class LlamaCppTeacher:
+class LlamaCppTeacher(Closes):
     """A GGUF chat model on llama.cpp as a teacher."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 8192, n_threads: int | None = None,
@@ -65,12 +66,6 @@ class LlamaCppTeacher:
 
     def close(self) -> None:
         self._llm.close()
-
-    def __enter__(self) -> "LlamaCppTeacher":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt text of one conversation, ending where the assistant's reply starts."""

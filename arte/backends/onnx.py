@@ -28,10 +28,16 @@ from typing import Sequence
 
 import numpy as np
 
-from arte.backends.hf import load_hf
+from arte.backends.hf import HFTokenized, load_hf
 from arte.errors import BackendError, ConfigError, ModelError
 from arte.models import ModelRef
-from arte.student import Continuation, Generation, Reasoned, longest_common_prefix, reason_then_loglik
+from arte.student import (
+    Closes,
+    Continuation,
+    Generation,
+    OnePromptAtATime,
+    longest_common_prefix,
+)
 
 __all__ = ["OnnxStudent", "export_onnx", "is_onnx_dir"]
 
@@ -72,7 +78,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-class OnnxStudent:
+class OnnxStudent(HFTokenized, OnePromptAtATime, Closes):
     """An exported causal LM on onnxruntime (CPU by default)."""
 
     def __init__(self, model_dir: str | Path, *, n_threads: int | None = None, name: str | None = None,
@@ -153,15 +159,6 @@ class OnnxStudent:
         self._past = None
         self._cached = []
 
-    def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
-        ids = list(self.tok(text, add_special_tokens=False)["input_ids"])
-        if bos and getattr(self.tok, "add_bos_token", False) and self.tok.bos_token_id is not None:
-            ids = [self.tok.bos_token_id] + ids
-        return ids
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.tok.decode(list(tokens), skip_special_tokens=True)
-
     # ---- running the graph ------------------------------------------------------------------------
 
     def _empty_past(self, batch: int) -> list[np.ndarray]:
@@ -217,16 +214,6 @@ class OnnxStudent:
         if not self.reuse:
             self.close()
         return out
-
-    def loglik_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
-                     ) -> list[list[Continuation]]:
-        return [self.loglik(p, c) for p, c in requests]
-
-    def reason_loglik(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], *,
-                      cue: str, max_new_tokens: int, stop: Sequence[str] = ()) -> list[Reasoned]:
-        """Greedy reasoning until ``cue``, then each continuation's log-probability after it
-        (:func:`arte.student.reason_then_loglik`)."""
-        return reason_then_loglik(self, prompts, continuations, cue=cue, max_new_tokens=max_new_tokens, stop=stop)
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
                  temperature: float = 0.0, seed: int = 0) -> list[Generation]:

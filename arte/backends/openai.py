@@ -40,6 +40,7 @@ from arte.constrain import add_counts, check_formats
 from arte.errors import ConfigError, TeacherHTTPError
 from arte.grammar import Format
 from arte.retry import Retryable, RetryPolicy, problem, retry_after_seconds, retry_call
+from arte.student import Closes
 from arte.teacher import Message, check_conversations, check_sampling
 
 __all__ = ["OpenAITeacher", "RETRY_STATUSES", "STRUCTURED_OUTPUTS"]
@@ -62,7 +63,7 @@ def _structured(mode: str, fmt: Format) -> dict[str, Any]:
     return {}
 
 
-class OpenAITeacher:
+class OpenAITeacher(Closes):
     """A remote teacher on an OpenAI-compatible endpoint.
 
     Args:
@@ -124,12 +125,6 @@ class OpenAITeacher:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> "OpenAITeacher":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def chat(self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, stop: Sequence[str] = (), top_p: float = 1.0,
