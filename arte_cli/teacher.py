@@ -76,6 +76,20 @@ def _teacher_options(f: Callable) -> Callable:
     return f
 
 
+def _elicit_options(f: Callable) -> Callable:
+    """How drafts are elicited: questions, rationale styles, reply budgets."""
+    f = click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+                     help="Reply budget per rationale.")(f)
+    f = click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+                     help="Reply budget per question prompt.")(f)
+    f = click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
+                     help="Give up after this many question prompts (default: 4 x the prompts needed).")(f)
+    f = click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
+                     help="Rationale styles, comma-separated (K rationales per question).")(f)
+    return click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),
+                        help="Draft questions to elicit (the paper: 250 per task).")(f)
+
+
 def _seeds_per_prompt_option(f: Callable) -> Callable:
     return click.option("--seeds-per-prompt", default=3, show_default=True, type=click.IntRange(min=1),
                         help="Seed examples shown per question prompt (the paper: 3), stratified by label and "
@@ -157,16 +171,7 @@ def parse_styles(value: str) -> tuple[str, ...]:
 @_task_options
 @_teacher_options
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Drafts JSONL to write.")
-@click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),
-              help="Questions to elicit (the paper: 250 per task).")
-@click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
-              help="Rationale styles, comma-separated (K rationales per question).")
-@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
-              help="Give up after this many question prompts (default: 4 x the prompts needed).")
-@click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Reply budget per question prompt.")
-@click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Reply budget per rationale.")
+@_elicit_options
 @click.option("--rationale-temperature", default=0.0, show_default=True, type=click.FloatRange(0.0, 10.0),
               help="Sampling temperature of rationales.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
@@ -452,16 +457,7 @@ def tailor(task_path: Path, split_seed: int, n_seeds: int, n_validation: int, te
 @click.option("--student-backend", type=click.Choice(BACKENDS), default="llama",
               show_default=True, help="Student runtime.")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help=MODE_HELP)
-@click.option("--n-questions", default=250, show_default=True, type=click.IntRange(min=1),
-              help="Draft questions to elicit.")
-@click.option("--styles", default="expert,rules,plain,eliminate", show_default=True,
-              help="Rationale styles, comma-separated.")
-@click.option("--max-question-prompts", type=click.IntRange(min=1), default=None,
-              help="Give up after this many question prompts (default: 4 x the prompts needed).")
-@click.option("--question-tokens", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Reply budget per question prompt.")
-@click.option("--rationale-tokens", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Reply budget per rationale.")
+@_elicit_options
 @click.option("--tailor-questions", default=250, show_default=True, type=click.IntRange(min=1),
               help="Questions of the tailored dataset.")
 @click.option("--check-samples", default=1, show_default=True, type=click.IntRange(0, 16),
