@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from arte.prompts import question_block
-from server import serving
+from server import job_handlers, serving
 from server.worker import Worker
 from tests.support.server_support import Backend, Fleet, build_fleet
 from tests.support.teacher_fakes import asked_question, is_question_prompt
@@ -80,10 +80,9 @@ def _fake_align(model: Any, pairs: Any, config: Any, out_dir: Path, **kw: Any) -
 
 def test_the_tailor_requests_use_the_cohort_adapter_served_on_vllm(sqlite_backend: Backend, tmp_path: Path,
                                                                    vllm: FakeVLLM, monkeypatch) -> None:
-    import arte.dpo
 
-    monkeypatch.setattr(arte.dpo, "align", _fake_align)
-    monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: ref)
+    monkeypatch.setattr(job_handlers, "align", _fake_align)
+    monkeypatch.setattr(job_handlers, "resolve_model", lambda ref, cache: ref)
     f = _fleet(sqlite_backend, tmp_path, vllm)
     cohort = f.cohort(k=2)
     rnd = _elicit_and_report(f, cohort)
@@ -123,15 +122,14 @@ def test_a_failing_vllm_keeps_the_cohort_on_its_adapter(sqlite_backend: Backend,
                                                         monkeypatch) -> None:
     """vLLM cannot load the adapter (here: the path it is given holds none): the job fails saying what vLLM
     answered, and the cohort's adapter is not switched to one the endpoint cannot serve."""
-    import arte.dpo
 
     def no_files(model, pairs, config, out_dir, **kw):
         res = _fake_align(model, pairs, config, out_dir)
         (out_dir / "adapter_config.json").unlink()
         return res
 
-    monkeypatch.setattr(arte.dpo, "align", no_files)
-    monkeypatch.setattr("arte.models.resolve_model", lambda ref, cache: ref)
+    monkeypatch.setattr(job_handlers, "align", no_files)
+    monkeypatch.setattr(job_handlers, "resolve_model", lambda ref, cache: ref)
     f = _fleet(sqlite_backend, tmp_path, vllm)
     cohort = f.cohort(k=2)
     rnd = _elicit_and_report(f, cohort)
@@ -203,7 +201,7 @@ def test_a_retried_align_job_resumes_from_its_checkpoint(sqlite_backend: Backend
 
         return real(model, pairs, config, out_dir, report, **kw)
 
-    monkeypatch.setattr(arte.dpo, "align", dies_once)
+    monkeypatch.setattr(job_handlers, "align", dies_once)
     f = _fleet(sqlite_backend, tmp_path, vllm, teacher_model=str(build_tiny_hf(tmp_path / "tiny")),
                align_checkpoint_steps=2, drafting_adapter_serving="none")
     cohort = f.cohort(k=2)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-import arte.dpo
 from server import driver, job_handlers, queue
 from server.tables import Job
 from server.worker import Worker
@@ -32,7 +31,7 @@ def teacher(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
         return open_teacher(settings, adapter)
 
     monkeypatch.setattr(job_handlers, "_open_teacher", open_)
-    monkeypatch.setattr(arte.dpo, "align", fake_align)
+    monkeypatch.setattr(job_handlers, "align", fake_align)
     return opened
 
 
