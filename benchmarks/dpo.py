@@ -39,7 +39,8 @@ untied). A ``--config`` run defaults to issue 17's batch shape (135m: 16 pairs x
 Usage: ``python benchmarks/dpo.py [--model default] [--steps 6] [--repeats 2] [--threads 1]``;
 on a GPU: ``python benchmarks/dpo.py --device cuda --config 1b --steps 20 --no-margins``; a CPU smoke
 run (about a minute): ``python benchmarks/dpo.py --config 135m --layers 2 --steps 2 --pairs 4
---batch-size 2 --max-length 128 --repeats 1 --no-margins`` (the prompt alone is ~70 tokens). Prints a table; the last line is JSON. Not run in CI.
+--batch-size 2 --max-length 128 --repeats 1 --no-margins`` (the prompt alone is ~70 tokens).
+Prints a table; the last line is JSON. Not run in CI.
 """
 
 from __future__ import annotations
@@ -160,16 +161,17 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["path"] in ("ours", "ours+margins"):
-
         cfg = AlignConfig(learning_rate=spec["lr"], beta=0.1, max_steps=spec["steps"], batch_size=spec["batch_size"],
                           warmup_ratio=0.1, max_length=spec["max_length"], device=spec["device"], seed=0,
-                          gradient_checkpointing=spec["gradient_checkpointing"], eval_pairs=64 if spec["path"] == "ours+margins" else 0,
+                          gradient_checkpointing=spec["gradient_checkpointing"],
+                          eval_pairs=64 if spec["path"] == "ours+margins" else 0,
                           holdout_share=0.0)   # train on the same pairs as the plain TRL path
         res = align(ref, pairs, cfg, out, convert_dir=convert_dir())
         train_s, tokens = res.metadata["seconds"]["train"], res.metadata["train_tokens"]
         train_cpu_s = res.metadata["seconds"]["train_cpu"]
         steps = res.metadata["steps"]
     else:
+        # heavy: datasets, peft, trl
         from datasets import Dataset
         from peft import LoraConfig
         from trl import DPOConfig, DPOTrainer
