@@ -74,7 +74,7 @@ class CampaignPolicy(BaseModel):
     :class:`arte.dpo.AlignConfig`, :class:`arte.pairs.PairConfig` and :class:`arte.tailor.TailorConfig`;
     they are checked when the campaign is created."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)   # as every request body (server.schemas._In)
 
     drafts: JsonObject = Field(default_factory=dict, description="ElicitConfig: n_questions, styles, ...")
     mode: Literal[MODES] = DEFAULT_MODE  # type: ignore[valid-type]

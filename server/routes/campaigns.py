@@ -11,7 +11,7 @@ from arte.wire import API_PREFIX
 from server import campaigns
 from server.campaigns import CampaignIn, CampaignOut
 from server.deps import AdminDep, NowDep, SessionDep
-from server.errors import Conflict
+from server.errors import Conflict, NotFound
 from server.openapi import raises
 from server.routes.common import IdPath, IdQuery
 
@@ -28,7 +28,7 @@ def create(body: CampaignIn, _: AdminDep, s: SessionDep, now: NowDep) -> Campaig
     return campaigns.campaign_out(s, campaigns.create_campaign(s, body, now))
 
 
-@router.get("/campaigns", response_model=list[CampaignOut])
+@router.get("/campaigns", response_model=list[CampaignOut], responses=raises((NotFound, "No cohort with that id.")))
 def list_campaigns(_: AdminDep, s: SessionDep, cohort_id: IdQuery = None, state: State | None = None
                    ) -> list[CampaignOut]:
     campaigns.check_cohort(s, cohort_id)
