@@ -5,8 +5,6 @@ the k-threshold (``arte.privacy.cohort_threshold``) wherever scores may drive al
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 
 from arte import wire
 from arte.privacy import calibrate, privatize
+from server import job_handlers
 from server.errors import JobError
 from server.worker import Worker
 from tests.support.server_support import Fleet
@@ -190,9 +189,7 @@ def test_align_needs_k_devices_on_a_draft_and_pairs_use_only_those_drafts(fleet:
         seen.update(drafts=[d.id for d in drafts], scores=dict(scores))
         raise JobError("stop after the pairs' inputs", retry=False)
 
-    fake = types.ModuleType("arte.pairs")
-    fake.select_pairs, fake.PairConfig, fake.NO_SIGNAL = select_pairs, lambda **kw: kw, "no_signal"
-    monkeypatch.setitem(sys.modules, "arte.pairs", fake)
+    monkeypatch.setattr(job_handlers, "select_pairs", select_pairs)   # where the align job looks it up
     made = f.ok(f.client.post(f"{API}/jobs", json={**job, "round_id": rnd}, headers=f.admin), 201)
     Worker(f.settings, f.sessions, worker_id="w", clock=f.clock, heartbeat_thread=False).run_once()
     assert (
