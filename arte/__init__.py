@@ -7,15 +7,8 @@ transformers, llama.cpp) are imported only inside the modules that use them, so 
 
 from arte.answers import is_correct, normalize_answer, parse_answer
 from arte.drafts import Draft, read_drafts, write_drafts
-from arte.errors import (
-                         ArteError,
-                         BackendError,
-                         ConfigError,
-                         DraftFormatError,
-                         ModelError,
-                         ScoringError,
-                         TaskFormatError,
-)
+from arte.errors import (ArteError, BackendError, ConfigError, DraftFormatError, ModelError, ScoringError,
+                         TaskFormatError)
 from arte.models import DEFAULT_MODEL, ModelRef, resolve_model
 from arte.scoring import DraftScore, ScoreResult, ScoringConfig, score_drafts
 from arte.student import Continuation, Generation, Student
