@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from arte.wire import API_PREFIX, PROTOCOL_VERSION
-from server import db, openapi, responses, telemetry
+from server import db, openapi, responses, telemetry, timings
 from server.fastlane import DeviceFastLane
 from server.groupcommit import ReportWriter
 from server.keycache import DeviceKeyCache
@@ -41,7 +41,7 @@ from server.schemas import ReportIn
 from server.security import RateLimiter
 from server.settings import ServerSettings
 
-__all__ = ["create_app", "app_from_env", "field_path"]
+__all__ = ["app_from_env", "create_app", "field_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ def create_app(
     )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     openapi.document(app, _API_ROUTES, bodies=(ReportIn,))
-    telemetry.install(app)  # last: its request metrics middleware is the outermost layer
+    telemetry.install(app)  # its request metrics middleware is the outermost layer but for the timings
+    if settings.debug_timings:
+        app.add_middleware(timings.RequestTimings)
     return app
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from arte import wire
+from server import timings
 from server.db import core_transaction
 from server.deps import device_key_valid, unknown_key
 from server.errors import ApiError
@@ -65,6 +67,7 @@ class PendingReport:
     round_id: str
     body: ReportIn
     now: datetime
+    timing: dict[str, float] | None = field(default=None, compare=False)  # server.timings (when on)
 
 
 @dataclass
@@ -103,6 +106,8 @@ class ReportWriter:
             while queue.waiting:
                 batch = queue.waiting[: self.max_batch]
                 del queue.waiting[: self.max_batch]
+                for report, _ in batch:
+                    timings.mark(report.timing, "taken")
                 try:
                     outcomes = await run_in_threadpool(self.write, [report for report, _ in batch])
                 except BaseException as e:  # cancelled at shutdown: nobody may wait forever
@@ -135,7 +140,13 @@ class ReportWriter:
 
     def _write_batch(self, reports: Sequence[PendingReport]) -> list[Outcome | BaseException]:
         outcomes: list[Outcome | BaseException] = [unknown_key() for _ in reports]
+        marks: dict[str, float] = {}
+        timed = reports[0].timing is not None
+        if timed:
+            marks["thread"] = time.perf_counter()
         with core_transaction(self.engine) as conn:
+            if timed:
+                marks["begun"] = time.perf_counter()
             ids = {r.device_id for r in reports}
             devices = {d.id: d for d in conn.execute(_DEVICES, {"ids": list(ids)})}
             valid = [i for i, r in enumerate(reports) if device_key_valid(devices.get(r.device_id), r.secret)]
@@ -156,6 +167,10 @@ class ReportWriter:
                     touched.append({"device": r.device_id, "seen": r.now})
             if touched:
                 conn.execute(_TOUCH, touched)
+            if timed:
+                marks["stmts"] = time.perf_counter()
+        if timed:
+            _stamp_batch(reports, marks)
         # committed: the devices whose keys were valid may read on the fast path for a while
         for i in valid:
             r, d = reports[i], devices[reports[i].device_id]
@@ -164,3 +179,13 @@ class ReportWriter:
             if device_id not in devices or devices[device_id].revoked_at is not None:
                 self.keys.forget(device_id)
         return outcomes
+
+
+def _stamp_batch(reports: Sequence[PendingReport], marks: dict[str, float]) -> None:
+    """Give each report of a committed batch the batch's phase stamps (:mod:`server.timings`)."""
+    marks["committed"] = time.perf_counter()
+    marks["n"] = len(reports)
+    for r in reports:
+        if r.timing is not None:
+            r.timing.update(marks)
+    timings.STATS.batch(len(reports), marks["committed"] - marks["stmts"])
