@@ -257,7 +257,8 @@ async def build_fleet(srv: Server, n_agents: int, n_rounds: int, n_drafts: int) 
         for i in range(n_drafts)
     ]
     rounds = [
-        (await admin_json(admin, "POST", "/rounds", {"cohort_id": cohort, "drafts": drafts}))["round_id"]
+        (await admin_json(admin, "POST", "/rounds", {"cohort_id": cohort, "drafts": drafts,
+                                                    "mode": "loglik"}))["round_id"]
         for _ in range(n_rounds)
     ]
     # a tailored dataset of a realistic size: ~400 examples, ~100 KB of JSONL
@@ -415,7 +416,7 @@ def breakdown(timed: list[tuple[float, bytes]]) -> dict[str, Any] | None:
         return None
     rows = []
     for latency, raw in timed:
-        d = {k.decode(): int(v) / 1e3 for k, v in (kv.split(b"=") for kv in raw.split(b","))}
+        d = {k.decode(): int(v) / (1 if k == b"n" else 1e3) for k, v in (kv.split(b"=") for kv in raw.split(b","))}
         d["outside"] = latency * 1e3 - d["srv"]
         d["rest"] = d["srv"] - sum(d.get(k, 0.0) for k in PHASES[1:-1])
         d["latency"] = latency * 1e3
@@ -605,6 +606,8 @@ async def run_config(backend: str, workers: int, env: dict[str, str], args: argp
         pg = PgCpu(pg_url, "arte-load", postmaster)
         base = await baseline(srv, args)
         closed = await phase("closed", srv, fleet, args, pg, range(per_agent), None)
+        if not closed["reports"]:  # a paced phase at ~0/s would sleep for minutes
+            raise RuntimeError(f"the closed phase stored no report: {closed['errors']}")
         rate = max(1.0, closed["reports_per_s"] * args.paced_fraction)
         paced = await phase("paced", srv, fleet, args, pg, range(per_agent, 2 * per_agent), rate)
         stored = count_stored(env, pg_url, args.drafts)
