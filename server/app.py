@@ -45,6 +45,10 @@ __all__ = ["app_from_env", "create_app", "field_path"]
 
 logger = logging.getLogger(__name__)
 
+# SQLite: the report writer checkpoints the WAL in the background every 0.25 s (server.groupcommit); a
+# commit checkpoints by itself only past this many pages (40 MB; SQLite's default is 1000), a safety net.
+API_WAL_AUTOCHECKPOINT = 10_000
+
 _API_ROUTES = tuple(route for router in ROUTERS for route in router.routes)
 
 
@@ -82,6 +86,7 @@ def create_app(
         schema=settings.db_schema,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        wal_autocheckpoint=API_WAL_AUTOCHECKPOINT,
     )
     if settings.check_migrations:
         db.check_current(engine)

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from arte import wire
 from server import timings
-from server.db import core_transaction
+from server.db import core_transaction, is_sqlite
 from server.deps import device_key_valid, unknown_key
 from server.errors import ApiError
 from server.keycache import LAST_SEEN_GRANULARITY, DeviceKeyCache, KnownDevice
@@ -81,10 +81,16 @@ class _Queue:
 class ReportWriter:
     """Writes one app's reports (see the module docstring); ``keys`` learns the devices it reads."""
 
-    def __init__(self, engine: Engine, keys: DeviceKeyCache, max_batch: int = 64) -> None:
+    def __init__(
+        self, engine: Engine, keys: DeviceKeyCache, max_batch: int = 64, checkpoint_every_s: float = 0.25
+    ) -> None:
         self.engine = engine
         self.keys = keys
         self.max_batch = max_batch
+        # SQLite: the WAL is checkpointed beside the writes, not by the commit that fills it (see _checkpoint)
+        self.checkpoint_every_s = checkpoint_every_s if is_sqlite(engine) else 0.0
+        self._checkpoint_due = time.monotonic() + self.checkpoint_every_s
+        self._checkpointing: asyncio.Future[tuple[int, int, int]] | None = None
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
             weakref.WeakKeyDictionary()
         )
@@ -123,8 +129,38 @@ class ReportWriter:
                         answer.set_exception(outcome)
                     else:
                         answer.set_result(outcome)
+                self._maybe_checkpoint()
         finally:
             queue.writing = None
+
+    def _maybe_checkpoint(self) -> None:
+        """On SQLite, start a checkpoint in a worker thread when one is due and none runs; nobody waits
+        for it (the next batch is written meanwhile: a PASSIVE checkpoint blocks no writer)."""
+        if not self.checkpoint_every_s or self._checkpointing is not None:
+            return
+        now = time.monotonic()
+        if now < self._checkpoint_due:
+            return
+        self._checkpoint_due = now + self.checkpoint_every_s
+        self._checkpointing = asyncio.ensure_future(run_in_threadpool(self._checkpoint))
+        self._checkpointing.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, done: asyncio.Future[tuple[int, int, int]]) -> None:
+        self._checkpointing = None
+        if not done.cancelled() and done.exception() is not None:
+            logger.warning("WAL checkpoint failed: %r", done.exception())
+
+    def _checkpoint(self) -> tuple[int, int, int]:
+        """``PRAGMA wal_checkpoint(PASSIVE)`` outside any transaction: copies the committed pages into the
+        database file (and syncs it) as far as readers allow, without the write lock. Without it the
+        commit that grows the WAL past ``wal_autocheckpoint`` pages does this itself, with its reports
+        waiting (measured: commits of up to 25 ms against 0.4 ms typical). Returns SQLite's answer: (busy,
+        pages in the WAL, pages checkpointed)."""
+        raw = self.engine.raw_connection()
+        try:
+            return tuple(raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())  # type: ignore[return-value]
+        finally:
+            raw.close()
 
     def write(self, reports: Sequence[PendingReport]) -> list[Outcome | BaseException]:
         """Store ``reports`` in one transaction (called in a worker thread): each one's outcome, in order."""

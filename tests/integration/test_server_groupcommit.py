@@ -239,3 +239,30 @@ def test_writer_answers_requests_of_several_event_loops(sqlite_fleet: Fleet) -> 
         receipt = asyncio.run(writer.submit(_pending(f, auth, rnd, _body(f"k{i}", [("d0", 1, 1)]))))
         assert not receipt.duplicate
     assert json.loads(_answer(receipt)[1])["n_scores"] == 1
+
+
+def test_sqlite_wal_is_checkpointed_beside_the_writes_not_by_them(sqlite_fleet: Fleet) -> None:
+    """The writer starts a PASSIVE checkpoint in a worker thread after a batch when one is due, and the
+    reports' answers do not wait for it; afterwards every committed WAL frame is in the database file."""
+    f = sqlite_fleet
+    cohort = f.cohort(k=1)
+    devices = [f.device(cohort)[1] for _ in range(3)]
+    rnd = f.round(cohort, n_drafts=1)
+    writer = f.app.state.report_writer
+    assert writer.checkpoint_every_s > 0
+    writer.checkpoint_every_s = 0.0001  # due after every batch
+
+    async def run() -> list[tuple[int, int, int]]:
+        answers = []
+        for i, auth in enumerate(devices):
+            writer._checkpoint_due = 0.0
+            receipt = await writer.submit(_pending(f, auth, rnd, _body(f"k{i}", [("d0", 1, 1)])))
+            assert not receipt.duplicate
+            assert writer._checkpointing is not None  # started after the batch, not awaited by it
+            answers.append(await writer._checkpointing)
+        return answers
+
+    for busy, frames, done in asyncio.run(run()):  # each report's pages reached the database file
+        assert busy == 0 and frames == done > 0
+    with f.engine.connect() as c:
+        assert c.exec_driver_sql("SELECT count(*) FROM report_scores").scalar_one() == 3
