@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import exc as sa_exc
 
 from arte import wire
-from server import responses, security
+from server import report_store, responses, security
 from server.errors import ApiError
 from server.groupcommit import PendingReport
 from server.schemas import ReportIn
@@ -266,3 +266,24 @@ def test_sqlite_wal_is_checkpointed_beside_the_writes_not_by_them(sqlite_fleet: 
         assert busy == 0 and frames == done > 0
     with f.engine.connect() as c:
         assert c.exec_driver_sql("SELECT count(*) FROM report_scores").scalar_one() == 3
+
+
+def test_sqlite_reads_a_batchs_stored_reports_by_index_not_by_scanning_the_table(sqlite_fleet: Fleet) -> None:
+    """A batch reads the stored reports of its (device, round) pairs through the unique index: a scan
+    costs time in proportion to every report ever stored (3 ms per batch at 20,000 reports)."""
+    f = sqlite_fleet
+    seen: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        seen.append((statement, params))
+
+    keys = {("dev-a", "rnd-1"), ("dev-b", "rnd-1"), ("dev-a", "rnd-2")}
+    sa.event.listen(f.engine, "before_cursor_execute", keep)
+    try:
+        with f.engine.connect() as c:
+            assert report_store._read_stored(c, keys) == {}
+            statement, params = seen[-1]
+            plan = [row[3] for row in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)]
+    finally:
+        sa.event.remove(f.engine, "before_cursor_execute", keep)
+    assert any("USING INDEX" in step for step in plan) and not any(step == "SCAN reports" for step in plan), plan
