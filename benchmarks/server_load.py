@@ -658,8 +658,9 @@ def print_breakdown(r: dict[str, Any]) -> None:
     print(f"{'':<13} paced report ms  " + " ".join(f"{c:>7}" for c in cols))
     for label, key in (("slowest 1% mean", "tail_mean_ms"), ("p50", "p50_ms"), ("p99", "p99_ms")):
         print(f"{'':<13} {label:<16} " + " ".join(f"{bd[key][c]:>7.1f}" for c in cols))
-    for c in r["paced"]["server_counters"]:
-        print(f"{'':<13} server pid {c['pid']} (paced): GC {c['gc_ms']} ms (max {c['gc_max_ms']}, by gen "
+    for ph, c in [(ph, c) for ph in ("closed", "paced") for c in r[ph]["server_counters"]]:
+        print(f"{'':<13} server pid {c['pid']} ({ph}): CPU {c['cpu_s']} s (event loop {c['loop_thread_cpu_s']}, "
+              f"threads {c['other_threads_cpu_s']}), GC {c['gc_ms']} ms (max {c['gc_max_ms']}, by gen "
               f"{c['gc_collections_by_generation']}), loop blocked {c['loop_blocked_ms']} ms (max lag "
               f"{c['loop_lag_max_ms']}, {c['loop_lags_over_10ms']} over 10 ms), {c['batches']} commits of "
               f"{c['mean_batch']} reports, commit mean {c['commit_mean_ms']} / max {c['commit_max_ms']} ms")
