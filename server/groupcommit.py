@@ -9,8 +9,10 @@ committed (no receipt for a report that is not stored). The key is checked in th
 route checks it in its own, and the device's last contact is recorded as the route records it (once a
 minute, only by a request that succeeds).
 
-Per event loop one transaction is written at a time: while it is, new reports queue, and the next
-transaction takes up to ``max_batch`` of them, in arrival order, through
+Per event loop ``writers`` transactions are written at a time (SQLite: one, its writers are serialized
+anyway; PostgreSQL: two, so that one batch's statements run while the other's commit waits for its
+fsync): while they are, new reports queue, and the next transaction takes up to ``max_batch`` of them,
+in arrival order, through
 :func:`server.report_store.store_reports`, which gives each the outcome it would have had alone. Under
 load a commit, its round trips and (PostgreSQL) its fsync are shared by many reports; on an idle server a
 report is written at once, alone (nothing lingers). When the transaction fails: if the database is
@@ -72,21 +74,27 @@ class PendingReport:
 
 @dataclass
 class _Queue:
-    """One event loop's reports waiting for a transaction, and the task writing them (if any)."""
+    """One event loop's reports waiting for a transaction, and the tasks writing them."""
 
     waiting: list[tuple[PendingReport, asyncio.Future[wire.ReportReceipt]]] = field(default_factory=list)
-    writing: asyncio.Task[None] | None = None
+    writing: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class ReportWriter:
     """Writes one app's reports (see the module docstring); ``keys`` learns the devices it reads."""
 
     def __init__(
-        self, engine: Engine, keys: DeviceKeyCache, max_batch: int = 64, checkpoint_every_s: float = 0.25
+        self,
+        engine: Engine,
+        keys: DeviceKeyCache,
+        max_batch: int = 64,
+        checkpoint_every_s: float = 0.25,
+        writers: int | None = None,
     ) -> None:
         self.engine = engine
         self.keys = keys
         self.max_batch = max_batch
+        self.writers = writers or (1 if is_sqlite(engine) else 2)
         # SQLite: the WAL is checkpointed beside the writes, not by the commit that fills it (see _checkpoint)
         self.checkpoint_every_s = checkpoint_every_s if is_sqlite(engine) else 0.0
         self._checkpoint_due = time.monotonic() + self.checkpoint_every_s
@@ -103,8 +111,10 @@ class ReportWriter:
             queue = self._queues[loop] = _Queue()
         answer: asyncio.Future[wire.ReportReceipt] = loop.create_future()
         queue.waiting.append((report, answer))
-        if queue.writing is None:
-            queue.writing = loop.create_task(self._write_queued(queue))
+        if len(queue.writing) < self.writers:
+            task = loop.create_task(self._write_queued(queue))
+            queue.writing.add(task)
+            task.add_done_callback(queue.writing.discard)
         return await answer
 
     async def _write_queued(self, queue: _Queue) -> None:
@@ -131,7 +141,7 @@ class ReportWriter:
                         answer.set_result(outcome)
                 self._maybe_checkpoint()
         finally:
-            queue.writing = None
+            queue.writing.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     def _maybe_checkpoint(self) -> None:
         """On SQLite, start a checkpoint in a worker thread when one is due and none runs; nobody waits
@@ -201,8 +211,8 @@ class ReportWriter:
                 if last is None or r.now - last >= LAST_SEEN_GRANULARITY:  # as the route: once a minute
                     seen[r.device_id] = r.now
                     touched.append({"device": r.device_id, "seen": r.now})
-            if touched:
-                conn.execute(_TOUCH, touched)
+            if touched:  # in device order, as the reports' rows (see store_reports)
+                conn.execute(_TOUCH, sorted(touched, key=lambda t: t["device"]))
             if timed:
                 marks["stmts"] = time.perf_counter()
         if timed:

@@ -139,7 +139,9 @@ def store_reports(conn: sa.Connection, requests: Sequence[ReportRequest]) -> lis
                 continue
             new[key] = (i, _Stored(new_id("rep"), q.round_id, q.device_id, q.body.idempotency_key,
                                    len(q.body.scores), q.now))
-    inserted = _insert_reports(conn, [(requests[i], row) for i, row in new.values()])
+    # in (device, round) order: concurrent transactions (PostgreSQL) take the unique index's entries in
+    # the same order, so two batches holding copies of the same reports wait for each other, never deadlock
+    inserted = _insert_reports(conn, [(requests[i], row) for _, (i, row) in sorted(new.items())])
     lost = {key for key, (_, row) in new.items() if row.id not in inserted}
     if lost:  # another transaction committed a report for these first: answer as re-sends of it
         stored.update(_read_stored(conn, lost))
