@@ -9,10 +9,11 @@ committed (no receipt for a report that is not stored). The key is checked in th
 route checks it in its own, and the device's last contact is recorded as the route records it (once a
 minute, only by a request that succeeds).
 
-Per event loop ``writers`` transactions are written at a time (SQLite: one, its writers are serialized
-anyway; PostgreSQL: two, so that one batch's statements run while the other's commit waits for its
-fsync): while they are, new reports queue, and the next transaction takes up to ``max_batch`` of them,
-in arrival order, through
+Per event loop ``writers`` transactions are written at a time (1; on PostgreSQL 2 would let one batch's
+statements run while the other's commit waits for its fsync, but measured no better on 2 cores: same
+reports/s within the machine's noise, a little more CPU per report; several API processes write
+concurrently anyway): while they are, new reports queue, and the next transaction takes up to
+``max_batch`` of them, in arrival order, through
 :func:`server.report_store.store_reports`, which gives each the outcome it would have had alone. Under
 load a commit, its round trips and (PostgreSQL) its fsync are shared by many reports; on an idle server a
 report is written at once, alone (nothing lingers). When the transaction fails: if the database is
@@ -89,12 +90,12 @@ class ReportWriter:
         keys: DeviceKeyCache,
         max_batch: int = 64,
         checkpoint_every_s: float = 0.25,
-        writers: int | None = None,
+        writers: int = 1,
     ) -> None:
         self.engine = engine
         self.keys = keys
         self.max_batch = max_batch
-        self.writers = writers or (1 if is_sqlite(engine) else 2)
+        self.writers = writers
         # SQLite: the WAL is checkpointed beside the writes, not by the commit that fills it (see _checkpoint)
         self.checkpoint_every_s = checkpoint_every_s if is_sqlite(engine) else 0.0
         self._checkpoint_due = time.monotonic() + self.checkpoint_every_s

@@ -290,8 +290,9 @@ def test_sqlite_reads_a_batchs_stored_reports_by_index_not_by_scanning_the_table
 
 
 def test_concurrent_writers_store_each_report_once(fleet: Fleet) -> None:
-    """Two transactions at a time (PostgreSQL's default; forced on SQLite too): copies of the same
-    reports in concurrent batches are stored once, every copy gets that report's receipt, none fails."""
+    """Two transactions at a time (as two API processes write on PostgreSQL): copies of the same reports
+    in concurrent batches are stored once, every copy gets that report's receipt, none fails (rows are
+    written in key order, so the batches wait for each other and never deadlock)."""
     f = fleet
     cohort = f.cohort(k=1)
     devices = [f.device(cohort)[1] for _ in range(6)]
