@@ -25,6 +25,15 @@ generator, no database, no auth) at the same concurrency. Load averages are reco
     python benchmarks/server_load.py [--agents 500] [--workers 1,2] [--backends sqlite,postgresql]
         [--postgres throwaway|URL] [--duration 20] [--max-reports 20000] [--drafts 64]
 
+Where the paced phase's tail comes from: the server runs with ``ARTE_SERVER_DEBUG_TIMINGS`` (``--timings
+off`` for the server as deployed) and each report's answer says how long it spent in each phase
+(``server.timings``: in-flight slot, body, group-commit queue, thread hand-off, write lock, statements,
+COMMIT, wake-up, and the GC and event-loop lateness that overlapped it); the slowest 1% are averaged per
+phase, and each API process's GC, event-loop and commit counters and its loop-thread/worker-thread CPU
+are read after each phase. With 2+ cores the generator is pinned to the first core and the API processes
+to the others (``--pin off`` to share). ``ceiling_ratio``: the closed phase's requests/s over the
+``/health`` baseline's.
+
 Loopback only; every phase is bounded in time and count. Prints a table, then one line of JSON (last
 line) with the numbers, versions and machine.
 """
@@ -416,7 +425,8 @@ def breakdown(timed: list[tuple[float, bytes]]) -> dict[str, Any] | None:
         return None
     rows = []
     for latency, raw in timed:
-        d = {k.decode(): int(v) / (1 if k == b"n" else 1e3) for k, v in (kv.split(b"=") for kv in raw.split(b","))}
+        d = {k.decode(): int(v) / (1 if k == b"n" else 1e3)
+             for k, v in (kv.split(b"=") for kv in raw.split(b","))}
         d["outside"] = latency * 1e3 - d["srv"]
         d["rest"] = d["srv"] - sum(d.get(k, 0.0) for k in PHASES[1:-1])
         d["latency"] = latency * 1e3
@@ -658,7 +668,7 @@ def print_breakdown(r: dict[str, Any]) -> None:
     print(f"{'':<13} paced report ms  " + " ".join(f"{c:>7}" for c in cols))
     for label, key in (("slowest 1% mean", "tail_mean_ms"), ("p50", "p50_ms"), ("p99", "p99_ms")):
         print(f"{'':<13} {label:<16} " + " ".join(f"{bd[key][c]:>7.1f}" for c in cols))
-    for ph, c in [(ph, c) for ph in ("closed", "paced") for c in r[ph]["server_counters"]]:
+    for ph, c in [(name, c) for name in ("closed", "paced") for c in r[name]["server_counters"]]:
         print(f"{'':<13} server pid {c['pid']} ({ph}): CPU {c['cpu_s']} s (event loop {c['loop_thread_cpu_s']}, "
               f"threads {c['other_threads_cpu_s']}), GC {c['gc_ms']} ms (max {c['gc_max_ms']}, by gen "
               f"{c['gc_collections_by_generation']}), loop blocked {c['loop_blocked_ms']} ms (max lag "
