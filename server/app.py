@@ -41,7 +41,7 @@ from server.schemas import ReportIn
 from server.security import RateLimiter
 from server.settings import ServerSettings
 
-__all__ = ["app_from_env", "create_app", "field_path"]
+__all__ = ["create_app", "app_from_env", "field_path"]
 
 logger = logging.getLogger(__name__)
 
