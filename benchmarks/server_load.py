@@ -25,6 +25,15 @@ generator, no database, no auth) at the same concurrency. Load averages are reco
     python benchmarks/server_load.py [--agents 500] [--workers 1,2] [--backends sqlite,postgresql]
         [--postgres throwaway|URL] [--duration 20] [--max-reports 20000] [--drafts 64]
 
+Where the paced phase's tail comes from: the server runs with ``ARTE_SERVER_DEBUG_TIMINGS`` (``--timings
+off`` for the server as deployed) and each report's answer says how long it spent in each phase
+(``server.timings``: in-flight slot, body, group-commit queue, thread hand-off, write lock, statements,
+COMMIT, wake-up, and the GC and event-loop lateness that overlapped it); the slowest 1% are averaged per
+phase, and each API process's GC, event-loop and commit counters and its loop-thread/worker-thread CPU
+are read after each phase. With 2+ cores the generator is pinned to the first core and the API processes
+to the others (``--pin off`` to share). ``ceiling_ratio``: the closed phase's requests/s over the
+``/health`` baseline's.
+
 Loopback only; every phase is bounded in time and count. Prints a table, then one line of JSON (last
 line) with the numbers, versions and machine.
 """
@@ -54,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sqlite3
 
 import sqlalchemy as sa
-from _env import machine_info, versions  # noqa: E402
+from _env import machine_info, versions
 
 from benchmarks.pg_cluster import pg_bin, pg_cluster
 from server import db
@@ -76,6 +85,7 @@ class Conn:
         self.auth = f"Authorization: Bearer {key}\r\n".encode() if key else b""
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.timing: bytes | None = None  # the last response's X-Arte-Timing (server.timings), if any
 
     async def request(
         self, method: str, path: str, body: bytes | None = None, extra: bytes = b""
@@ -99,6 +109,7 @@ class Conn:
             status = int(lines[0].split(b" ", 2)[1])
             length = 0
             close = False
+            self.timing = None
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
                 name = name.strip().lower()
@@ -106,6 +117,8 @@ class Conn:
                     length = int(value)
                 elif name == b"connection" and value.strip().lower() == b"close":
                     close = True
+                elif name == b"x-arte-timing":
+                    self.timing = value.strip()
                 elif name == b"transfer-encoding":
                     raise RuntimeError("chunked responses are not expected from this server")
             data = await self.reader.readexactly(length) if length else b""
@@ -163,12 +176,13 @@ def descendants(pid: int) -> list[int]:
 class Server:
     """`arte-server init` + `arte-server serve --workers W` in its own process group."""
 
-    def __init__(self, env: dict[str, str], workers: int) -> None:
+    def __init__(self, env: dict[str, str], workers: int, cpus: set[int] | None = None) -> None:
         self.env = env
         exe = [sys.executable, "-m", "server.cli", "--log-level", "WARNING"]
         out = subprocess.run([*exe, "init", "--json"], env=env, capture_output=True, text=True, check=True)
         self.admin_key = json.loads(out.stdout)["admin_key"]
         self.port = free_port()
+        self.workers = workers
         self.log = open(Path(env["ARTE_SERVER_DATA_DIR"]) / "serve.log", "wb")
         self.proc = subprocess.Popen(
             [*exe, "serve", "--port", str(self.port), "--workers", str(workers), "--no-access-log"],
@@ -177,6 +191,15 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.cpus = cpus
+        self.pin()
+
+    def pin(self) -> None:
+        """Keep the API processes on their cores (again once they are up: workers start later)."""
+        if self.cpus:
+            for pid in descendants(self.proc.pid):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(pid, self.cpus)
 
     async def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -187,6 +210,7 @@ class Server:
             try:
                 if (await conn.request("GET", f"{API}/health"))[0] == 200:
                     await conn.close()
+                    self.pin()
                     return
             except OSError:
                 await asyncio.sleep(0.1)
@@ -242,7 +266,8 @@ async def build_fleet(srv: Server, n_agents: int, n_rounds: int, n_drafts: int) 
         for i in range(n_drafts)
     ]
     rounds = [
-        (await admin_json(admin, "POST", "/rounds", {"cohort_id": cohort, "drafts": drafts}))["round_id"]
+        (await admin_json(admin, "POST", "/rounds", {"cohort_id": cohort, "drafts": drafts,
+                                                    "mode": "loglik"}))["round_id"]
         for _ in range(n_rounds)
     ]
     # a tailored dataset of a realistic size: ~400 examples, ~100 KB of JSONL
@@ -286,6 +311,7 @@ class Stats:
     transport_errors: int = 0
     reports: int = 0
     requests: int = 0
+    timed: list[tuple[float, bytes]] = field(default_factory=list)  # (report latency, X-Arte-Timing)
 
     def note(self, kind: str, status: int, seconds: float) -> None:
         self.latencies.setdefault(kind, []).append(seconds)
@@ -334,6 +360,8 @@ async def agent(
                 t0 = time.perf_counter()
                 code, data = await conn.request("POST", f"{API}/rounds/{rid}/reports", body)
                 stats.note("report", code, time.perf_counter() - t0)
+                if conn.timing:
+                    stats.timed.append((stats.latencies["report"][-1], conn.timing))
                 if code != 200:
                     continue
                 receipt = json.loads(data)
@@ -381,6 +409,57 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+# the phases of a report in the server (server.timings), in order, then what overlapped them
+PHASES = ("outside", "adm", "body", "wq", "hop", "lock", "db", "commit", "wake", "rest")
+OVERLAPS = ("gc", "blk")
+
+
+def breakdown(timed: list[tuple[float, bytes]]) -> dict[str, Any] | None:
+    """Where the reports' time went: per phase the median, the p99, and the mean over the slowest 1%
+    of reports (the tail: what makes the p99), in ms. ``outside``: the client's latency minus the time
+    in the app (kernel and uvicorn queues, the generator's own delay in reading the answer); ``rest``:
+    the time in the app outside the named phases (the response, the middleware)."""
+    if not timed:
+        return None
+    rows = []
+    for latency, raw in timed:
+        d = {k.decode(): int(v) / (1 if k == b"n" else 1e3)
+             for k, v in (kv.split(b"=") for kv in raw.split(b","))}
+        d["outside"] = latency * 1e3 - d["srv"]
+        d["rest"] = d["srv"] - sum(d.get(k, 0.0) for k in PHASES[1:-1])
+        d["latency"] = latency * 1e3
+        rows.append(d)
+    rows.sort(key=lambda d: d["latency"])
+    tail = rows[min(len(rows) - 1, math.ceil(0.99 * len(rows)) - 1):]
+    keys = ("latency", "srv", *PHASES, *OVERLAPS, "n")
+    return {
+        "reports": len(rows),
+        "tail_reports": len(tail),
+        "tail_mean_ms": {k: round(sum(d.get(k, 0.0) for d in tail) / len(tail), 2) for k in keys},
+        "p50_ms": {k: round(pct([d.get(k, 0.0) for d in rows], 0.5), 2) for k in keys},
+        "p99_ms": {k: round(pct([d.get(k, 0.0) for d in rows], 0.99), 2) for k in keys},
+    }
+
+
+async def server_counters(port: int, workers: int, reset: bool) -> list[dict[str, Any]]:
+    """Each API process's GC, event-loop and commit counters (``GET /debug/timings``; a worker is
+    reached by chance per connection, so a few tries), zeroed after reading when ``reset``."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(8 * workers):
+        conn = Conn(port)
+        try:
+            code, data = await conn.request("GET", f"{API}/debug/timings" + ("?reset=1" if reset else ""))
+        finally:
+            await conn.close()
+        if code != 200:
+            return []
+        d = json.loads(data)
+        seen.setdefault(d["pid"], d)
+        if len(seen) == workers:
+            break
+    return list(seen.values())
 
 
 # --- PostgreSQL backends' CPU ----------------------------------------------------------------------------
@@ -445,6 +524,7 @@ async def phase(
     loop = asyncio.get_running_loop()
     interval = args.agents / rate if rate else None
     load0 = os.getloadavg()[0]
+    await server_counters(srv.port, srv.workers, reset=True)
     pg.begin()
     srv0, gen0, t0 = srv.cpu_s(), time.process_time(), time.perf_counter()
     stop_at = loop.time() + args.duration
@@ -457,6 +537,7 @@ async def phase(
     wall = time.perf_counter() - t0
     srv_cpu, gen_cpu, pg_cpu = srv.cpu_s() - srv0, time.process_time() - gen0, pg.seconds()
     rep = stats.latencies.get("report", [])
+    counters = await server_counters(srv.port, srv.workers, reset=False)
     errors = {k: v for k, v in stats.statuses.items() if not k.endswith((" 200", " 201", " 206"))}
     return {
         "phase": name,
@@ -477,6 +558,11 @@ async def phase(
         "server_cpu_ms_per_report": round(srv_cpu / max(1, stats.reports) * 1e3, 2),
         "server_cpu_ms_per_request": round(srv_cpu / max(1, stats.requests) * 1e3, 3),
         "pg_cpu_ms_per_report": round(pg_cpu / max(1, stats.reports) * 1e3, 2) if pg_cpu is not None else None,
+        "server_cpu_s": round(srv_cpu, 2),
+        "gen_cpu_s": round(gen_cpu, 2),
+        "pg_cpu_s": round(pg_cpu, 2) if pg_cpu is not None else None,
+        "breakdown": breakdown(stats.timed),
+        "server_counters": counters,
         "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "_accepted": stats.accepted,
     }
@@ -520,7 +606,7 @@ def count_stored(env: dict[str, str], pg_url: str | None, n_drafts: int) -> dict
 
 async def run_config(backend: str, workers: int, env: dict[str, str], args: argparse.Namespace,
                      pg_url: str | None, postmaster: int | None) -> dict[str, Any]:
-    srv = Server(env, workers)
+    srv = Server(env, workers, args.server_cpus)
     try:
         await srv.wait_ready()
         # each phase has rounds of its own (a report of the closed phase re-sent in the paced one would be
@@ -530,6 +616,8 @@ async def run_config(backend: str, workers: int, env: dict[str, str], args: argp
         pg = PgCpu(pg_url, "arte-load", postmaster)
         base = await baseline(srv, args)
         closed = await phase("closed", srv, fleet, args, pg, range(per_agent), None)
+        if not closed["reports"]:  # a paced phase at ~0/s would sleep for minutes
+            raise RuntimeError(f"the closed phase stored no report: {closed['errors']}")
         rate = max(1.0, closed["reports_per_s"] * args.paced_fraction)
         paced = await phase("paced", srv, fleet, args, pg, range(per_agent, 2 * per_agent), rate)
         stored = count_stored(env, pg_url, args.drafts)
@@ -540,6 +628,8 @@ async def run_config(backend: str, workers: int, env: dict[str, str], args: argp
             "workers": workers,
             "agents": args.agents,
             "baseline_health": base,
+            # what the report cycle leaves of the HTTP stack's own rate (no-op /health, same run)
+            "ceiling_ratio": round(closed["requests_per_s"] / base["requests_per_s"], 3),
             "closed": closed,
             "paced": paced,
             "accepted_reports": len(accepted),
@@ -569,6 +659,43 @@ def postgres(choice: str) -> Any:
         yield cluster.url, pid
 
 
+def print_breakdown(r: dict[str, Any]) -> None:
+    """The paced phase's report latency by phase (ms): the slowest 1% on average, and each phase's p50/p99."""
+    bd = r["paced"]["breakdown"]
+    if bd is None:
+        return
+    cols = ("latency", *PHASES, *OVERLAPS, "n")
+    print(f"{'':<13} paced report ms  " + " ".join(f"{c:>7}" for c in cols))
+    for label, key in (("slowest 1% mean", "tail_mean_ms"), ("p50", "p50_ms"), ("p99", "p99_ms")):
+        print(f"{'':<13} {label:<16} " + " ".join(f"{bd[key][c]:>7.1f}" for c in cols))
+    for ph, c in [(name, c) for name in ("closed", "paced") for c in r[name]["server_counters"]]:
+        print(f"{'':<13} server pid {c['pid']} ({ph}): CPU {c['cpu_s']} s (event loop {c['loop_thread_cpu_s']}, "
+              f"threads {c['other_threads_cpu_s']}), GC {c['gc_ms']} ms (max {c['gc_max_ms']}, by gen "
+              f"{c['gc_collections_by_generation']}), loop blocked {c['loop_blocked_ms']} ms (max lag "
+              f"{c['loop_lag_max_ms']}, {c['loop_lags_over_10ms']} over 10 ms), {c['batches']} commits of "
+              f"{c['mean_batch']} reports, commit mean {c['commit_mean_ms']} / max {c['commit_max_ms']} ms")
+
+
+def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per backend and worker count: the ceiling ratio and the paced p99 with where its time went."""
+    return [
+        {
+            "backend": r["backend"],
+            "workers": r["workers"],
+            "ceiling_ratio": r["ceiling_ratio"],
+            "health_requests_per_s": r["baseline_health"]["requests_per_s"],
+            "closed_requests_per_s": r["closed"]["requests_per_s"],
+            "closed_reports_per_s": r["closed"]["reports_per_s"],
+            "paced_reports_per_s": r["paced"]["reports_per_s"],
+            "report_p99_ms": r["paced"]["report_p99_ms"],
+            "report_p99_breakdown_ms": (r["paced"]["breakdown"] or {}).get("tail_mean_ms"),
+            "lost": r["lost"],
+            "stored_exactly_once": r["stored_exactly_once"],
+        }
+        for r in results
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=500, help="simulated agents (one connection each)")
@@ -588,7 +715,16 @@ def main() -> None:
     ap.add_argument("--paced-fraction", type=float, default=0.6,
                     help="the paced phase offers this share of the closed phase's reports/s")
     ap.add_argument("--keep-dir", default=None, help="state dir to use and keep (server log: serve.log)")
+    ap.add_argument("--pin", choices=("auto", "off"), default="auto",
+                    help="auto: with 2+ cores, the generator on the first core and the API processes on the "
+                         "others (os.sched_setaffinity; the throwaway PostgreSQL stays on all cores)")
+    ap.add_argument("--timings", choices=("on", "off"), default="on",
+                    help="on: the server's per-phase timings (ARTE_SERVER_DEBUG_TIMINGS, server.timings) for "
+                         "the breakdown; off: the server exactly as deployed")
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    args.gen_cpus = {cpus[0]} if args.pin == "auto" and len(cpus) >= 2 else None
+    args.server_cpus = set(cpus[1:]) if args.gen_cpus else None
     try:
         import uvloop  # optional: not on Windows
 
@@ -602,12 +738,15 @@ def main() -> None:
     # the limiter stays on (its cost is part of every request) but high enough for admin set-up bursts
     base["ARTE_SERVER_RATE_LIMIT_PER_S"] = "1000"
     base["ARTE_SERVER_RATE_LIMIT_BURST"] = "2000"
+    base["ARTE_SERVER_DEBUG_TIMINGS"] = "true" if args.timings == "on" else "false"
     results: list[dict[str, Any]] = []
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     with contextlib.ExitStack() as stack:
         pg_url, postmaster = None, None
         if "postgresql" in backends:
             pg_url, postmaster = stack.enter_context(postgres(args.postgres))
+        if args.gen_cpus:  # after PostgreSQL started: its processes keep every core
+            os.sched_setaffinity(0, args.gen_cpus)
         for backend in backends:
             if backend == "postgresql" and not pg_url:
                 print("postgresql: no server binaries and no URL (--postgres, ARTE_TEST_POSTGRES_URL); skipped",
@@ -657,6 +796,10 @@ def main() -> None:
               f"server {b['server_cpu_ms_per_request']:.3f} ms CPU/req, generator {b['gen_cpu_ms_per_request']:.3f}")
         print(f"{'':<10} {'':>2} accepted {r['accepted_reports']}, stored {r['stored_reports']} "
               f"({r['stored_scores']} scores), lost {r['lost']}, exactly once: {r['stored_exactly_once']}")
+        print(f"{'':<10} {'':>2} ceiling_ratio {r['ceiling_ratio']:.2f} (closed req/s / health req/s); CPU s "
+              f"closed/paced: server {r['closed']['server_cpu_s']}/{r['paced']['server_cpu_s']}, generator "
+              f"{r['closed']['gen_cpu_s']}/{r['paced']['gen_cpu_s']}")
+        print_breakdown(r)
     print(f"({args.agents} agents, {args.drafts} drafts/report, dataset every {args.download_every} rounds, "
           f"{args.resend:.0%} re-sent; loop {loop_name}; loopback; machine shared: see load1m)")
     vers = versions(["fastapi", "starlette", "uvicorn", "uvloop", "httptools", "SQLAlchemy", "psycopg",
@@ -671,6 +814,8 @@ def main() -> None:
         "drafts_per_report": args.drafts,
         "duration_s": args.duration,
         "generator_loop": loop_name,
+        "pinned": {"generator": sorted(args.gen_cpus or []), "server": sorted(args.server_cpus or [])},
+        "summary": summary(results),
         "results": results,
         "versions": vers,
         "machine": machine_info(),

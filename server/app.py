@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from arte.wire import API_PREFIX, PROTOCOL_VERSION
-from server import db, openapi, responses, telemetry
+from server import db, openapi, responses, telemetry, timings
 from server.device_fast_path import DeviceFastPath
 from server.groupcommit import ReportWriter
 from server.keycache import DeviceKeyCache
@@ -44,6 +44,10 @@ from server.tables import utcnow
 __all__ = ["create_app", "app_from_env", "field_path"]
 
 logger = logging.getLogger(__name__)
+
+# SQLite: the report writer checkpoints the WAL in the background every 0.25 s (server.groupcommit); a
+# commit checkpoints by itself only past this many pages (40 MB; SQLite's default is 1000), a safety net.
+API_WAL_AUTOCHECKPOINT = 10_000
 
 _API_ROUTES = tuple(route for router in ROUTERS for route in router.routes)
 
@@ -82,6 +86,7 @@ def create_app(
         schema=settings.db_schema,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        wal_autocheckpoint=API_WAL_AUTOCHECKPOINT,
     )
     if settings.check_migrations:
         db.check_current(engine)
@@ -114,7 +119,9 @@ def create_app(
     )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     openapi.document(app, _API_ROUTES, bodies=(ReportIn,))
-    telemetry.install(app)  # last: its request metrics middleware is the outermost layer
+    telemetry.install(app)  # its request metrics middleware is the outermost layer but for the timings
+    if settings.debug_timings:
+        app.add_middleware(timings.RequestTimings)
     return app
 
 

@@ -58,12 +58,15 @@ def make_engine(
     echo: bool = False,
     pool_size: int = 24,
     max_overflow: int = 8,
+    wal_autocheckpoint: int | None = None,
 ) -> Engine:
     """An engine for ``url``; creates the SQLite file's directory; ``schema`` is PostgreSQL-only.
 
     ``pool_size + max_overflow`` connections at most (default 32, the API's in-flight request limit, so
     no admitted request waits for a connection); PostgreSQL connections are checked with a ping before
-    use, so a restarted database is reconnected to without restarting the server."""
+    use, so a restarted database is reconnected to without restarting the server. ``wal_autocheckpoint``
+    (SQLite): WAL pages after which a commit checkpoints by itself (SQLite's default: 1000); the API
+    raises it because its report writer checkpoints in the background (:mod:`server.groupcommit`)."""
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
@@ -75,7 +78,7 @@ def make_engine(
             pool_size=pool_size,
             max_overflow=max_overflow,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, wal_autocheckpoint)
         return engine
     connect_args: dict[str, Any] = {}
     if schema:
@@ -92,7 +95,7 @@ def make_engine(
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, wal_autocheckpoint: int | None = None) -> None:
     # pysqlite's own transaction handling would emit BEGIN lazily (DEFERRED); we emit BEGIN ourselves so
     # writers can ask for BEGIN IMMEDIATE and never deadlock upgrading a read lock.
     #
@@ -117,6 +120,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA synchronous=NORMAL")
+        if wal_autocheckpoint is not None:
+            cur.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
         cur.close()
 
     @sa.event.listens_for(engine, "begin")

@@ -43,7 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from arte import wire
-from server import fleet, responses, security
+from server import fleet, responses, security, timings
 from server.datasets import latest_manifest
 from server.deps import device_key_valid, parse_body, rate_limit, unknown_key
 from server.groupcommit import PendingReport
@@ -123,13 +123,18 @@ class DeviceFastPath:
     async def _report(
         self, scope: dict[str, Any], receive: Any, device_id: str, secret: str, round_id: str, now: datetime
     ) -> Response:
+        timing = timings.record(scope)
+        timings.mark(timing, "fast")
         raw = await _read_body(receive)
         rate_limit(self.state.limiter, device_id)
         body, problems = parse_body(raw, ReportIn)
         if problems:  # the route's order: the key's 401 before the body's problems
             await run_in_threadpool(self._check_key, device_id, secret)
             raise RequestValidationError(problems)
-        receipt = await self.state.report_writer.submit(PendingReport(device_id, secret, round_id, body, now))
+        timings.mark(timing, "submit")
+        pending = PendingReport(device_id, secret, round_id, body, now, timing)
+        receipt = await self.state.report_writer.submit(pending)
+        timings.mark(timing, "resumed")
         return Response(_RECEIPT.dump_json(receipt), media_type="application/json")
 
     def _check_key(self, device_id: str, secret: str) -> None:

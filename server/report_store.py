@@ -76,8 +76,13 @@ class _Stored(NamedTuple):
 _ROUNDS = sa.select(Round.id, Round.cohort_id, Round.state, Round.mode, Round.privacy, Round.closes_at).where(
     Round.id.in_(sa.bindparam("ids", expanding=True))
 )
+# The stored reports of some (device, round) pairs: devices IN (...) AND rounds IN (...), the pairs picked
+# out afterwards. Not ``(device_id, round_id) IN (VALUES ...)``: SQLite answers that row-value list by
+# scanning the whole reports table (3 ms per batch at 20,000 reports, growing with the table), this form
+# by the unique (device_id, round_id) index (0.3 ms, flat); PostgreSQL uses the index for both.
 _STORED = sa.select(*(Report.__table__.c[name] for name in _Stored._fields)).where(
-    sa.tuple_(Report.device_id, Report.round_id).in_(sa.bindparam("keys", expanding=True))
+    Report.device_id.in_(sa.bindparam("devices", expanding=True)),
+    Report.round_id.in_(sa.bindparam("rounds", expanding=True)),
 )
 _DRAFT_IDS = sa.select(RoundDraft.draft_id).where(RoundDraft.round_id == sa.bindparam("round_id"))
 _INSERT_REPORTS = {
@@ -134,7 +139,9 @@ def store_reports(conn: sa.Connection, requests: Sequence[ReportRequest]) -> lis
                 continue
             new[key] = (i, _Stored(new_id("rep"), q.round_id, q.device_id, q.body.idempotency_key,
                                    len(q.body.scores), q.now))
-    inserted = _insert_reports(conn, [(requests[i], row) for i, row in new.values()])
+    # in (device, round) order: concurrent transactions (PostgreSQL) take the unique index's entries in
+    # the same order, so two batches holding copies of the same reports wait for each other, never deadlock
+    inserted = _insert_reports(conn, [(requests[i], row) for _, (i, row) in sorted(new.items())])
     lost = {key for key, (_, row) in new.items() if row.id not in inserted}
     if lost:  # another transaction committed a report for these first: answer as re-sends of it
         stored.update(_read_stored(conn, lost))
@@ -174,8 +181,9 @@ def _resent(existing: _Stored, body: ReportIn) -> Outcome:
 def _read_stored(conn: sa.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Stored]:
     if not keys:
         return {}
-    rows = conn.execute(_STORED, {"keys": sorted(keys)})
-    return {(r.device_id, r.round_id): _Stored(*r) for r in rows}
+    devices, rounds = sorted({d for d, _ in keys}), sorted({r for _, r in keys})
+    rows = conn.execute(_STORED, {"devices": devices, "rounds": rounds})
+    return {key: _Stored(*r) for r in rows if (key := (r.device_id, r.round_id)) in keys}
 
 
 def _draft_ids(conn: sa.Connection, round_id: str) -> frozenset[str]:

@@ -89,6 +89,11 @@ class ServerSettings(BaseSettings):
         "(drafts, dataset manifest) without reading it again (server.keycache). A key revoked by another "
         "API process may still read for this long; reports always check the key. 0: no cache.",
     )
+    debug_timings: bool = Field(
+        default=False,
+        description="Load tests only: an X-Arte-Timing header on every response (time per phase) and "
+        "GET /api/v1/debug/timings (GC pauses, event-loop blocked time, commits; server.timings).",
+    )
     enroll_token_ttl_s: int = Field(
         default=7 * 24 * 3600, gt=0, description="Default lifetime of an enrollment token."
     )
