@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.timings import PATH
-from tests.server_support import Backend, build_fleet
+from tests.support.server_support import Backend, build_fleet
 
 
 def _phases(header: str) -> dict[str, int]:
